@@ -1,0 +1,192 @@
+"""The one training schema: every setting defined once, with kohya's key names.
+
+Each field carries its default, its range and a help text; `lorakit config show`
+prints them. Unknown keys are errors (see load.py for the "did you mean").
+The kohya_ss importer (kohya.py) maps GUI JSON keys onto these fields.
+"""
+from __future__ import annotations
+
+import ast
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Sections only group keys for display and for optional TOML tables; a key is
+# defined once whatever the table it is written in.
+SECTIONS = ("model", "data", "network", "optimizer", "training", "output")
+
+
+def F(default: Any, section: str, help: str, **kw: Any) -> Any:  # noqa: N802
+    return Field(default, description=help, json_schema_extra={"section": section}, **kw)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # ---- model -------------------------------------------------------------------
+    pretrained_model_name_or_path: Optional[str] = F(
+        None, "model", "Local SD1.x/2.x checkpoint: a diffusers folder or a single .safetensors/.ckpt file.")
+    v2: bool = F(False, "model", "The checkpoint is SD2.x (detected from the file when it can be).")
+    v_parameterization: bool = F(False, "model", "Train with the v-prediction target (SD2 768-v models).")
+    vae: Optional[str] = F(None, "model", "Optional separate VAE (diffusers folder or single file).")
+    clip_skip: int = F(1, "model", "Use the k-th last text-encoder layer (then final_layer_norm); 1 = last.",
+                       ge=1, le=12)
+    max_token_length: Literal[75, 150, 225] = F(
+        75, "model", "Caption tokens: 75, 150 or 225 (chunks of 75 encoded separately, as kohya).")
+
+    # ---- data --------------------------------------------------------------------
+    train_data_dir: Optional[str] = F(
+        None, "data", "Folder of kohya subfolders named <repeats>_<name> holding images and captions.")
+    reg_data_dir: Optional[str] = F(None, "data", "Regularization images, same folder layout.")
+    resolution: tuple[int, int] = F((512, 512), "data", "Training size 'W,H' or one number for square.")
+    caption_extension: str = F(".txt", "data", "Caption file extension, next to each image.")
+    shuffle_caption: bool = F(False, "data", "Shuffle comma-separated tags each time a caption is used.")
+    keep_tokens: int = F(0, "data", "Keep the first N comma-separated tags in place when shuffling.", ge=0)
+    cache_latents: bool = F(True, "data", "Encode every image with the VAE once, before training.")
+    vae_batch_size: int = F(1, "data", "Batch size of the latent caching pass.", ge=1)
+    max_data_loader_n_workers: int = F(0, "data", "DataLoader worker processes (0 = main process).", ge=0)
+    persistent_data_loader_workers: bool = F(False, "data", "Keep DataLoader workers alive between epochs.")
+    prior_loss_weight: float = F(1.0, "data", "Loss weight of regularization images.", ge=0)
+
+    # ---- network -----------------------------------------------------------------
+    network_type: str = F(
+        "lora", "network", "Adapter algorithm from the registry (lora; with conv_dim it is kohya LoCon).")
+    network_dim: int = F(8, "network", "Rank of each adapter.", ge=1)
+    network_alpha: Optional[float] = F(
+        1.0, "network", "Scale numerator: delta W is multiplied by alpha/dim. 0 or unset means alpha = dim.",
+        ge=0)
+    conv_dim: Optional[int] = F(
+        None, "network", "Rank for 3x3 convs in ResNet blocks (enables LoCon); unset = not adapted.", ge=1)
+    conv_alpha: Optional[float] = F(None, "network", "Alpha for conv layers (unset = conv_dim).", ge=0)
+    network_dropout: Optional[float] = F(
+        None, "network", "Dropout on the down-projection output during training.", ge=0, lt=1)
+    rank_dropout: Optional[float] = F(None, "network", "Drop each rank per sample with this probability.",
+                                      ge=0, lt=1)
+    module_dropout: Optional[float] = F(None, "network", "Skip a whole module's delta with this probability.",
+                                        ge=0, lt=1)
+    network_train_unet_only: bool = F(False, "network", "Train the UNet adapters only.")
+    network_train_text_encoder_only: bool = F(False, "network", "Train the text-encoder adapters only.")
+
+    # ---- optimizer ---------------------------------------------------------------
+    optimizer_type: str = F("AdamW", "optimizer", "Optimizer name (case-insensitive) or a module.Class path.")
+    optimizer_args: dict[str, Any] = F(
+        {}, "optimizer", "Optimizer keyword arguments; also accepts kohya's list of 'key=value' strings.")
+    learning_rate: float = F(1e-4, "optimizer", "Fallback learning rate for unet_lr / text_encoder_lr.", ge=0)
+    unet_lr: Optional[float] = F(None, "optimizer", "UNet adapter lr (unset = learning_rate; 0 = frozen).",
+                                 ge=0)
+    text_encoder_lr: Optional[float] = F(
+        None, "optimizer", "Text-encoder adapter lr (unset = learning_rate; 0 = frozen).", ge=0)
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine"] = F(
+        "constant", "optimizer", "Learning-rate schedule, stepped once per optimizer step.")
+    lr_warmup_steps: float = F(
+        0, "optimizer", "Warmup optimizer steps; a value below 1 is a fraction of the total steps.", ge=0)
+    max_grad_norm: float = F(1.0, "optimizer", "Clip the gradient norm on each optimizer step (0 = off).",
+                             ge=0)
+
+    # ---- training ----------------------------------------------------------------
+    train_batch_size: int = F(1, "training", "Images per micro-batch.", ge=1)
+    gradient_accumulation_steps: int = F(1, "training", "Micro-batches per optimizer step.", ge=1)
+    max_train_steps: Optional[int] = F(
+        None, "training", "Optimizer steps. With max_train_epochs too, training stops at whichever comes first. "
+                          "Neither set: 1600 (sd-scripts' default).", ge=1)
+    max_train_epochs: Optional[int] = F(None, "training", "Epochs to train (see max_train_steps).", ge=1)
+    seed: Optional[int] = F(None, "training", "Random seed; unset = a random one, recorded in the metadata.",
+                            ge=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = F("no", "training", "Autocast precision.")
+    gradient_checkpointing: bool = F(False, "training", "Recompute activations in backward to save memory.")
+    full_fp16: bool = F(False, "training", "Not supported: adapters always train in float32 (listed for kohya).")
+
+    # ---- output ------------------------------------------------------------------
+    output_dir: Optional[str] = F(None, "output", "Folder for the adapter, metrics.jsonl and logs.")
+    output_name: str = F("last", "output", "Adapter file name without extension.")
+    save_model_as: Literal["safetensors"] = F("safetensors", "output", "File format (safetensors only).")
+    save_precision: Literal["float", "fp16", "bf16"] = F("fp16", "output", "dtype of the saved tensors.")
+    save_every_n_epochs: Optional[int] = F(None, "output", "Also save <name>-<epoch:06d> every N epochs.", ge=1)
+    save_every_n_steps: Optional[int] = F(None, "output", "Also save <name>-step<step:08d> every N steps.",
+                                          ge=1)
+    logging_dir: Optional[str] = F(None, "output", "TensorBoard folder (unset = <output_dir>/logs).")
+    training_comment: Optional[str] = F(None, "output", "Stored as ss_training_comment in the file.")
+
+    # ---- validators --------------------------------------------------------------
+    @field_validator("resolution", mode="before")
+    @classmethod
+    def _resolution(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)):
+            return (int(v), int(v))
+        if isinstance(v, str):
+            parts = [p.strip() for p in v.replace("x", ",").split(",") if p.strip()]
+            try:
+                nums = [int(float(p)) for p in parts]
+            except ValueError:
+                raise ValueError(f"'{v}' is not 'W,H' or a single number") from None
+            if len(nums) == 1:
+                return (nums[0], nums[0])
+            if len(nums) == 2:
+                return tuple(nums)
+            raise ValueError(f"'{v}' is not 'W,H' or a single number")
+        return v
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        for n in v:
+            if n < 64 or n % 8:
+                raise ValueError(f"{n} must be a multiple of 8 and at least 64")
+        return v
+
+    @field_validator("optimizer_args", mode="before")
+    @classmethod
+    def _optimizer_args(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return parse_kv_args(v)
+        return v
+
+    @field_validator("caption_extension")
+    @classmethod
+    def _caption_ext(cls, v: str) -> str:
+        return v if v.startswith(".") or v == "" else "." + v
+
+    @field_validator("network_alpha", "conv_alpha")
+    @classmethod
+    def _alpha(cls, v: Optional[float]) -> Optional[float]:
+        return None if v == 0 else v  # kohya: alpha 0 means alpha = dim
+
+    @model_validator(mode="after")
+    def _contradictions(self) -> "TrainConfig":
+        if self.network_train_unet_only and self.network_train_text_encoder_only:
+            raise ValueError("network_train_unet_only and network_train_text_encoder_only are both set; "
+                             "set at most one")
+        return self
+
+    # ---- derived values ------------------------------------------------------------
+    def resolved_unet_lr(self) -> float:
+        if self.network_train_text_encoder_only:
+            return 0.0
+        return self.learning_rate if self.unet_lr is None else self.unet_lr
+
+    def resolved_text_encoder_lr(self) -> float:
+        if self.network_train_unet_only:
+            return 0.0
+        return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
+
+
+def parse_kv_args(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """kohya's 'key=value' tokens; values through ast.literal_eval ('0.9,0.99' -> tuple)."""
+    out: dict[str, Any] = {}
+    for tok in tokens:
+        tok = str(tok).strip().strip('"').strip("'")
+        if not tok:
+            continue
+        if "=" not in tok:
+            raise ValueError(f"'{tok}' is not of the form key=value")
+        k, v = tok.split("=", 1)
+        try:
+            out[k.strip()] = ast.literal_eval(v.strip())
+        except (ValueError, SyntaxError):
+            out[k.strip()] = v.strip()  # kohya keeps a non-literal value as a string
+    return out
+
+
+def field_section(name: str) -> str:
+    extra = TrainConfig.model_fields[name].json_schema_extra or {}
+    return extra.get("section", "training")  # type: ignore[union-attr]
