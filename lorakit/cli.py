@@ -1,0 +1,109 @@
+"""`lorakit` command line. Exit codes: 0 success, 2 bad config or input, 1 internal error."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _config_from_args(args: argparse.Namespace):
+    from .config.load import load_config
+
+    cli_values = {
+        "pretrained_model_name_or_path": getattr(args, "model", None),
+        "train_data_dir": getattr(args, "data", None),
+        "reg_data_dir": getattr(args, "reg_data", None),
+        "output_dir": getattr(args, "output", None),
+    }
+    return load_config(args.config, args.set, cli_values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .monitors import MetricsJsonl, ProgressBar, TensorBoard
+    from .train.loop import train
+
+    cfg = _config_from_args(args)
+    out = Path(cfg.output_dir)
+    subs = [MetricsJsonl(out / "metrics.jsonl"), TensorBoard(cfg.logging_dir or out / "logs")]
+    if not args.quiet:
+        subs.append(ProgressBar())
+    result = train(cfg, subs, overwrite=args.overwrite)
+    print(f"lorakit: wrote {result.output_file} ({result.steps} steps, seed {result.seed})")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from .config.schema import field_section
+
+    cfg = _config_from_args(args)
+    data = cfg.model_dump(mode="json")
+    by_section: dict[str, list[str]] = {}
+    for key, value in data.items():
+        by_section.setdefault(field_section(key), []).append(f"{key} = {json.dumps(value)}")
+    for section, lines in by_section.items():
+        print(f"[{section}]")
+        print("\n".join(lines))
+        print()
+    return 0
+
+
+def cmd_config_keys(args: argparse.Namespace) -> int:
+    from .config.schema import TrainConfig, field_section
+
+    for name, f in TrainConfig.model_fields.items():
+        print(f"{name:34s} [{field_section(name)}] default {json.dumps(f.default)}\n    {f.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lorakit", description="Train Stable Diffusion adapters.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def config_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("config", nargs="?", help="lorakit .toml or kohya_ss .json config")
+        sp.add_argument("--model", help="checkpoint: diffusers folder or .safetensors/.ckpt")
+        sp.add_argument("--data", help="train_data_dir")
+        sp.add_argument("--reg-data", dest="reg_data", help="reg_data_dir")
+        sp.add_argument("--output", help="output_dir")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key (repeatable)")
+
+    t = sub.add_parser("train", help="train an adapter")
+    config_args(t)
+    t.add_argument("--overwrite", action="store_true", help="replace existing adapter files of this name")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_train)
+
+    c = sub.add_parser("config", help="show the resolved config or list keys")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    show = csub.add_parser("show", help="print the resolved config")
+    config_args(show)
+    show.set_defaults(fn=cmd_config_show)
+    keys = csub.add_parser("keys", help="list every config key with its default and help")
+    keys.set_defaults(fn=cmd_config_keys)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as e:
+        print(f"lorakit: error: {e.format()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lorakit: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # an internal error: show it all, exit 1
+        traceback.print_exc()
+        print("lorakit: internal error (a bug in lorakit, please report it with the trace above)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

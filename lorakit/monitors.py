@@ -1,0 +1,99 @@
+"""Subscribers to training events: metrics.jsonl, TensorBoard, the progress bar."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from .events import Event
+
+
+class MetricsJsonl:
+    """One JSON object per optimizer step: step, epoch, loss, loss_avg, lr/<group>, dlr/<group>."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.fh = None
+
+    def __call__(self, ev: Event) -> None:
+        if ev.kind == "start":  # opened only once the run has passed its checks
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.path, "w", encoding="utf-8")
+        elif self.fh is None:
+            return
+        elif ev.kind == "step":
+            row = {"step": ev.step, "epoch": ev.epoch, "loss": ev.data["loss"], "loss_avg": ev.data["loss_avg"],
+                   "time": time.time()}
+            row.update({f"lr/{k}": v for k, v in ev.data["lrs"].items()})
+            row.update({f"dlr/{k}": v for k, v in ev.data.get("dlr", {}).items()})
+            self.fh.write(json.dumps(row) + "\n")
+            self.fh.flush()
+        elif ev.kind == "epoch":
+            self.fh.write(json.dumps({"epoch_end": ev.epoch, "step": ev.step, "loss_epoch": ev.data["loss"]}) + "\n")
+            self.fh.flush()
+        elif ev.kind == "end":
+            self.fh.close()
+
+
+class TensorBoard:
+    """kohya's tags: loss/current, loss/average, loss/epoch, lr/<group>, lr/d*lr/<group>."""
+
+    def __init__(self, logdir: str | Path):
+        self.logdir = str(logdir)
+        self.writer = None
+
+    def __call__(self, ev: Event) -> None:
+        if ev.kind == "start":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(self.logdir)
+        w = self.writer
+        if w is None:
+            return
+        if ev.kind == "step":
+            w.add_scalar("loss/current", ev.data["loss"], ev.step)
+            w.add_scalar("loss/average", ev.data["loss_avg"], ev.step)
+            for group, lr in ev.data["lrs"].items():
+                w.add_scalar(f"lr/{group}", lr, ev.step)
+            for group, dlr in ev.data.get("dlr", {}).items():
+                w.add_scalar(f"lr/d*lr/{group}", dlr, ev.step)
+        elif ev.kind == "epoch":
+            w.add_scalar("loss/epoch", ev.data["loss"], ev.epoch)
+        elif ev.kind == "end":
+            w.close()
+
+
+class ProgressBar:
+    """step/total, ETA, smoothed loss, lr (or d*lr), images/s; a line per finished epoch."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.bar = None
+        self.images = 0
+        self.t0 = 0.0
+
+    def __call__(self, ev: Event) -> None:
+        from tqdm import tqdm
+
+        if ev.kind == "start":
+            plan = ev.data["plan"]
+            self.stream.write(f"lorakit: {plan.describe()}\n")
+            self.bar = tqdm(total=plan.total_steps, file=self.stream, unit="step", dynamic_ncols=True)
+            self.t0 = time.perf_counter()
+        elif ev.kind == "step" and self.bar is not None:
+            self.images += ev.data["images"]
+            rate = self.images / max(1e-9, time.perf_counter() - self.t0)
+            lr = ev.data.get("dlr") or ev.data["lrs"]
+            shown = {("d*lr " if ev.data.get("dlr") else "lr ") + k: f"{v:.3g}" for k, v in lr.items()}
+            self.bar.set_postfix(loss=f"{ev.data['loss_avg']:.4f}", img_s=f"{rate:.2f}", **shown, refresh=False)
+            self.bar.update(1)
+        elif ev.kind == "epoch" and self.bar is not None:
+            self.bar.write(f"epoch {ev.epoch}: mean loss {ev.data['loss']:.4f} (step {ev.step})", file=self.stream)
+        elif ev.kind == "save" and self.bar is not None:
+            self.bar.write(f"saved {ev.data['path']}", file=self.stream)
+        elif ev.kind == "warning":
+            (self.bar.write if self.bar else lambda s, file: file.write(s + "\n"))(
+                f"warning: {ev.data['message']}", file=self.stream)
+        elif ev.kind == "end" and self.bar is not None:
+            self.bar.close()

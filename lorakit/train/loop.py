@@ -1,0 +1,122 @@
+"""The training loop: a library call that emits events (start, step, epoch, save, end)."""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from ..config.schema import TrainConfig
+from ..events import EventBus, Subscriber
+from .loss import per_sample_mse, sample_noise, target
+from .save import save_adapter
+from .setup import Run, setup_run
+
+
+@dataclass
+class TrainResult:
+    output_file: Path
+    steps: int
+    epochs: int
+    final_loss: float
+    seed: int
+
+
+def encode_prompts(run: Run, captions: list[str]) -> torch.Tensor:
+    from ..models.text import encode, tokenize
+
+    m, cfg = run.model, run.cfg
+    ids = tokenize(m.tokenizer, captions, cfg.max_token_length).to(run.device)
+    with torch.set_grad_enabled(run.network.train_text_encoder):
+        return encode(m.text_encoder, ids, clip_skip=cfg.clip_skip)
+
+
+def batch_latents(run: Run, batch) -> torch.Tensor:
+    vae = run.model.vae
+    if batch.latents is not None:
+        latents = batch.latents.to(run.device)
+    else:
+        with torch.no_grad():
+            latents = vae.encode(batch.pixels.to(run.device, dtype=vae.dtype)).latent_dist.sample(run.generator)
+    return latents.float() * vae.config.scaling_factor
+
+
+def micro_step_loss(run: Run, batch) -> torch.Tensor:
+    """Weighted mean loss over the samples of one micro-batch."""
+    m = run.model
+    latents = batch_latents(run, batch)
+    noise, timesteps = sample_noise(latents, m.noise_scheduler.config.num_train_timesteps, run.generator)
+    noisy = m.noise_scheduler.add_noise(latents, noise, timesteps)
+    with run.accelerator.autocast():
+        context = encode_prompts(run, batch.captions)
+        pred = m.unet(noisy.to(run.weight_dtype), timesteps, context.to(run.weight_dtype)).sample
+    tgt = target(m.noise_scheduler, latents, noise, timesteps, m.v_parameterization)
+    weights = batch.loss_weights.to(run.device)
+    return (per_sample_mse(pred, tgt) * weights).mean()
+
+
+def group_lrs(run: Run) -> dict[str, float]:
+    return {g.get("name", str(i)): g["lr"] for i, g in enumerate(run.optimizer.param_groups)}
+
+
+def optimizer_step(run: Run) -> None:
+    cfg = run.cfg
+    if cfg.max_grad_norm > 0:
+        params = [p for g in run.optimizer.param_groups for p in g["params"]]
+        run.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite: bool = False) -> TrainResult:
+    bus = EventBus(list(subscribers))
+    run = setup_run(cfg, bus, overwrite)
+    plan, ga = run.plan, cfg.gradient_accumulation_steps
+    bus.emit("start", plan=plan, seed=run.seed, config=cfg)
+    recent: deque[float] = deque(maxlen=plan.steps_per_epoch)
+    step, epoch, loss_value = 0, 0, math.nan
+    for epoch in range(1, plan.epochs + 1):
+        batches = list(run.dataset.epoch_batches(epoch, cfg.train_batch_size, run.seed))
+        epoch_losses: list[float] = []
+        for start in range(0, len(batches), ga):
+            group = batches[start:start + ga]
+            n_images = sum(len(b.captions) for b in group)
+            lrs = group_lrs(run)  # the lr this step uses, before the scheduler moves on
+            loss_sum = 0.0
+            for batch in group:
+                loss = micro_step_loss(run, batch)
+                # the gradient of the mean over every image of the optimizer step, also for a short last group
+                run.accelerator.backward(loss * (len(batch.captions) / n_images))
+                loss_sum += loss.item() * len(batch.captions)
+            optimizer_step(run)
+            step += 1
+            loss_value = loss_sum / n_images
+            recent.append(loss_value)
+            epoch_losses.append(loss_value)
+            bus.emit("step", step, epoch, loss=loss_value, loss_avg=sum(recent) / len(recent), lrs=lrs,
+                     images=n_images, dlr=dlr_values(run))
+            if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0 and step < plan.total_steps:
+                save_adapter(run, step, epoch, f"{cfg.output_name}-step{step:08d}")
+            if step >= plan.total_steps:
+                break
+        bus.emit("epoch", step, epoch, loss=sum(epoch_losses) / max(1, len(epoch_losses)))
+        if cfg.save_every_n_epochs and epoch % cfg.save_every_n_epochs == 0 and step < plan.total_steps:
+            save_adapter(run, step, epoch, f"{cfg.output_name}-{epoch:06d}")
+        if step >= plan.total_steps:
+            break
+    path = save_adapter(run, step, epoch, cfg.output_name)
+    bus.emit("end", step, epoch, output_file=str(path), loss=loss_value)
+    return TrainResult(path, step, epoch, loss_value, run.seed)
+
+
+def dlr_values(run: Run) -> dict[str, float]:
+    """d * lr per group for Prodigy / DAdaptation (their adapted step size)."""
+    out = {}
+    for i, g in enumerate(run.optimizer.param_groups):
+        if "d" in g:
+            out[g.get("name", str(i))] = float(g["d"]) * float(g["lr"])
+    return out

@@ -1,0 +1,118 @@
+"""Writing adapter files with kohya's names and ss_* metadata (kohya-semantics.md 2.18-2.19)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .setup import DTYPES
+
+if TYPE_CHECKING:
+    from .setup import Run
+
+
+def legacy_model_hash(path: Path) -> str:
+    """A1111's old model hash: sha256 of 64 KiB at offset 1 MiB, first 8 hex digits."""
+    with open(path, "rb") as fh:
+        fh.seek(0x100000)
+        return hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_hashes(run: "Run") -> tuple[str, str]:
+    cached = getattr(run, "_model_hashes", None)
+    if cached is None:
+        p = Path(run.cfg.pretrained_model_name_or_path)
+        cached = (legacy_model_hash(p), file_sha256(p)) if p.is_file() else ("", "")
+        run._model_hashes = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def base_model_version(run: "Run") -> str:
+    m = run.model
+    if not m.v2:
+        return "sd_v1"
+    return "sd_v2_v" if m.v_parameterization else "sd_v2"
+
+
+def build_metadata(run: "Run", step: int, epoch: int) -> dict[str, str]:
+    cfg, plan, net, index = run.cfg, run.plan, run.network, run.index
+    opt = run.optimizer.optimizer if hasattr(run.optimizer, "optimizer") else run.optimizer
+    opt_args = ",".join(f"{k}={v}" for k, v in cfg.optimizer_args.items())
+    legacy, full = model_hashes(run)
+    md = {
+        "ss_session_id": str(run.seed),
+        "ss_training_started_at": str(run.started_at),
+        "ss_training_finished_at": str(time.time()),
+        "ss_output_name": cfg.output_name,
+        "ss_learning_rate": str(cfg.learning_rate),
+        "ss_text_encoder_lr": str(cfg.resolved_text_encoder_lr()),
+        "ss_unet_lr": str(cfg.resolved_unet_lr()),
+        "ss_num_train_images": str(index.num_train_images),
+        "ss_num_reg_images": str(index.num_reg_images),
+        "ss_num_batches_per_epoch": str(plan.batches_per_epoch),
+        "ss_num_epochs": str(plan.epochs),
+        "ss_gradient_checkpointing": str(cfg.gradient_checkpointing),
+        "ss_gradient_accumulation_steps": str(cfg.gradient_accumulation_steps),
+        "ss_max_train_steps": str(plan.total_steps),
+        "ss_lr_warmup_steps": str(cfg.lr_warmup_steps),
+        "ss_lr_scheduler": cfg.lr_scheduler,
+        "ss_network_module": net.network_module_name,
+        "ss_network_dim": str(cfg.network_dim),
+        "ss_network_alpha": str(cfg.network_alpha if cfg.network_alpha is not None else cfg.network_dim),
+        "ss_network_args": json.dumps(net.network_args),
+        "ss_network_dropout": str(cfg.network_dropout),
+        "ss_mixed_precision": cfg.mixed_precision,
+        "ss_v2": str(run.model.v2),
+        "ss_base_model_version": base_model_version(run),
+        "ss_clip_skip": str(cfg.clip_skip),
+        "ss_max_token_length": str(cfg.max_token_length),
+        "ss_cache_latents": str(cfg.cache_latents),
+        "ss_seed": str(run.seed),
+        "ss_training_comment": str(cfg.training_comment),
+        "ss_optimizer": f"{type(opt).__module__}.{type(opt).__name__}" + (f"({opt_args})" if opt_args else ""),
+        "ss_max_grad_norm": str(cfg.max_grad_norm),
+        "ss_prior_loss_weight": str(cfg.prior_loss_weight),
+        "ss_resolution": f"({cfg.resolution[0]}, {cfg.resolution[1]})",
+        "ss_batch_size_per_device": str(cfg.train_batch_size),
+        "ss_total_batch_size": str(cfg.train_batch_size * cfg.gradient_accumulation_steps
+                                   * run.accelerator.num_processes),
+        "ss_shuffle_caption": str(cfg.shuffle_caption),
+        "ss_keep_tokens": str(cfg.keep_tokens),
+        "ss_enable_bucket": "False",
+        "ss_dataset_dirs": json.dumps(index.dataset_dirs),
+        "ss_tag_frequency": json.dumps(index.tag_frequency),
+        "ss_sd_model_name": Path(cfg.pretrained_model_name_or_path).name,
+        "ss_sd_model_hash": legacy,
+        "ss_new_sd_model_hash": full,
+        "ss_steps": str(step),
+        "ss_epoch": str(epoch),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": ("stable-diffusion-v2-768-v" if base_model_version(run) == "sd_v2_v"
+                                   else "stable-diffusion-v2-512" if run.model.v2
+                                   else "stable-diffusion-v1") + "/lora",
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
+        "modelspec.title": cfg.output_name,
+        "modelspec.resolution": f"{cfg.resolution[0]}x{cfg.resolution[1]}",
+    }
+    return md
+
+
+def save_adapter(run: "Run", step: int, epoch: int, name: str) -> Path:
+    from ..adapters.file import save_adapter_file
+
+    path = run.output_dir / f"{name}.safetensors"
+    tensors = run.network.state_dict_to_save(DTYPES[run.cfg.save_precision])
+    # preflight refused existing files unless --overwrite; files of this run replace each other
+    save_adapter_file(path, tensors, build_metadata(run, step, epoch), overwrite=True)
+    run.bus.emit("save", step, epoch, path=str(path))
+    return path

@@ -1,0 +1,135 @@
+"""Everything before the first step: checks that need no model, then model, adapters, data, optimizer."""
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from ..config.schema import TrainConfig
+from ..errors import ConfigError
+from ..events import EventBus
+from ..optim.optimizers import build_optimizer, resolve_optimizer
+from ..optim.schedulers import build_scheduler, warmup_steps_for
+from .plan import Plan, make_plan
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+          "float": torch.float32}
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    bus: EventBus
+    accelerator: Accelerator
+    seed: int
+    output_dir: Path
+    model: Any = None
+    network: Any = None
+    dataset: Any = None
+    index: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    plan: Plan | None = None
+    generator: torch.Generator | None = None
+    weight_dtype: torch.dtype = torch.float32
+    overwrite: bool = False
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+
+def preflight(cfg: TrainConfig, overwrite: bool):
+    """Checks that need no model: paths, output folder, data layout. Returns the dataset index."""
+    from ..data.folders import scan_folders
+
+    if not cfg.pretrained_model_name_or_path:
+        raise ConfigError("no model given", key="pretrained_model_name_or_path",
+                          fix="pass --model PATH (a diffusers folder or a .safetensors/.ckpt file)")
+    if not Path(cfg.pretrained_model_name_or_path).exists():
+        raise ConfigError(f"model path '{cfg.pretrained_model_name_or_path}' does not exist",
+                          key="pretrained_model_name_or_path", fix="check the path given with --model")
+    if not cfg.train_data_dir:
+        raise ConfigError("no training data given", key="train_data_dir",
+                          fix="pass --data DIR (a folder of <repeats>_<name> subfolders)")
+    if not cfg.output_dir:
+        raise ConfigError("no output folder given", key="output_dir", fix="pass --output DIR")
+    resolve_optimizer(cfg.optimizer_type)
+    if cfg.resolved_unet_lr() == 0 and cfg.resolved_text_encoder_lr() == 0:
+        raise ConfigError("both unet_lr and text_encoder_lr are 0: nothing would train", key="unet_lr",
+                          fix="give the UNet or the text encoder a learning rate above 0")
+    out = Path(cfg.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the output folder: {e.strerror}", file=str(out), key="output_dir",
+                          fix="choose a folder you can write to") from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError("the output folder is not writable", file=str(out), key="output_dir",
+                          fix="choose a folder you can write to")
+    existing = sorted(out.glob(f"{cfg.output_name}.safetensors")) + sorted(
+        out.glob(f"{cfg.output_name}-*.safetensors"))
+    if existing and not overwrite:
+        raise ConfigError(f"{existing[0].name} already exists in {out}", file=str(existing[0]), key="output_name",
+                          fix="pass --overwrite, or choose another output_name or output_dir")
+    return scan_folders(cfg.train_data_dir, cfg.reg_data_dir, cfg.caption_extension)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False) -> Run:
+    from ..adapters.network import create_network
+    from ..data.dataset import TrainDataset
+    from ..models.loader import load_sd_model
+
+    index = preflight(cfg, overwrite)
+    seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
+    seed_everything(seed)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    run = Run(cfg, bus, accelerator, seed, Path(cfg.output_dir), index=index, overwrite=overwrite)
+    run.weight_dtype = DTYPES[cfg.mixed_precision]
+
+    run.model = m = load_sd_model(cfg.pretrained_model_name_or_path, v2=cfg.v2 or None,
+                                  v_parameterization=cfg.v_parameterization or None, vae=cfg.vae)
+    for module in (m.unet, m.text_encoder, m.vae):
+        module.requires_grad_(False)
+        module.eval()
+    run.dataset = TrainDataset(index, cfg)
+    if cfg.cache_latents:
+        run.dataset.cache_latents(m.vae.to(run.device), batch_size=cfg.vae_batch_size, device=run.device,
+                                  dtype=torch.float32, seed=seed)
+    m.unet.to(run.device, dtype=run.weight_dtype)
+    m.text_encoder.to(run.device, dtype=run.weight_dtype)
+
+    run.network = net = create_network(cfg, m.unet, m.text_encoder)
+    net.apply()
+    net.to(run.device)
+    groups = net.param_groups(cfg.resolved_text_encoder_lr(), cfg.resolved_unet_lr())
+    if cfg.gradient_checkpointing:
+        m.unet.enable_gradient_checkpointing()
+        if net.train_text_encoder:
+            m.text_encoder.gradient_checkpointing_enable()
+    m.unet.train(net.train_unet)
+    m.text_encoder.train(net.train_text_encoder)
+
+    batches = run.dataset.num_batches_per_epoch(cfg.train_batch_size)
+    run.plan = plan = make_plan(cfg, len(run.dataset), batches, accelerator.num_processes)
+    optimizer = build_optimizer(cfg, groups)
+    run.scheduler = build_scheduler(optimizer, cfg.lr_scheduler, plan.total_steps,
+                                    warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps))
+    run.optimizer = accelerator.prepare(optimizer)
+    run.generator = torch.Generator(device=run.device).manual_seed(seed)
+    return run
