@@ -5,13 +5,13 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
 from ..config.schema import TrainConfig
 from ..events import EventBus, Subscriber
-from .loss import per_sample_mse, sample_noise, target
+from .loss import per_sample_mse, sample_noise, sample_seed, target
 from .save import save_adapter
 from .setup import Run, setup_run
 
@@ -23,6 +23,8 @@ class TrainResult:
     epochs: int
     final_loss: float
     seed: int
+    model: Any = None    # the loaded model, adapters still applied (for sampling after training)
+    network: Any = None
 
 
 def encode_prompts(run: Run, captions: list[str]) -> torch.Tensor:
@@ -44,11 +46,11 @@ def batch_latents(run: Run, batch) -> torch.Tensor:
     return latents.float() * vae.config.scaling_factor
 
 
-def micro_step_loss(run: Run, batch) -> torch.Tensor:
+def micro_step_loss(run: Run, batch, seeds: list[int]) -> torch.Tensor:
     """Weighted mean loss over the samples of one micro-batch."""
     m = run.model
     latents = batch_latents(run, batch)
-    noise, timesteps = sample_noise(latents, m.noise_scheduler.config.num_train_timesteps, run.generator)
+    noise, timesteps = sample_noise(latents, m.noise_scheduler.config.num_train_timesteps, seeds)
     noisy = m.noise_scheduler.add_noise(latents, noise, timesteps)
     with run.accelerator.autocast():
         context = encode_prompts(run, batch.captions)
@@ -82,16 +84,20 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
     for epoch in range(1, plan.epochs + 1):
         batches = list(run.dataset.epoch_batches(epoch, cfg.train_batch_size, run.seed))
         epoch_losses: list[float] = []
+        position = 0  # samples seen so far this epoch: keys each sample's noise
         for start in range(0, len(batches), ga):
             group = batches[start:start + ga]
             n_images = sum(len(b.captions) for b in group)
             lrs = group_lrs(run)  # the lr this step uses, before the scheduler moves on
             loss_sum = 0.0
             for batch in group:
-                loss = micro_step_loss(run, batch)
+                n = len(batch.captions)
+                seeds = [sample_seed(run.seed, epoch, position + i) for i in range(n)]
+                position += n
+                loss = micro_step_loss(run, batch, seeds)
                 # the gradient of the mean over every image of the optimizer step, also for a short last group
-                run.accelerator.backward(loss * (len(batch.captions) / n_images))
-                loss_sum += loss.item() * len(batch.captions)
+                run.accelerator.backward(loss * (n / n_images))
+                loss_sum += loss.item() * n
             optimizer_step(run)
             step += 1
             loss_value = loss_sum / n_images
@@ -110,7 +116,7 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
             break
     path = save_adapter(run, step, epoch, cfg.output_name)
     bus.emit("end", step, epoch, output_file=str(path), loss=loss_value)
-    return TrainResult(path, step, epoch, loss_value, run.seed)
+    return TrainResult(path, step, epoch, loss_value, run.seed, run.model, run.network)
 
 
 def dlr_values(run: Run) -> dict[str, float]:
