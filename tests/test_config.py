@@ -134,3 +134,13 @@ def test_plan_arithmetic():
     assert plan.decided_by.startswith("max_train_steps")
     plan = make_plan(load_config(None), 40, 40)
     assert plan.total_steps == 1600 and plan.epochs == 40
+
+
+def test_docs_config_reference_is_current():
+    from pathlib import Path
+
+    from lorakit.config.reference import render_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text(encoding="utf-8").strip() == render_markdown().strip(), \
+        "docs/config.md is stale: run `python -m lorakit.config.reference > docs/config.md`"
