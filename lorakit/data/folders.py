@@ -1,0 +1,295 @@
+"""kohya's DreamBooth folder layout: `<train_data_dir>/<repeats>_<class tokens>/<images>`.
+
+`scan_folders` turns the folders into a :class:`DatasetIndex`: one :class:`ImageItem` per
+image used, the repeat counts (regularization images balanced against the train images
+exactly as sd-scripts' DreamBoothDataset does), the numbers the step count and the
+metadata need (num_train_images, ss_tag_frequency, ss_dataset_dirs), and a per-folder
+summary for `lorakit plan`. Nothing here opens an image; it only lists files and reads
+captions.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+
+log = logging.getLogger("lorakit.data")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+NAMING_FIX = ("put the images in subfolders named <repeats>_<name>, e.g. '10_mychar/img001.png' "
+              "(each image is used <repeats> times per epoch; a caption file img001.txt goes next to it)")
+
+
+@dataclass
+class ImageItem:
+    path: Path
+    caption: str
+    repeats: int
+    is_reg: bool
+    subset: str  # the folder's name, e.g. "10_sks dog"
+
+
+@dataclass
+class FolderSummary:
+    name: str
+    path: Path
+    images: int
+    repeats: int  # from the folder name
+    is_reg: bool
+    class_tokens: str
+    samples: int  # images used per epoch after reg balancing (train: images * repeats)
+    captions_missing: int = 0
+
+
+@dataclass
+class DatasetIndex:
+    items: list[ImageItem]
+    folders: list[FolderSummary]
+    num_train_images: int  # sum of repeats * images over the train folders (kohya's meaning)
+    num_reg_images: int  # the same over the reg folders, before balancing (kohya's meaning)
+    warnings: list[str] = field(default_factory=list)
+    # every scanned image with its caption, reg images that balancing left unused included
+    # (sd-scripts counts tag frequency before balancing)
+    _all_captioned: list[ImageItem] = field(default_factory=list, repr=False)
+
+    @property
+    def train_items(self) -> list[ImageItem]:
+        return [it for it in self.items if not it.is_reg]
+
+    @property
+    def reg_items(self) -> list[ImageItem]:
+        return [it for it in self.items if it.is_reg]
+
+    @property
+    def num_reg_samples(self) -> int:
+        """Reg samples per epoch after balancing (equals num_train_images when reg is used)."""
+        return sum(it.repeats for it in self.items if it.is_reg)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(it.repeats for it in self.items)
+
+    def tag_frequency(self) -> dict[str, dict[str, int]]:
+        """ss_tag_frequency: {folder name: {tag: count}}, over train and reg folders.
+
+        As sd-scripts: captions split on ",", stripped, lower-cased, empty tags skipped;
+        every image counts once whatever its repeats; folders of the same name merge.
+        """
+        out: dict[str, dict[str, int]] = {}
+        for f in self.folders:
+            out.setdefault(f.name, {})
+        for it in self._all_captioned or self.items:
+            freq = out.setdefault(it.subset, {})
+            for tag in it.caption.split(","):
+                tag = tag.strip().lower()
+                if tag:
+                    freq[tag] = freq.get(tag, 0) + 1
+        return out
+
+    def dataset_dirs(self) -> dict[str, dict[str, int]]:
+        """ss_dataset_dirs: train folders only (sd-scripts leaves reg folders out)."""
+        out: dict[str, dict[str, int]] = {}
+        for f in self.folders:
+            if f.is_reg:
+                continue
+            name, i = f.name, 2
+            while name in out:
+                name, i = f"{f.name} ({i})", i + 1
+            out[name] = {"n_repeats": f.repeats, "img_count": f.images}
+        return out
+
+    def describe(self) -> list[str]:
+        """Lines for `lorakit plan`."""
+        lines = []
+        for f in self.folders:
+            kind = "reg  " if f.is_reg else "train"
+            lines.append(f"{kind} {f.name}: {f.images} images x {f.repeats} repeats -> {f.samples} samples")
+        lines.append(f"{self.num_train_images} train images with repeats, {self.num_reg_images} reg images"
+                     + (f" (balanced to {self.num_reg_samples})" if self.num_reg_images else ""))
+        return lines
+
+
+def parse_folder_name(name: str) -> tuple[int, str] | None:
+    """'10_sks dog' -> (10, 'sks dog'); '3_a_b' -> (3, 'a_b'); 'notes' -> None.
+
+    sd-scripts: tokens = name.split("_"); repeats = int(tokens[0]); class tokens are the
+    rest joined with "_".
+    """
+    tokens = name.split("_")
+    try:
+        repeats = int(tokens[0])
+    except ValueError:
+        return None
+    return repeats, "_".join(tokens[1:])
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Images directly in `folder` (not recursive), any case of the extension, sorted."""
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                  key=lambda p: p.name)
+
+
+def read_caption(image: Path, caption_extension: str) -> str | None:
+    """First line of `<stem><caption_extension>`, stripped; None when there is no such file.
+
+    UTF-8 with or without a BOM; CRLF and CR line ends. An empty file is an empty caption.
+    """
+    cap = image.with_name(image.stem + caption_extension)
+    if not cap.is_file():
+        return None
+    raw = cap.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"caption is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})",
+                        file=str(cap), fix="re-save the caption file with UTF-8 encoding") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")[0].strip()
+
+
+@dataclass
+class _Folder:
+    path: Path
+    repeats: int
+    class_tokens: str
+    is_reg: bool
+    items: list[ImageItem]
+    missing: int
+
+
+def scan_folders(train_data_dir: str | Path | None, reg_data_dir: str | Path | None = None,
+                 caption_extension: str = ".txt") -> DatasetIndex:
+    """Scan the train (and reg) folders into a :class:`DatasetIndex`; see the module doc."""
+    warnings: list[str] = []
+    if train_data_dir is None or str(train_data_dir) == "":
+        raise DataError("is not set", key="train_data_dir",
+                        fix="set train_data_dir to the folder that holds your <repeats>_<name> subfolders")
+    train = _scan_root(Path(train_data_dir), "train_data_dir", False, caption_extension, warnings)
+    reg = []
+    if reg_data_dir is not None and str(reg_data_dir) != "":
+        reg = _scan_root(Path(reg_data_dir), "reg_data_dir", True, caption_extension, warnings)
+
+    num_train = sum(f.repeats * len(f.items) for f in train)
+    num_reg = sum(f.repeats * len(f.items) for f in reg)
+    reg_items = [it for f in reg for it in f.items]
+    used_reg = balance_reg_repeats(reg_items, num_train)
+    if num_reg > num_train:
+        warnings.append(f"{num_reg} reg images with repeats but only {num_train} train images: "
+                        f"{len(reg_items) - len(used_reg)} reg images are not used")
+
+    used_ids = {id(it) for it in used_reg}
+    folders = []
+    for f in train + reg:
+        samples = sum(it.repeats for it in f.items if not f.is_reg or id(it) in used_ids)
+        folders.append(FolderSummary(f.path.name, f.path, len(f.items), f.repeats, f.is_reg,
+                                     f.class_tokens, samples, f.missing))
+    items = [it for f in train for it in f.items] + used_reg
+    for w in warnings:
+        log.warning(w)
+    return DatasetIndex(items=items, folders=folders, num_train_images=num_train, num_reg_images=num_reg,
+                        warnings=warnings, _all_captioned=[it for f in train + reg for it in f.items])
+
+
+def balance_reg_repeats(reg_items: list[ImageItem], num_train_images: int) -> list[ImageItem]:
+    """sd-scripts' balancing loop; returns the reg items used, with their repeats raised.
+
+    First pass: take reg images in order, each with its folder's repeats, until the count
+    reaches num_train_images (images after that point are not used). Following passes:
+    add one repeat to each image in turn until the count reaches num_train_images.
+    """
+    used: list[ImageItem] = []
+    if not reg_items:
+        return used
+    n = 0
+    for it in reg_items:
+        if n >= num_train_images:
+            return used
+        used.append(it)
+        n += it.repeats
+    i = 0
+    while n < num_train_images:
+        used[i % len(used)].repeats += 1
+        n += 1
+        i += 1
+    return used
+
+
+def _check_root(root: Path, key: str) -> list[Path]:
+    if not root.exists():
+        raise DataError("folder does not exist", file=str(root), key=key,
+                        fix=f"check the path in {key}; it must be the folder that holds the <repeats>_<name> "
+                            "subfolders")
+    if not root.is_dir():
+        raise DataError("is a file, not a folder", file=str(root), key=key,
+                        fix=f"set {key} to the folder that holds the <repeats>_<name> subfolders")
+    entries = sorted(root.iterdir(), key=lambda p: p.name)
+    if not entries:
+        raise DataError("folder is empty", file=str(root), key=key, fix=NAMING_FIX)
+    return entries
+
+
+def _scan_root(root: Path, key: str, is_reg: bool, caption_extension: str,
+               warnings: list[str]) -> list[_Folder]:
+    entries = _check_root(root, key)
+    subdirs = [p for p in entries if p.is_dir()]
+    loose = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    unnamed = [p.name for p in subdirs if parse_folder_name(p.name) is None and not p.name.startswith(".")]
+    named = [(p, parse_folder_name(p.name)) for p in subdirs if parse_folder_name(p.name) is not None]
+
+    if not named:
+        if loose:
+            here = parse_folder_name(root.name)
+            fix = (f"set {key} to the parent folder '{root.parent}'" if here and here[0] >= 1 else
+                   f"move the images into a subfolder such as '{root / ('10_' + root.name)}'")
+            raise DataError(f"holds {len(loose)} images directly but no <repeats>_<name> subfolder",
+                            file=str(root), key=key, fix=fix)
+        found = f" (found: {', '.join(unnamed)})" if unnamed else ""
+        raise DataError(f"no <repeats>_<name> subfolders{found}", file=str(root), key=key, fix=NAMING_FIX)
+    if unnamed:
+        warnings.append(f"{key}: skipped folders without a <repeats>_ prefix: {', '.join(unnamed)}; "
+                        f"rename them like '10_{unnamed[0]}' to train on them")
+    if loose:
+        warnings.append(f"{key}: {len(loose)} images directly in {root} are not used "
+                        "(only images inside the <repeats>_<name> subfolders are)")
+
+    folders: list[_Folder] = []
+    empty = []
+    for path, (repeats, class_tokens) in named:
+        if repeats < 1:
+            warnings.append(f"{key}: skipped '{path.name}': repeats must be 1 or more")
+            continue
+        images = list_images(path)
+        if not images:
+            empty.append(path.name)
+            continue
+        folders.append(_read_folder(path, repeats, class_tokens, is_reg, images, caption_extension, warnings))
+
+    if not folders:
+        exts = " ".join(IMAGE_EXTENSIONS)
+        raise DataError(f"no images in the subfolders {', '.join(p.name for p, _ in named)}",
+                        file=str(root), key=key,
+                        fix=f"put {exts} files directly inside the <repeats>_<name> folders (not in deeper folders)")
+    if empty:
+        warnings.append(f"{key}: skipped folders with no images: {', '.join(empty)}")
+    return folders
+
+
+def _read_folder(path: Path, repeats: int, class_tokens: str, is_reg: bool, images: list[Path],
+                 caption_extension: str, warnings: list[str]) -> _Folder:
+    items, missing = [], []
+    for img in images:
+        cap = read_caption(img, caption_extension)
+        if cap is None:
+            missing.append(img.name)
+            cap = class_tokens
+        items.append(ImageItem(img, cap, repeats, is_reg, path.name))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        if class_tokens:
+            warnings.append(f"{path.name}: {len(missing)} images have no {caption_extension} caption; "
+                            f"using the folder's class tokens '{class_tokens}': {shown}")
+        else:
+            warnings.append(f"{path.name}: {len(missing)} images have no {caption_extension} caption and the "
+                            f"folder name gives no class tokens; training them with an empty caption: {shown}")
+    return _Folder(path, repeats, class_tokens, is_reg, items, len(missing))
