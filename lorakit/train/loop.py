@@ -79,6 +79,8 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
     run = setup_run(cfg, bus, overwrite)
     plan, ga = run.plan, cfg.gradient_accumulation_steps
     bus.emit("start", plan=plan, seed=run.seed, config=cfg)
+    for message in run.index.warnings:
+        bus.emit("warning", message=message)
     recent: deque[float] = deque(maxlen=plan.steps_per_epoch)
     step, epoch, loss_value = 0, 0, math.nan
     for epoch in range(1, plan.epochs + 1):
