@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     from .models.tiny import save_tiny_pipeline
     from .monitors import MetricsJsonl, ProgressBar, TensorBoard
     from .plot import plot_run
-    from .sample.generate import sample_images
+    from .sample.generate import sample_prompts
+    from .sample.prompts import parse_prompts
     from .train.loop import train
 
     ap = argparse.ArgumentParser(description=__doc__)
@@ -80,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     plots = plot_run(run_dir)
     # sample with the adapters still applied: train() leaves the model adapted
     model = result.model
-    samples = sample_images(model, ["lkshape, red circle, simple background",
-                                    "lkshape, blue square, simple background"],
-                            run_dir / "sample", seed=1, steps=20, size=(64, 64), prefix="demo-lora")
+    prompts = parse_prompts("lkshape, red circle, simple background --w 64 --h 64 --d 1 --s 20\n"
+                            "lkshape, blue square, simple background --n red --w 64 --h 64 --d 2 --s 20")
+    samples = [p for p, _ in sample_prompts(model, prompts, run_dir / "sample", cfg.output_name, epoch=None,
+                                            step=result.steps, sampler="euler_a",
+                                            max_token_length=cfg.max_token_length, clip_skip=cfg.clip_skip)]
     print(f"\nlorakit demo finished in {time.perf_counter() - t0:.0f} s")
     print(f"  adapter : {result.output_file}")
     print(f"  metrics : {run_dir / 'metrics.jsonl'}  (TensorBoard: {run_dir / 'logs'})")

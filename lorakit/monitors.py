@@ -27,6 +27,9 @@ class MetricsJsonl:
                    "time": time.time()}
             row.update({f"lr/{k}": v for k, v in ev.data["lrs"].items()})
             row.update({f"dlr/{k}": v for k, v in ev.data.get("dlr", {}).items()})
+            for k in ("images_per_s", "peak_memory_mb"):
+                if k in ev.data:
+                    row[k] = ev.data[k]
             self.fh.write(json.dumps(row) + "\n")
             self.fh.flush()
         elif ev.kind == "epoch":
@@ -58,8 +61,16 @@ class TensorBoard:
                 w.add_scalar(f"lr/{group}", lr, ev.step)
             for group, dlr in ev.data.get("dlr", {}).items():
                 w.add_scalar(f"lr/d*lr/{group}", dlr, ev.step)
+            for k in ("images_per_s", "peak_memory_mb"):
+                if k in ev.data:
+                    w.add_scalar(f"perf/{k}", ev.data[k], ev.step)
         elif ev.kind == "epoch":
             w.add_scalar("loss/epoch", ev.data["loss"], ev.epoch)
+        elif ev.kind == "sample":
+            import numpy as np
+
+            for i, img in enumerate(ev.data.get("images", [])):
+                w.add_image(f"sample/{i:02d}", np.asarray(img), ev.step, dataformats="HWC")
         elif ev.kind == "end":
             w.close()
 
@@ -90,6 +101,9 @@ class ProgressBar:
             self.bar.update(1)
         elif ev.kind == "epoch" and self.bar is not None:
             self.bar.write(f"epoch {ev.epoch}: mean loss {ev.data['loss']:.4f} (step {ev.step})", file=self.stream)
+        elif ev.kind == "sample" and self.bar is not None:
+            self.bar.write(f"sampled {len(ev.data['paths'])} image(s) into {Path(ev.data['paths'][0]).parent}"
+                           if ev.data["paths"] else "sampled nothing", file=self.stream)
         elif ev.kind == "save" and self.bar is not None:
             self.bar.write(f"saved {ev.data['path']}", file=self.stream)
         elif ev.kind == "warning":

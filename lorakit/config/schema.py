@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # Sections only group keys for display and for optional TOML tables; a key is
 # defined once whatever the table it is written in.
-SECTIONS = ("model", "data", "network", "optimizer", "training", "output")
+SECTIONS = ("model", "data", "network", "optimizer", "training", "output", "sample")
 
 
 def F(default: Any, section: str, help: str, **kw: Any) -> Any:  # noqa: N802
@@ -107,6 +107,24 @@ class TrainConfig(BaseModel):
     logging_dir: Optional[str] = F(None, "output", "TensorBoard folder (unset = <output_dir>/logs).")
     training_comment: Optional[str] = F(None, "output", "Stored as ss_training_comment in the file.")
 
+    # ---- sample ------------------------------------------------------------------
+    sample_prompts: Optional[str] = F(
+        None, "sample", "Sample prompts, inline (one per line) or a .txt file; kohya options --n --w --h --d "
+                        "--s --l --ss.")
+    sample_every_n_epochs: Optional[int] = F(None, "sample", "Write sample images every N epochs.", ge=1)
+    sample_every_n_steps: Optional[int] = F(None, "sample", "Write sample images every N steps.", ge=1)
+    sample_at_first: bool = F(False, "sample", "Also sample before the first step.")
+    sample_sampler: str = F("euler_a", "sample", "Sampler: ddim, pndm, lms, euler, euler_a, heun, dpm_2, "
+                                                 "dpm_2_a, dpmsolver, dpmsolver++, dpmsingle, dpm++ 2m karras, "
+                                                 "unipc (k_ prefixes allowed).")
+    dlr_spike_factor: float = F(
+        3.0, "sample", "Warn when d*lr (Prodigy/DAdaptation) grows by more than this factor within "
+                       "dlr_spike_window steps after it has levelled off; 0 = off.", ge=0)
+    dlr_spike_window: int = F(20, "sample", "Steps over which a d*lr spike is measured.", ge=1)
+    dlr_spike_action: Literal["warn", "save", "stop"] = F(
+        "warn", "sample", "On a d*lr spike: warn; save the adapter as it was before the spike took effect; "
+                          "or stop there (adapter saved).")
+
     # ---- validators --------------------------------------------------------------
     @field_validator("resolution", mode="before")
     @classmethod
@@ -133,6 +151,12 @@ class TrainConfig(BaseModel):
             if n < 64 or n % 8:
                 raise ValueError(f"{n} must be a multiple of 8 and at least 64")
         return v
+
+    @field_validator("save_every_n_epochs", "save_every_n_steps", "sample_every_n_epochs",
+                     "sample_every_n_steps", mode="before")
+    @classmethod
+    def _zero_is_off(cls, v: Any) -> Any:
+        return None if v in (0, "0", "") else v  # kohya: 0 means "never"
 
     @field_validator("optimizer_args", mode="before")
     @classmethod

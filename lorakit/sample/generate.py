@@ -1,42 +1,92 @@
-"""Sample images from the model with its live adapters (no UNet copy)."""
+"""Sample images from the model with its live adapters (no UNet copy).
+
+Prompts are encoded with the same kohya chunking and clip_skip as training. Sampling
+leaves training bit-identical: RNG states, train modes and grad mode are restored.
+"""
 from __future__ import annotations
 
+import contextlib
+import random
+import time
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import torch
 
 from ..io import atomic_path
+from .prompts import SamplePrompt
+from .samplers import make_scheduler
 
 
-def make_pipeline(model, sampler: str = "euler_a"):
-    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+@contextlib.contextmanager
+def preserved_training_state(*modules: torch.nn.Module) -> Iterator[None]:
+    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        random.setstate(py), np.random.set_state(npy), torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        for m, mode in zip(modules, modes):
+            m.train(mode)
 
-    scheduler = EulerAncestralDiscreteScheduler.from_config(model.noise_scheduler.config)
+
+def make_pipeline(model, sampler: str):
+    from diffusers import StableDiffusionPipeline
+
     pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
-                                   unet=model.unet, scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+                                   unet=model.unet, scheduler=make_scheduler(sampler, model.noise_scheduler.config),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-@torch.no_grad()
-def sample_images(model, prompts: list[str], out_dir: str | Path, *, seed: int = 0, steps: int = 20,
-                  size: tuple[int, int] = (512, 512), guidance: float = 7.5, prefix: str = "sample"
-                  ) -> list[Path]:
-    pipe = make_pipeline(model)
+def embed(model, texts: list[str], max_token_length: int, clip_skip: int, dtype: torch.dtype) -> torch.Tensor:
+    from ..models.text import encode, tokenize
+
+    device = next(model.text_encoder.parameters()).device
+    ids = tokenize(model.tokenizer, texts, max_token_length).to(device)
+    return encode(model.text_encoder, ids, clip_skip=clip_skip).to(dtype)
+
+
+def generate(model, sp: SamplePrompt, *, sampler: str = "euler_a", max_token_length: int = 75,
+             clip_skip: int = 1, seed: int = 0):
+    """One PIL image for one prompt. The seed is sp.seed when given."""
+    dtype = next(model.unet.parameters()).dtype
     device = next(model.unet.parameters()).device
-    modes = (model.unet.training, model.text_encoder.training)
-    model.unet.eval(), model.text_encoder.eval()
-    paths = []
-    try:
-        for i, prompt in enumerate(prompts):
-            g = torch.Generator(device=device).manual_seed(seed + i)
-            image = pipe(prompt, width=size[0], height=size[1], num_inference_steps=steps,
-                         guidance_scale=guidance, generator=g).images[0]
-            path = Path(out_dir) / f"{prefix}_{i:02d}_{seed + i}.png"
-            with atomic_path(path) as tmp:
-                image.save(tmp, format="PNG")
-            paths.append(path)
-    finally:
-        model.unet.train(modes[0]), model.text_encoder.train(modes[1])
-    return paths
+    pipe = make_pipeline(model, sp.sampler or sampler)
+    with preserved_training_state(model.unet, model.text_encoder):
+        cond = embed(model, [sp.prompt], max_token_length, clip_skip, dtype)
+        uncond = embed(model, [sp.negative], max_token_length, clip_skip, dtype)
+        g = torch.Generator(device=device).manual_seed(sp.seed if sp.seed is not None else seed)
+        return pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, width=sp.width, height=sp.height,
+                    num_inference_steps=sp.steps, guidance_scale=sp.scale, generator=g,
+                    output_type="pil").images[0]
+
+
+def sample_file_name(output_name: str, index: int, *, epoch: int | None, step: int, seed: int | None) -> str:
+    """kohya: <name>_<e%06d | %06d>_<idx:02d>_<time>[_<seed>].png"""
+    num = f"e{epoch:06d}" if epoch is not None else f"{step:06d}"
+    seed_part = f"_{seed}" if seed is not None else ""
+    return f"{output_name}_{num}_{index:02d}_{time.strftime('%Y%m%d%H%M%S')}{seed_part}.png"
+
+
+def sample_prompts(model, prompts: list[SamplePrompt], out_dir: str | Path, output_name: str, *,
+                   epoch: int | None, step: int, sampler: str, max_token_length: int, clip_skip: int,
+                   base_seed: int = 0) -> list[tuple[Path, object]]:
+    """Write one PNG per prompt; returns (path, image) pairs."""
+    written = []
+    for i, sp in enumerate(prompts):
+        image = generate(model, sp, sampler=sampler, max_token_length=max_token_length, clip_skip=clip_skip,
+                         seed=base_seed + i)
+        path = Path(out_dir) / sample_file_name(output_name, i, epoch=epoch, step=step, seed=sp.seed)
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG")
+        written.append((path, image))
+    return written

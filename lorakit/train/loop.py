@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from ..config.schema import TrainConfig
 from ..events import EventBus, Subscriber
 from .loss import per_sample_mse, sample_noise, sample_seed, target
+from .hooks import RunHooks
 from .save import save_adapter
 from .setup import Run, setup_run
 
@@ -81,8 +83,10 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
     bus.emit("start", plan=plan, seed=run.seed, config=cfg)
     for message in run.index.warnings:
         bus.emit("warning", message=message)
+    hooks = RunHooks(run)
+    hooks.at_start()
     recent: deque[float] = deque(maxlen=plan.steps_per_epoch)
-    step, epoch, loss_value = 0, 0, math.nan
+    step, epoch, loss_value, stop = 0, 0, math.nan, False
     for epoch in range(1, plan.epochs + 1):
         batches = list(run.dataset.epoch_batches(epoch, cfg.train_batch_size, run.seed))
         epoch_losses: list[float] = []
@@ -91,6 +95,7 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
             group = batches[start:start + ga]
             n_images = sum(len(b.captions) for b in group)
             lrs = group_lrs(run)  # the lr this step uses, before the scheduler moves on
+            t0 = time.perf_counter()
             loss_sum = 0.0
             for batch in group:
                 n = len(batch.captions)
@@ -105,26 +110,34 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
             loss_value = loss_sum / n_images
             recent.append(loss_value)
             epoch_losses.append(loss_value)
+            dlr = dlr_values(run, lrs)
             bus.emit("step", step, epoch, loss=loss_value, loss_avg=sum(recent) / len(recent), lrs=lrs,
-                     images=n_images, dlr=dlr_values(run))
-            if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0 and step < plan.total_steps:
-                save_adapter(run, step, epoch, f"{cfg.output_name}-step{step:08d}")
-            if step >= plan.total_steps:
+                     images=n_images, dlr=dlr, images_per_s=n_images / (time.perf_counter() - t0),
+                     peak_memory_mb=peak_memory_mb(run.device))
+            stop = hooks.after_step(step, epoch, lrs, dlr) or step >= plan.total_steps
+            if stop:
                 break
         bus.emit("epoch", step, epoch, loss=sum(epoch_losses) / max(1, len(epoch_losses)))
-        if cfg.save_every_n_epochs and epoch % cfg.save_every_n_epochs == 0 and step < plan.total_steps:
-            save_adapter(run, step, epoch, f"{cfg.output_name}-{epoch:06d}")
-        if step >= plan.total_steps:
+        hooks.after_epoch(step, epoch)
+        if stop:
             break
     path = save_adapter(run, step, epoch, cfg.output_name)
     bus.emit("end", step, epoch, output_file=str(path), loss=loss_value)
     return TrainResult(path, step, epoch, loss_value, run.seed, run.model, run.network)
 
 
-def dlr_values(run: Run) -> dict[str, float]:
-    """d * lr per group for Prodigy / DAdaptation (their adapted step size)."""
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource  # CPU: peak resident set size of the process (KiB on Linux)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def dlr_values(run: Run, lrs: dict[str, float]) -> dict[str, float]:
+    """d * lr per group for Prodigy / DAdaptation: d as this step updated it, times this step's lr."""
     out = {}
     for i, g in enumerate(run.optimizer.param_groups):
         if "d" in g:
-            out[g.get("name", str(i))] = float(g["d"]) * float(g["lr"])
+            name = g.get("name", str(i))
+            out[name] = float(g["d"]) * lrs[name]
     return out

@@ -64,6 +64,14 @@ def preflight(cfg: TrainConfig, overwrite: bool):
     if not cfg.output_dir:
         raise ConfigError("no output folder given", key="output_dir", fix="pass --output DIR")
     resolve_optimizer(cfg.optimizer_type)
+    if cfg.sample_prompts:
+        from ..sample.prompts import parse_prompts
+        from ..sample.samplers import canonical
+
+        canonical(cfg.sample_sampler)
+        for sp in parse_prompts(cfg.sample_prompts):
+            if sp.sampler:
+                canonical(sp.sampler)
     if cfg.resolved_unet_lr() == 0 and cfg.resolved_text_encoder_lr() == 0:
         raise ConfigError("both unet_lr and text_encoder_lr are 0: nothing would train", key="unet_lr",
                           fix="give the UNet or the text encoder a learning rate above 0")

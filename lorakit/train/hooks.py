@@ -1,0 +1,72 @@
+"""What happens between steps: periodic saves, sample images, the d*lr spike watch."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .save import save_adapter
+from .spike import DlrSpikeDetector
+
+if TYPE_CHECKING:
+    from .setup import Run
+
+
+class RunHooks:
+    def __init__(self, run: "Run"):
+        from ..sample.prompts import parse_prompts
+
+        self.run, cfg = run, run.cfg
+        self.prompts = parse_prompts(cfg.sample_prompts) if cfg.sample_prompts else []
+        self.spike = DlrSpikeDetector(cfg.dlr_spike_factor, cfg.dlr_spike_window)
+        self.spiked = False
+
+    def sample(self, step: int, epoch: int | None) -> None:
+        from ..sample.generate import sample_prompts
+
+        if not self.prompts:
+            return
+        cfg, run = self.run.cfg, self.run
+        written = sample_prompts(run.model, self.prompts, run.output_dir / "sample", cfg.output_name,
+                                 epoch=epoch, step=step, sampler=cfg.sample_sampler,
+                                 max_token_length=cfg.max_token_length, clip_skip=cfg.clip_skip, base_seed=run.seed)
+        run.bus.emit("sample", step, epoch or 0, paths=[str(p) for p, _ in written],
+                     images=[img for _, img in written])
+
+    def at_start(self) -> None:
+        if self.run.cfg.sample_at_first:
+            self.sample(0, None)
+
+    def after_step(self, step: int, epoch: int, lrs: dict[str, float], dlr: dict[str, float]) -> bool:
+        """Returns True when the run must stop here."""
+        cfg, run, last = self.run.cfg, self.run, step >= self.run.plan.total_steps
+        if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0 and not last:
+            save_adapter(run, step, epoch, f"{cfg.output_name}-step{step:08d}")
+        if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0:
+            self.sample(step, None)
+        return self.watch_dlr(step, epoch, lrs, dlr)
+
+    def watch_dlr(self, step: int, epoch: int, lrs: dict[str, float], dlr: dict[str, float]) -> bool:
+        # measured on d (d*lr without the schedule) so warmup or restarts never look like a spike
+        group = next(iter(dlr), None)
+        if group is None or self.spiked or not lrs.get(group):
+            return False
+        if not self.spike.update(dlr[group] / lrs[group]):
+            return False
+        self.spiked = True
+        cfg, run = self.run.cfg, self.run
+        action = cfg.dlr_spike_action
+        run.bus.emit("warning", step, epoch, kind="dlr_spike", message=(
+            f"d*lr spiked at step {step}: more than x{cfg.dlr_spike_factor:g} within {cfg.dlr_spike_window} steps "
+            f"(now {dlr[group]:.3g}). The guide: lower d_coef, add weight_decay or eta_min, or fewer steps. "
+            + {"warn": "Training goes on (dlr_spike_action = 'warn').",
+               "save": "Saved the adapter from before the spike.",
+               "stop": "Stopping here; the adapter from before the spike is saved."}[action]))
+        if action == "save":
+            save_adapter(run, step, epoch, f"{cfg.output_name}-prespike-step{step:08d}")
+        return action == "stop"
+
+    def after_epoch(self, step: int, epoch: int) -> None:
+        cfg, run = self.run.cfg, self.run
+        if cfg.save_every_n_epochs and epoch % cfg.save_every_n_epochs == 0 and step < run.plan.total_steps:
+            save_adapter(run, step, epoch, f"{cfg.output_name}-{epoch:06d}")
+        if cfg.sample_every_n_epochs and epoch % cfg.sample_every_n_epochs == 0:
+            self.sample(step, epoch)

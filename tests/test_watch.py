@@ -1,0 +1,164 @@
+"""Watching a run: sample prompts, samplers, d*lr spikes, TensorBoard = metrics.jsonl, plots."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from PIL import Image
+
+from lorakit.config.load import load_config
+from lorakit.demo import make_synthetic_dataset
+from lorakit.errors import ConfigError
+from lorakit.monitors import MetricsJsonl, TensorBoard
+from lorakit.plot import plot_run
+from lorakit.sample.prompts import parse_prompts
+from lorakit.sample.samplers import SAMPLERS, canonical, make_scheduler
+from lorakit.train.loop import train
+from lorakit.train.spike import DlrSpikeDetector
+
+
+def test_prompt_syntax():
+    text = ("# a comment\n"
+            "masterpiece, TRIGGER --n worst quality --w 515 --h 712 --d 1 --l 7.5 --s 28 --ss k_euler\n"
+            "\n"
+            "plain prompt --w 30\n")
+    a, b = parse_prompts(text)
+    assert (a.prompt, a.negative, a.width, a.height, a.seed, a.scale, a.steps, a.sampler) == (
+        "masterpiece, TRIGGER", "worst quality", 512, 712, 1, 7.5, 28, "k_euler")
+    assert (b.prompt, b.width, b.height, b.steps, b.scale, b.seed) == ("plain prompt", 64, 512, 30, 7.5, None)
+    with pytest.raises(ConfigError):
+        parse_prompts("x --q 3")
+
+
+def test_prompt_file(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("one --d 3\ntwo\n", encoding="utf-8")
+    assert [p.prompt for p in parse_prompts(str(f))] == ["one", "two"]
+    with pytest.raises(ConfigError):
+        parse_prompts(str(tmp_path / "missing.txt"))
+
+
+def test_sampler_names_build_schedulers():
+    from diffusers import DDPMScheduler
+
+    base = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).config
+    for name in SAMPLERS:
+        if name == "lms":
+            continue  # needs scipy
+        sched = make_scheduler(name, base)
+        assert type(sched).__name__ == SAMPLERS[name][0]
+    assert canonical("K_EULER_A") == "euler_a"
+    assert make_scheduler("dpm++ 2m karras", base).config.use_karras_sigmas is True
+    with pytest.raises(ConfigError):
+        canonical("euler_b")
+
+
+def test_spike_detector_synthetic_series():
+    det = DlrSpikeDetector(factor=3.0, window=10)
+    series = [1e-6 * 1.5 ** i for i in range(30)]          # Prodigy's climb: must not fire
+    series += [series[-1]] * 40                              # plateau: arms the detector
+    series += [series[-1] * (1 + 0.5 * i) for i in range(1, 20)]  # the spike
+    fired = [i for i, v in enumerate(series) if det.update(v)]
+    # the first step whose value exceeds 3x the value 10 steps earlier
+    expected = next(i for i in range(80, len(series)) if series[i] > 3 * series[i - 10])
+    assert fired[0] == expected
+    assert DlrSpikeDetector(0, 10).update(1.0) is False
+
+
+class SpikyProdigyLike(torch.optim.SGD):
+    """SGD that reports a Prodigy-style d: flat, then a x10 jump at step 12."""
+
+    def __init__(self, params, lr=1e-3, **kw):
+        super().__init__(params, lr=lr)
+        self.k = 0
+        for g in self.param_groups:
+            g["d"] = 1e-4
+
+    def step(self, closure=None):
+        super().step(closure)
+        self.k += 1
+        for g in self.param_groups:
+            g["d"] = 1e-4 if self.k < 12 else 1e-3
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("d"), n_images=2, repeats=2)
+
+
+def cfg_for(model, data, out, **kw):
+    values = {"pretrained_model_name_or_path": str(model), "train_data_dir": str(data), "output_dir": str(out),
+              "resolution": 64, "network_dim": 2, "seed": 3, "max_train_steps": 4}
+    values.update(kw)
+    return load_config(None, [], values)
+
+
+def test_spike_stop_ends_run_with_adapter(tiny_model_dir, data, tmp_path):
+    events = []
+    cfg = cfg_for(tiny_model_dir, data, tmp_path, max_train_steps=30, dlr_spike_window=5,
+                  dlr_spike_action="stop", optimizer_type="test_watch.SpikyProdigyLike")
+    res = train(cfg, [events.append])
+    warn = [e for e in events if e.kind == "warning" and e.data.get("kind") == "dlr_spike"]
+    assert len(warn) == 1 and warn[0].step == 12
+    assert res.steps == 12 and res.output_file.is_file()
+    steps = [e for e in events if e.kind == "step"]
+    assert steps[-1].step == 12 and steps[10].data["dlr"]["unet"] == pytest.approx(1e-4 * steps[10].data["lrs"]["unet"])
+
+
+def test_samples_named_sized_and_training_unchanged(tiny_model_dir, data, tmp_path):
+    prompts = ("a red circle --n blue --w 64 --h 72 --d 5 --s 3 --l 5 --ss euler\n"
+               "a square --w 80 --h 64 --d 6 --s 2 --ss ddim\n"
+               "shapes --d 7 --s 2 --w 64 --h 64 --l 1\n")
+    rows_a, rows_b = [], []
+    base = dict(max_train_steps=4, train_batch_size=1)  # 4 samples/epoch -> 1 epoch
+    train(cfg_for(tiny_model_dir, data, tmp_path / "plain", **base),
+          [lambda e: rows_a.append(e.data["loss"]) if e.kind == "step" else None])
+    cfg = cfg_for(tiny_model_dir, data, tmp_path / "sampled", sample_prompts=prompts, sample_every_n_steps=2,
+                  sample_at_first=True, network_dropout=0.5, **base)
+    cfg_plain = cfg.model_copy(update={"sample_prompts": None, "output_dir": str(tmp_path / "plain2")})
+    rows_c = []
+    train(cfg_plain, [lambda e: rows_c.append(e.data["loss"]) if e.kind == "step" else None])
+    train(cfg, [lambda e: rows_b.append(e.data["loss"]) if e.kind == "step" else None])
+    assert rows_b == rows_c  # sampling leaves training bit-identical (dropout uses the global RNG)
+    files = sorted((tmp_path / "sampled" / "sample").glob("*.png"))
+    assert len(files) == 9  # 3 prompts x (before the first step, step 2, step 4)
+    names = [f.name for f in files]
+    assert all(re.fullmatch(r"last_\d{6}_0[0-2]_\d{14}_[5-7]\.png", n) for n in names), names
+    assert {n.split("_")[1] for n in names} == {"000000", "000002", "000004"}
+    sizes = {n.split("_")[2]: Image.open(f).size for n, f in zip(names, files)}
+    assert sizes == {"00": (64, 72), "01": (80, 64), "02": (64, 64)}
+
+
+def test_same_prompt_same_seed_same_image(tiny_model_dir):
+    from lorakit.models.loader import load_sd_model
+    from lorakit.sample.generate import generate
+    from lorakit.sample.prompts import parse_prompt_line
+
+    model = load_sd_model(str(tiny_model_dir))
+    sp = parse_prompt_line("a cat --w 64 --h 64 --d 11 --s 3")
+    a, b = generate(model, sp), generate(model, sp)
+    assert list(a.getdata()) == list(b.getdata())
+
+
+def test_tensorboard_equals_metrics_and_plots(tiny_model_dir, data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    cfg = cfg_for(tiny_model_dir, data, out, max_train_steps=5, lr_scheduler="cosine")
+    train(cfg, [MetricsJsonl(out / "metrics.jsonl"), TensorBoard(out / "logs")])
+    rows = [json.loads(x) for x in open(out / "metrics.jsonl") if '"loss"' in x]
+    acc = EventAccumulator(str(out / "logs"))
+    acc.Reload()
+    tb_loss = [(e.step, e.value) for e in acc.Scalars("loss/current")]
+    tb_lr = [(e.step, e.value) for e in acc.Scalars("lr/unet")]
+    assert [s for s, _ in tb_loss] == [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [v for _, v in tb_loss] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
+    assert [v for _, v in tb_lr] == pytest.approx([r["lr/unet"] for r in rows], rel=1e-6)
+    assert "loss/average" in acc.Tags()["scalars"] and "lr/textencoder" in acc.Tags()["scalars"]
+    written = plot_run(out)
+    assert {p.name for p in written} == {"loss.png", "lr.png"}
+    for p in written:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert Image.open(p).size[0] > 100
