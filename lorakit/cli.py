@@ -23,12 +23,12 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .monitors import MetricsJsonl, ProgressBar, TensorBoard
+    from .monitors import MetricsJsonl, Plots, ProgressBar, TensorBoard
     from .train.loop import train
 
     cfg = _config_from_args(args)
     out = Path(cfg.output_dir)
-    subs = [MetricsJsonl(out / "metrics.jsonl"), TensorBoard(cfg.logging_dir or out / "logs")]
+    subs = [MetricsJsonl(out / "metrics.jsonl"), TensorBoard(cfg.logging_dir or out / "logs"), Plots(out)]
     if not args.quiet:
         subs.append(ProgressBar())
     result = train(cfg, subs, overwrite=args.overwrite)
@@ -59,6 +59,18 @@ def cmd_config_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .errors import UserError
+    from .plot import plot_run
+
+    metrics = Path(args.output_dir) / "metrics.jsonl"
+    if not metrics.is_file():
+        raise UserError("no metrics.jsonl here", file=str(metrics), fix="give the output_dir of a lorakit run")
+    for path in plot_run(args.output_dir):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lorakit", description="Train Stable Diffusion adapters.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -77,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace existing adapter files of this name")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
+
+    pl = sub.add_parser("plot", help="write loss / lr / d*lr PNG plots of a run")
+    pl.add_argument("output_dir", help="the run's output folder (holding metrics.jsonl)")
+    pl.set_defaults(fn=cmd_plot)
 
     c = sub.add_parser("config", help="show the resolved config or list keys")
     csub = c.add_subparsers(dest="config_command", required=True)

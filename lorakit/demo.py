@@ -5,6 +5,7 @@ Writes the adapter, metrics.jsonl, TensorBoard logs, loss/lr plots and sample im
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,10 +53,7 @@ def make_synthetic_dataset(root: Path, n_images: int = 8, size: int = 64, repeat
 def main(argv: list[str] | None = None) -> int:
     from .config.load import load_config
     from .models.tiny import save_tiny_pipeline
-    from .monitors import MetricsJsonl, ProgressBar, TensorBoard
-    from .plot import plot_run
-    from .sample.generate import sample_prompts
-    from .sample.prompts import parse_prompts
+    from .monitors import MetricsJsonl, Plots, ProgressBar, TensorBoard
     from .train.loop import train
 
     ap = argparse.ArgumentParser(description=__doc__)
@@ -74,18 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         "output_dir": str(run_dir), "output_name": "demo-lora", "resolution": 64, "network_dim": 4,
         "network_alpha": 4, "learning_rate": 3e-3, "train_batch_size": 2, "lr_scheduler": "cosine",
         "lr_warmup_steps": 0.1, "seed": 42, "shuffle_caption": True, "keep_tokens": 1,
-        "training_comment": "lorakit demo",
+        "training_comment": "lorakit demo", "sample_every_n_epochs": 1,
+        "sample_prompts": "lkshape, red circle, simple background --w 64 --h 64 --d 1 --s 20\n"
+                          "lkshape, blue square, simple background --n red --w 64 --h 64 --d 2 --s 20",
     })
-    result = train(cfg, [MetricsJsonl(run_dir / "metrics.jsonl"), TensorBoard(run_dir / "logs"), ProgressBar()],
-                   overwrite=True)
-    plots = plot_run(run_dir)
-    # sample with the adapters still applied: train() leaves the model adapted
-    model = result.model
-    prompts = parse_prompts("lkshape, red circle, simple background --w 64 --h 64 --d 1 --s 20\n"
-                            "lkshape, blue square, simple background --n red --w 64 --h 64 --d 2 --s 20")
-    samples = [p for p, _ in sample_prompts(model, prompts, run_dir / "sample", cfg.output_name, epoch=None,
-                                            step=result.steps, sampler="euler_a",
-                                            max_token_length=cfg.max_token_length, clip_skip=cfg.clip_skip)]
+    shutil.rmtree(run_dir / "sample", ignore_errors=True)  # the demo's own folder: start it fresh
+    subscribers = [MetricsJsonl(run_dir / "metrics.jsonl"), TensorBoard(run_dir / "logs"), Plots(run_dir),
+                   ProgressBar()]
+    result = train(cfg, subscribers, overwrite=True)
+    plots = sorted(run_dir.glob("*.png"))
+    samples = sorted((run_dir / "sample").glob("*.png"))
     print(f"\nlorakit demo finished in {time.perf_counter() - t0:.0f} s")
     print(f"  adapter : {result.output_file}")
     print(f"  metrics : {run_dir / 'metrics.jsonl'}  (TensorBoard: {run_dir / 'logs'})")

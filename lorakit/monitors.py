@@ -111,3 +111,16 @@ class ProgressBar:
                 f"warning: {ev.data['message']}", file=self.stream)
         elif ev.kind == "end" and self.bar is not None:
             self.bar.close()
+
+
+class Plots:
+    """At the end of a run, loss / lr / d*lr PNGs next to metrics.jsonl (subscribe after MetricsJsonl)."""
+
+    def __init__(self, output_dir: str | Path):
+        self.output_dir = Path(output_dir)
+
+    def __call__(self, ev: Event) -> None:
+        if ev.kind == "end" and (self.output_dir / "metrics.jsonl").is_file():
+            from .plot import plot_run
+
+            plot_run(self.output_dir)
