@@ -1,72 +1,151 @@
-"""Optimizer construction from the config: names as kohya spells them, any module.Class path."""
+"""Optimizer construction from the config: names as kohya spells them, any module.Class path.
+
+Names are case-insensitive (kohya-semantics.md 1, "Optimizer names"). A name that is not
+in the table is a torch.optim class (exact case, e.g. "RAdam") or a dotted module.Class.
+Prodigy and the D-Adaptation family accept different text-encoder and UNet lrs through
+groupscale.GroupScaleMixin (docs/optimizers.md).
+"""
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..config.schema import TrainConfig
 from ..errors import ConfigError
+from .groupscale import SCALABLE, is_adaptive, scaled_class
 
 
-def _torch(name: str, **fixed: Any):
-    return lambda: (getattr(torch.optim, name), fixed)
+@dataclass(frozen=True)
+class Spec:
+    module: str
+    cls: str
+    defaults: dict[str, Any] = field(default_factory=dict)  # used unless optimizer_args set them
+    fixed: dict[str, Any] = field(default_factory=dict)     # always passed
+    package: str | None = None                               # pip name when it is an optional extra
+    needs_cuda: bool = False
 
 
-def _ext(module: str, cls: str, **fixed: Any):
-    def load():
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            raise ConfigError(f"optimizer needs the '{module}' package", key="optimizer_type",
-                              fix=f"pip install {module}") from None
-        return getattr(mod, cls), fixed
-    return load
+_BNB = dict(package="bitsandbytes", needs_cuda=True)
 
-
-# lower-case kohya name -> loader returning (class, fixed kwargs)
-OPTIMIZERS = {
-    "adamw": _torch("AdamW"),
-    "sgd": _torch("SGD"),
-    "sgdnesterov": _torch("SGD", nesterov=True, momentum=0.9),
-    "prodigy": _ext("prodigyopt", "Prodigy"),
-    "dadaptadam": _ext("dadaptation", "DAdaptAdam"),
-    "dadaptation": _ext("dadaptation.experimental", "DAdaptAdamPreprint"),  # kohya since 2023-05
-    "dadaptadampreprint": _ext("dadaptation.experimental", "DAdaptAdamPreprint"),
-    "dadaptlion": _ext("dadaptation", "DAdaptLion"),
-    "dadaptsgd": _ext("dadaptation", "DAdaptSGD"),
-    "dadaptadagrad": _ext("dadaptation", "DAdaptAdaGrad"),
-    "dadaptadan": _ext("dadaptation", "DAdaptAdan"),
+# lower-case kohya name -> where the class lives
+OPTIMIZERS: dict[str, Spec] = {
+    "adamw": Spec("torch.optim", "AdamW"),
+    "sgdnesterov": Spec("torch.optim", "SGD", defaults={"momentum": 0.9}, fixed={"nesterov": True}),
+    "lion": Spec("lorakit.optim.lion", "Lion"),
+    "adafactor": Spec("transformers.optimization", "Adafactor", defaults={"relative_step": True}),
+    "adamw8bit": Spec("bitsandbytes.optim", "AdamW8bit", **_BNB),
+    "lion8bit": Spec("bitsandbytes.optim", "Lion8bit", **_BNB),
+    "pagedadamw": Spec("bitsandbytes.optim", "PagedAdamW", **_BNB),
+    "pagedadamw8bit": Spec("bitsandbytes.optim", "PagedAdamW8bit", **_BNB),
+    "pagedadamw32bit": Spec("bitsandbytes.optim", "PagedAdamW32bit", **_BNB),
+    "pagedlion8bit": Spec("bitsandbytes.optim", "PagedLion8bit", **_BNB),
+    "prodigy": Spec("prodigyopt", "Prodigy"),
+    "dadaptadam": Spec("dadaptation", "DAdaptAdam"),
+    # kohya: "DAdaptation" means DAdaptAdamPreprint since 2023-05-25 (DAdaptAdam before)
+    "dadaptation": Spec("dadaptation.experimental", "DAdaptAdamPreprint"),
+    "dadaptadampreprint": Spec("dadaptation.experimental", "DAdaptAdamPreprint"),
+    "dadaptadagrad": Spec("dadaptation", "DAdaptAdaGrad"),
+    "dadaptadan": Spec("dadaptation", "DAdaptAdan"),
+    "dadaptadanip": Spec("dadaptation.experimental", "DAdaptAdanIP"),
+    "dadaptlion": Spec("dadaptation", "DAdaptLion"),
+    "dadaptsgd": Spec("dadaptation", "DAdaptSGD"),
 }
 
 
-def resolve_optimizer(name: str) -> tuple[type, dict[str, Any]]:
-    key = name.lower()
-    if key in OPTIMIZERS:
-        return OPTIMIZERS[key]()
-    if "." in name:
-        mod, _, cls = name.rpartition(".")
-        try:
-            return getattr(importlib.import_module(mod), cls), {}
-        except (ImportError, AttributeError):
-            raise ConfigError(f"cannot import optimizer '{name}'", key="optimizer_type",
-                              fix="check the module path and that its package is installed") from None
-    raise ConfigError(f"unknown optimizer '{name}'", key="optimizer_type",
-                      fix=f"use one of {', '.join(sorted(OPTIMIZERS))} or a module.Class path")
+def _import(module: str, cls: str, name: str, package: str | None) -> type:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        pkg = package or module.split(".")[0]
+        raise ConfigError(f"optimizer '{name}' needs the '{pkg}' package, which is not installed",
+                          key="optimizer_type", fix=f"pip install {pkg}, or choose another optimizer") from None
+    try:
+        return getattr(mod, cls)
+    except AttributeError:
+        raise ConfigError(f"'{module}' has no optimizer '{cls}'", key="optimizer_type",
+                          fix="check the spelling, or update the package") from None
+
+
+def resolve_optimizer(name: str) -> tuple[type, Spec]:
+    """(reference class, spec) for a kohya optimizer name, a torch.optim name or module.Class."""
+    spec = OPTIMIZERS.get(name.strip().lower())
+    if spec is None:
+        if "." in name:
+            mod, _, cls = name.strip().rpartition(".")
+            spec = Spec(mod, cls)
+        elif hasattr(torch.optim, name.strip()) and isinstance(getattr(torch.optim, name.strip()), type):
+            spec = Spec("torch.optim", name.strip())
+        else:
+            names = sorted({s.cls if s.module != "dadaptation.experimental" or k != "dadaptation"
+                            else "DAdaptation" for k, s in OPTIMIZERS.items()})
+            raise ConfigError(f"unknown optimizer '{name}'", key="optimizer_type",
+                              fix=f"use one of {', '.join(names)}, a torch.optim class or a module.Class path")
+    return _import(spec.module, spec.cls, name, spec.package), spec
+
+
+def optimizer_kwargs(cfg: TrainConfig, spec: Spec) -> dict[str, Any]:
+    kw = {**spec.defaults, **cfg.optimizer_args, **spec.fixed}
+    if spec.cls == "Adafactor" and not kw.get("relative_step") and kw.get("warmup_init"):
+        kw["relative_step"] = True  # kohya: warmup_init needs relative_step
+    return kw
+
+
+def adafactor_relative_step(cfg: TrainConfig) -> bool:
+    """Adafactor computes its own lr (kohya's default); our lrs then only set the initial value."""
+    spec = OPTIMIZERS.get(cfg.optimizer_type.strip().lower())
+    return spec is not None and spec.cls == "Adafactor" and bool(optimizer_kwargs(cfg, spec).get("relative_step"))
+
+
+def optimizer_warnings(cfg: TrainConfig, param_groups: list[dict[str, Any]]) -> list[str]:
+    """Things the user should hear about before training (the loop emits them)."""
+    cls, spec = resolve_optimizer(cfg.optimizer_type)
+    out = []
+    lrs = [g["lr"] for g in param_groups if g["lr"] > 0]
+    if is_adaptive(cls) and lrs and max(lrs) <= 0.1:
+        out.append(f"{cfg.optimizer_type} adapts its step size and expects lrs around 1.0; the largest here is "
+                   f"{max(lrs):g}, which scales every step down by that factor")
+    if adafactor_relative_step(cfg) and len(set(lrs)) > 1:
+        out.append("Adafactor with relative_step=True computes its own lr: unet_lr and text_encoder_lr are "
+                   "ignored (set optimizer_args relative_step=False to use them)")
+    return out
 
 
 def build_optimizer(cfg: TrainConfig, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    cls, fixed = resolve_optimizer(cfg.optimizer_type)
-    kwargs = {**fixed, **cfg.optimizer_args}
-    groups = [{k: v for k, v in g.items()} for g in param_groups]
-    lrs = {g["lr"] for g in groups}
-    if len(lrs) > 1 and getattr(cls, "__module__", "").split(".")[0] in ("prodigyopt", "dadaptation"):
-        raise ConfigError(
-            f"{cfg.optimizer_type} adapts one learning rate for all groups; unet_lr and text_encoder_lr "
-            "differ", key="text_encoder_lr", fix="set unet_lr and text_encoder_lr to the same value")
+    """Groups are [{'params', 'lr', 'name'}] (TE first, then UNet). Different lrs work for every optimizer."""
+    cls, spec = resolve_optimizer(cfg.optimizer_type)
+    kwargs = optimizer_kwargs(cfg, spec)
+    groups = [dict(g) for g in param_groups]
+    if spec.needs_cuda and any(p.device.type != "cuda" for g in groups for p in g["params"]):
+        raise ConfigError(f"{cfg.optimizer_type} (bitsandbytes) needs a CUDA GPU; the parameters are on the CPU",
+                          key="optimizer_type", fix="use AdamW or Lion on the CPU")
+    lr: float | None = cfg.learning_rate
+    if adafactor_relative_step(cfg):
+        lr = None  # kohya: the lr becomes Adafactor's initial lr, set by the schedule
+        for g in groups:
+            g.pop("lr", None)
+    elif is_adaptive(cls) and len({g["lr"] for g in groups if g["lr"] > 0}) > 1:
+        if cls.__name__ not in SCALABLE:
+            raise ConfigError(
+                f"{cfg.optimizer_type} cannot give the text encoder and the UNet different lrs (its update is not "
+                "a step of adjustable size)", key="text_encoder_lr",
+                fix=f"set text_encoder_lr = unet_lr, or use one of {', '.join(sorted(SCALABLE))}")
+        cls = scaled_class(cls)
     try:
-        return cls(groups, lr=cfg.learning_rate, **kwargs)
+        opt = cls(groups, lr=lr, **kwargs)
     except TypeError as e:
-        raise ConfigError(f"{cfg.optimizer_type} rejects optimizer_args {kwargs}: {e}",
+        raise ConfigError(f"{cfg.optimizer_type} rejects optimizer_args {cfg.optimizer_args}: {e}",
                           key="optimizer_args", fix="remove or rename the argument") from None
+    except ValueError as e:
+        raise ConfigError(f"{cfg.optimizer_type}: {e}", key="optimizer_args", fix="check the values") from None
+    opt.lorakit_config = cfg  # type: ignore[attr-defined]  # read by build_scheduler (lr_scheduler_type)
+    return opt
+
+
+def describe_optimizer(cfg: TrainConfig) -> str:
+    """kohya's ss_optimizer value: 'module.Class(k=v,...)' of the reference class."""
+    cls, spec = resolve_optimizer(cfg.optimizer_type)
+    args = ",".join(f"{k}={v}" for k, v in optimizer_kwargs(cfg, spec).items())
+    return f"{cls.__module__}.{cls.__name__}" + (f"({args})" if args else "")
