@@ -31,7 +31,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     subs = [MetricsJsonl(out / "metrics.jsonl"), TensorBoard(cfg.logging_dir or out / "logs"), Plots(out)]
     if not args.quiet:
         subs.append(ProgressBar())
-    result = train(cfg, subs, overwrite=args.overwrite)
+    result = train(cfg, subs, overwrite=args.overwrite, resume=args.resume)
     print(f"lorakit: wrote {result.output_file} ({result.steps} steps, seed {result.seed})")
     return 0
 
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(t)
     t.add_argument("--overwrite", action="store_true", help="replace existing adapter files of this name")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--resume", nargs="?", const="auto", default=None, metavar="STATE_DIR",
+                   help="continue from the newest state in the output folder, or from STATE_DIR")
     t.set_defaults(fn=cmd_train)
 
     pl = sub.add_parser("plot", help="write loss / lr / d*lr PNG plots of a run")

@@ -19,7 +19,12 @@ class MetricsJsonl:
     def __call__(self, ev: Event) -> None:
         if ev.kind == "start":  # opened only once the run has passed its checks
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fh = open(self.path, "w", encoding="utf-8")
+            resumed_at = ev.data.get("resumed_at") or 0
+            if resumed_at and self.path.is_file():
+                self._truncate_after(resumed_at)
+                self.fh = open(self.path, "a", encoding="utf-8")
+            else:
+                self.fh = open(self.path, "w", encoding="utf-8")
         elif self.fh is None:
             return
         elif ev.kind == "step":
@@ -37,6 +42,21 @@ class MetricsJsonl:
             self.fh.flush()
         elif ev.kind == "end":
             self.fh.close()
+
+
+    def _truncate_after(self, step: int) -> None:
+        """A resumed run continues the file: rows after the resumed step (a killed run's tail) go."""
+        from .io import atomic_write_bytes
+
+        keep = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if row.get("step", 0) <= step:
+                keep.append(line + "\n")
+        atomic_write_bytes(self.path, "".join(keep).encode("utf-8"))
 
 
 class TensorBoard:

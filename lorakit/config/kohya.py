@@ -33,7 +33,6 @@ GUI_ONLY = {
     "LyCORIS_preset": "module selection follows LoRA_type",
     "xformers": "lorakit always uses PyTorch SDPA attention",
     "mem_eff_attn": "lorakit always uses PyTorch SDPA attention",
-    "save_state": "training state saving is not implemented yet",
     "save_last_n_steps": "retention is not implemented yet",
     "save_last_n_steps_state": "retention is not implemented yet",
     "use_wandb": "TensorBoard only",

@@ -104,6 +104,8 @@ class TrainConfig(BaseModel):
     save_every_n_epochs: Optional[int] = F(None, "output", "Also save <name>-<epoch:06d> every N epochs.", ge=1)
     save_every_n_steps: Optional[int] = F(None, "output", "Also save <name>-step<step:08d> every N steps.",
                                           ge=1)
+    save_state: bool = F(False, "output", "Also save the full training state (for --resume) at each save "
+                                          "and at the end, as <name>-...-state folders.")
     logging_dir: Optional[str] = F(None, "output", "TensorBoard folder (unset = <output_dir>/logs).")
     training_comment: Optional[str] = F(None, "output", "Stored as ss_training_comment in the file.")
 

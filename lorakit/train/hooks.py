@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 
 from .save import save_adapter
 from .spike import DlrSpikeDetector
+from .state import save_state
 
 if TYPE_CHECKING:
     from .setup import Run
@@ -40,6 +41,8 @@ class RunHooks:
         cfg, run, last = self.run.cfg, self.run, step >= self.run.plan.total_steps
         if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0 and not last:
             save_adapter(run, step, epoch, f"{cfg.output_name}-step{step:08d}")
+            if cfg.save_state:
+                save_state(run, f"{cfg.output_name}-step{step:08d}-state")
         if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0:
             self.sample(step, None)
         return self.watch_dlr(step, epoch, lrs, dlr)
@@ -68,5 +71,7 @@ class RunHooks:
         cfg, run = self.run.cfg, self.run
         if cfg.save_every_n_epochs and epoch % cfg.save_every_n_epochs == 0 and step < run.plan.total_steps:
             save_adapter(run, step, epoch, f"{cfg.output_name}-{epoch:06d}")
+            if cfg.save_state:
+                save_state(run, f"{cfg.output_name}-{epoch:06d}-state")
         if cfg.sample_every_n_epochs and epoch % cfg.sample_every_n_epochs == 0:
             self.sample(step, epoch)

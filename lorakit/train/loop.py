@@ -16,6 +16,7 @@ from .loss import per_sample_mse, sample_noise, sample_seed, target
 from .hooks import RunHooks
 from .save import save_adapter
 from .setup import Run, setup_run
+from .state import Diverged, Progress, check_resume_config, find_state, load_state, save_state
 
 
 @dataclass
@@ -76,54 +77,90 @@ def optimizer_step(run: Run) -> None:
     run.optimizer.zero_grad(set_to_none=True)
 
 
-def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite: bool = False) -> TrainResult:
+def train_step(run: Run, group: list, epoch: int, position: int) -> tuple[float, int]:
+    """One optimizer step over a group of micro-batches; returns (mean loss, images)."""
+    n_images = sum(len(b.captions) for b in group)
+    loss_sum = 0.0
+    for batch in group:
+        n = len(batch.captions)
+        seeds = [sample_seed(run.seed, epoch, position + i) for i in range(n)]
+        position += n
+        loss = micro_step_loss(run, batch, seeds)
+        # the gradient of the mean over every image of the optimizer step, also for a short last group
+        run.accelerator.backward(loss * (n / n_images))
+        loss_sum += loss.item() * n
+    if not math.isfinite(loss_sum):
+        raise Diverged(loss_sum)
+    optimizer_step(run)
+    return loss_sum / n_images, n_images
+
+
+def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite: bool = False,
+          resume: str | None = None) -> TrainResult:
+    state_dir = None
+    if resume:  # checked before any model is loaded
+        state_dir = find_state(cfg.output_dir, resume)
+        cfg = check_resume_config(cfg, state_dir)
     bus = EventBus(list(subscribers))
-    run = setup_run(cfg, bus, overwrite)
+    run = setup_run(cfg, bus, overwrite or state_dir is not None)
     plan, ga = run.plan, cfg.gradient_accumulation_steps
-    bus.emit("start", plan=plan, seed=run.seed, config=cfg)
+    progress = load_state(run, state_dir) if state_dir else Progress()
+    if progress.groups_done >= plan.steps_per_epoch:  # the state was saved at an epoch's end
+        progress = Progress(progress.step, progress.epoch + 1, 0)
+    bus.emit("start", plan=plan, seed=run.seed, config=cfg, resumed_at=progress.step)
     for message in run.index.warnings:
         bus.emit("warning", message=message)
     hooks = RunHooks(run)
-    hooks.at_start()
+    if not resume:
+        hooks.at_start()
     recent: deque[float] = deque(maxlen=plan.steps_per_epoch)
-    step, epoch, loss_value, stop = 0, 0, math.nan, False
-    for epoch in range(1, plan.epochs + 1):
-        batches = list(run.dataset.epoch_batches(epoch, cfg.train_batch_size, run.seed))
-        epoch_losses: list[float] = []
-        position = 0  # samples seen so far this epoch: keys each sample's noise
-        for start in range(0, len(batches), ga):
-            group = batches[start:start + ga]
-            n_images = sum(len(b.captions) for b in group)
-            lrs = group_lrs(run)  # the lr this step uses, before the scheduler moves on
-            t0 = time.perf_counter()
-            loss_sum = 0.0
-            for batch in group:
-                n = len(batch.captions)
-                seeds = [sample_seed(run.seed, epoch, position + i) for i in range(n)]
-                position += n
-                loss = micro_step_loss(run, batch, seeds)
-                # the gradient of the mean over every image of the optimizer step, also for a short last group
-                run.accelerator.backward(loss * (n / n_images))
-                loss_sum += loss.item() * n
-            optimizer_step(run)
-            step += 1
-            loss_value = loss_sum / n_images
-            recent.append(loss_value)
-            epoch_losses.append(loss_value)
-            dlr = dlr_values(run, lrs)
-            bus.emit("step", step, epoch, loss=loss_value, loss_avg=sum(recent) / len(recent), lrs=lrs,
-                     images=n_images, dlr=dlr, images_per_s=n_images / (time.perf_counter() - t0),
-                     peak_memory_mb=peak_memory_mb(run.device))
-            stop = hooks.after_step(step, epoch, lrs, dlr) or step >= plan.total_steps
+    step, epoch, loss_value, stop = progress.step, progress.epoch, math.nan, step_done(progress.step, plan)
+    try:
+        for epoch in range(max(1, progress.epoch), plan.epochs + 1):
+            batches = list(run.dataset.epoch_batches(epoch, cfg.train_batch_size, run.seed))
+            groups = [batches[i:i + ga] for i in range(0, len(batches), ga)]
+            done = progress.groups_done if epoch == progress.epoch else 0  # resume mid-epoch
+            position = sum(len(b.captions) for g in groups[:done] for b in g)  # keys each sample's noise
+            epoch_losses: list[float] = []
+            for group in groups[done:] if not stop else []:
+                lrs = group_lrs(run)  # the lr this step uses, before the scheduler moves on
+                t0 = time.perf_counter()
+                loss_value, n_images = train_step(run, group, epoch, position)
+                position += n_images
+                done, step = done + 1, step + 1
+                run.progress = Progress(step, epoch, done)
+                recent.append(loss_value)
+                epoch_losses.append(loss_value)
+                dlr = dlr_values(run, lrs)
+                bus.emit("step", step, epoch, loss=loss_value, loss_avg=sum(recent) / len(recent), lrs=lrs,
+                         images=n_images, dlr=dlr, images_per_s=n_images / (time.perf_counter() - t0),
+                         peak_memory_mb=peak_memory_mb(run.device))
+                stop = hooks.after_step(step, epoch, lrs, dlr) or step_done(step, plan)
+                if stop:
+                    break
+            if done == len(groups):  # a whole epoch, not a resume that started at its end
+                bus.emit("epoch", step, epoch, loss=sum(epoch_losses) / max(1, len(epoch_losses)))
+                hooks.after_epoch(step, epoch)
             if stop:
                 break
-        bus.emit("epoch", step, epoch, loss=sum(epoch_losses) / max(1, len(epoch_losses)))
-        hooks.after_epoch(step, epoch)
-        if stop:
-            break
+    except Diverged as e:
+        path = save_adapter(run, step, epoch, f"{cfg.output_name}-step{step:08d}")
+        bus.emit("end", step, epoch, output_file=str(path), loss=e.loss, failed=True)
+        raise e.user_error(step + 1, path) from None
+    except KeyboardInterrupt:
+        path = save_adapter(run, step, epoch, f"{cfg.output_name}-step{step:08d}")
+        save_state(run, f"{cfg.output_name}-step{step:08d}-state")
+        bus.emit("end", step, epoch, output_file=str(path), loss=loss_value, interrupted=True)
+        raise
     path = save_adapter(run, step, epoch, cfg.output_name)
+    if cfg.save_state:
+        save_state(run, f"{cfg.output_name}-state")
     bus.emit("end", step, epoch, output_file=str(path), loss=loss_value)
     return TrainResult(path, step, epoch, loss_value, run.seed, run.model, run.network)
+
+
+def step_done(step: int, plan) -> bool:
+    return step >= plan.total_steps
 
 
 def peak_memory_mb(device: torch.device) -> float:

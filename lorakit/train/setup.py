@@ -41,6 +41,7 @@ class Run:
     generator: torch.Generator | None = None
     weight_dtype: torch.dtype = torch.float32
     overwrite: bool = False
+    progress: Any = None  # state.Progress of the last finished step
     started_at: float = field(default_factory=time.time)
 
     @property
