@@ -76,8 +76,15 @@ class TrainConfig(BaseModel):
                                  ge=0)
     text_encoder_lr: Optional[float] = F(
         None, "optimizer", "Text-encoder adapter lr (unset = learning_rate; 0 = frozen).", ge=0)
-    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine"] = F(
-        "constant", "optimizer", "Learning-rate schedule, stepped once per optimizer step.")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                          "polynomial"] = F(
+        "constant", "optimizer", "Learning-rate schedule, stepped once per optimizer step (diffusers' formulas).")
+    lr_scheduler_num_cycles: int = F(1, "optimizer", "Hard restarts of cosine_with_restarts.", ge=1)
+    lr_scheduler_power: float = F(1.0, "optimizer", "Exponent of the polynomial schedule (1 = linear).", gt=0)
+    lr_scheduler_type: Optional[str] = F(
+        None, "optimizer", "A torch.optim.lr_scheduler class name or module.Class path; replaces lr_scheduler.")
+    lr_scheduler_args: dict[str, Any] = F(
+        {}, "optimizer", "Keyword arguments of lr_scheduler_type; also accepts kohya's list of 'key=value'.")
     lr_warmup_steps: float = F(
         0, "optimizer", "Warmup optimizer steps; a value below 1 is a fraction of the total steps.", ge=0)
     max_grad_norm: float = F(1.0, "optimizer", "Clip the gradient norm on each optimizer step (0 = off).",
@@ -160,7 +167,7 @@ class TrainConfig(BaseModel):
     def _zero_is_off(cls, v: Any) -> Any:
         return None if v in (0, "0", "") else v  # kohya: 0 means "never"
 
-    @field_validator("optimizer_args", mode="before")
+    @field_validator("optimizer_args", "lr_scheduler_args", mode="before")
     @classmethod
     def _optimizer_args(cls, v: Any) -> Any:
         if isinstance(v, (list, tuple)):
