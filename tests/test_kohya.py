@@ -1,0 +1,313 @@
+"""kohya_ss GUI JSON import: the three seed-guide configs (byte for byte) and section 1 of kohya-semantics."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from lorakit.config.kohya import import_kohya_json, parse_additional_parameters
+from lorakit.config.load import build_config, load_config
+from lorakit.config.schema import TrainConfig
+from lorakit.errors import ConfigError
+
+# The JSON blocks of /work/shared/reference/000_*.txt (April 2023 DAdaptation guide) and
+# 001_*.txt (July 2023 Prodigy guide), byte for byte, trailing commas included.
+DADAPT_LOHA = r'''{
+  "v2": false,
+  "v_parameterization": false,
+  "max_resolution": "576,576",
+  "learning_rate": "1.0",
+  "lr_scheduler": "constant",
+  "lr_warmup": "0",
+  "save_every_n_epochs": 1,
+  "seed": "31337",
+  "cache_latents": true,
+  "gradient_checkpointing": true,
+  "no_token_padding": false,
+  "save_model_as": "safetensors",
+  "shuffle_caption": true,
+  "text_encoder_lr": "1.0",
+  "unet_lr": "1.0",
+  "network_dim": 8,
+  "color_aug": false,
+  "flip_aug": false,
+  "gradient_accumulation_steps": 1.0,
+  "model_list": "custom",
+  "max_token_length": "150",
+  "max_data_loader_n_workers": "1",
+  "network_alpha": 8,
+  "persistent_data_loader_workers": true,
+  "random_crop": false,
+  "optimizer": "DAdaptation",
+  "optimizer_args": "--optimizer_args \"decouple=True\" \"weight_decay=0.01\" \"betas=0.9,0.99\"",
+  "noise_offset": "0",
+  "LoRA_type": "LyCORIS/LoHa",
+  "conv_dim": 8,
+  "conv_alpha": 8,
+  "sample_every_n_epochs": 1,
+  "sample_sampler": "euler_a",
+  "sample_prompts": "masterpiece, best quality, TRIGGERWORD, looking at viewer, simple background --n worst low quality --w 512 --h 712 --d 1 --l 7.5 --s 28",
+  "min_snr_gamma": 3
+}
+'''
+
+PRODIGY_IA3 = r'''{
+  "LoRA_type": "LyCORIS/iA3",
+  "additional_parameters": "--lr_scheduler_type \"CosineAnnealingLR\" --lr_scheduler_args \"T_max=120\" \"eta_min=0.200\" --min_bucket_reso 256 --max_bucket_reso 1024",
+  "adaptive_noise_scale": 0.000,
+  "caption_dropout_rate": 0,
+  "epoch": 120,
+  "gradient_accumulation_steps": 1,
+  "gradient_checkpointing": true,
+  "keep_tokens": 1,
+  "learning_rate": 1.0,
+  "lr_scheduler": "cosine",
+  "lr_warmup": 0,
+  "min_snr_gamma": 0,
+  "multires_noise_discount": 0.2,
+  "multires_noise_iterations": 8,
+  "network_dropout": 0.3,
+  "noise_offset": 0.00,
+  "noise_offset_type": "Multires",
+  "optimizer": "Prodigy",
+  "optimizer_args": "\"betas=0.9,0.99\" \"d0=1e-3\" \"d_coef=1.0\" \"weight_decay=0.000\" \"safeguard_warmup=False\" \"use_bias_correction=False\"",
+  "sample_every_n_epochs": 10,
+  "sample_every_n_steps": 0,
+  "save_every_n_epochs": 10,
+  "save_every_n_steps": 0,
+  "save_last_n_steps": 0,
+  "save_model_as": "safetensors",
+  "scale_weight_norms": 1,
+  "seed": "31337",
+  "shuffle_caption": true,
+  "text_encoder_lr": 1.0,
+  "train_batch_size": 1,
+  "train_on_input": true,
+  "training_comment": "rentry.co/ProdiAgy",
+  "unet_lr": 1.0,
+}
+'''
+
+PRODIGY_LOKR = r'''{
+  "LoRA_type": "LyCORIS/LoKr",
+  "adaptive_noise_scale": 0.000,
+  "additional_parameters": "--lr_scheduler_type \"CosineAnnealingLR\" --lr_scheduler_args \"T_max=160\" \"eta_min=0.000\" --min_bucket_reso 256 --max_bucket_reso 1024",
+  "caption_dropout_rate": 0,
+  "conv_alpha": 512,
+  "conv_dim": 512,
+  "epoch": 160,
+  "gradient_accumulation_steps": 1,
+  "gradient_checkpointing": true,
+  "keep_tokens": 1,
+  "learning_rate": 1.0,
+  "lr_scheduler": "cosine",
+  "lr_warmup": 0,
+  "min_snr_gamma": 0,
+  "multires_noise_discount": 0.2,
+  "multires_noise_iterations": 8,
+  "network_alpha": 1024,
+  "network_dim": 1024,
+  "network_dropout": 0.3,
+  "noise_offset": 0.00,
+  "noise_offset_type": "Multires",
+  "optimizer": "Prodigy",
+  "optimizer_args": "\"betas=0.9,0.99\" \"d0=1e-6\" \"d_coef=1.0\" \"weight_decay=0.010\" \"safeguard_warmup=False\" \"use_bias_correction=False\"",
+  "sample_every_n_epochs": 10,
+  "sample_every_n_steps": 0,
+  "save_every_n_epochs": 10,
+  "save_every_n_steps": 0,
+  "save_last_n_steps": 0,
+  "save_model_as": "safetensors",
+  "scale_weight_norms": 1,
+  "seed": "31337",
+  "shuffle_caption": true,
+  "text_encoder_lr": 1.0,
+  "train_batch_size": 1,
+  "training_comment": "rentry.co/ProdiAgy",
+  "unet_lr": 1.0,
+}
+'''
+FIELDS = TrainConfig.model_fields
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def expected_pending(candidates):
+    """Settings that are pending until their schema field exists (features added by others)."""
+    return {k: v for k, v in candidates.items() if k not in FIELDS}
+
+
+def resolved(res, file):
+    """The config the mapped values give (pending settings left out)."""
+    return build_config(res.values, file)
+
+
+def test_seed_blocks_are_the_guides_bytes():
+    ref = Path("/work/shared/reference")
+    if not ref.is_dir():
+        pytest.skip("reference guides not present")
+    blocks = []
+    for f in sorted(ref.glob("0*.txt")):
+        blocks += re.findall(r"```\n(\{.*?\n\})\n```", f.read_text(encoding="utf-8"), re.S)
+    assert [b + "\n" for b in blocks] == [DADAPT_LOHA, PRODIGY_IA3, PRODIGY_LOKR]
+
+
+def test_seed_dadaptation_loha(tmp_path):
+    p = write(tmp_path, "a.json", DADAPT_LOHA)
+    res = import_kohya_json(p, strict=False)
+    cfg = resolved(res, str(p))
+    assert cfg.network_type == "loha"
+    assert (cfg.network_dim, cfg.network_alpha, cfg.conv_dim, cfg.conv_alpha) == (8, 8.0, 8, 8.0)
+    assert cfg.optimizer_type == "DAdaptation"  # = DAdaptAdamPreprint (docs/optimizers.md)
+    assert cfg.optimizer_args == {"decouple": True, "weight_decay": 0.01, "betas": (0.9, 0.99)}
+    assert (cfg.learning_rate, cfg.unet_lr, cfg.text_encoder_lr) == (1.0, 1.0, 1.0)
+    assert cfg.lr_scheduler == "constant" and cfg.lr_scheduler_type is None and cfg.lr_warmup_steps == 0
+    assert cfg.resolution == (576, 576) and cfg.seed == 31337
+    assert cfg.max_train_epochs is None and cfg.max_train_steps is None  # no epoch key: 1600-step default
+    assert cfg.max_token_length == 150 and cfg.max_data_loader_n_workers == 1
+    assert cfg.gradient_accumulation_steps == 1 and cfg.save_every_n_epochs == 1
+    assert cfg.shuffle_caption and cfg.cache_latents and cfg.gradient_checkpointing
+    assert cfg.persistent_data_loader_workers and not cfg.v2 and not cfg.v_parameterization
+    if "sample_prompts" in FIELDS:
+        assert cfg.sample_sampler == "euler_a" and cfg.sample_every_n_epochs == 1
+        assert cfg.sample_prompts.startswith("masterpiece, best quality, TRIGGERWORD")
+    ignored = dict(res.ignored)
+    assert cfg.save_model_as == "safetensors"
+    for key in ("model_list", "no_token_padding", "color_aug", "flip_aug", "random_crop",
+                "noise_offset"):
+        assert key in ignored, key
+    assert {k: v for k, v, _ in res.pending} == expected_pending({"min_snr_gamma": 3})
+    assert res.network_args == {}
+
+
+def test_seed_prodigy_ia3(tmp_path):
+    p = write(tmp_path, "b.json", PRODIGY_IA3)
+    res = import_kohya_json(p, strict=False)
+    cfg = resolved(res, str(p))
+    assert cfg.network_type == "ia3"
+    assert cfg.conv_dim is None and cfg.network_dim == 8  # iA3 has no rank; GUI default dim
+    assert cfg.optimizer_type == "Prodigy"
+    assert cfg.optimizer_args == {"betas": (0.9, 0.99), "d0": 1e-3, "d_coef": 1.0, "weight_decay": 0.0,
+                                  "safeguard_warmup": False, "use_bias_correction": False}
+    assert cfg.lr_scheduler == "cosine"  # replaced by lr_scheduler_type:
+    assert cfg.lr_scheduler_type == "CosineAnnealingLR"
+    assert cfg.lr_scheduler_args == {"T_max": 120, "eta_min": 0.2}
+    assert cfg.lr_warmup_steps == 0
+    assert (cfg.learning_rate, cfg.unet_lr, cfg.text_encoder_lr) == (1.0, 1.0, 1.0)
+    assert cfg.max_train_epochs == 120 and cfg.max_train_steps is None  # `epoch` counts epochs
+    assert cfg.seed == 31337 and cfg.resolution == (512, 512)
+    assert cfg.train_batch_size == 1 and cfg.gradient_accumulation_steps == 1 and cfg.keep_tokens == 1
+    assert cfg.network_dropout == 0.3 and cfg.training_comment == "rentry.co/ProdiAgy"
+    assert cfg.save_every_n_epochs == 10 and cfg.save_every_n_steps is None  # 0 = off
+    ignored = dict(res.ignored)
+    assert ignored["noise_offset"] == "noise_offset_type is Multires"
+    assert ignored["adaptive_noise_scale"] == "noise_offset_type is Multires"
+    pending = {k: v for k, v, _ in res.pending}
+    assert pending == expected_pending({
+        "multires_noise_discount": 0.2, "multires_noise_iterations": 8, "scale_weight_norms": 1,
+        "min_bucket_reso": "256", "max_bucket_reso": "1024", "network_args": {"train_on_input": True}})
+    assert res.network_args == {"train_on_input": True}
+
+
+def test_seed_prodigy_lokr(tmp_path):
+    p = write(tmp_path, "c.json", PRODIGY_LOKR)
+    res = import_kohya_json(p, strict=False)
+    cfg = resolved(res, str(p))
+    assert cfg.network_type == "lokr"
+    assert (cfg.network_dim, cfg.network_alpha, cfg.conv_dim, cfg.conv_alpha) == (1024, 1024.0, 512, 512.0)
+    assert cfg.optimizer_type == "Prodigy"
+    assert cfg.optimizer_args == {"betas": (0.9, 0.99), "d0": 1e-6, "d_coef": 1.0, "weight_decay": 0.01,
+                                  "safeguard_warmup": False, "use_bias_correction": False}
+    assert cfg.lr_scheduler_type == "CosineAnnealingLR"
+    assert cfg.lr_scheduler_args == {"T_max": 160, "eta_min": 0.0}
+    assert cfg.max_train_epochs == 160 and cfg.seed == 31337 and cfg.keep_tokens == 1
+    assert (cfg.learning_rate, cfg.unet_lr, cfg.text_encoder_lr) == (1.0, 1.0, 1.0)
+    assert cfg.network_dropout == 0.3
+    assert {k: v for k, v, _ in res.pending} == expected_pending({
+        "multires_noise_discount": 0.2, "multires_noise_iterations": 8, "scale_weight_norms": 1,
+        "min_bucket_reso": "256", "max_bucket_reso": "1024"})
+
+
+def test_strict_load_lists_every_pending_setting(tmp_path):
+    p = write(tmp_path, "c.json", PRODIGY_LOKR)
+    pending = expected_pending({"multires_noise_iterations": 8, "scale_weight_norms": 1, "min_bucket_reso": 1})
+    if not pending:
+        pytest.skip("every setting of the seed is implemented")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    for key in pending:
+        assert key in e.value.message
+
+
+def test_additional_parameters_parsing():
+    text = ('--lr_scheduler_type "CosineAnnealingLR" --lr_scheduler_args "T_max=120" "eta_min=0.200" '
+            '--min_bucket_reso 256 --max_bucket_reso=1024 --gradient_checkpointing')
+    assert parse_additional_parameters(text) == [
+        ("lr_scheduler_type", ["CosineAnnealingLR"]), ("lr_scheduler_args", ["T_max=120", "eta_min=0.200"]),
+        ("min_bucket_reso", ["256"]), ("max_bucket_reso", ["1024"]), ("gradient_checkpointing", [])]
+
+
+def test_additional_parameters_override_and_unknown_flag(tmp_path):
+    p = write(tmp_path, "k.json", '{"optimizer": "AdamW", "additional_parameters": '
+              '"--optimizer_type Lion --max_train_steps 300 --lr_scheduler_args \\"T_max=5\\""}')
+    cfg = load_config(p)
+    assert cfg.optimizer_type == "Lion" and cfg.max_train_steps == 300 and cfg.lr_scheduler_args == {"T_max": 5}
+    p = write(tmp_path, "k2.json", '{"additional_parameters": "--lr_schedular_type CosineAnnealingLR"}')
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert e.value.key == "additional_parameters" and "did you mean --lr_scheduler_type?" in e.value.format()
+
+
+@pytest.mark.parametrize("lora_type,extra,network_type,args", [
+    ("LyCORIS/LoKr", {"factor": "4", "decompose_both": "true", "use_cp": False}, "lokr",
+     {"factor": 4, "decompose_both": True, "use_tucker": False}),
+    ("LyCORIS/DyLoRA", {"unit": 4}, "dylora", {"unit": 4}),
+    ("Kohya DyLoRA", {"unit": "2"}, "dylora", {"unit": 2}),
+    ("LyCORIS/iA3", {"train_on_input": False}, "ia3", {"train_on_input": False}),
+    ("LyCORIS/GLoRA", {}, "glora", {}), ("LyCORIS/BOFT", {}, "boft", {}),
+    ("LyCORIS/Diag-OFT", {}, "diag-oft", {}), ("LyCORIS/Native Fine-Tuning", {}, "full", {}),
+    ("Kohya LoCon", {}, "lora", {}), ("LoCon", {}, "locon", {}),
+])
+def test_lora_types(tmp_path, lora_type, extra, network_type, args):
+    import json
+    p = write(tmp_path, "k.json", json.dumps({"LoRA_type": lora_type, "network_dim": 16, "network_alpha": 4,
+                                              **extra}))
+    res = import_kohya_json(p, strict=False)
+    assert res.values["network_type"] == network_type
+    assert res.network_args == args
+    if lora_type.startswith("LyCORIS/") and lora_type != "LyCORIS/iA3" or lora_type == "LoCon":
+        assert (res.values["conv_dim"], res.values["conv_alpha"]) == (16, 4)  # LyCORIS: conv = network
+    else:
+        assert "conv_dim" not in res.values
+    with pytest.raises(ConfigError) as e:
+        import_kohya_json(write(tmp_path, "b.json", '{"LoRA_type": "LyCORIS/LoHA"}'))
+    assert "did you mean 'LyCORIS/LoHa'" in e.value.format()
+
+
+def test_gui_zero_and_warmup_percent(tmp_path):
+    p = write(tmp_path, "k.json", '{"seed": "0", "max_train_steps": "0", "epoch": 4, "lr_warmup": "10", '
+              '"lr_scheduler": "cosine", "max_grad_norm": 0, "clip_skip": 0, "save_every_n_epochs": 0,}')
+    cfg = load_config(p)
+    assert cfg.seed is None and cfg.max_train_steps is None and cfg.max_train_epochs == 4
+    assert cfg.lr_warmup_steps == 0.1 and cfg.max_grad_norm == 0.0 and cfg.clip_skip == 1
+    assert cfg.save_every_n_epochs is None
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "w.json", '{"lr_warmup": 100, "lr_scheduler": "cosine"}'))
+    assert e.value.key == "lr_warmup"
+    cfg = load_config(write(tmp_path, "r.json", '{"lr_scheduler": "cosine_with_restarts", "epoch": 6, '
+                                                '"lr_scheduler_num_cycles": ""}'))
+    assert cfg.lr_scheduler_num_cycles == 6  # GUI: blank -> epoch
+
+
+def test_noise_type_original_ignores_multires(tmp_path):
+    p = write(tmp_path, "k.json", '{"noise_offset_type": "Original", "multires_noise_iterations": 6, '
+              '"multires_noise_discount": 0.3, "noise_offset": 0}')
+    res = import_kohya_json(p)
+    ignored = dict(res.ignored)
+    assert ignored["multires_noise_iterations"] == "noise_offset_type is Original"
+    assert res.pending == []
