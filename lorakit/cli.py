@@ -71,6 +71,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .train.plan import plan_for_config
+
+    cfg = _config_from_args(args)
+    print("\n".join(plan_for_config(cfg).lines(cfg)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lorakit", description="Train Stable Diffusion adapters.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -95,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="write loss / lr / d*lr PNG plots of a run")
     pl.add_argument("output_dir", help="the run's output folder (holding metrics.jsonl)")
     pl.set_defaults(fn=cmd_plot)
+
+    pn = sub.add_parser("plan", help="print images, batches, steps, epochs and warmup of a config (no model)")
+    config_args(pn)
+    pn.set_defaults(fn=cmd_plan)
 
     c = sub.add_parser("config", help="show the resolved config or list keys")
     csub = c.add_subparsers(dest="config_command", required=True)

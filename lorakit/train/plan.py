@@ -40,3 +40,49 @@ def make_plan(cfg: TrainConfig, samples_per_epoch: int, batches_per_epoch: int,
         total, decided = DEFAULT_STEPS, f"default {DEFAULT_STEPS} steps: set max_train_epochs or max_train_steps"
     return Plan(samples_per_epoch, batches_per_epoch, per_epoch, total,
                 math.ceil(total / per_epoch), decided)
+
+
+@dataclass
+class PlanReport:
+    """What `lorakit plan` prints: the dataset, the step arithmetic and the schedule, with no model loaded."""
+    plan: Plan
+    folder_lines: list[str]
+    num_train_images: int      # sum of images x repeats over the train folders
+    num_reg_images: int        # the same over the reg folders, before balancing
+    num_reg_samples: int       # reg samples per epoch after balancing
+    warmup_steps: int
+    t_max_suggestion: int      # CosineAnnealingLR T_max for one decay over the run
+    warnings: list[str]
+
+    def lines(self, cfg: TrainConfig) -> list[str]:
+        p = self.plan
+        ga, bs = cfg.gradient_accumulation_steps, cfg.train_batch_size
+        out = list(self.folder_lines)
+        out += [
+            f"samples per epoch: {p.samples_per_epoch} ({self.num_train_images} train + {self.num_reg_samples} reg)",
+            f"batches per epoch: {p.batches_per_epoch} (batch size {bs})",
+            f"optimizer steps per epoch: {p.steps_per_epoch} (gradient accumulation {ga})",
+            f"total optimizer steps: {p.total_steps} over {p.epochs} epoch(s); decided by {p.decided_by}",
+            f"warmup steps: {self.warmup_steps}",
+            f"schedule: {cfg.lr_scheduler_type or cfg.lr_scheduler}"
+            + (f" {cfg.lr_scheduler_args}" if cfg.lr_scheduler_type else ""),
+            f"T_max for one cosine decay over the run (CosineAnnealingLR): {self.t_max_suggestion}",
+        ]
+        out += [f"warning: {w}" for w in self.warnings]
+        return out
+
+
+def plan_for_config(cfg: TrainConfig, index=None, num_processes: int = 1) -> PlanReport:
+    """Scan the folders (or use `index`) and work out every number of the run; loads no model."""
+    from ..data.dataset import TrainDataset
+    from ..data.folders import scan_folders
+    from ..optim.schedulers import scheduler_warnings, warmup_steps_for
+
+    if index is None:
+        index = scan_folders(cfg.train_data_dir, cfg.reg_data_dir, cfg.caption_extension)
+    dataset = TrainDataset.from_config(cfg, index)
+    plan = make_plan(cfg, len(dataset), dataset.num_batches_per_epoch(cfg.train_batch_size), num_processes)
+    warnings = list(index.warnings) + scheduler_warnings(cfg, plan.total_steps)
+    return PlanReport(plan, index.describe(), index.num_train_images, index.num_reg_images,
+                      index.num_reg_samples, warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps),
+                      plan.total_steps, warnings)
