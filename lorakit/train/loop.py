@@ -77,22 +77,48 @@ def optimizer_step(run: Run) -> None:
     run.optimizer.zero_grad(set_to_none=True)
 
 
-def train_step(run: Run, group: list, epoch: int, position: int) -> tuple[float, int]:
-    """One optimizer step over a group of micro-batches; returns (mean loss, images)."""
-    n_images = sum(len(b.captions) for b in group)
-    loss_sum = 0.0
-    for batch in group:
+def train_step(run: Run, step_batches: list, starts: list[int], epoch: int) -> tuple[float, int]:
+    """One optimizer step over all micro-batches of the step, across processes.
+
+    Process r takes micro-batches r, r+W, ... Each sample's noise is keyed by its position
+    in the epoch (`starts`), so the result does not depend on the batch size, the
+    accumulation or the number of processes. Returns (mean loss, images in the step).
+    """
+    acc = run.accelerator
+    W, r = acc.num_processes, acc.process_index
+    n_images = sum(len(b.captions) for b in step_batches)
+    loss_sum = torch.zeros((), device=run.device)
+    for batch, start in list(zip(step_batches, starts))[r::W]:
         n = len(batch.captions)
-        seeds = [sample_seed(run.seed, epoch, position + i) for i in range(n)]
-        position += n
-        loss = micro_step_loss(run, batch, seeds)
+        loss = micro_step_loss(run, batch, [sample_seed(run.seed, epoch, start + i) for i in range(n)])
         # the gradient of the mean over every image of the optimizer step, also for a short last group
-        run.accelerator.backward(loss * (n / n_images))
-        loss_sum += loss.item() * n
-    if not math.isfinite(loss_sum):
-        raise Diverged(loss_sum)
+        acc.backward(loss * (n / n_images))
+        loss_sum += loss.detach() * n
+    if W > 1:
+        sum_gradients(run)
+        loss_sum = acc.reduce(loss_sum, "sum")
+    total = loss_sum.item()
+    if not math.isfinite(total):
+        raise Diverged(total)
     optimizer_step(run)
-    return loss_sum / n_images, n_images
+    return total / n_images, n_images
+
+
+def sum_gradients(run: Run) -> None:
+    """All-reduce the adapter gradients (each process already scaled its share by 1/images)."""
+    import torch.distributed as dist
+
+    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+    for p in params:  # a process without a micro-batch in this step still joins the reduction
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite: bool = False,
@@ -108,7 +134,7 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
     if progress.groups_done >= plan.steps_per_epoch:  # the state was saved at an epoch's end
         progress = Progress(progress.step, progress.epoch + 1, 0)
     bus.emit("start", plan=plan, seed=run.seed, config=cfg, resumed_at=progress.step)
-    for message in run.index.warnings:
+    for message in run.index.warnings + run.warnings:
         bus.emit("warning", message=message)
     hooks = RunHooks(run)
     if not resume:
@@ -118,15 +144,18 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
     try:
         for epoch in range(max(1, progress.epoch), plan.epochs + 1):
             batches = list(run.dataset.epoch_batches(epoch, cfg.train_batch_size, run.seed))
-            groups = [batches[i:i + ga] for i in range(0, len(batches), ga)]
+            starts = [0]  # position in the epoch of each batch's first sample
+            for b in batches:
+                starts.append(starts[-1] + len(b.captions))
+            per_step = ga * run.accelerator.num_processes
+            n_groups = math.ceil(len(batches) / per_step)
             done = progress.groups_done if epoch == progress.epoch else 0  # resume mid-epoch
-            position = sum(len(b.captions) for g in groups[:done] for b in g)  # keys each sample's noise
             epoch_losses: list[float] = []
-            for group in groups[done:] if not stop else []:
+            for j in range(done, n_groups) if not stop else []:
                 lrs = group_lrs(run)  # the lr this step uses, before the scheduler moves on
                 t0 = time.perf_counter()
-                loss_value, n_images = train_step(run, group, epoch, position)
-                position += n_images
+                sl = slice(j * per_step, (j + 1) * per_step)
+                loss_value, n_images = train_step(run, batches[sl], starts[sl], epoch)
                 done, step = done + 1, step + 1
                 run.progress = Progress(step, epoch, done)
                 recent.append(loss_value)
@@ -138,7 +167,7 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
                 stop = hooks.after_step(step, epoch, lrs, dlr) or step_done(step, plan)
                 if stop:
                     break
-            if done == len(groups):  # a whole epoch, not a resume that started at its end
+            if done == n_groups:  # a whole epoch, not a resume that started at its end
                 bus.emit("epoch", step, epoch, loss=sum(epoch_losses) / max(1, len(epoch_losses)))
                 hooks.after_epoch(step, epoch)
             if stop:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..optim.optimizers import describe_optimizer
 from .setup import DTYPES
 
 if TYPE_CHECKING:
@@ -46,8 +47,6 @@ def base_model_version(run: "Run") -> str:
 
 def build_metadata(run: "Run", step: int, epoch: int) -> dict[str, str]:
     cfg, plan, net, index = run.cfg, run.plan, run.network, run.index
-    opt = run.optimizer.optimizer if hasattr(run.optimizer, "optimizer") else run.optimizer
-    opt_args = ",".join(f"{k}={v}" for k, v in cfg.optimizer_args.items())
     legacy, full = model_hashes(run)
     md = {
         "ss_session_id": str(run.seed),
@@ -79,7 +78,7 @@ def build_metadata(run: "Run", step: int, epoch: int) -> dict[str, str]:
         "ss_cache_latents": str(cfg.cache_latents),
         "ss_seed": str(run.seed),
         "ss_training_comment": str(cfg.training_comment),
-        "ss_optimizer": f"{type(opt).__module__}.{type(opt).__name__}" + (f"({opt_args})" if opt_args else ""),
+        "ss_optimizer": describe_optimizer(cfg),
         "ss_max_grad_norm": str(cfg.max_grad_norm),
         "ss_prior_loss_weight": str(cfg.prior_loss_weight),
         "ss_resolution": f"({cfg.resolution[0]}, {cfg.resolution[1]})",
@@ -111,6 +110,8 @@ def save_adapter(run: "Run", step: int, epoch: int, name: str) -> Path:
     from ..adapters.file import save_adapter_file
 
     path = run.output_dir / f"{name}.safetensors"
+    if not run.accelerator.is_main_process:
+        return path
     tensors = run.network.state_dict_to_save(DTYPES[run.cfg.save_precision])
     # preflight refused existing files unless --overwrite; files of this run replace each other
     save_adapter_file(path, tensors, build_metadata(run, step, epoch), overwrite=True)

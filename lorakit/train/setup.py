@@ -16,8 +16,8 @@ from accelerate import Accelerator
 from ..config.schema import TrainConfig
 from ..errors import ConfigError
 from ..events import EventBus
-from ..optim.optimizers import build_optimizer, resolve_optimizer
-from ..optim.schedulers import build_scheduler, warmup_steps_for
+from ..optim.optimizers import build_optimizer, optimizer_warnings, resolve_optimizer
+from ..optim.schedulers import build_scheduler, scheduler_warnings, warmup_steps_for
 from .plan import Plan, make_plan
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
@@ -42,6 +42,7 @@ class Run:
     weight_dtype: torch.dtype = torch.float32
     overwrite: bool = False
     progress: Any = None  # state.Progress of the last finished step
+    warnings: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -108,6 +109,8 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False) -> Run:
     seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
     seed_everything(seed)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    if not accelerator.is_main_process:
+        bus = EventBus()  # only rank 0 logs and writes files
     run = Run(cfg, bus, accelerator, seed, Path(cfg.output_dir), index=index, overwrite=overwrite)
     run.weight_dtype = DTYPES[cfg.mixed_precision]
 
@@ -138,7 +141,8 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False) -> Run:
     run.plan = plan = make_plan(cfg, len(run.dataset), batches, accelerator.num_processes)
     optimizer = build_optimizer(cfg, groups)
     run.scheduler = build_scheduler(optimizer, cfg.lr_scheduler, plan.total_steps,
-                                    warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps))
+                                    warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps), cfg=cfg)
+    run.warnings = optimizer_warnings(cfg, groups) + scheduler_warnings(cfg, plan.total_steps)
     run.optimizer = accelerator.prepare(optimizer)
     run.generator = torch.Generator(device=run.device).manual_seed(seed)
     return run

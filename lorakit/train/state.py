@@ -63,6 +63,8 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 def save_state(run: "Run", name: str) -> Path:
     final = run.output_dir / name
+    if not run.accelerator.is_main_process:
+        return final
     tmp = run.output_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
