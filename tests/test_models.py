@@ -7,6 +7,7 @@ import os
 import pickletools
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -191,6 +192,10 @@ def test_rejects_sdxl_junk_missing_and_mismatch(tmp_path, tiny_files):
     assert e.file.endswith("xl.safetensors")
     save_file({"foo.weight": t}, str(tmp_path / "lora.safetensors"))
     _raises("no Stable Diffusion weights", tmp_path / "lora.safetensors")
+    unclip = {k: t.clone() for k in ("model.diffusion_model.label_emb.0.0.weight",
+                                     "cond_stage_model.model.ln_final.weight")}
+    save_file(unclip, str(tmp_path / "unclip.safetensors"))
+    _raises("class-conditioned", tmp_path / "unclip.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00garbage" * 50)
     _raises("cannot read", tmp_path / "junk.safetensors")
     (tmp_path / "junk.ckpt").write_bytes(b"PK\x03\x04not really a zip")
@@ -235,7 +240,8 @@ def test_malicious_ckpt_loads_tensors_without_running_code(tmp_path, tiny_files)
     sd = torch.load(str(path), weights_only=True)["state_dict"]
     m1, m2 = tmp_path / "shell-ran", tmp_path / "exec-ran"
     evil = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": sd, "callbacks": _RunsShell(m1), "hparams": [_RunsExec(m2)]}, str(evil))
+    torch.save({"state_dict": sd, "callbacks": _RunsShell(m1), "hparams": [_RunsExec(m2)],
+                "global_step": np.int64(470000), "p": torch.nn.Parameter(torch.arange(3.0).half())}, str(evil))
     with zipfile.ZipFile(evil) as z:
         data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
     names = [str(arg) for op, arg, _ in pickletools.genops(data) if op.name in ("GLOBAL", "SHORT_BINUNICODE")]
@@ -246,6 +252,7 @@ def test_malicious_ckpt_loads_tensors_without_running_code(tmp_path, tiny_files)
     assert not m1.exists() and not m2.exists()
     assert isinstance(obj["callbacks"], InertStub) and "system" in repr(obj["callbacks"])
     assert isinstance(obj["hparams"][0], InertStub)
+    assert obj["global_step"] == 470000 and obj["p"].dtype == torch.float16 and obj["p"].tolist() == [0, 1, 2]
     assert set(obj["state_dict"]) == set(sd)
     assert all(torch.equal(obj["state_dict"][k], v) for k, v in sd.items())
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import json
 import os
 import sys
 from pathlib import Path

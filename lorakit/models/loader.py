@@ -127,6 +127,9 @@ def _load_single_file(p: Path, v2, v_param, config_dir: Path | None) -> SDModel:
     if kind == "sdxl":
         raise ModelError("this is an SDXL checkpoint; SDXL is not supported by this path (SD1.x/SD2.x only)",
                          file=str(p), fix="use an SD1.x or SD2.x base model")
+    if kind == "class-conditioned":
+        raise ModelError("this UNet is class-conditioned (label_emb: SDXL or SD2 unCLIP); only SD1.x/SD2.x "
+                         "text-to-image checkpoints are supported", file=str(p), fix="use an SD1.x or SD2.x base model")
     if kind == "unknown":
         raise ModelError("no Stable Diffusion weights found (expected model.diffusion_model.*, "
                          "first_stage_model.* and cond_stage_model.* keys)", file=str(p), fix="use " + EXPECTED)

@@ -18,6 +18,7 @@ import torch
 _TORCH_UTILS = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
                 "_rebuild_parameter_with_state", "_rebuild_device_tensor_from_numpy"}
 _BUILTINS = {"set", "frozenset", "slice", "complex", "dict", "list", "tuple", "int", "float", "bool", "str"}
+_DTYPES = {n for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
 _NUMPY = {("numpy", "dtype"), ("numpy", "ndarray"), ("numpy.core.multiarray", "scalar"),
           ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "_reconstruct"),
           ("numpy._core.multiarray", "_reconstruct")}
@@ -67,7 +68,7 @@ def _allowed(module: str, name: str):
         return torch._tensor._rebuild_from_type_v2
     if module == "torch" and name in ("Size", "Tensor", "device"):
         return getattr(torch, name)
-    if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+    if module == "torch" and name in _DTYPES:
         return getattr(torch, name)
     if module == "torch.nn.parameter" and name == "Parameter":
         return torch.nn.Parameter
@@ -75,6 +76,10 @@ def _allowed(module: str, name: str):
         return collections.OrderedDict
     if module in ("builtins", "__builtin__") and name in _BUILTINS:
         return getattr(builtins, name)
+    if (module, name) == ("_codecs", "encode"):  # protocol-2 bytes (numpy scalars); torch allows it too
+        import _codecs
+
+        return _codecs.encode
     if (module, name) in _NUMPY:
         import importlib
 

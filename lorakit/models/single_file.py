@@ -17,7 +17,6 @@ from .ldm_layout import (SD1_TE_PREFIX, SD2_TE_PREFIX, UNET_PREFIX, VAE_PREFIX, 
                          openclip_key_map, unet_key_map, vae_key_map)
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-SDXL_MARKERS = ("conditioner.embedders.", "model.diffusion_model.label_emb.", "add_embedding.")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -46,10 +45,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def classify(sd: dict[str, torch.Tensor]) -> str:
-    """'sdxl', 'sd2', 'sd1' or 'unknown' from the key layout."""
-    if any(k.startswith(m) or (".add_embedding." in k) for k in sd for m in SDXL_MARKERS[:2]) \
-            or any(k.startswith("conditioner.") for k in sd):
+    """'sdxl', 'sd2', 'sd1', 'class-conditioned' or 'unknown' from the key layout."""
+    if any(k.startswith("conditioner.embedders.") for k in sd):
         return "sdxl"
+    if any(k.startswith(UNET_PREFIX + "label_emb.") for k in sd):   # SDXL-style UNet, SD2 unCLIP
+        return "class-conditioned"
     has_unet = any(k.startswith(UNET_PREFIX) for k in sd)
     if has_unet and any(k.startswith(SD2_TE_PREFIX) for k in sd):
         return "sd2"
