@@ -1,0 +1,296 @@
+"""Bad input: each case of docs/bad-input.md exits 2 with a message naming the problem and the fix.
+
+The table below is the source of docs/bad-input.md (tests/test_bad_input.py::test_docs_table_is_current).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lorakit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def img(path: Path, size=(64, 64)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (200, 30, 30)).save(path)
+    return path
+
+
+def good_data(tmp: Path) -> Path:
+    img(tmp / "data" / "2_thing" / "a.png")
+    (tmp / "data" / "2_thing" / "a.txt").write_text("thing, red", encoding="utf-8")
+    return tmp / "data"
+
+
+def toml(tmp: Path, text: str) -> Path:
+    p = tmp / "c.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+# (case, what the user did, setup(tmp, model) -> argv, words the message must contain)
+def c_missing_config(t, m):
+    return ["train", str(t / "nope.toml")]
+
+
+def c_yaml_config(t, m):
+    (t / "c.yaml").write_text("a: 1")
+    return ["train", str(t / "c.yaml")]
+
+
+def c_toml_syntax(t, m):
+    return ["train", str(toml(t, "network_dim = = 3"))]
+
+
+def c_typo_key(t, m):
+    return ["train", str(toml(t, "netwrok_dim = 3"))]
+
+
+def c_unknown_section(t, m):
+    return ["train", str(toml(t, "[trainer]\nseed = 1"))]
+
+
+def c_key_twice(t, m):
+    return ["train", str(toml(t, "seed = 1\n[training]\nseed = 2"))]
+
+
+def c_negative_lr(t, m):
+    return ["train", str(toml(t, "learning_rate = -1e-4"))]
+
+
+def c_dim_zero(t, m):
+    return ["train", str(toml(t, "network_dim = 0"))]
+
+
+def c_batch_zero(t, m):
+    return ["train", str(toml(t, "train_batch_size = 0"))]
+
+
+def c_resolution_text(t, m):
+    return ["train", str(toml(t, 'resolution = "big"'))]
+
+
+def c_resolution_not_x8(t, m):
+    return ["train", str(toml(t, "resolution = 500"))]
+
+
+def c_token_length(t, m):
+    return ["train", str(toml(t, "max_token_length = 100"))]
+
+
+def c_unet_and_te_only(t, m):
+    return ["train", str(toml(t, "network_train_unet_only = true\nnetwork_train_text_encoder_only = true"))]
+
+
+def c_all_lr_zero(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", "unet_lr=0", "--set", "text_encoder_lr=0"]
+
+
+def c_no_model(t, m):
+    return ["train", "--data", str(good_data(t)), "--output", str(t / "o")]
+
+
+def c_model_missing(t, m):
+    return ["train", "--model", str(t / "nomodel.safetensors"), "--data", str(good_data(t)), "--output", str(t / "o")]
+
+
+def c_model_not_sd(t, m):
+    (t / "notes.safetensors").write_bytes(b"this is not a checkpoint")
+    return ["train", "--model", str(t / "notes.safetensors"), "--data", str(good_data(t)), "--output", str(t / "o")]
+
+
+def c_model_sdxl(t, m):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(4),
+               "model.diffusion_model.label_emb.0.0.weight": torch.zeros(4, 4)}, str(t / "xl.safetensors"))
+    return ["train", "--model", str(t / "xl.safetensors"), "--data", str(good_data(t)), "--output", str(t / "o")]
+
+
+def c_no_data_arg(t, m):
+    return ["train", "--model", str(m), "--output", str(t / "o")]
+
+
+def c_data_missing(t, m):
+    return ["train", "--model", str(m), "--data", str(t / "nodata"), "--output", str(t / "o")]
+
+
+def c_data_empty(t, m):
+    (t / "empty").mkdir()
+    return ["train", "--model", str(m), "--data", str(t / "empty"), "--output", str(t / "o")]
+
+
+def c_data_no_prefix(t, m):
+    img(t / "data" / "mychar" / "a.png")
+    return ["train", "--model", str(m), "--data", str(t / "data"), "--output", str(t / "o")]
+
+
+def c_data_no_images(t, m):
+    (t / "data" / "10_mychar").mkdir(parents=True)
+    (t / "data" / "10_mychar" / "a.txt").write_text("x")
+    return ["train", "--model", str(m), "--data", str(t / "data"), "--output", str(t / "o")]
+
+
+def c_data_is_subset_folder(t, m):
+    good_data(t)
+    return ["train", "--model", str(m), "--data", str(t / "data" / "2_thing"), "--output", str(t / "o")]
+
+
+def c_caption_not_utf8(t, m):
+    good_data(t)
+    (t / "data" / "2_thing" / "a.txt").write_bytes("caf\xe9, latin-1".encode("latin-1"))
+    return ["train", "--model", str(m), "--data", str(t / "data"), "--output", str(t / "o")]
+
+
+def c_reg_missing(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--reg-data", str(t / "noreg"),
+            "--output", str(t / "o")]
+
+
+def c_output_not_writable(t, m):
+    (t / "afile").write_text("x")
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "afile" / "out")]
+
+
+def c_output_exists(t, m):
+    (t / "o").mkdir()
+    (t / "o" / "last.safetensors").write_bytes(b"precious")
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o")]
+
+
+def c_unknown_optimizer(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", "optimizer_type=AdamQ"]
+
+
+def c_bad_optimizer_arg(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", "optimizer_args={gamma_ray=1}", "--set", "resolution=64", "--set", "max_train_steps=1"]
+
+
+def c_set_no_equals(t, m):
+    return ["train", "--set", "max_train_steps"]
+
+
+def c_set_unknown(t, m):
+    return ["train", "--set", "max_train_step=3"]
+
+
+def c_json_invalid(t, m):
+    (t / "k.json").write_text('{"network_dim": 8 "unet_lr": 1}')
+    return ["train", str(t / "k.json")]
+
+
+def c_json_unknown_key(t, m):
+    (t / "k.json").write_text(json.dumps({"LoRA_type": "Standard", "netwrok_dim": 8}))
+    return ["train", str(t / "k.json")]
+
+
+def c_sample_option(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", 'sample_prompts="a cat --zz 3"']
+
+
+def c_sampler_name(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", 'sample_prompts="a cat"', "--set", "sample_sampler=euler_b"]
+
+
+def c_prompt_file_missing(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", f'sample_prompts="{t / "prompts.txt"}"']
+
+
+def c_resume_without_state(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"), "--resume"]
+
+
+def c_resume_not_state(t, m):
+    (t / "st").mkdir()
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--resume", str(t / "st")]
+
+
+def c_plot_no_metrics(t, m):
+    return ["plot", str(t)]
+
+
+CASES = [
+    ("config file missing", c_missing_config, ["nope.toml", "not found"]),
+    ("config of unknown type", c_yaml_config, ["c.yaml", ".toml", ".json"]),
+    ("TOML syntax error", c_toml_syntax, ["not valid TOML"]),
+    ("typo in a key", c_typo_key, ["netwrok_dim", "did you mean 'network_dim'"]),
+    ("unknown [section]", c_unknown_section, ["trainer", "section"]),
+    ("a key set twice", c_key_twice, ["seed", "set twice"]),
+    ("negative learning rate", c_negative_lr, ["learning_rate", "greater than or equal to 0"]),
+    ("network_dim 0", c_dim_zero, ["network_dim", "greater than or equal to 1"]),
+    ("batch size 0", c_batch_zero, ["train_batch_size", "greater than or equal to 1"]),
+    ("resolution not a number", c_resolution_text, ["resolution", "W,H"]),
+    ("resolution not a multiple of 8", c_resolution_not_x8, ["resolution", "multiple of 8"]),
+    ("max_token_length not 75/150/225", c_token_length, ["max_token_length", "75, 150 or 225"]),
+    ("UNet-only and TE-only both set", c_unet_and_te_only, ["network_train_unet_only", "at most one"]),
+    ("both learning rates 0", c_all_lr_zero, ["nothing would train"]),
+    ("no model given", c_no_model, ["--model"]),
+    ("model path does not exist", c_model_missing, ["nomodel.safetensors", "does not exist"]),
+    ("model file is not a checkpoint", c_model_not_sd, ["notes.safetensors"]),
+    ("SDXL checkpoint given", c_model_sdxl, ["xl.safetensors", "SDXL"]),
+    ("no data folder given", c_no_data_arg, ["--data"]),
+    ("data folder missing", c_data_missing, ["nodata"]),
+    ("data folder empty", c_data_empty, ["empty"]),
+    ("subfolders without <repeats>_", c_data_no_prefix, ["mychar", "10_mychar"]),
+    ("subfolders without images", c_data_no_images, ["10_mychar", "image"]),
+    ("data points at a <repeats>_ folder itself", c_data_is_subset_folder, ["2_thing", "parent"]),
+    ("caption not UTF-8", c_caption_not_utf8, ["a.txt", "UTF-8"]),
+    ("reg folder missing", c_reg_missing, ["noreg", "reg_data_dir"]),
+    ("output folder cannot be created", c_output_not_writable, ["output", "afile"]),
+    ("adapter exists, no --overwrite", c_output_exists, ["last.safetensors", "--overwrite"]),
+    ("unknown optimizer", c_unknown_optimizer, ["AdamQ", "optimizer"]),
+    ("optimizer rejects an argument", c_bad_optimizer_arg, ["gamma_ray"]),
+    ("--set without =", c_set_no_equals, ["KEY=VALUE"]),
+    ("--set of an unknown key", c_set_unknown, ["did you mean 'max_train_steps'"]),
+    ("kohya JSON not parseable", c_json_invalid, ["k.json", "not valid JSON"]),
+    ("kohya JSON with an unknown key", c_json_unknown_key, ["netwrok_dim", "network_dim"]),
+    ("unknown sample prompt option", c_sample_option, ["--zz"]),
+    ("unknown sampler", c_sampler_name, ["euler_b", "euler_a"]),
+    ("sample prompt file missing", c_prompt_file_missing, ["prompts.txt", "not found"]),
+    ("--resume with no saved state", c_resume_without_state, ["save_state"]),
+    ("--resume of a folder that is no state", c_resume_not_state, ["state.json"]),
+    ("plot of a folder without metrics", c_plot_no_metrics, ["metrics.jsonl"]),
+]
+
+
+@pytest.mark.parametrize("case,setup,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_with_message(case, setup, words, tmp_path, tiny_model_dir, capsys):
+    argv = setup(tmp_path, tiny_model_dir)
+    if argv[0] == "train":
+        argv.append("--quiet")
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for w in words:
+        assert w in err, (w, err)
+    if setup is c_output_exists:
+        assert (tmp_path / "o" / "last.safetensors").read_bytes() == b"precious"
+
+
+def render_table() -> str:
+    lines = ["# Bad input and what lorakit answers", "",
+             "Each row is a test in `tests/test_bad_input.py`: the command exits with code 2 and the message",
+             "names the file and key where it can, and says how to fix it. Checks that need no model run",
+             "before the model is loaded.", "", "| case | the message contains |", "|---|---|"]
+    for case, _, words in CASES:
+        lines.append(f"| {case} | {', '.join('`' + w.replace('|', '/') + '`' for w in words)} |")
+    return "\n".join(lines) + "\n"
+
+
+def test_docs_table_is_current():
+    doc = ROOT / "docs" / "bad-input.md"
+    assert doc.read_text(encoding="utf-8") == render_table(), \
+        "docs/bad-input.md is stale: write render_table() of tests/test_bad_input.py into it"

@@ -1,0 +1,109 @@
+"""Resume: a run that dies at step k and resumes gives the same losses and adapter as a straight run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from lorakit.config.load import load_config
+from lorakit.demo import make_synthetic_dataset
+from lorakit.errors import ConfigError
+from lorakit.monitors import MetricsJsonl
+from lorakit.train.loop import train
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("d"), n_images=3, repeats=1)
+
+
+def cfg_for(model, data, out, **kw):
+    values = {"pretrained_model_name_or_path": str(model), "train_data_dir": str(data), "output_dir": str(out),
+              "resolution": 64, "network_dim": 2, "seed": 5, "max_train_steps": 7, "save_every_n_steps": 2,
+              "save_state": True, "save_precision": "float", "optimizer_type": "Prodigy",
+              "lr_scheduler": "cosine", "learning_rate": 1.0, "network_dropout": 0.2, "shuffle_caption": True}
+    values.update(kw)
+    return load_config(None, [], values)
+
+
+def losses(out):
+    return [json.loads(x)["loss"] for x in open(out / "metrics.jsonl") if '"loss"' in x]
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_model_dir, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    res = train(cfg_for(tiny_model_dir, data, out), [MetricsJsonl(out / "metrics.jsonl")])
+    return losses(out), load_file(res.output_file)
+
+
+@pytest.mark.parametrize("crash_at", [3, 4, 6])
+def test_crash_and_resume_is_bit_identical(tiny_model_dir, data, tmp_path, straight, crash_at):
+    cfg = cfg_for(tiny_model_dir, data, tmp_path)
+
+    def crash(ev):
+        if ev.kind == "step" and ev.step == crash_at:
+            raise Crash()  # dies after writing step k's metrics, like a kill at that point
+
+    with pytest.raises(Crash):
+        train(cfg, [MetricsJsonl(tmp_path / "metrics.jsonl"), crash])
+    assert len(losses(tmp_path)) == crash_at
+    res = train(cfg, [MetricsJsonl(tmp_path / "metrics.jsonl")], resume="auto")
+    want_losses, want_adapter = straight
+    assert losses(tmp_path) == want_losses
+    got = load_file(res.output_file)
+    assert got.keys() == want_adapter.keys()
+    assert all((got[k] == want_adapter[k]).all() for k in got)
+
+
+def test_changed_config_is_refused_with_key(tiny_model_dir, data, tmp_path):
+    cfg = cfg_for(tiny_model_dir, data, tmp_path, max_train_steps=2)
+    train(cfg, [])
+    with pytest.raises(ConfigError) as e:
+        train(cfg.model_copy(update={"network_dim": 4}), [], resume="auto")
+    assert e.value.key == "network_dim" and "was 2, now 4" in e.value.message
+    # more steps is a safe change
+    res = train(cfg.model_copy(update={"max_train_steps": 3}), [], resume="auto")
+    assert res.steps == 3
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path):
+    cfg = load_config(None, [], {"output_dir": str(tmp_path)})
+    with pytest.raises(ConfigError) as e:
+        train(cfg, [], resume="auto")
+    assert "save_state" in e.value.fix
+
+
+def test_kill_9_and_resume_via_cli(tiny_model_dir, data, tmp_path, straight):
+    conf = tmp_path / "c.toml"
+    cfg = cfg_for(tiny_model_dir, data, tmp_path / "out")
+    conf.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in cfg.model_dump(mode="json").items()
+                              if v is not None and k != "resolution" and not isinstance(v, dict))
+                    + '\nresolution = "64,64"\n', encoding="utf-8")
+    cmd = [sys.executable, "-m", "lorakit.cli", "train", str(conf), "--quiet"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "out" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(losses(tmp_path / "out")) >= 5:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be killed")
+    assert subprocess.run(cmd + ["--resume"], env=env, capture_output=True).returncode == 0
+    assert losses(tmp_path / "out") == straight[0]
+    got = load_file(tmp_path / "out" / "last.safetensors")
+    assert all((got[k] == straight[1][k]).all() for k in got)
