@@ -103,10 +103,17 @@ def test_kohya_json_first_cut(tmp_path):
 
 
 def test_kohya_json_unsupported_value_is_an_error(tmp_path):
-    p = write(tmp_path, "k.json", '{"noise_offset": 0.05}')
+    from lorakit.config.schema import TrainConfig
+
+    # a kohya setting lorakit does not implement yet, at a value that would change training
+    if "scale_weight_norms" in TrainConfig.model_fields:
+        pytest.skip("scale_weight_norms is implemented now; pick another pending key")
+    p = write(tmp_path, "k.json", '{"scale_weight_norms": 1.0}')
     with pytest.raises(ConfigError) as e:
         load_config(p)
-    assert e.value.key == "noise_offset"
+    assert e.value.key == "scale_weight_norms"
+    # noise_offset is implemented: it maps onto the schema
+    assert load_config(write(tmp_path, "n.json", '{"noise_offset": 0.05}')).noise_offset == 0.05
 
 
 def test_scheduler_formulas():

@@ -102,6 +102,43 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["no", "fp16", "bf16"] = F("no", "training", "Autocast precision.")
     gradient_checkpointing: bool = F(False, "training", "Recompute activations in backward to save memory.")
     full_fp16: bool = F(False, "training", "Not supported: adapters always train in float32 (listed for kohya).")
+    # noise and timesteps (lorakit/train/noise.py); every draw comes from the sample's own seed
+    noise_offset: float = F(0.0, "training", "Add noise_offset * randn per sample and channel to the noise "
+                                             "(darker/brighter images; about 0.05-0.1); 0 = off.", ge=0, le=1)
+    noise_offset_random_strength: bool = F(
+        False, "training", "Scale noise_offset by U(0,1), drawn per sample.")
+    adaptive_noise_scale: float = F(
+        0.0, "training", "Per sample and channel: offset = max(noise_offset + this * |mean of the latent "
+                         "channel|, 0). Needs noise_offset; 0 = off.", ge=-1, le=1)
+    multires_noise_iterations: int = F(
+        0, "training", "Multi-resolution (pyramid) noise levels, about 6-10; 0 = off.", ge=0, le=64)
+    multires_noise_discount: float = F(
+        0.3, "training", "Weight of pyramid level i is discount^i (with multires_noise_iterations).", gt=0, le=1)
+    ip_noise_gamma: float = F(0.0, "training", "Input perturbation: noisy latents get noise + gamma*randn, the "
+                                               "target stays the noise (about 0.1); 0 = off.", ge=0, le=1)
+    ip_noise_gamma_random_strength: bool = F(
+        False, "training", "Scale ip_noise_gamma by U(0,1), drawn per sample.")
+    min_timestep: Optional[int] = F(None, "training", "Lowest training timestep (unset = 0).", ge=0, le=999)
+    max_timestep: Optional[int] = F(
+        None, "training", "Timesteps are drawn from [min_timestep, max_timestep) (unset = 1000); "
+                          "min = max trains that one timestep.", ge=0, le=1000)
+    zero_terminal_snr: bool = F(
+        False, "training", "Rescale the DDPM betas so the last timestep is pure noise (for v-prediction).")
+    # loss (lorakit/train/loss.py)
+    min_snr_gamma: float = F(
+        0.0, "training", "Min-SNR weighting: min(snr, gamma)/snr (eps) or /(snr+1) (v-pred); about 5; 0 = off.",
+        ge=0)
+    debiased_estimation_loss: bool = F(
+        False, "training", "Weight the loss by 1/sqrt(snr) (eps) or 1/(snr+1) (v-pred), snr capped at 1000.")
+    scale_v_pred_loss_like_noise_pred: bool = F(
+        False, "training", "v-prediction only: weight the loss by snr/(snr+1), like an eps loss.")
+    loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = F(
+        "l2", "training", "Elementwise loss: l2, l1, or pseudo-Huber huber / smooth_l1 with huber_c.")
+    huber_schedule: Literal["constant", "exponential", "snr"] = F(
+        "snr", "training", "Huber threshold over timesteps: constant c, exponential from 1 (t=0) to c (t=T), "
+                           "or snr-based (huber / smooth_l1 only).")
+    huber_c: float = F(0.1, "training", "Huber threshold parameter c (huber / smooth_l1 only).", gt=0, le=1)
+    huber_scale: float = F(1.0, "training", "Multiplies the Huber threshold (huber / smooth_l1 only).", gt=0)
 
     # ---- output ------------------------------------------------------------------
     output_dir: Optional[str] = F(None, "output", "Folder for the adapter, metrics.jsonl and logs.")
