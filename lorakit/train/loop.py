@@ -12,7 +12,8 @@ import torch
 
 from ..config.schema import TrainConfig
 from ..events import EventBus, Subscriber
-from .loss import per_sample_mse, sample_noise, sample_seed, target
+from .loss import sample_seed, target, weighted_loss
+from .noise import draw_noise
 from .hooks import RunHooks
 from .save import save_adapter
 from .setup import Run, setup_run
@@ -51,16 +52,18 @@ def batch_latents(run: Run, batch) -> torch.Tensor:
 
 def micro_step_loss(run: Run, batch, seeds: list[int]) -> torch.Tensor:
     """Weighted mean loss over the samples of one micro-batch."""
-    m = run.model
+    m, cfg = run.model, run.cfg
+    sched = m.noise_scheduler
     latents = batch_latents(run, batch)
-    noise, timesteps = sample_noise(latents, m.noise_scheduler.config.num_train_timesteps, seeds)
-    noisy = m.noise_scheduler.add_noise(latents, noise, timesteps)
+    d = draw_noise(latents, seeds, run.noise_settings, sched.config.num_train_timesteps)
+    noisy = sched.add_noise(latents, d.input_noise, d.timesteps)
     with run.accelerator.autocast():
         context = encode_prompts(run, batch.captions)
-        pred = m.unet(noisy.to(run.weight_dtype), timesteps, context.to(run.weight_dtype)).sample
-    tgt = target(m.noise_scheduler, latents, noise, timesteps, m.v_parameterization)
-    weights = batch.loss_weights.to(run.device)
-    return (per_sample_mse(pred, tgt) * weights).mean()
+        pred = m.unet(noisy.to(run.weight_dtype), d.timesteps, context.to(run.weight_dtype)).sample
+    tgt = target(sched, latents, d.noise, d.timesteps, m.v_parameterization)
+    losses = weighted_loss(cfg, sched, pred, tgt, d.timesteps, m.v_parameterization,
+                           sample_weights=batch.loss_weights.to(run.device), mask=getattr(batch, "masks", None))
+    return losses.mean()
 
 
 def group_lrs(run: Run) -> dict[str, float]:

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..events import EventBus
 from ..optim.optimizers import build_optimizer, optimizer_warnings, resolve_optimizer
 from ..optim.schedulers import build_scheduler, scheduler_warnings, warmup_steps_for
+from .noise import NoiseSettings, training_scheduler, validate_noise_config
 from .plan import Plan, make_plan
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
@@ -43,6 +44,7 @@ class Run:
     overwrite: bool = False
     progress: Any = None  # state.Progress of the last finished step
     warnings: list[str] = field(default_factory=list)
+    noise_settings: Any = None
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -66,6 +68,7 @@ def preflight(cfg: TrainConfig, overwrite: bool):
     if not cfg.output_dir:
         raise ConfigError("no output folder given", key="output_dir", fix="pass --output DIR")
     resolve_optimizer(cfg.optimizer_type)
+    validate_noise_config(cfg, cfg.v_parameterization or None)
     if cfg.sample_prompts:
         from ..sample.prompts import parse_prompts
         from ..sample.samplers import canonical
@@ -116,6 +119,10 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False) -> Run:
 
     run.model = m = load_sd_model(cfg.pretrained_model_name_or_path, v2=cfg.v2 or None,
                                   v_parameterization=cfg.v_parameterization or None, vae=cfg.vae)
+    # zero_terminal_snr rescales the schedule once; samples during training use it too
+    m.noise_scheduler = training_scheduler(m.noise_scheduler, cfg.zero_terminal_snr)
+    run.noise_settings = NoiseSettings.from_config(cfg)
+    noise_warnings = validate_noise_config(cfg, m.v_parameterization)
     for module in (m.unet, m.text_encoder, m.vae):
         module.requires_grad_(False)
         module.eval()
@@ -142,7 +149,7 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False) -> Run:
     optimizer = build_optimizer(cfg, groups)
     run.scheduler = build_scheduler(optimizer, cfg.lr_scheduler, plan.total_steps,
                                     warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps), cfg=cfg)
-    run.warnings = optimizer_warnings(cfg, groups) + scheduler_warnings(cfg, plan.total_steps)
+    run.warnings = noise_warnings + optimizer_warnings(cfg, groups) + scheduler_warnings(cfg, plan.total_steps)
     run.optimizer = accelerator.prepare(optimizer)
     run.generator = torch.Generator(device=run.device).manual_seed(seed)
     return run
