@@ -55,8 +55,10 @@ def test_loss_falls_and_same_seed_same_losses(tiny_model_dir, shapes_data, tmp_p
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_accumulation_equals_bigger_batch(tiny_model_dir, shapes_data, tmp_path, checkpointing):
-    common = dict(max_train_steps=3, learning_rate=1e-2, gradient_checkpointing=checkpointing,
-                  lr_scheduler="cosine", lr_warmup_steps=1)
+    # SGD: the update is lr x gradient, so equal gradients give equal adapters (Adam would divide
+    # float noise by tiny second moments on the first steps)
+    common = dict(max_train_steps=3, learning_rate=0.5, gradient_checkpointing=checkpointing,
+                  lr_scheduler="cosine", lr_warmup_steps=1, optimizer_type="SGD")
     big, rows_big = run(make_cfg(tiny_model_dir, shapes_data, tmp_path / "big", train_batch_size=2, **common))
     acc, rows_acc = run(make_cfg(tiny_model_dir, shapes_data, tmp_path / "acc", train_batch_size=1,
                                  gradient_accumulation_steps=2, **common))
@@ -65,10 +67,10 @@ def test_accumulation_equals_bigger_batch(tiny_model_dir, shapes_data, tmp_path,
     moved = max(a[k].abs().max().item() for k in a if "lora_up" in k)
     assert moved > 1e-4  # the updates happened (lora_up starts at zero)
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert diff < 1e-5, diff
+    assert diff < 1e-6, diff
     # the schedule advanced once per optimizer step: warmup 1 step, then cosine over 3
     lrs = [r["lrs"]["unet"] for r in rows_acc]
-    assert lrs == pytest.approx([0.0, 1e-2, 1e-2 * 0.5 * (1 + math.cos(math.pi * 0.5))])
+    assert lrs == pytest.approx([0.0, 0.5, 0.5 * 0.5 * (1 + math.cos(math.pi * 0.5))])
     assert [r["loss"] for r in rows_acc] == pytest.approx([r["loss"] for r in rows_big], rel=1e-5)
 
 

@@ -121,14 +121,20 @@ class TrainDataset:
         """Sample ids of each batch of `epoch`, in order (deterministic in seed + epoch)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        # One seeded order of every sample; each bucket's batches are consecutive runs of it and
+        # batches go in the order of their first sample. With one bucket the sample sequence
+        # is then the same for every batch size, so batch 2 and 2 x batch 1 with gradient
+        # accumulation (or 2 processes) see the same samples (sd-scripts shuffles batches instead).
         rng = random.Random(seed + epoch)
-        batch_ids = [(b, k) for b, bucket in enumerate(self._buckets)
-                     for k in range(math.ceil(len(bucket) / batch_size))]
-        rng.shuffle(batch_ids)  # sd-scripts: batch order first, then each bucket's contents
-        order = [list(bucket) for bucket in self._buckets]
-        for bucket in order:
-            rng.shuffle(bucket)
-        return [order[b][k * batch_size:(k + 1) * batch_size] for b, k in batch_ids]
+        order = [s for bucket in self._buckets for s in bucket]
+        rng.shuffle(order)
+        rank = {s: i for i, s in enumerate(order)}
+        batches = []
+        for bucket in self._buckets:
+            ids = sorted(bucket, key=rank.__getitem__)
+            batches += [ids[k:k + batch_size] for k in range(0, len(ids), batch_size)]
+        batches.sort(key=lambda b: rank[b[0]])
+        return batches
 
     def caption_for(self, sample_id: int, epoch: int, seed: int) -> str:
         """The caption of one draw; its randomness is seeded by (seed, epoch, sample id)."""

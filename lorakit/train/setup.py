@@ -130,8 +130,8 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False) -> Run:
     if cfg.cache_latents:
         run.dataset.cache_latents(m.vae.to(run.device), batch_size=cfg.vae_batch_size, device=run.device,
                                   dtype=torch.float32, seed=seed)
-    m.unet.to(run.device, dtype=run.weight_dtype)
-    m.text_encoder.to(run.device, dtype=run.weight_dtype)
+    for module in (m.unet, m.text_encoder):  # frozen base weights in the autocast dtype, as kohya
+        module.to(run.device) if run.weight_dtype == torch.float32 else module.to(run.device, run.weight_dtype)
 
     run.network = net = create_network(cfg, m.unet, m.text_encoder)
     net.apply()
@@ -139,8 +139,9 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False) -> Run:
     groups = net.param_groups(cfg.resolved_text_encoder_lr(), cfg.resolved_unet_lr())
     if cfg.gradient_checkpointing:
         m.unet.enable_gradient_checkpointing()
-        if net.train_text_encoder:
-            m.text_encoder.gradient_checkpointing_enable()
+        if net.train_text_encoder:  # transformers 5 renamed it
+            (getattr(m.text_encoder, "activation_checkpointing_enable", None)
+             or m.text_encoder.gradient_checkpointing_enable)()
     m.unet.train(net.train_unet)
     m.text_encoder.train(net.train_text_encoder)
 
