@@ -132,6 +132,7 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
         cfg = check_resume_config(cfg, state_dir)
     bus = EventBus(list(subscribers))
     run = setup_run(cfg, bus, overwrite or state_dir is not None)
+    bus = run.bus  # silent on every process but rank 0
     plan, ga = run.plan, cfg.gradient_accumulation_steps
     progress = load_state(run, state_dir) if state_dir else Progress()
     if progress.groups_done >= plan.steps_per_epoch:  # the state was saved at an epoch's end
