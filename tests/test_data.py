@@ -351,11 +351,15 @@ def test_latents_cached_once_per_image_and_seeded(tmp_path):
     ds1 = TrainDataset(scan_folders(tmp_path / "t"), (64, 64))
     ds1.cache_latents(vae, batch_size=1, seed=0)
     assert calls == [1] * 5
-    first = ds1.items[0].path  # "2_b/0.png": the first item, encoded first with a fresh generator
+    from lorakit.data.latent_cache import file_sha256, noise_seed
+    first = ds1.items[0].path  # "2_b/0.png": noise from a generator seeded by (seed, image bytes)
     x = to_tensor(resize_center_crop(load_image_rgb(first), (64, 64)))[None]
     with torch.no_grad():
-        ref = orig(x).latent_dist.sample(generator=torch.Generator().manual_seed(0))[0]
-    assert torch.equal(ds1._latents[0], ref)  # unscaled sample, not times 0.18215
+        dist = orig(x).latent_dist
+    gen = torch.Generator().manual_seed(noise_seed(0, file_sha256(first), False))
+    ref = (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen))[0]
+    assert torch.allclose(ds1._latents[0], ref, atol=1e-5)  # unscaled sample, not times 0.18215
+    assert torch.allclose(ds._latents[0], ref, atol=1e-5)  # the same whatever the VAE batch size
 
     ds2 = TrainDataset(scan_folders(tmp_path / "t"), (64, 64))
     ds2.cache_latents(vae, batch_size=1, seed=0)

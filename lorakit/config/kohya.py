@@ -53,10 +53,7 @@ GUI_ONLY = {
 NEUTRAL: dict[str, Any] = {
     "noise_offset": 0, "adaptive_noise_scale": 0, "noise_offset_random_strength": False,
     "multires_noise_iterations": 0, "multires_noise_discount": None, "min_snr_gamma": 0,
-    "caption_dropout_rate": 0, "caption_dropout_every_n_epochs": 0, "caption_tag_dropout_rate": 0,
-    "color_aug": False, "flip_aug": False, "random_crop": False, "enable_bucket": False,
-    "scale_weight_norms": 0, "network_weights": "", "save_last_n_epochs": 0, "bucket_no_upscale": None,
-    "min_bucket_reso": None, "max_bucket_reso": None, "bucket_reso_steps": None,
+    "scale_weight_norms": 0, "network_weights": "", "save_last_n_epochs": 0,
 }
 # NEUTRAL None: only neutral while bucketing / multires is off (see _neutral).
 

@@ -47,6 +47,26 @@ class TrainConfig(BaseModel):
     max_data_loader_n_workers: int = F(0, "data", "DataLoader worker processes (0 = main process).", ge=0)
     persistent_data_loader_workers: bool = F(False, "data", "Keep DataLoader workers alive between epochs.")
     prior_loss_weight: float = F(1.0, "data", "Loss weight of regularization images.", ge=0)
+    cache_latents_to_disk: bool = F(
+        False, "data", "Keep cached latents in <image>_<W>x<H>_sd.npz files; re-encoded when the image, "
+        "size or VAE changes.")
+    enable_bucket: bool = F(False, "data", "Aspect-ratio buckets: each image trains near its own aspect ratio.")
+    min_bucket_reso: int = F(256, "data", "Smallest bucket side (with enable_bucket).", ge=64)
+    max_bucket_reso: int = F(1024, "data", "Largest bucket side (with enable_bucket).", ge=64)
+    bucket_reso_steps: int = F(64, "data", "Bucket sides are multiples of this (a multiple of 8).", ge=8)
+    bucket_no_upscale: bool = F(False, "data", "Never enlarge images: small images get small buckets.")
+    caption_prefix: str = F("", "data", "Text put before every caption (joined with a space).")
+    caption_suffix: str = F("", "data", "Text put after every caption (joined with a space).")
+    keep_tokens_separator: str = F(
+        "", "data", "Tags before this mark stay in place, tags after it are shuffled (e.g. '|||').")
+    caption_dropout_rate: float = F(0.0, "data", "Chance of training an image with an empty caption.", ge=0, le=1)
+    caption_dropout_every_n_epochs: int = F(
+        0, "data", "Empty captions for the whole epoch when epoch % N == 0 (epochs count from 1; 0 = off).", ge=0)
+    caption_tag_dropout_rate: float = F(
+        0.0, "data", "Chance of leaving out each movable tag (after keep_tokens).", ge=0, le=1)
+    flip_aug: bool = F(False, "data", "Mirror images left-right half of the time (works with cached latents).")
+    color_aug: bool = F(False, "data", "Small random hue or gamma change (not with cached latents).")
+    random_crop: bool = F(False, "data", "Crop at a random place instead of the centre (not with cached latents).")
 
     # ---- network -----------------------------------------------------------------
     network_type: str = F(

@@ -1,10 +1,19 @@
 """Per-draw caption processing (kohya-semantics 2.3, sd-scripts BaseDataset.process_caption).
 
-kohya's order is: prefix/suffix -> whole-caption dropout -> (when shuffling or tag
-dropout is on) split on the separator, keep the first `keep_tokens` tags (or the text
-before `keep_tokens_separator`), shuffle the rest, drop tags -> join with ", ".
-This first cut implements shuffle and keep_tokens; each later step is a stage of
-:meth:`CaptionOptions.apply` and a field of :class:`CaptionOptions`.
+kohya's order, reproduced stage by stage in :meth:`CaptionOptions.apply`:
+
+1. `caption_prefix + " " + caption + " " + caption_suffix` (each only when set);
+2. the whole caption is dropped ("") when `random() < caption_dropout_rate` (one draw,
+   only made when the rate is > 0) or when `caption_dropout_every_n_epochs` = n > 0 and
+   epoch % n == 0 (epochs count from 1);
+3. only when shuffle_caption or caption_tag_dropout_rate is on, the caption is split:
+   with `keep_tokens_separator` present, the text before it is kept in place, the text
+   after it is shuffled, and a second separator marks a kept suffix (empty tags are
+   removed in this form); otherwise split on "," (tags stripped, empty ones kept) and
+   the first `keep_tokens` tags are kept in place;
+4. the movable tags are shuffled (shuffle_caption), then each is dropped with
+   probability caption_tag_dropout_rate (`random() < rate` drops it);
+5. joined with ", ".
 
 All randomness comes from the `rng` passed in, so a draw is reproducible.
 """
@@ -20,21 +29,50 @@ SEPARATOR = ","  # kohya's caption_separator
 class CaptionOptions:
     shuffle: bool = False  # shuffle_caption
     keep_tokens: int = 0
-    # later: caption_prefix, caption_suffix, caption_dropout_rate,
-    # caption_dropout_every_n_epochs, caption_tag_dropout_rate, keep_tokens_separator
+    keep_tokens_separator: str = ""
+    prefix: str = ""  # caption_prefix
+    suffix: str = ""  # caption_suffix
+    dropout_rate: float = 0.0  # caption_dropout_rate
+    dropout_every_n_epochs: int = 0  # caption_dropout_every_n_epochs
+    tag_dropout_rate: float = 0.0  # caption_tag_dropout_rate
 
     @property
     def splits_tags(self) -> bool:
         """kohya only splits and re-joins the caption when a tag operation is on."""
-        return self.shuffle
+        return self.shuffle or self.tag_dropout_rate > 0
 
-    def apply(self, caption: str, rng: random.Random) -> str:
+    def apply(self, caption: str, rng: random.Random, epoch: int = 1) -> str:
+        if self.prefix:
+            caption = self.prefix + " " + caption
+        if self.suffix:
+            caption = caption + " " + self.suffix
+        dropped = self.dropout_rate > 0 and rng.random() < self.dropout_rate
+        if dropped or (self.dropout_every_n_epochs > 0 and epoch % self.dropout_every_n_epochs == 0):
+            return ""
         if not self.splits_tags:
             return caption
-        fixed, flex = split_tags(caption, self.keep_tokens)
+        fixed, flex, tail = self.split(caption)
         if self.shuffle:
             rng.shuffle(flex)
-        return join_tags(fixed + flex)
+        if self.tag_dropout_rate > 0:
+            flex = [t for t in flex if rng.random() >= self.tag_dropout_rate]
+        return join_tags(fixed + flex + tail)
+
+    def split(self, caption: str) -> tuple[list[str], list[str], list[str]]:
+        """(kept head, movable tags, kept tail) of a caption, as kohya splits it."""
+        sep = self.keep_tokens_separator
+        if sep and sep in caption:
+            head, flex_part = caption.split(sep, 1)
+            tail_part = ""
+            if sep in flex_part:
+                flex_part, tail_part = flex_part.split(sep, 1)
+            return _nonempty(head), _nonempty(flex_part), _nonempty(tail_part)
+        fixed, flex = split_tags(caption, self.keep_tokens)
+        return fixed, flex, []
+
+
+def _nonempty(text: str) -> list[str]:
+    return [t.strip() for t in text.split(SEPARATOR) if t.strip()]
 
 
 def split_tags(caption: str, keep_tokens: int) -> tuple[list[str], list[str]]:
@@ -53,7 +91,7 @@ def join_tags(tags: list[str]) -> str:
 
 
 def process_caption(caption: str, *, shuffle: bool = False, keep_tokens: int = 0,
-                    rng: random.Random) -> str:
-    """One draw of `caption`: with shuffle, the tags after the first `keep_tokens` are shuffled
-    and all are joined with ', '; without, the caption is returned unchanged (as kohya)."""
-    return CaptionOptions(shuffle=shuffle, keep_tokens=keep_tokens).apply(caption, rng)
+                    rng: random.Random, epoch: int = 1, **options) -> str:
+    """One draw of `caption` with the given :class:`CaptionOptions` fields; without any
+    tag operation the caption is returned unchanged (as kohya)."""
+    return CaptionOptions(shuffle=shuffle, keep_tokens=keep_tokens, **options).apply(caption, rng, epoch)

@@ -1,15 +1,15 @@
-"""The training dataset: samples (images x repeats), the latent cache and seeded epochs.
+"""The training dataset: samples (images x repeats), buckets, the latent cache and seeded epochs.
 
-One epoch draws every image `repeats` times, as kohya. Batches are planned the way
-sd-scripts plans them with buckets: the samples of each bucket are cut into
-ceil(n / batch_size) batches (the last one may be short), and each epoch the batch
-order and each bucket's contents are shuffled with a generator seeded by seed + epoch.
-This first cut has one bucket (the configured resolution); `_buckets` is where the
-bucketing step plugs in.
+One epoch draws every image `repeats` times, as kohya. Each image is placed in a bucket
+(:mod:`.buckets`; without enable_bucket the one bucket is the configured resolution) and
+batches are planned the way sd-scripts plans them: the samples of each bucket are cut
+into ceil(n / batch_size) batches (the last one may be short), so a batch's images share
+a size; each epoch the order is shuffled with a generator seeded by seed + epoch.
 
 Unlike sd-scripts (which reshuffles the previous epoch's order), every epoch is shuffled
 from the same canonical order, so epoch k's batches depend only on (seed, k): a resumed
-run sees the batches an uninterrupted one would have.
+run sees the batches an uninterrupted one would have. Per-draw randomness (caption
+shuffle/dropout, flip, colour, crop) is seeded by (seed, epoch, sample id).
 """
 from __future__ import annotations
 
@@ -21,9 +21,14 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
+from .augment import AugmentOptions, Draw, apply_pixels, draw_augmentation
+from .buckets import BucketSet, Placement, bucket_info
 from .captions import CaptionOptions
 from .folders import DatasetIndex, ImageItem, scan_folders
-from .images import load_training_image
+from .images import center_offset, load_image_rgb, probe_image, resize_crop, to_tensor
+from .latent_cache import (Moments, disk_path, entry_key, file_sha256, load_entry, sample, save_entry,
+                           vae_identity)
+from .validate import validate_data_config
 
 if TYPE_CHECKING:
     from ..config.schema import TrainConfig
@@ -39,6 +44,8 @@ class Batch:
     latents: torch.Tensor | None = None  # (B, 4, H/8, W/8) float32, unscaled VAE samples
     pixels: torch.Tensor | None = None  # (B, 3, H, W) float32 in [-1, 1] when latents are not cached
     item_indices: list[int] = field(default_factory=list)  # index into DatasetIndex.items
+    flipped: list[bool] = field(default_factory=list)  # flip_aug decision of each sample
+    bucket: tuple[int, int] | None = None  # (W, H) shared by the batch
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -46,33 +53,59 @@ class Batch:
 
 class TrainDataset:
     def __init__(self, index: DatasetIndex, resolution: tuple[int, int], *, shuffle_caption: bool = False,
-                 keep_tokens: int = 0, prior_loss_weight: float = 1.0):
+                 keep_tokens: int = 0, prior_loss_weight: float = 1.0, caption_options: CaptionOptions | None = None,
+                 buckets: BucketSet | None = None, augment: AugmentOptions | None = None,
+                 cache_to_disk: bool = False):
         w, h = resolution
         if w % VAE_DOWNSAMPLE or h % VAE_DOWNSAMPLE:
             raise ValueError(f"resolution {w}x{h} must be a multiple of {VAE_DOWNSAMPLE}")
         self.index = index
         self.items: list[ImageItem] = index.items
         self.resolution = (int(w), int(h))
-        self.caption_options = CaptionOptions(shuffle=shuffle_caption, keep_tokens=keep_tokens)
+        self.caption_options = caption_options or CaptionOptions(shuffle=shuffle_caption, keep_tokens=keep_tokens)
         self.prior_loss_weight = float(prior_loss_weight)
+        self.augment = augment or AugmentOptions()
+        self.cache_to_disk = cache_to_disk
+        self.buckets = buckets or BucketSet(self.resolution, enable=False)
+        self.placements: list[Placement] = [self.buckets.place(it.size or probe_image(it.path))
+                                            for it in self.items]
         # canonical sample list: item i appears items[i].repeats times, items in index order
         self.samples: list[int] = [i for i, it in enumerate(self.items) for _ in range(it.repeats)]
-        self._buckets: list[list[int]] = [list(range(len(self.samples)))]  # sample ids per bucket
+        by_reso: dict[tuple[int, int], list[int]] = {}
+        for s, i in enumerate(self.samples):
+            by_reso.setdefault(self.placements[i].bucket, []).append(s)
+        self.bucket_resos = sorted(by_reso)
+        self._buckets: list[list[int]] = [by_reso[r] for r in self.bucket_resos]  # sample ids per bucket
         self._latents: list[torch.Tensor] | None = None
+        self._latents_flipped: list[torch.Tensor] | None = None
+        self.cache_stats = {"encoded": 0, "from_disk": 0}
 
     @classmethod
     def from_config(cls, cfg: "TrainConfig", index: DatasetIndex | None = None) -> "TrainDataset":
+        validate_data_config(cfg)
         if index is None:
             index = scan_folders(cfg.train_data_dir, cfg.reg_data_dir, cfg.caption_extension)
-        return cls(index, cfg.resolution, shuffle_caption=cfg.shuffle_caption, keep_tokens=cfg.keep_tokens,
-                   prior_loss_weight=cfg.prior_loss_weight)
+        g = lambda k, d=None: getattr(cfg, k, d)  # noqa: E731  (keys other sessions may not have yet)
+        captions = CaptionOptions(
+            shuffle=cfg.shuffle_caption, keep_tokens=cfg.keep_tokens,
+            keep_tokens_separator=g("keep_tokens_separator") or "", prefix=g("caption_prefix") or "",
+            suffix=g("caption_suffix") or "", dropout_rate=g("caption_dropout_rate", 0.0) or 0.0,
+            dropout_every_n_epochs=g("caption_dropout_every_n_epochs", 0) or 0,
+            tag_dropout_rate=g("caption_tag_dropout_rate", 0.0) or 0.0)
+        buckets = BucketSet(cfg.resolution, enable=bool(g("enable_bucket", False)),
+                            min_reso=g("min_bucket_reso", 256), max_reso=g("max_bucket_reso", 1024),
+                            steps=g("bucket_reso_steps", 64), no_upscale=bool(g("bucket_no_upscale", False)))
+        augment = AugmentOptions(flip_aug=bool(g("flip_aug", False)), color_aug=bool(g("color_aug", False)),
+                                 random_crop=bool(g("random_crop", False)))
+        return cls(index, cfg.resolution, prior_loss_weight=cfg.prior_loss_weight, caption_options=captions,
+                   buckets=buckets, augment=augment, cache_to_disk=bool(g("cache_latents_to_disk", False)))
 
     def __len__(self) -> int:
         return len(self.samples)
 
     @property
     def latent_size(self) -> tuple[int, int]:
-        """(h, w) of a latent."""
+        """(h, w) of a latent at the training resolution (a bucket's may differ)."""
         return self.resolution[1] // VAE_DOWNSAMPLE, self.resolution[0] // VAE_DOWNSAMPLE
 
     @property
@@ -83,38 +116,84 @@ class TrainDataset:
         """Sum over buckets of ceil(samples / batch_size) (kohya's len(train_dataloader))."""
         return sum(math.ceil(len(b) / batch_size) for b in self._buckets)
 
+    def bucket_info(self) -> dict:
+        """ss_bucket_info (see buckets.bucket_info); counts include repeats."""
+        counts = {r: len(b) for r, b in zip(self.bucket_resos, self._buckets)}
+        return bucket_info(self.buckets.resos, counts, [p.ar_error for p in self.placements])
+
     # ---- latent cache ------------------------------------------------------------------
     def cache_latents(self, vae, *, batch_size: int = 1, device: str | torch.device = "cpu",
                       dtype: torch.dtype = torch.float32, seed: int = 0,
                       progress: Callable[[int, int], None] | None = None) -> None:
-        """Encode each unique image once: `vae.encode(x).latent_dist.sample(generator)`.
+        """Encode each unique image once (and its mirror with flip_aug), batched per bucket.
 
-        Stored unscaled (the loop multiplies by vae.config.scaling_factor, 0.18215 for SD),
-        float32 on the CPU. The generator is seeded with `seed`, so the cache is reproducible.
+        The latent is `mean + std * randn` of the VAE's latent distribution with noise from
+        a generator seeded by (seed, image content, flip), stored unscaled (the loop
+        multiplies by vae.config.scaling_factor) as float32 on the CPU. With cache_to_disk,
+        valid .npz entries are read instead of encoded and new ones written.
         `progress(done, total)` is called after each VAE batch.
         """
         device = torch.device(device)
+        flip = self.augment.flip_aug
         by_path: dict[Path, list[int]] = {}
         for i, it in enumerate(self.items):
             by_path.setdefault(Path(it.path), []).append(i)
         paths = list(by_path)
-        gen = torch.Generator(device=device).manual_seed(seed)
-        latents: list[torch.Tensor | None] = [None] * len(self.items)
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            x = torch.stack([load_training_image(p, self.resolution) for p in chunk]).to(device, dtype)
-            with torch.no_grad():
-                z = vae.encode(x).latent_dist.sample(generator=gen)
-            z = z.to("cpu", torch.float32)
-            for j, p in enumerate(chunk):
-                for i in by_path[p]:
-                    latents[i] = z[j].clone()
-            if progress is not None:
-                progress(min(start + batch_size, len(paths)), len(paths))
-        self._latents = latents  # type: ignore[assignment]
+        hashes = {p: file_sha256(p) for p in paths}
+        vae_id = vae_identity(vae, dtype) if self.cache_to_disk else ""
+        moments: dict[Path, Moments] = {}
+        todo: dict[tuple[int, int], list[Path]] = {}
+        keys: dict[Path, str] = {}
+        for p in paths:
+            pl = self.placements[by_path[p][0]]
+            if self.cache_to_disk:
+                keys[p] = entry_key(hashes[p], pl.bucket, pl.resized, center_offset(pl.resized, pl.bucket), vae_id)
+                got = load_entry(disk_path(p, pl.bucket), keys[p], flip)
+                if got is not None:
+                    moments[p] = got
+                    continue
+            todo.setdefault(pl.bucket, []).append(p)
+        self.cache_stats = {"encoded": sum(map(len, todo.values())), "from_disk": len(moments)}
+        done, total = 0, self.cache_stats["encoded"]
+        for bucket in sorted(todo):
+            group = todo[bucket]
+            for start in range(0, len(group), batch_size):
+                chunk = group[start:start + batch_size]
+                arrs = [self._pixels_array(by_path[p][0], Draw()) for p in chunk]
+                mean, std = self._encode(vae, [to_tensor(a) for a in arrs], device, dtype)
+                if flip:
+                    mean_f, std_f = self._encode(vae, [to_tensor(a[:, ::-1].copy()) for a in arrs], device, dtype)
+                for j, p in enumerate(chunk):
+                    m = Moments(mean[j].clone(), std[j].clone())
+                    if flip:
+                        m.mean_flipped, m.std_flipped = mean_f[j].clone(), std_f[j].clone()
+                    moments[p] = m
+                    if self.cache_to_disk:
+                        save_entry(disk_path(p, bucket), keys[p], m)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+        latents: list[torch.Tensor] = [None] * len(self.items)  # type: ignore[list-item]
+        flipped: list[torch.Tensor] = [None] * len(self.items)  # type: ignore[list-item]
+        for p, ids in by_path.items():
+            m = moments[p]
+            z = sample(m.mean, m.std, seed, hashes[p], False)
+            zf = sample(m.mean_flipped, m.std_flipped, seed, hashes[p], True) if flip else None
+            for i in ids:
+                latents[i], flipped[i] = z, zf
+        self._latents = latents
+        self._latents_flipped = flipped if flip else None
+
+    @staticmethod
+    def _encode(vae, xs: list[torch.Tensor], device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.stack(xs).to(device, dtype)
+        with torch.no_grad():
+            dist = vae.encode(x).latent_dist
+        return dist.mean.to("cpu", torch.float32), dist.std.to("cpu", torch.float32)
 
     def drop_latents(self) -> None:
         self._latents = None
+        self._latents_flipped = None
 
     # ---- epochs --------------------------------------------------------------------------
     def batch_plan(self, epoch: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -139,19 +218,35 @@ class TrainDataset:
     def caption_for(self, sample_id: int, epoch: int, seed: int) -> str:
         """The caption of one draw; its randomness is seeded by (seed, epoch, sample id)."""
         rng = random.Random(f"{seed}:{epoch}:{sample_id}")
-        return self.caption_options.apply(self.items[self.samples[sample_id]].caption, rng)
+        return self.caption_options.apply(self.items[self.samples[sample_id]].caption, rng, epoch)
+
+    def augmentation_for(self, sample_id: int, epoch: int, seed: int) -> Draw:
+        """Flip / colour / crop decisions of one draw, seeded by (seed, epoch, sample id)."""
+        pl = self.placements[self.samples[sample_id]]
+        rng = random.Random(f"aug:{seed}:{epoch}:{sample_id}")
+        return draw_augmentation(self.augment, rng, pl.resized, pl.bucket)
 
     def epoch_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
         for sample_ids in self.batch_plan(epoch, batch_size, seed):
             yield self.make_batch(sample_ids, epoch, seed)
+
+    def _pixels_array(self, item: int, draw: Draw):
+        pl = self.placements[item]
+        arr = resize_crop(load_image_rgb(self.items[item].path), pl.resized, pl.bucket, draw.crop)
+        return apply_pixels(arr, draw)
 
     def make_batch(self, sample_ids: list[int], epoch: int, seed: int) -> Batch:
         item_ids = [self.samples[s] for s in sample_ids]
         is_reg = [self.items[i].is_reg for i in item_ids]
         weights = torch.tensor([self.prior_loss_weight if r else 1.0 for r in is_reg], dtype=torch.float32)
         captions = [self.caption_for(s, epoch, seed) for s in sample_ids]
+        draws = [self.augmentation_for(s, epoch, seed) for s in sample_ids]
+        flips = [d.flip for d in draws]
+        bucket = self.placements[item_ids[0]].bucket
         if self._latents is not None:
-            latents = torch.stack([self._latents[i] for i in item_ids])
-            return Batch(captions, weights, is_reg, latents=latents, item_indices=item_ids)
-        pixels = torch.stack([load_training_image(self.items[i].path, self.resolution) for i in item_ids])
-        return Batch(captions, weights, is_reg, pixels=pixels, item_indices=item_ids)
+            rows = [self._latents_flipped[i] if f and self._latents_flipped is not None else self._latents[i]
+                    for i, f in zip(item_ids, flips)]
+            return Batch(captions, weights, is_reg, latents=torch.stack(rows), item_indices=item_ids,
+                         flipped=flips, bucket=bucket)
+        pixels = torch.stack([to_tensor(self._pixels_array(i, d)) for i, d in zip(item_ids, draws)])
+        return Batch(captions, weights, is_reg, pixels=pixels, item_indices=item_ids, flipped=flips, bucket=bucket)

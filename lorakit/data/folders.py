@@ -4,8 +4,9 @@
 image used, the repeat counts (regularization images balanced against the train images
 exactly as sd-scripts' DreamBoothDataset does), the numbers the step count and the
 metadata need (num_train_images, ss_tag_frequency, ss_dataset_dirs), and a per-folder
-summary for `lorakit plan`. Nothing here opens an image; it only lists files and reads
-captions.
+summary for `lorakit plan`. Every image is decoded once here (see images.probe_image)
+for its upright size (the buckets need it) and so that corrupt, empty or truncated files
+are skipped now, named in ONE warning, instead of stopping a run midway.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from .images import probe_image
 
 log = logging.getLogger("lorakit.data")
 
@@ -29,6 +31,7 @@ class ImageItem:
     repeats: int
     is_reg: bool
     subset: str  # the folder's name, e.g. "10_sks dog"
+    size: tuple[int, int] | None = None  # upright (W, H), known after the scan
 
 
 @dataclass
@@ -50,6 +53,7 @@ class DatasetIndex:
     num_train_images: int  # sum of repeats * images over the train folders (kohya's meaning)
     num_reg_images: int  # the same over the reg folders, before balancing (kohya's meaning)
     warnings: list[str] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # unreadable images: (path, why)
     # every scanned image with its caption, reg images that balancing left unused included
     # (sd-scripts counts tag frequency before balancing)
     _all_captioned: list[ImageItem] = field(default_factory=list, repr=False)
@@ -159,16 +163,23 @@ class _Folder:
 
 
 def scan_folders(train_data_dir: str | Path | None, reg_data_dir: str | Path | None = None,
-                 caption_extension: str = ".txt") -> DatasetIndex:
-    """Scan the train (and reg) folders into a :class:`DatasetIndex`; see the module doc."""
+                 caption_extension: str = ".txt", check_images: bool = True) -> DatasetIndex:
+    """Scan the train (and reg) folders into a :class:`DatasetIndex`; see the module doc.
+
+    With check_images=False images are listed but not opened (sizes stay None)."""
     warnings: list[str] = []
+    skipped: list[tuple[Path, str]] = []
     if train_data_dir is None or str(train_data_dir) == "":
         raise DataError("is not set", key="train_data_dir",
                         fix="set train_data_dir to the folder that holds your <repeats>_<name> subfolders")
-    train = _scan_root(Path(train_data_dir), "train_data_dir", False, caption_extension, warnings)
+    probe = _prober(skipped) if check_images else None
+    train = _scan_root(Path(train_data_dir), "train_data_dir", False, caption_extension, warnings, probe)
     reg = []
     if reg_data_dir is not None and str(reg_data_dir) != "":
-        reg = _scan_root(Path(reg_data_dir), "reg_data_dir", True, caption_extension, warnings)
+        reg = _scan_root(Path(reg_data_dir), "reg_data_dir", True, caption_extension, warnings, probe)
+    if skipped:
+        warnings.insert(0, f"skipped {len(skipped)} unreadable image{'s' * (len(skipped) > 1)} "
+                           "(replace or delete them): " + "; ".join(f"{p} ({why})" for p, why in skipped))
 
     num_train = sum(f.repeats * len(f.items) for f in train)
     num_reg = sum(f.repeats * len(f.items) for f in reg)
@@ -188,7 +199,7 @@ def scan_folders(train_data_dir: str | Path | None, reg_data_dir: str | Path | N
     for w in warnings:
         log.warning(w)
     return DatasetIndex(items=items, folders=folders, num_train_images=num_train, num_reg_images=num_reg,
-                        warnings=warnings, _all_captioned=[it for f in train + reg for it in f.items])
+                        warnings=warnings, skipped=skipped, _all_captioned=[it for f in train + reg for it in f.items])
 
 
 def balance_reg_repeats(reg_items: list[ImageItem], num_train_images: int) -> list[ImageItem]:
@@ -229,8 +240,18 @@ def _check_root(root: Path, key: str) -> list[Path]:
     return entries
 
 
+def _prober(skipped: list[tuple[Path, str]]):
+    def probe(path: Path) -> tuple[int, int] | None:
+        try:
+            return probe_image(path)
+        except DataError as e:
+            skipped.append((path, e.message))
+            return None
+    return probe
+
+
 def _scan_root(root: Path, key: str, is_reg: bool, caption_extension: str,
-               warnings: list[str]) -> list[_Folder]:
+               warnings: list[str], probe=None) -> list[_Folder]:
     entries = _check_root(root, key)
     subdirs = [p for p in entries if p.is_dir()]
     loose = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
@@ -260,10 +281,17 @@ def _scan_root(root: Path, key: str, is_reg: bool, caption_extension: str,
             warnings.append(f"{key}: skipped '{path.name}': repeats must be 1 or more")
             continue
         images = list_images(path)
+        sizes: dict[Path, tuple[int, int] | None] = {}
+        if probe is not None:
+            sizes = {p: probe(p) for p in images}
+            images = [p for p in images if sizes[p] is not None]
         if not images:
             empty.append(path.name)
             continue
-        folders.append(_read_folder(path, repeats, class_tokens, is_reg, images, caption_extension, warnings))
+        folder = _read_folder(path, repeats, class_tokens, is_reg, images, caption_extension, warnings)
+        for it in folder.items:
+            it.size = sizes.get(it.path)
+        folders.append(folder)
 
     if not folders:
         exts = " ".join(IMAGE_EXTENSIONS)

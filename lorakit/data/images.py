@@ -16,21 +16,64 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import DataError
 
 
+READ_FIX = "replace the file with a valid PNG/JPEG/WEBP/BMP image or delete it"
+_ORIENTATION = 0x0112
+
+
+def _unreadable(path: str | Path, e: Exception) -> DataError:
+    msg = "is empty (0 bytes)" if Path(path).is_file() and Path(path).stat().st_size == 0 else \
+        f"cannot be read as an image ({e.__class__.__name__}: {e})"
+    return DataError(msg, file=str(path), fix=READ_FIX)
+
+
+def probe_image(path: str | Path) -> tuple[int, int]:
+    """Upright (W, H) of an image, decoding it fully so that corrupt and truncated files are
+    found now rather than mid-run (JPEGs are decoded at reduced scale: fast, still complete).
+    Raises DataError for a file that cannot be used."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orient = im.getexif().get(_ORIENTATION, 1)
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+            im.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise _unreadable(path, e) from None
+    if w < 1 or h < 1:
+        raise DataError("has no pixels", file=str(path), fix=READ_FIX)
+    return (h, w) if orient in (5, 6, 7, 8) else (w, h)
+
+
 def load_image_rgb(path: str | Path) -> Image.Image:
-    """Open an image upright (EXIF orientation applied) as RGB; transparency over white."""
+    """Open an image upright (EXIF orientation applied) as RGB; transparency over white.
+
+    Any PIL mode: CMYK, palette (with transparency), L/LA, RGBA, 1-bit, and 16/32-bit
+    integer or float images (scaled to 0..255 rather than clipped, as PIL's convert would).
+    """
     try:
         with Image.open(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot be read as an image ({e.__class__.__name__}: {e})", file=str(path),
-                        fix="replace the file with a valid PNG/JPEG/WEBP/BMP image or delete it") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise _unreadable(path, e) from None
+    if im.mode.startswith("I") or im.mode == "F":
+        im = _high_depth_to_l(im)
     if _has_alpha(im):
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         white.alpha_composite(rgba)
         return white.convert("RGB")
     return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def _high_depth_to_l(im: Image.Image) -> Image.Image:
+    """I;16 / I / F -> L: 16-bit data (max > 255) scaled by 255 / 65535, floats in 0..1 by 255."""
+    a = np.asarray(im).astype(np.float64)
+    if im.mode == "F" and a.size and a.max() <= 1.0:
+        a = a * 255.0
+    elif a.size and a.max() > 255:
+        a = a * (255.0 / 65535.0)
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
 
 
 def _has_alpha(im: Image.Image) -> bool:
@@ -46,12 +89,25 @@ def cover_size(src: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]
 
 def resize_center_crop(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """Scale `img` to cover `size` = (W, H), crop the centre; uint8 array of shape (H, W, 3)."""
-    tw, th = size
-    rw, rh = cover_size(img.size, size)
+    return resize_crop(img, cover_size(img.size, size), size)
+
+
+def center_offset(resized: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """(left, top) of the centre crop: the excess split evenly, the odd pixel on the right/bottom."""
+    return (resized[0] - size[0]) // 2, (resized[1] - size[1]) // 2
+
+
+def resize_crop(img: Image.Image, resized: tuple[int, int], size: tuple[int, int],
+                offset: tuple[int, int] | None = None) -> np.ndarray:
+    """Resize `img` to `resized` (BOX when shrinking, LANCZOS otherwise) and cut `size` = (W, H)
+    at `offset` = (left, top), the centre when None; uint8 (H, W, 3)."""
+    (rw, rh), (tw, th) = resized, size
+    if rw < tw or rh < th:
+        raise ValueError(f"resized {rw}x{rh} does not cover {tw}x{th}")
     if (rw, rh) != img.size:
         shrink = img.width >= rw and img.height >= rh
         img = img.resize((rw, rh), resample=Image.Resampling.BOX if shrink else Image.Resampling.LANCZOS)
-    left, top = (rw - tw) // 2, (rh - th) // 2
+    left, top = center_offset(resized, size) if offset is None else offset
     arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return arr[top:top + th, left:left + tw].copy()
 
