@@ -4,6 +4,11 @@ Names are case-insensitive (kohya-semantics.md 1, "Optimizer names"). A name tha
 in the table is a torch.optim class (exact case, e.g. "RAdam") or a dotted module.Class.
 Prodigy and the D-Adaptation family accept different text-encoder and UNet lrs through
 groupscale.GroupScaleMixin (docs/optimizers.md).
+
+Prodigy, DAdaptAdam, DAdaptation/DAdaptAdamPreprint and DAdaptLion run lorakit's foreach
+versions (fast_prodigy, fast_dadapt: the reference math with no host sync per parameter,
+subclasses of the reference classes). optimizer_args implementation="reference" runs the
+reference package instead; resolve_optimizer and ss_optimizer keep naming the reference class.
 """
 from __future__ import annotations
 
@@ -26,9 +31,11 @@ class Spec:
     fixed: dict[str, Any] = field(default_factory=dict)     # always passed
     package: str | None = None                               # pip name when it is an optional extra
     needs_cuda: bool = False
+    fast: str | None = None  # module.Class of lorakit's foreach version, used unless implementation="reference"
 
 
 _BNB = dict(package="bitsandbytes", needs_cuda=True)
+_FP, _FD = "lorakit.optim.fast_prodigy", "lorakit.optim.fast_dadapt"
 
 # lower-case kohya name -> where the class lives
 OPTIMIZERS: dict[str, Spec] = {
@@ -42,15 +49,16 @@ OPTIMIZERS: dict[str, Spec] = {
     "pagedadamw8bit": Spec("bitsandbytes.optim", "PagedAdamW8bit", **_BNB),
     "pagedadamw32bit": Spec("bitsandbytes.optim", "PagedAdamW32bit", **_BNB),
     "pagedlion8bit": Spec("bitsandbytes.optim", "PagedLion8bit", **_BNB),
-    "prodigy": Spec("prodigyopt", "Prodigy"),
-    "dadaptadam": Spec("dadaptation", "DAdaptAdam"),
+    "prodigy": Spec("prodigyopt", "Prodigy", fast=_FP + ".Prodigy"),
+    "dadaptadam": Spec("dadaptation", "DAdaptAdam", fast=_FD + ".DAdaptAdam"),
     # kohya: "DAdaptation" means DAdaptAdamPreprint since 2023-05-25 (DAdaptAdam before)
-    "dadaptation": Spec("dadaptation.experimental", "DAdaptAdamPreprint"),
-    "dadaptadampreprint": Spec("dadaptation.experimental", "DAdaptAdamPreprint"),
+    "dadaptation": Spec("dadaptation.experimental", "DAdaptAdamPreprint", fast=_FD + ".DAdaptAdamPreprint"),
+    "dadaptadampreprint": Spec("dadaptation.experimental", "DAdaptAdamPreprint",
+                                 fast=_FD + ".DAdaptAdamPreprint"),
     "dadaptadagrad": Spec("dadaptation", "DAdaptAdaGrad"),
     "dadaptadan": Spec("dadaptation", "DAdaptAdan"),
     "dadaptadanip": Spec("dadaptation.experimental", "DAdaptAdanIP"),
-    "dadaptlion": Spec("dadaptation", "DAdaptLion"),
+    "dadaptlion": Spec("dadaptation", "DAdaptLion", fast=_FD + ".DAdaptLion"),
     "dadaptsgd": Spec("dadaptation", "DAdaptSGD"),
 }
 
@@ -86,8 +94,30 @@ def resolve_optimizer(name: str) -> tuple[type, Spec]:
     return _import(spec.module, spec.cls, name, spec.package), spec
 
 
+def _implementation(cfg: TrainConfig, spec: Spec) -> str:
+    impl = str(cfg.optimizer_args.get("implementation", "fast")).strip().lower()
+    if impl not in ("fast", "reference"):
+        raise ConfigError(f"optimizer_args implementation={impl!r} is neither 'fast' nor 'reference'",
+                          key="optimizer_args", fix="use implementation=\"reference\" or leave it out")
+    if "implementation" in cfg.optimizer_args and spec.fast is None:
+        raise ConfigError(f"{cfg.optimizer_type} has only one implementation", key="optimizer_args",
+                          fix="remove implementation from optimizer_args")
+    return impl
+
+
+def optimizer_class(cfg: TrainConfig) -> tuple[type, Spec]:
+    """The class build_optimizer runs: lorakit's foreach version where there is one (module doc)."""
+    cls, spec = resolve_optimizer(cfg.optimizer_type)
+    if _implementation(cfg, spec) == "fast" and spec.fast is not None:
+        mod, _, name = spec.fast.rpartition(".")
+        cls = _import(mod, name, cfg.optimizer_type, None)
+    return cls, spec
+
+
 def optimizer_kwargs(cfg: TrainConfig, spec: Spec) -> dict[str, Any]:
     kw = {**spec.defaults, **cfg.optimizer_args, **spec.fixed}
+    if spec.fast is not None:
+        kw.pop("implementation", None)  # ours, not the class's
     if spec.cls == "Adafactor" and not kw.get("relative_step") and kw.get("warmup_init"):
         kw["relative_step"] = True  # kohya: warmup_init needs relative_step
     return kw
@@ -115,7 +145,7 @@ def optimizer_warnings(cfg: TrainConfig, param_groups: list[dict[str, Any]]) -> 
 
 def build_optimizer(cfg: TrainConfig, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """Groups are [{'params', 'lr', 'name'}] (TE first, then UNet). Different lrs work for every optimizer."""
-    cls, spec = resolve_optimizer(cfg.optimizer_type)
+    cls, spec = optimizer_class(cfg)
     kwargs = optimizer_kwargs(cfg, spec)
     groups = [dict(g) for g in param_groups]
     if spec.needs_cuda and any(p.device.type != "cuda" for g in groups for p in g["params"]):

@@ -1,0 +1,294 @@
+"""DAdaptAdam, DAdaptAdamPreprint (kohya's "DAdaptation") and DAdaptLion (dadaptation 3.2)
+without a host sync per parameter.
+
+Same approach and the same caveats as fast_prodigy (read its module doc): subclasses of the
+reference classes (constructor, defaults, state keys unchanged), foreach ops over all
+parameters, `d`, `k` (DAdaptAdam, whose bias correction reads it) and the running sums kept
+as 0-dim device tensors in the groups, the reference's "every gradient is zero" early return
+decided on the device. `log_every > 0` logs like the reference, which reads the scalars (a
+sync) on the logged steps only. Complex parameters are refused.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable
+
+import dadaptation
+import dadaptation.experimental
+import torch
+
+from .fast_prodigy import Cast, abs_total, batches, check_lrs, pymax, pymin, refuse_fsdp, scalar, total
+
+
+def _prologue(opt: torch.optim.Optimizer, closure: Callable | None):
+    loss = None
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    groups = opt.param_groups
+    refuse_fsdp(groups)
+    lr = max(g["lr"] for g in groups)
+    check_lrs(groups, lr)
+    live_params = [[p for p in g["params"] if p.grad is not None] for g in groups]
+    for ps in live_params:
+        if any(p.is_complex() for p in ps):
+            raise NotImplementedError("complex parameters: use optimizer_args implementation='reference'")
+    return loss, groups, lr, live_params
+
+
+def _coupled_decay(groups: list[dict[str, Any]], live_params: list[list[torch.Tensor]]) -> None:
+    for g, ps in zip(groups, live_params):
+        if g["weight_decay"] != 0 and not g["decouple"] and ps:
+            for idx in batches(ps):
+                torch._foreach_add_([ps[i].grad for i in idx], [ps[i] for i in idx], alpha=g["weight_decay"])
+
+
+def _init_adam_state(opt: torch.optim.Optimizer, ps: list[torch.Tensor]) -> None:
+    for p in ps:
+        state = opt.state[p]
+        if "step" not in state:
+            state["step"] = 0
+            state["s"] = torch.zeros_like(p.detach())
+            state["exp_avg"] = torch.zeros_like(p.detach())
+            state["exp_avg_sq"] = torch.zeros_like(p.detach())
+
+
+def _store(groups: list[dict[str, Any]], new: dict[str, torch.Tensor], live: torch.Tensor,
+           dev: torch.device) -> None:
+    """group[key] = new value, or the old one where the reference would have returned early."""
+    for g in groups:
+        for key, value in new.items():
+            old = g.get(key)
+            g[key] = value if old is None else torch.where(live, value, scalar(old, dev))
+
+
+def _adam_steps(opt: torch.optim.Optimizer, groups: list[dict[str, Any]], live_params: list[list[torch.Tensor]],
+                gate: torch.Tensor, decay_coef: Callable[[dict[str, Any]], Cast | None]) -> None:
+    """p -= exp_avg / (sqrt(exp_avg_sq) + eps), after the decoupled decay, times `gate` (0 or 1)."""
+    neg_gate = Cast(-gate)
+    for g, ps in zip(groups, live_params):
+        if not ps:
+            continue
+        dc = decay_coef(g)
+        for idx in batches(ps):
+            bp = [ps[i] for i in idx]
+            st = [opt.state[p] for p in bp]
+            for s in st:
+                s["step"] += 1
+            denom = torch._foreach_sqrt([s["exp_avg_sq"] for s in st])
+            torch._foreach_add_(denom, g["eps"])
+            if dc is not None:
+                torch._foreach_add_(bp, torch._foreach_mul(bp, dc.to(bp[0])))
+            upd = torch._foreach_mul([s["exp_avg"] for s in st], neg_gate.to(bp[0]))
+            torch._foreach_addcdiv_(bp, upd, denom)
+
+
+class DAdaptAdam(dadaptation.DAdaptAdam):
+    """dadaptation.DAdaptAdam's step with foreach ops and device scalars."""
+
+    def __init__(self, params: Iterable, lr: float = 1.0, *args: Any, **kwargs: Any):
+        super().__init__(params, lr, *args, **kwargs)
+        refuse_fsdp(self.param_groups)
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):  # type: ignore[override]
+        loss, groups, lr, live_params = _prologue(self, closure)
+        everything = [p for ps in live_params for p in ps]
+        _coupled_decay(groups, live_params)
+        _init_adam_state(self, everything)
+        g0 = groups[0]
+        dev = everything[0].device if everything else torch.device("cpu")
+        beta1, beta2 = g0["betas"]
+        d = scalar(g0["d"], dev)
+        k = scalar(g0["k"], dev)
+        if g0["use_bias_correction"]:
+            dlr = d * lr * (torch.sqrt(1 - beta2 ** (k + 1)) / (1 - beta1 ** (k + 1)))
+        else:
+            dlr = d * lr
+        sqrt_beta2 = beta2 ** 0.5
+        numerator_acum = torch.zeros((), dtype=d.dtype, device=dev)
+        sk_l1 = torch.zeros((), dtype=d.dtype, device=dev)
+        s_coef = Cast(dlr * (1 - sqrt_beta2))
+        any_live = False
+        for g, ps in zip(groups, live_params):
+            if not (g["lr"] > 0.0 and ps):
+                continue
+            any_live = True
+            r = g["layer_scale"]
+            ema1 = Cast(r * dlr * (1 - beta1))
+            for idx in batches(ps):
+                bp = [ps[i] for i in idx]
+                st = [self.state[p] for p in bp]
+                grads = [p.grad for p in bp]
+                exp_avg = [s["exp_avg"] for s in st]
+                exp_avg_sq = [s["exp_avg_sq"] for s in st]
+                s_list = [s["s"] for s in st]
+                denom = torch._foreach_sqrt(exp_avg_sq)
+                torch._foreach_add_(denom, g["eps"])
+                dot = total(torch._foreach_mul(grads, torch._foreach_div(s_list, denom)), sk_l1)
+                numerator_acum = numerator_acum + r * dlr * dot
+                torch._foreach_mul_(exp_avg, beta1)
+                torch._foreach_add_(exp_avg, torch._foreach_mul(grads, ema1.to(bp[0])))
+                torch._foreach_mul_(exp_avg_sq, beta2)
+                torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+                torch._foreach_mul_(s_list, sqrt_beta2)
+                torch._foreach_add_(s_list, torch._foreach_mul(grads, s_coef.to(bp[0])))
+                sk_l1 = sk_l1 + r * abs_total(s_list, sk_l1)
+        if not any_live:
+            return loss  # sk_l1 == 0 on the host too: the reference returns here
+        numerator_weighted = sqrt_beta2 * scalar(g0["numerator_weighted"], dev) + (1 - sqrt_beta2) * numerator_acum
+        live = sk_l1 != 0
+        d_hat = numerator_weighted / ((1 - sqrt_beta2) * sk_l1)
+        d_new = pymax(d, pymin(d_hat, d * g0["growth_rate"]))
+        if g0["log_every"] > 0 and int(groups[-1]["k"]) % g0["log_every"] == 0 and bool(live):
+            logging.info(f"lr: {lr} dlr: {float(dlr)} d_hat: {float(d_hat)}, d: {float(d_new)}. "
+                         f"sk_l1={float(sk_l1):1.1e} numerator_weighted={float(numerator_weighted):1.1e}")
+        _store(groups, {"numerator_weighted": numerator_weighted, "d": d_new}, live, dev)
+        gate = live.to(d.dtype)
+        for g in groups:
+            g["k"] = scalar(g["k"], dev) + gate
+
+        def decay_coef(g: dict[str, Any]) -> Cast | None:
+            return Cast(-g["weight_decay"] * dlr * gate) if g["weight_decay"] != 0 and g["decouple"] else None
+        _adam_steps(self, groups, live_params, gate, decay_coef)
+        return loss
+
+
+class DAdaptAdamPreprint(dadaptation.experimental.DAdaptAdamPreprint):
+    """dadaptation.experimental.DAdaptAdamPreprint (kohya's "DAdaptation") with foreach ops."""
+
+    def __init__(self, params: Iterable, lr: float = 1.0, *args: Any, **kwargs: Any):
+        super().__init__(params, lr, *args, **kwargs)
+        refuse_fsdp(self.param_groups)
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):  # type: ignore[override]
+        loss, groups, lr, live_params = _prologue(self, closure)
+        everything = [p for ps in live_params for p in ps]
+        _coupled_decay(groups, live_params)
+        _init_adam_state(self, everything)
+        g0 = groups[0]
+        dev = everything[0].device if everything else torch.device("cpu")
+        beta1, beta2 = g0["betas"]
+        d = scalar(g0["d"], dev)
+        dlr = d * lr
+        zero = torch.zeros((), dtype=d.dtype, device=dev)
+        g_sq, sksq_weighted, sk_l1 = zero, zero, zero
+        ema1 = Cast(dlr * (1 - beta1))
+        s_coef = Cast(dlr * (1 - beta2))
+        any_live = False
+        for g, ps in zip(groups, live_params):
+            if not (g["lr"] > 0 and ps):
+                continue
+            any_live = True
+            for idx in batches(ps):
+                bp = [ps[i] for i in idx]
+                st = [self.state[p] for p in bp]
+                grads = [p.grad for p in bp]
+                exp_avg = [s["exp_avg"] for s in st]
+                exp_avg_sq = [s["exp_avg_sq"] for s in st]
+                s_list = [s["s"] for s in st]
+                grad_grad = torch._foreach_mul(grads, grads)
+                torch._foreach_mul_(exp_avg, beta1)
+                torch._foreach_add_(exp_avg, torch._foreach_mul(grads, ema1.to(bp[0])))
+                torch._foreach_mul_(exp_avg_sq, beta2)
+                torch._foreach_add_(exp_avg_sq, grad_grad, alpha=1 - beta2)
+                denom = torch._foreach_sqrt(exp_avg_sq)
+                torch._foreach_add_(denom, g["eps"])
+                torch._foreach_div_(grad_grad, denom)
+                g_sq = g_sq + abs_total(grad_grad, zero)  # non-negative: the L1 norm is the sum
+                torch._foreach_mul_(s_list, beta2)
+                torch._foreach_add_(s_list, torch._foreach_mul(grads, s_coef.to(bp[0])))
+                ssq = torch._foreach_mul(s_list, s_list)
+                torch._foreach_div_(ssq, denom)
+                sksq_weighted = sksq_weighted + abs_total(ssq, zero)
+                sk_l1 = sk_l1 + abs_total(s_list, zero)
+        gsq_weighted = beta2 * scalar(g0["gsq_weighted"], dev) + g_sq * (dlr ** 2) * (1 - beta2)
+        if not any_live:
+            return loss
+        live = sk_l1 != 0
+        d_hat = (sksq_weighted / (1 - beta2) - gsq_weighted) / sk_l1
+        d_new = pymax(d, pymin(d_hat, d * g0["growth_rate"]))
+        if g0["log_every"] > 0 and int(groups[-1]["k"]) % g0["log_every"] == 0 and bool(live):
+            logging.info(f"(k={groups[-1]['k']}) dlr: {float(dlr):1.1e} d_hat: {float(d_hat):1.1e}, "
+                         f"d: {float(d_new):1.8}. sksq_weighted={float(sksq_weighted):1.1e} "
+                         f"gsq_weighted={float(gsq_weighted):1.1e} sk_l1={float(sk_l1):1.1e}")
+        _store(groups, {"gsq_weighted": gsq_weighted, "d": d_new}, live, dev)
+        gate = live.to(d.dtype)
+        for g in groups:
+            g["k"] = g["k"] + 1  # read by nothing but the log line
+
+        def decay_coef(g: dict[str, Any]) -> Cast | None:
+            if g["weight_decay"] != 0 and g["decouple"] and g["lr"] > 0:
+                return Cast(-g["weight_decay"] * dlr * gate)
+            return None
+        _adam_steps(self, groups, live_params, gate, decay_coef)
+        return loss
+
+
+class DAdaptLion(dadaptation.DAdaptLion):
+    """dadaptation.DAdaptLion's step with foreach ops and device scalars."""
+
+    def __init__(self, params: Iterable, lr: float = 1.0, *args: Any, **kwargs: Any):
+        super().__init__(params, lr, *args, **kwargs)
+        refuse_fsdp(self.param_groups)
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):  # type: ignore[override]
+        loss, groups, lr, live_params = _prologue(self, closure)
+        everything = [p for ps in live_params for p in ps]
+        if not everything:
+            return loss  # sk_l1 == 0: the reference returns before touching anything
+        g0 = groups[0]
+        dev = everything[0].device
+        d = scalar(g0["d"], dev)
+        dlr = d * lr
+        beta1, beta2 = g0["betas"]
+        sqrt_beta2 = beta2 ** 0.5
+        numerator_acum = torch.zeros((), dtype=d.dtype, device=dev)
+        sk_l1 = torch.zeros((), dtype=d.dtype, device=dev)
+        neg_dlr = Cast(-dlr)
+        ema2 = Cast((1 - beta2) * dlr)
+        s_coef = Cast((1 - sqrt_beta2) * dlr)
+        for g, ps in zip(groups, live_params):
+            if not ps:
+                continue
+            shrink = Cast(1 - dlr * g["weight_decay"])
+            for idx in batches(ps):
+                bp = [ps[i] for i in idx]
+                for p in bp:
+                    state = self.state[p]
+                    if "exp_avg" not in state:
+                        state["exp_avg"] = torch.zeros_like(p.detach())
+                        state["s"] = torch.zeros_like(p.detach())
+                st = [self.state[p] for p in bp]
+                grads = [p.grad for p in bp]
+                exp_avg = [s["exp_avg"] for s in st]
+                s_list = [s["s"] for s in st]
+                torch._foreach_mul_(bp, shrink.to(bp[0]))
+                update = torch._foreach_mul(exp_avg, beta1)
+                torch._foreach_add_(update, grads, alpha=1 - beta1)
+                torch._foreach_sign_(update)
+                torch._foreach_add_(bp, torch._foreach_mul(update, neg_dlr.to(bp[0])))
+                torch._foreach_mul_(exp_avg, beta2)
+                torch._foreach_add_(exp_avg, torch._foreach_mul(grads, ema2.to(bp[0])))
+                numerator_acum = numerator_acum + dlr * total(torch._foreach_mul(update, s_list), sk_l1)
+                torch._foreach_mul_(s_list, sqrt_beta2)
+                torch._foreach_add_(s_list, torch._foreach_mul(update, s_coef.to(bp[0])))
+                sk_l1 = sk_l1 + abs_total(s_list, sk_l1)
+        numerator_weighted = sqrt_beta2 * scalar(g0["numerator_weighted"], dev) + (1 - sqrt_beta2) * numerator_acum
+        live = sk_l1 != 0
+        d_new = d
+        if lr > 0.0:
+            d_hat = numerator_weighted / ((1 - sqrt_beta2) * sk_l1)
+            d_new = pymax(d, d_hat)
+        if g0["log_every"] > 0 and int(groups[-1]["k"]) % g0["log_every"] == 0 and bool(live):
+            logging.info(f"lr: {lr} dlr: {float(dlr)} d: {float(d_new)}. sk_l1={float(sk_l1):1.1e} "
+                         f"numerator_weighted={float(numerator_weighted):1.1e}")
+        _store(groups, {"numerator_weighted": numerator_weighted, "d": d_new}, live, dev)
+        for g in groups:
+            g["k"] = g["k"] + 1  # read by nothing but the log line
+        return loss
+
+
+__all__ = ["DAdaptAdam", "DAdaptAdamPreprint", "DAdaptLion"]
