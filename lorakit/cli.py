@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(pn)
     pn.set_defaults(fn=cmd_plan)
 
+    dr = sub.add_parser("doctor", help="check a dataset folder: captions, tags, duplicates, sizes, buckets")
+    dr.add_argument("data_dir", help="the folder holding <repeats>_<name> subfolders")
+    dr.add_argument("--reg_data_dir", default=None)
+    dr.add_argument("--caption_extension", default=".txt")
+    dr.add_argument("--resolution", default="512", help="training size 'W,H' or one number")
+    dr.set_defaults(fn=cmd_doctor)
+
     c = sub.add_parser("config", help="show the resolved config or list keys")
     csub = c.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="print the resolved config")
@@ -116,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     keys = csub.add_parser("keys", help="list every config key with its default and help")
     keys.set_defaults(fn=cmd_config_keys)
     return p
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose
+    parts = [int(x) for x in str(args.resolution).replace("x", ",").split(",")]
+    res = (parts[0], parts[-1])
+    ext = args.caption_extension if args.caption_extension.startswith(".") else "." + args.caption_extension
+    report = diagnose(args.data_dir, reg_data_dir=args.reg_data_dir, caption_extension=ext, resolution=res)
+    print(report.render())
+    return report.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
