@@ -210,3 +210,19 @@ def test_cache_with_color_aug_or_random_crop_is_config_error():
         validate_data_config(TrainConfig(enable_bucket=True, bucket_reso_steps=20))
     with pytest.raises(ConfigError, match="max_bucket_reso"):
         validate_data_config(TrainConfig(enable_bucket=True, resolution=1024, max_bucket_reso=768))
+
+
+def test_from_config_maps_data_keys(tmp_path):
+    from lorakit.config.schema import TrainConfig
+    img(tmp_path / "t" / "3_a" / "w.png", (120, 72))
+    cfg = TrainConfig(train_data_dir=str(tmp_path / "t"), resolution=512, enable_bucket=True, min_bucket_reso=256,
+                      max_bucket_reso=1024, bucket_reso_steps=64, caption_prefix="p", caption_suffix="s",
+                      keep_tokens_separator="|||", caption_dropout_rate=0.1, caption_dropout_every_n_epochs=4,
+                      caption_tag_dropout_rate=0.2, flip_aug=True, cache_latents=True, cache_latents_to_disk=True)
+    ds = TrainDataset.from_config(cfg)
+    assert ds.bucket_resos == [(640, 384)]  # 120x72 is ar 1.667 = 640 / 384
+    assert ds.caption_options == CaptionOptions(keep_tokens_separator="|||", prefix="p", suffix="s", dropout_rate=0.1,
+                                                dropout_every_n_epochs=4, tag_dropout_rate=0.2)
+    assert ds.augment == AugmentOptions(flip_aug=True) and ds.cache_to_disk
+    with pytest.raises(ConfigError, match="random_crop"):
+        TrainDataset.from_config(cfg.model_copy(update={"random_crop": True}))
