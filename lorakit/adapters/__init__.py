@@ -1,1 +1,15 @@
+"""Adapters (LoRA, LoCon, ...): one module per algorithm, a registry, the network and the file format.
 
+Public API:
+- registry: register(name), get_algorithm(name), available()
+- base: AdapterModule (subclass it for a new algorithm), TargetRules, RankSettings
+- network: create_network(cfg, unet, text_encoder) -> AdapterNetwork
+- file: save_adapter_file(path, tensors, metadata, overwrite=...), read_adapter_file(path)
+"""
+from .base import AdapterModule, RankSettings, TargetRules
+from .file import read_adapter_file, save_adapter_file, sshs_hashes
+from .network import AdapterNetwork, create_network
+from .registry import available, get_algorithm, register
+
+__all__ = ["AdapterModule", "AdapterNetwork", "RankSettings", "TargetRules", "available", "create_network",
+           "get_algorithm", "read_adapter_file", "register", "save_adapter_file", "sshs_hashes"]

@@ -1,33 +1,105 @@
 """The base adapter module: wraps one nn.Linear / nn.Conv2d of the frozen model.
 
-As kohya does, the original module stays in place (so the model's state_dict and
-gradient checkpointing are unaffected) and only its forward is replaced. Dropouts
-follow the wrapped module's train/eval mode, so sampling with the model in eval
-mode never drops anything.
+As kohya does, the original module stays where it is, with its weights (so the
+model's state_dict, dtype moves and gradient checkpointing are unaffected); only
+its ``forward`` is replaced by :meth:`AdapterModule.forward`:
+
+    y = org(x) + delta_forward(x) * multiplier
+
+An algorithm (one file each, registered with ``@register(name)``) subclasses
+AdapterModule and provides at least :meth:`delta_weight` and
+:meth:`tensors_to_save`; the default :meth:`delta_forward` then runs the base op
+once more with delta W. Rank-structured algorithms override delta_forward with a
+cheaper bypass (LoRA: up(down(x))) and use :meth:`rank_dropouts`.
+
+Dropouts (kohya-semantics 2.11) act only while both this module and the wrapped
+module are in training mode; sampling with ``unet.eval()`` or ``network.eval()``
+never drops anything. They do not depend on ``torch.is_grad_enabled()``:
+reentrant gradient checkpointing runs the first forward without grad, and the
+recomputation must draw the same masks.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from ..errors import ConfigError
+
+# A layer kind decides which rank/alpha a target gets (kohya: 3x3 convs use conv_dim).
+LINEAR, CONV1X1, CONV3X3 = "linear", "conv1x1", "conv3x3"
+
+UNET_ATTENTION_PARENTS = ("Transformer2DModel",)
+UNET_CONV_PARENTS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+
+
+def _is_clip_target(class_names: set[str]) -> bool:
+    # CLIPAttention (transformers 5), CLIPSdpaAttention / CLIPFlashAttention2 (4.x), CLIPMLP
+    return any(n == "CLIPMLP" or (n.startswith("CLIP") and "Attention" in n) for n in class_names)
+
+
+@dataclass(frozen=True)
+class TargetRules:
+    """Which modules an algorithm adapts (network.py walks the models with these).
+
+    A parent matches when any class name in its MRO is listed (te: `te_match`), so
+    subclasses and renamed variants still match. Every nn.Linear / nn.Conv2d
+    (groups 1) inside a matched parent is a target unless it is a 3x3 conv and
+    `conv3x3` is off, or `child_filter(path_in_parent, module)` returns False.
+    """
+    unet_parents: tuple[str, ...] = UNET_ATTENTION_PARENTS
+    conv3x3: bool = False
+    te_match: Callable[[set[str]], bool] = _is_clip_target
+    child_filter: Optional[Callable[[str, nn.Module], bool]] = None
+
+
+@dataclass
+class RankSettings:
+    """dim/alpha per layer kind; a kind missing from `by_kind` is not adapted."""
+    by_kind: dict[str, tuple[int, Optional[float]]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # algorithm keyword arguments
+
+
+def fmt_num(v: float | int) -> str:
+    """kohya network_args are strings: 8 -> '8', 4.0 -> '4', 0.5 -> '0.5'."""
+    f = float(v)
+    return str(int(f)) if f.is_integer() else repr(f)
 
 
 class AdapterModule(nn.Module):
-    algo = "base"
+    """One adapter on one Linear/Conv2d. Subclasses register themselves with a name."""
 
-    def __init__(self, name: str, org: nn.Module, dim: int, alpha: float | None, *,
-                 dropout: float | None = None, rank_dropout: float | None = None,
-                 module_dropout: float | None = None):
+    algo: ClassVar[str] = "base"
+    network_module: ClassVar[str] = "networks.lora"  # ss_network_module in the metadata
+
+    def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], *,
+                 multiplier: float = 1.0, dropout: Optional[float] = None,
+                 rank_dropout: Optional[float] = None, module_dropout: Optional[float] = None):
         super().__init__()
+        if not isinstance(org, (nn.Linear, nn.Conv2d)):
+            raise TypeError(f"{name}: {type(org).__name__} is not a Linear or Conv2d")
+        if isinstance(org, nn.Conv2d) and org.groups != 1:
+            raise TypeError(f"{name}: grouped convolutions are not supported")
+        if dim < 1:
+            raise ConfigError(f"{name}: rank {dim} must be at least 1", key="network_dim")
         self.name = name
-        self.dim = dim
-        alpha = float(dim if alpha in (None, 0) else alpha)
-        self.register_buffer("alpha", torch.tensor(alpha))
-        self.scale = alpha / dim
-        self.multiplier = 1.0
-        self.dropout, self.rank_dropout, self.module_dropout = dropout, rank_dropout, module_dropout
-        self._org = [org]  # a list keeps the frozen module out of this module's parameters
-        self._org_forward = None
+        self.dim = int(dim)
+        alpha = float(self.dim if alpha is None or alpha == 0 else alpha)
+        self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32))
+        self.scale = alpha / self.dim
+        self.multiplier = float(multiplier)
+        self.dropout = dropout or None
+        self.rank_dropout = rank_dropout or None
+        self.module_dropout = module_dropout or None
+        self._org = [org]  # a list keeps the frozen module out of parameters() and state_dict()
+        self._org_forward: Optional[Callable[..., torch.Tensor]] = None
+        self._forward_was_instance_attr = False
 
+    # --- the wrapped module -------------------------------------------------------
     @property
     def org(self) -> nn.Module:
         return self._org[0]
@@ -36,44 +108,178 @@ class AdapterModule(nn.Module):
     def is_conv(self) -> bool:
         return isinstance(self.org, nn.Conv2d)
 
-    def apply_to(self) -> None:
-        if self._org_forward is None:
-            self._org_forward = self.org.forward
-            self.org.forward = self.forward
-
-    def restore(self) -> None:
-        if self._org_forward is not None:
-            self.org.forward = self._org_forward
-            self._org_forward = None
+    @property
+    def kind(self) -> str:
+        if not self.is_conv:
+            return LINEAR
+        return CONV1X1 if tuple(self.org.kernel_size) == (1, 1) else CONV3X3
 
     @property
-    def active_training(self) -> bool:
-        return self.org.training and torch.is_grad_enabled()
+    def applied(self) -> bool:
+        return self._org_forward is not None
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The wrapped layer's operation with another weight and no bias."""
+        org = self.org
+        if self.is_conv:
+            return F.conv2d(x, weight, None, org.stride, org.padding, org.dilation, org.groups)
+        return F.linear(x, weight)
+
+    # --- apply / restore ----------------------------------------------------------
+    def apply(self, fn: Optional[Callable[[nn.Module], None]] = None):  # type: ignore[override]
+        """Replace the wrapped module's forward. With `fn`, this is nn.Module.apply(fn)."""
+        if fn is not None:
+            return super().apply(fn)
+        if self._org_forward is None:
+            org = self.org
+            self._forward_was_instance_attr = "forward" in org.__dict__
+            self._org_forward = org.forward
+            org.forward = self.forward
+        return self
+
+    apply_to = apply  # kohya's name
+
+    def restore(self) -> None:
+        """Give the wrapped module its own forward back (idempotent)."""
+        if self._org_forward is None:
+            return
+        org = self.org
+        if self._forward_was_instance_attr:
+            org.forward = self._org_forward
+        else:
+            org.__dict__.pop("forward", None)
+        self._org_forward = None
+
+    # --- forward -------------------------------------------------------------------
+    def dropouts_active(self) -> bool:
+        return self.training and self.org.training
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._org_forward is None:
+            raise RuntimeError(f"{self.name}: call apply() before running the adapter")
         out = self._org_forward(x, *args, **kwargs)
         if self.multiplier == 0:
             return out
-        if self.module_dropout and self.active_training and torch.rand(()) < self.module_dropout:
+        if self.module_dropout and self.dropouts_active() and torch.rand(1) < self.module_dropout:
             return out
-        return out + self.delta_forward(x) * (self.multiplier * self.scale)
+        delta = self.delta_forward(x.to(self.param_dtype()))
+        return out + (delta * self.multiplier).to(out.dtype)
 
-    # --- per algorithm -------------------------------------------------------------
+    def param_dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            return p.dtype
+        return torch.float32
+
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The adapter's output for input x, before multiplier and scale."""
-        raise NotImplementedError
+        """The adapter's added output for input x, scale included, multiplier excluded.
 
+        Default: the base op once more with delta W (LyCORIS's and peft's route).
+        """
+        return self.op(x, self.delta_weight().to(x.dtype))
+
+    def rank_dropouts(self, h: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """kohya 2.11 on a rank-structured hidden h (rank on dim 1 for convs, last dim for linears).
+
+        network_dropout: F.dropout on h; rank_dropout: a (sample, rank) mask, the
+        scale then multiplied by 1/(1-p). Returns (h, scale factor).
+        """
+        if not self.dropouts_active():
+            return h, 1.0
+        factor = 1.0
+        if self.dropout:
+            h = F.dropout(h, p=self.dropout, training=True)
+        if self.rank_dropout:
+            r = h.shape[1] if self.is_conv else h.shape[-1]
+            keep = torch.rand((h.shape[0], r), device=h.device) > self.rank_dropout
+            if self.is_conv:
+                keep = keep.view(h.shape[0], r, *([1] * (h.dim() - 2)))
+            else:
+                keep = keep.view(h.shape[0], *([1] * (h.dim() - 2)), r)
+            h = h * keep.to(h.dtype)
+            factor = 1.0 / (1.0 - self.rank_dropout)
+        return h, factor
+
+    # --- per algorithm ---------------------------------------------------------------
     def delta_weight(self) -> torch.Tensor:
-        """delta W (same shape as the original weight), before multiplier and scale."""
-        raise NotImplementedError
-
-    def scale_delta(self, ratio: float) -> None:
-        """Scale delta W by `ratio` (for max-norm)."""
+        """delta W in the wrapped weight's shape, scale included, multiplier excluded."""
         raise NotImplementedError
 
     def tensors_to_save(self) -> dict[str, torch.Tensor]:
-        """Tensor names (without the module prefix) as the kohya/LyCORIS file format has them."""
-        raise NotImplementedError
+        """Tensor names (without '<name>.') as the kohya/LyCORIS file format has them."""
+        return {k: v for k, v in self.state_dict().items()}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        raise NotImplementedError
+        """Load this module's tensors from a file (names as tensors_to_save)."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(tensors) - {"alpha"})
+        unexpected = sorted(set(tensors) - set(own))
+        if missing or unexpected:
+            raise ConfigError(f"{self.name}: the file has tensors {sorted(tensors)}, a {self.algo} module needs "
+                              f"{sorted(own)}", key="network_type",
+                              fix="load the file with the network_type it was trained with")
+        with torch.no_grad():
+            for k, v in tensors.items():
+                dst = own[k]
+                if v.numel() != dst.numel():
+                    raise ConfigError(f"{self.name}.{k}: shape {tuple(v.shape)} in the file, "
+                                      f"{tuple(dst.shape)} here", key="network_dim",
+                                      fix="set network_dim / conv_dim to the values the file was trained with")
+                dst.copy_(v.reshape(dst.shape))
+            if "alpha" in own and "alpha" not in tensors:
+                self.alpha.fill_(self.dim)  # loaders read a file without alpha as alpha = dim
+        self.refresh_scale()
+
+    def refresh_scale(self) -> None:
+        alpha = float(self.alpha)
+        self.scale = (alpha if alpha else self.dim) / self.dim
+
+    def scale_delta(self, ratio: float) -> None:
+        """Multiply delta W by `ratio` (max-norm regularization)."""
+        raise NotImplementedError(f"{self.algo} does not support max-norm regularization")
+
+    # --- network hooks (class level) ---------------------------------------------------
+    @classmethod
+    def target_rules(cls, cfg: Any) -> TargetRules:
+        """kohya's defaults: Transformer2DModel (+ ResNet/Down/Upsample with conv_dim), CLIP attn/MLP."""
+        conv = cls.rank_settings(cfg).by_kind.get(CONV3X3) is not None
+        return TargetRules(unet_parents=UNET_ATTENTION_PARENTS + (UNET_CONV_PARENTS if conv else ()),
+                           conv3x3=conv)
+
+    @classmethod
+    def rank_settings(cls, cfg: Any) -> RankSettings:
+        """kohya networks/lora.py: Linear and 1x1 conv get network_dim/alpha, 3x3 convs conv_dim/alpha."""
+        kinds: dict[str, tuple[int, Optional[float]]] = {
+            LINEAR: (cfg.network_dim, cfg.network_alpha), CONV1X1: (cfg.network_dim, cfg.network_alpha)}
+        if cfg.conv_dim is not None:
+            kinds[CONV3X3] = (cfg.conv_dim, cfg.conv_alpha)
+        return RankSettings(kinds)
+
+    @classmethod
+    def network_args(cls, cfg: Any) -> dict[str, str]:
+        """The ss_network_args dict (kohya writes the --network_args strings)."""
+        out: dict[str, str] = {}
+        conv = cls.rank_settings(cfg).by_kind.get(CONV3X3)
+        if conv is not None:
+            out["conv_dim"] = fmt_num(conv[0])
+            out["conv_alpha"] = fmt_num(conv[0] if conv[1] is None else conv[1])
+        if cfg.rank_dropout:
+            out["rank_dropout"] = fmt_num(cfg.rank_dropout)
+        if cfg.module_dropout:
+            out["module_dropout"] = fmt_num(cfg.module_dropout)
+        return out
+
+    # --- merging -------------------------------------------------------------------
+    @torch.no_grad()
+    def merge(self, multiplier: Optional[float] = None) -> None:
+        """Add multiplier * delta W into the wrapped weight (restore() first to avoid doubling)."""
+        m = self.multiplier if multiplier is None else multiplier
+        w = self.org.weight
+        w.copy_((w.float() + m * self.delta_weight().float().to(w.device)).to(w.dtype))
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, dim={self.dim}, alpha={float(self.alpha):g}, kind={self.kind}"
+
+
+def kaiming_down_(w: torch.Tensor) -> None:
+    """LoRA's down init (Microsoft's / kohya's): kaiming_uniform with a=sqrt(5)."""
+    nn.init.kaiming_uniform_(w, a=math.sqrt(5))

@@ -1,68 +1,80 @@
-"""LoRA and kohya LoCon: delta W = up @ down * alpha / dim (adapter-format.md).
+"""LoRA and LoCon (kohya-ss/sd-scripts networks/lora.py semantics; adapter-format.md).
 
-Linear: down (r, in), up (out, r). 1x1 conv: down (r, in, 1, 1), up (out, r, 1, 1).
-3x3 conv (LoCon): down (r, in, k, k) with the base conv's stride and padding, up (out, r, 1, 1).
-Forward is the bypass x -> down -> [dropouts] -> up, the cheapest form for small ranks.
+delta W = up @ down * alpha / dim.
+- Linear: down (r, in), up (out, r).
+- 1x1 conv: down (r, in, 1, 1), up (out, r, 1, 1).
+- 3x3 conv (LoCon): down (r, in, k, k) with the base conv's stride/padding/dilation, up (out, r, 1, 1).
+Init: down kaiming_uniform(a=sqrt(5)), up zeros, so a fresh adapter changes nothing.
+Forward is the bypass x -> down -> [network/rank dropout] -> up, the cheapest form for small ranks.
+
+"lora" is kohya's networks.lora (3x3 convs only with conv_dim: kohya LoCon).
+"locon" is the same module with LyCORIS's defaults: conv_dim defaults to network_dim and
+conv_alpha to network_alpha, so 3x3 convs are always adapted. Both write the same file format.
 """
 from __future__ import annotations
 
-import math
+from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import AdapterModule
+from .base import CONV3X3, AdapterModule, RankSettings, kaiming_down_
 from .registry import register
 
 
 @register("lora")
 class LoRAModule(AdapterModule):
-    def __init__(self, name: str, org: nn.Module, dim: int, alpha: float | None, **kw):
+    network_module = "networks.lora"
+
+    def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
+        dev = org.weight.device  # built beside the base weight (meta included), always float32
         if isinstance(org, nn.Conv2d):
-            self.lora_down = nn.Conv2d(org.in_channels, dim, org.kernel_size, org.stride, org.padding, bias=False)
-            self.lora_up = nn.Conv2d(dim, org.out_channels, 1, 1, bias=False)
+            self.lora_down = nn.Conv2d(org.in_channels, self.dim, org.kernel_size, org.stride, org.padding,
+                                       org.dilation, bias=False, device=dev)
+            self.lora_up = nn.Conv2d(self.dim, org.out_channels, 1, 1, bias=False, device=dev)
         else:
-            self.lora_down = nn.Linear(org.in_features, dim, bias=False)
-            self.lora_up = nn.Linear(dim, org.out_features, bias=False)
-        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_up.weight)
+            self.lora_down = nn.Linear(org.in_features, self.dim, bias=False, device=dev)
+            self.lora_up = nn.Linear(self.dim, org.out_features, bias=False, device=dev)
+        if dev.type != "meta":
+            kaiming_down_(self.lora_down.weight)
+            nn.init.zeros_(self.lora_up.weight)
+
+    def param_dtype(self) -> torch.dtype:
+        return self.lora_down.weight.dtype
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.lora_down(x)
-        if self.active_training:
-            if self.dropout:
-                h = F.dropout(h, p=self.dropout)
-            if self.rank_dropout:
-                # per (sample, rank) mask, rescaled so the expected output is unchanged
-                shape = (h.shape[0], self.dim) + (1,) * (h.dim() - 2) if self.is_conv else \
-                    (h.shape[0],) + (1,) * (h.dim() - 2) + (self.dim,)
-                keep = (torch.rand(shape, device=h.device) >= self.rank_dropout).to(h.dtype)
-                h = h * keep / (1.0 - self.rank_dropout)
-        return self.lora_up(h)
+        h, factor = self.rank_dropouts(h)
+        return self.lora_up(h) * (self.scale * factor)
 
     def delta_weight(self) -> torch.Tensor:
         up, down = self.lora_up.weight, self.lora_down.weight
         if not self.is_conv:
-            return up @ down
-        # (out, r, 1, 1) x (r, in, k, k) -> (out, in, k, k)
-        return torch.einsum("or,rikl->oikl", up.flatten(1), down)
+            return (up @ down) * self.scale
+        # (out, r, 1, 1) . (r, in, k, k) -> (out, in, k, k); a 1x1 conv is the same contraction
+        return torch.einsum("or,rikl->oikl", up.flatten(1), down) * self.scale
 
+    @torch.no_grad()
     def scale_delta(self, ratio: float) -> None:
-        r = ratio ** 0.5
-        with torch.no_grad():
-            self.lora_up.weight.mul_(r)
-            self.lora_down.weight.mul_(r)
+        r = ratio ** 0.5  # kohya scales both factors by sqrt(ratio)
+        self.lora_up.weight.mul_(r)
+        self.lora_down.weight.mul_(r)
 
     def tensors_to_save(self) -> dict[str, torch.Tensor]:
         return {"lora_down.weight": self.lora_down.weight, "lora_up.weight": self.lora_up.weight,
                 "alpha": self.alpha}
 
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            self.lora_down.weight.copy_(tensors["lora_down.weight"].reshape(self.lora_down.weight.shape))
-            self.lora_up.weight.copy_(tensors["lora_up.weight"].reshape(self.lora_up.weight.shape))
-            if "alpha" in tensors:
-                self.alpha.copy_(tensors["alpha"])
-                self.scale = float(self.alpha) / self.dim
+
+@register("locon")
+class LoConModule(LoRAModule):
+    """LyCORIS-style LoCon defaults on kohya's targets (same tensors as kohya LoCon)."""
+
+    @classmethod
+    def rank_settings(cls, cfg: Any) -> RankSettings:
+        rs = super().rank_settings(cfg)
+        if cfg.conv_dim is None:
+            rs.by_kind[CONV3X3] = (cfg.network_dim, cfg.network_alpha)
+        elif cfg.conv_alpha is None:
+            rs.by_kind[CONV3X3] = (cfg.conv_dim, cfg.network_alpha)
+        return rs

@@ -1,0 +1,77 @@
+"""Tiny and SD1.5-shaped models for the adapter tests (built here, no fixtures from conftest)."""
+from __future__ import annotations
+
+import torch
+
+from lorakit.config.schema import TrainConfig
+
+SD15_UNET = dict(
+    sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
+    attention_head_dim=8,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+CLIP_L = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+              max_position_embeddings=77, vocab_size=49408)
+
+TINY_UNET = dict(
+    sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, norm_num_groups=8,
+    attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+TINY_CLIP = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                 max_position_embeddings=77, vocab_size=1000)
+
+
+def sd15_meta():
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel(**SD15_UNET), CLIPTextModel(CLIPTextConfig(**CLIP_L))
+
+
+def tiny_models(seed: int = 0):
+    """(unet, text_encoder) in eval mode with seeded random weights."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**TINY_UNET)
+    te = CLIPTextModel(CLIPTextConfig(**TINY_CLIP))
+    unet.requires_grad_(False)
+    te.requires_grad_(False)
+    return unet.eval(), te.eval()
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(block_out_channels=(32, 32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=8)
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(network_dim=4, network_alpha=2.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def randomize_up(net, std: float = 0.2, seed: int = 1) -> None:
+    """Non-zero up weights so that every adapter changes its layer."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.all_modules():
+            m.lora_up.weight.copy_(torch.randn(m.lora_up.weight.shape, generator=g) * std)
+
+
+def inputs(batch: int = 2, seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, 8, 8, generator=g)
+    t = torch.tensor([10, 500][:batch] + [900] * max(0, batch - 2))
+    ids = torch.randint(0, 1000, (batch, 77), generator=g)
+    return x, t, ids
+
+
+def run_models(unet, te, x, t, ids):
+    enc = te(ids)[0]
+    return enc, unet(x, t, enc).sample
