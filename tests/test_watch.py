@@ -62,7 +62,7 @@ def test_spike_detector_synthetic_series():
     series += [series[-1] * (1 + 0.5 * i) for i in range(1, 20)]  # the spike
     fired = [i for i, v in enumerate(series) if det.update(v)]
     # the first step whose value exceeds 3x the value 10 steps earlier
-    expected = next(i for i in range(80, len(series)) if series[i] > 3 * series[i - 10])
+    expected = next(i for i in range(70, len(series)) if series[i] > 3 * series[i - 10])
     assert fired[0] == expected
     assert DlrSpikeDetector(0, 10).update(1.0) is False
 
@@ -97,10 +97,10 @@ def cfg_for(model, data, out, **kw):
 
 def test_spike_stop_ends_run_with_adapter(tiny_model_dir, data, tmp_path):
     events = []
-    cfg = cfg_for(tiny_model_dir, data, tmp_path, max_train_steps=30, dlr_spike_window=5,
+    cfg = cfg_for(tiny_model_dir, data, tmp_path, max_train_steps=16, dlr_spike_window=5,
                   dlr_spike_action="stop", optimizer_type="test_watch.SpikyProdigyLike")
     res = train(cfg, [events.append])
-    warn = [e for e in events if e.kind == "warning" and e.data.get("kind") == "dlr_spike"]
+    warn = [e for e in events if e.kind == "warning" and e.data.get("reason") == "dlr_spike"]
     assert len(warn) == 1 and warn[0].step == 12
     assert res.steps == 12 and res.output_file.is_file()
     steps = [e for e in events if e.kind == "step"]

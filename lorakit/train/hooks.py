@@ -57,7 +57,7 @@ class RunHooks:
         self.spiked = True
         cfg, run = self.run.cfg, self.run
         action = cfg.dlr_spike_action
-        run.bus.emit("warning", step, epoch, kind="dlr_spike", message=(
+        run.bus.emit("warning", step, epoch, reason="dlr_spike", message=(
             f"d*lr spiked at step {step}: more than x{cfg.dlr_spike_factor:g} within {cfg.dlr_spike_window} steps "
             f"(now {dlr[group]:.3g}). The guide: lower d_coef, add weight_decay or eta_min, or fewer steps. "
             + {"warn": "Training goes on (dlr_spike_action = 'warn').",
