@@ -232,9 +232,9 @@ class _Importer:
                 res.ignored.append((key, "0 means a random seed"))
             else:
                 self.set(key, value, "the JSON")
-        if "enable_bucket" not in raw and "enable_bucket" not in self.known:
-            res.ignored.append(("enable_bucket", "not set (GUI default on): lorakit has no buckets yet and "
-                                "resizes/crops every image to the resolution"))
+        if "enable_bucket" not in raw:  # the GUI's checkbox defaults to on
+            res.values.setdefault("enable_bucket", True)
+            res.ignored.append(("enable_bucket", "not in the file: the GUI default (on) is used"))
         if "conv" in uses and lora_type.startswith("LyCORIS/") or lora_type == "LoCon":
             res.values.setdefault("conv_dim", res.values.get("network_dim", 8))  # LyCORIS default
             res.values.setdefault("conv_alpha", res.values.get("network_alpha", 1))

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..events import EventBus
 from ..optim.optimizers import build_optimizer, optimizer_warnings, resolve_optimizer
 from ..optim.schedulers import build_scheduler, scheduler_warnings, warmup_steps_for
+from ..data.validate import validate_data_config
 from .noise import NoiseSettings, training_scheduler, validate_noise_config
 from .plan import Plan, make_plan
 
@@ -69,6 +70,7 @@ def preflight(cfg: TrainConfig, overwrite: bool):
         raise ConfigError("no output folder given", key="output_dir", fix="pass --output DIR")
     resolve_optimizer(cfg.optimizer_type)
     validate_noise_config(cfg, cfg.v_parameterization or None)
+    validate_data_config(cfg)
     if cfg.sample_prompts:
         from ..sample.prompts import parse_prompts
         from ..sample.samplers import canonical
@@ -127,7 +129,7 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False) -> Run:
         module.requires_grad_(False)
         module.eval()
     run.dataset = TrainDataset.from_config(cfg, index)
-    if cfg.cache_latents:
+    if cfg.cache_latents or cfg.cache_latents_to_disk:  # disk caching implies caching, as kohya
         run.dataset.cache_latents(m.vae.to(run.device), batch_size=cfg.vae_batch_size, device=run.device,
                                   dtype=torch.float32, seed=seed)
     for module in (m.unet, m.text_encoder):  # frozen base weights in the autocast dtype, as kohya
