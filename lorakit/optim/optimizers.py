@@ -5,10 +5,12 @@ in the table is a torch.optim class (exact case, e.g. "RAdam") or a dotted modul
 Prodigy and the D-Adaptation family accept different text-encoder and UNet lrs through
 groupscale.GroupScaleMixin (docs/optimizers.md).
 
-Prodigy, DAdaptAdam, DAdaptation/DAdaptAdamPreprint and DAdaptLion run lorakit's foreach
-versions (fast_prodigy, fast_dadapt: the reference math with no host sync per parameter,
-subclasses of the reference classes). optimizer_args implementation="reference" runs the
-reference package instead; resolve_optimizer and ss_optimizer keep naming the reference class.
+Prodigy, DAdaptAdam, DAdaptation/DAdaptAdamPreprint and DAdaptLion also have lorakit's
+foreach versions (fast_prodigy, fast_dadapt: the reference math with no host sync per
+parameter, subclasses of the reference classes), chosen with optimizer_args
+implementation="fast". The reference packages stay the default: on CPU the foreach
+versions measured 0.71-0.95x the reference speed (bench/RESULTS.md) and their GPU gain
+is not measured yet. resolve_optimizer and ss_optimizer always name the reference class.
 """
 from __future__ import annotations
 
@@ -95,10 +97,10 @@ def resolve_optimizer(name: str) -> tuple[type, Spec]:
 
 
 def _implementation(cfg: TrainConfig, spec: Spec) -> str:
-    impl = str(cfg.optimizer_args.get("implementation", "fast")).strip().lower()
+    impl = str(cfg.optimizer_args.get("implementation", "reference")).strip().lower()
     if impl not in ("fast", "reference"):
         raise ConfigError(f"optimizer_args implementation={impl!r} is neither 'fast' nor 'reference'",
-                          key="optimizer_args", fix="use implementation=\"reference\" or leave it out")
+                          key="optimizer_args", fix="use implementation=\"fast\" or leave it out")
     if "implementation" in cfg.optimizer_args and spec.fast is None:
         raise ConfigError(f"{cfg.optimizer_type} has only one implementation", key="optimizer_args",
                           fix="remove implementation from optimizer_args")
