@@ -35,6 +35,7 @@ class MetricsJsonl:
             for k in ("images_per_s", "peak_memory_mb"):
                 if k in ev.data:
                     row[k] = ev.data[k]
+            row.update(ev.data.get("stats", {}))
             self.fh.write(json.dumps(row) + "\n")
             self.fh.flush()
         elif ev.kind == "epoch":
@@ -84,6 +85,8 @@ class TensorBoard:
             for k in ("images_per_s", "peak_memory_mb"):
                 if k in ev.data:
                     w.add_scalar(f"perf/{k}", ev.data[k], ev.step)
+            for k, v in ev.data.get("stats", {}).items():
+                w.add_scalar(k, v, ev.step)
         elif ev.kind == "epoch":
             w.add_scalar("loss/epoch", ev.data["loss"], ev.epoch)
         elif ev.kind == "sample":

@@ -105,3 +105,18 @@ def test_cli_missing_data_exits_2_before_model_load(tiny_model_dir, tmp_path, ca
                  "--output", str(tmp_path / "o"), "--quiet"])
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_max_norm_caps_every_key_once_per_step(tiny_model_dir, shapes_data, tmp_path):
+    from lorakit.adapters.file import read_adapter_file
+
+    res, rows = run(make_cfg(tiny_model_dir, shapes_data, tmp_path, max_train_steps=4, learning_rate=0.5,
+                             scale_weight_norms=0.05, gradient_accumulation_steps=2))
+    assert rows[-1]["stats"]["max_norm/keys_scaled"] > 0
+    assert rows[-1]["stats"]["max_norm/max_key_norm"] <= 0.05 + 1e-6
+    tensors, meta = read_adapter_file(res.output_file)
+    assert meta["ss_scale_weight_norms"] == "0.05"
+    for name in {k.rsplit(".", 2)[0] for k in tensors if k.endswith("lora_up.weight")}:
+        up, down = tensors[f"{name}.lora_up.weight"].flatten(1), tensors[f"{name}.lora_down.weight"]
+        delta = up @ down.flatten(1) * (tensors[f"{name}.alpha"].item() / down.shape[0])
+        assert delta.norm().item() <= 0.05 * (1 + 1e-4), name

@@ -84,6 +84,12 @@ class TrainConfig(BaseModel):
                                       ge=0, lt=1)
     module_dropout: Optional[float] = F(None, "network", "Skip a whole module's delta with this probability.",
                                         ge=0, lt=1)
+    network_args: dict[str, Any] = F(
+        {}, "network", "Options of the adapter algorithm (LyCORIS network_args), e.g. use_tucker, factor, "
+                       "decompose_both, train_on_input, block_size; each algorithm checks its own.")
+    scale_weight_norms: Optional[float] = F(
+        None, "network", "Max-norm: cap each module's ||delta W|| at this value once per optimizer step "
+                         "(0 or unset = off).", ge=0)
     network_train_unet_only: bool = F(False, "network", "Train the UNet adapters only.")
     network_train_text_encoder_only: bool = F(False, "network", "Train the text-encoder adapters only.")
 

@@ -70,7 +70,7 @@ def group_lrs(run: Run) -> dict[str, float]:
     return {g.get("name", str(i)): g["lr"] for i, g in enumerate(run.optimizer.param_groups)}
 
 
-def optimizer_step(run: Run) -> None:
+def optimizer_step(run: Run) -> dict[str, float]:
     cfg = run.cfg
     if cfg.max_grad_norm > 0:
         params = [p for g in run.optimizer.param_groups for p in g["params"]]
@@ -78,6 +78,10 @@ def optimizer_step(run: Run) -> None:
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
+    if cfg.scale_weight_norms:  # once per optimizer step (sd-scripts: every micro-step)
+        scaled, avg, top = run.network.apply_max_norm(cfg.scale_weight_norms)
+        return {"max_norm/keys_scaled": scaled, "norm/avg_key_norm": avg, "max_norm/max_key_norm": top}
+    return {}
 
 
 def train_step(run: Run, step_batches: list, starts: list[int], epoch: int) -> tuple[float, int]:
@@ -103,7 +107,7 @@ def train_step(run: Run, step_batches: list, starts: list[int], epoch: int) -> t
     total = loss_sum.item()
     if not math.isfinite(total):
         raise Diverged(total)
-    optimizer_step(run)
+    run.step_stats = optimizer_step(run)
     return total / n_images, n_images
 
 
@@ -167,7 +171,7 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
                 dlr = dlr_values(run, lrs)
                 bus.emit("step", step, epoch, loss=loss_value, loss_avg=sum(recent) / len(recent), lrs=lrs,
                          images=n_images, dlr=dlr, images_per_s=n_images / (time.perf_counter() - t0),
-                         peak_memory_mb=peak_memory_mb(run.device))
+                         peak_memory_mb=peak_memory_mb(run.device), stats=run.step_stats)
                 stop = hooks.after_step(step, epoch, lrs, dlr) or step_done(step, plan)
                 if stop:
                     break

@@ -90,6 +90,7 @@ def build_metadata(run: "Run", step: int, epoch: int) -> dict[str, str]:
         "ss_training_comment": str(cfg.training_comment),
         "ss_optimizer": describe_optimizer(cfg),
         "ss_max_grad_norm": str(cfg.max_grad_norm),
+        "ss_scale_weight_norms": str(cfg.scale_weight_norms),
         "ss_prior_loss_weight": str(cfg.prior_loss_weight),
         "ss_resolution": f"({cfg.resolution[0]}, {cfg.resolution[1]})",
         "ss_batch_size_per_device": str(cfg.train_batch_size),

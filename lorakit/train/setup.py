@@ -46,6 +46,7 @@ class Run:
     progress: Any = None  # state.Progress of the last finished step
     warnings: list[str] = field(default_factory=list)
     noise_settings: Any = None
+    step_stats: dict = field(default_factory=dict)  # e.g. max-norm numbers of the last step
     started_at: float = field(default_factory=time.time)
 
     @property
