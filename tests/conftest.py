@@ -4,8 +4,14 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
+
+torch.set_num_threads(1)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The tiny test models gain nothing from threads; on 2 cores two test processes (torchrun,
+# a killed-and-resumed run) would otherwise fight over them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
