@@ -70,16 +70,99 @@ def fmt_num(v: float | int) -> str:
     return str(int(f)) if f.is_integer() else repr(f)
 
 
+def fmt_arg(v: Any) -> str:
+    """A network_args value as kohya/LyCORIS write it in ss_network_args: True -> 'True', 4 -> '4'."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return str(v)
+    if isinstance(v, (int, float)):
+        return fmt_num(v)
+    return str(v)
+
+
+# LyCORIS's deprecated spellings (kohya.py create_network): the alias overwrites the name.
+ARG_ALIASES = {"use_cp": "use_tucker"}
+# Settings that are config keys of their own: in network_args they would be ambiguous.
+ARG_CONFIG_KEYS = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "dropout": "network_dropout",
+                   "rank_dropout": "rank_dropout", "module_dropout": "module_dropout", "algo": "network_type"}
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "none", "")
+
+
+def _parse_arg(algo: str, key: str, value: Any, default: Any) -> Any:
+    """One network_args value parsed to the type of its default (kohya passes strings)."""
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"network_args {key}={value!r} for {algo}: {what}", key="network_args",
+                           fix=f"use a value like {key}={fmt_arg(default) if default is not None else '...'}")
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()  # LyCORIS: str(v).lower() != "false"; garbage refused here
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise bad("not a boolean (True/False)")
+    if isinstance(default, int):
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise bad("not an integer") from None
+        if isinstance(value, bool) or not f.is_integer():
+            raise bad("not an integer")
+        return int(f)
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad("not a number") from None
+    if isinstance(default, str):
+        return str(value)
+    return value
+
+
+def validate_network_args(algo_cls: type, raw: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """cfg.network_args checked against ``algo_cls.ARGS``: every key known, values parsed to the
+    default's type, defaults filled in. An unknown key is a ConfigError with a "did you mean"."""
+    import difflib
+
+    known: dict[str, Any] = dict(getattr(algo_cls, "ARGS", {}))
+    algo = getattr(algo_cls, "algo", algo_cls.__name__)
+    out = dict(known)
+    items = list((raw or {}).items())
+    # an alias is applied after its target, so it overwrites it (as LyCORIS does)
+    items.sort(key=lambda kv: str(kv[0]).strip() in ARG_ALIASES)
+    for key, value in items:
+        name = str(key).strip()
+        target = ARG_ALIASES.get(name, name)
+        if target in known:
+            out[target] = _parse_arg(algo, name, value, known[target])
+            continue
+        if name in ARG_CONFIG_KEYS:
+            fix = (f"set {ARG_CONFIG_KEYS[name]} = {value!r} as its own key, not in network_args"
+                   if name != "algo" else f"network_type selects the algorithm ({algo} here); remove algo")
+            raise ConfigError(f"network_args '{name}' is a config key of its own", key="network_args", fix=fix)
+        names = sorted(set(known) | {a for a, t in ARG_ALIASES.items() if t in known})
+        guess = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        accepted = ", ".join(names) if names else "none"
+        fix = (f"did you mean '{guess[0]}'? " if guess else "") + f"{algo} accepts: {accepted}"
+        raise ConfigError(f"network_args '{name}' is not an option of {algo}", key="network_args", fix=fix)
+    return out
+
+
 class AdapterModule(nn.Module):
     """One adapter on one Linear/Conv2d. Subclasses register themselves with a name."""
 
     algo: ClassVar[str] = "base"
     network_module: ClassVar[str] = "networks.lora"  # ss_network_module in the metadata
+    # network_args this algorithm accepts, with their defaults (the default's type parses strings)
+    ARGS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], *,
                  multiplier: float = 1.0, dropout: Optional[float] = None,
-                 rank_dropout: Optional[float] = None, module_dropout: Optional[float] = None):
+                 rank_dropout: Optional[float] = None, module_dropout: Optional[float] = None,
+                 args: Optional[dict[str, Any]] = None):
         super().__init__()
+        # the validated network_args (create_network passes them); defaults for keys not given
+        self.args: dict[str, Any] = {**type(self).ARGS, **(args or {})}
         if not isinstance(org, (nn.Linear, nn.Conv2d)):
             raise TypeError(f"{name}: {type(org).__name__} is not a Linear or Conv2d")
         if isinstance(org, nn.Conv2d) and org.groups != 1:
@@ -238,6 +321,12 @@ class AdapterModule(nn.Module):
         raise NotImplementedError(f"{self.algo} does not support max-norm regularization")
 
     # --- network hooks (class level) ---------------------------------------------------
+    @classmethod
+    def parse_args(cls, cfg: Any) -> dict[str, Any]:
+        """cfg.network_args (or a dict) validated against ARGS, defaults filled in."""
+        raw = cfg if isinstance(cfg, dict) or cfg is None else getattr(cfg, "network_args", None)
+        return validate_network_args(cls, raw)
+
     @classmethod
     def target_rules(cls, cfg: Any) -> TargetRules:
         """kohya's defaults: Transformer2DModel (+ ResNet/Down/Upsample with conv_dim), CLIP attn/MLP."""

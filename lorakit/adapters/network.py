@@ -234,10 +234,11 @@ def create_network(cfg: Any, unet: Optional[nn.Module], text_encoder: Optional[n
     nothing but the file size.
     """
     algo_cls = get_algorithm(cfg.network_type)
+    args = algo_cls.parse_args(cfg)  # unknown network_args keys fail here, before any module is built
     rules = algo_cls.target_rules(cfg)
     ranks = algo_cls.rank_settings(cfg)
     kw = dict(multiplier=multiplier, dropout=cfg.network_dropout, rank_dropout=cfg.rank_dropout,
-              module_dropout=cfg.module_dropout, **ranks.extra)
+              module_dropout=cfg.module_dropout, args=args, **ranks.extra)
     train_unet = unet is not None and not cfg.network_train_text_encoder_only and cfg.resolved_unet_lr() > 0
     train_te = (text_encoder is not None and not cfg.network_train_unet_only
                 and cfg.resolved_text_encoder_lr() > 0)

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 
 T = TypeVar("T", bound=type)
 
-ALGORITHM_MODULES = ("lora",)
+ALGORITHM_MODULES = ("lora", "loha", "lokr")
 
 _ALGORITHMS: dict[str, type] = {}
 _loaded = False

@@ -1,0 +1,175 @@
+"""LoHa: the Hadamard product of two low-rank matrices (LyCORIS "loha"; adapter-format.md).
+
+delta W = (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / dim, in the wrapped weight's shape.
+- Linear / 1x1 conv / 3x3 conv without Tucker: w_a (out, r), w_b (r, in*k*k).
+- 3x3 conv with ``use_tucker``: hada_t (r, r, k, k), w_a (r, out), w_b (r, in); each half is
+  the Tucker product W[o, i, :, :] = sum_{p,q} w_a[p, o] t[p, q, :, :] w_b[q, i].
+Init (LyCORIS): w1_b, w2_b ~ N(0, 1); w1_a ~ N(0, 0.1); w2_a = 0 (a fresh adapter changes
+nothing); t1, t2 ~ N(0, 0.1). Tensors: hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b, alpha,
+[hada_t1, hada_t2]. Loaders: scale = alpha / hada_w1_b.shape[0].
+
+Forward (both LoHa and LoKr, :class:`MergedOpModule`): one op of the wrapped layer with
+W + multiplier * delta W, instead of the base op plus a second full-size op with delta W
+(adapter-format.md "Speed facts"); the same function of x. Under fp16/bf16 base weights the
+sum is rounded to the weight's precision, as LyCORIS's default (non-bypass) path does.
+
+Dropouts (only while training, kohya-semantics 2.11; LyCORIS ignores plain dropout here):
+- network_dropout: dropout on the elements of delta W (scaled 1/(1-p)), one mask per forward.
+- rank_dropout: each rank of each low-rank factor dropped with p, the factor scaled 1/(1-p),
+  one mask per forward (the merged op shares one weight across the batch, so the mask is not
+  per sample as in kohya's LoRA bypass).
+- module_dropout: the whole delta skipped with p.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import CONV3X3, AdapterModule, RankSettings, fmt_arg
+from .registry import register
+
+
+class MergedOpModule(AdapterModule):
+    """Base for algorithms that rebuild delta W: forward = op(x, W + m * delta W) + bias.
+
+    Subclasses implement ``delta_weight(train=False)``; with train=True they apply the
+    rank dropout (the network dropout is applied here) while dropouts are active.
+    """
+
+    network_module = "lycoris.kohya"
+
+    @classmethod
+    def rank_settings(cls, cfg: Any) -> RankSettings:
+        """LyCORIS defaults: conv_dim = network_dim and conv_alpha = network_alpha when unset."""
+        rs = super().rank_settings(cfg)
+        if cfg.conv_dim is None:
+            rs.by_kind[CONV3X3] = (cfg.network_dim, cfg.network_alpha)
+        elif cfg.conv_alpha is None:
+            rs.by_kind[CONV3X3] = (cfg.conv_dim, cfg.network_alpha)
+        return rs
+
+    @classmethod
+    def network_args(cls, cfg: Any) -> dict[str, str]:
+        """As LyCORIS files carry them: algo, conv_dim/conv_alpha, dropouts, the algorithm's options."""
+        out = {"algo": cls.algo, **super().network_args(cfg)}
+        for k, v in cls.parse_args(cfg).items():
+            out[k] = fmt_arg(v)
+        return out
+
+    def param_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def delta_weight(self, train: bool = False) -> torch.Tensor:  # type: ignore[override]
+        raise NotImplementedError
+
+    def rank_keep(self, r: int, device: torch.device) -> Optional[torch.Tensor]:
+        """A (r,) 0/(1/(1-p)) rank mask while rank dropout is active, else None."""
+        if not (self.rank_dropout and self.dropouts_active()):
+            return None
+        keep = (torch.rand(r, device=device) > self.rank_dropout).float()
+        return keep / (1.0 - self.rank_dropout)
+
+    def training_delta(self) -> torch.Tensor:
+        active = self.dropouts_active()
+        dw = self.delta_weight(train=active)
+        if active and self.dropout:
+            dw = F.dropout(dw, p=self.dropout, training=True)
+        return dw
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._org_forward is None:
+            raise RuntimeError(f"{self.name}: call apply() before running the adapter")
+        if self.multiplier == 0 or args or kwargs:
+            if args or kwargs:  # not a plain Linear/Conv2d call: keep the exact 2-op form
+                return AdapterModule.forward(self, x, *args, **kwargs)
+            return self._org_forward(x)
+        if self.module_dropout and self.dropouts_active() and torch.rand(1) < self.module_dropout:
+            return self._org_forward(x)
+        org = self.org
+        w = org.weight
+        dw = self.training_delta().to(w.device)
+        weight = w + (dw * self.multiplier).to(w.dtype)
+        if self.is_conv:
+            return org._conv_forward(x, weight, org.bias)  # honours padding_mode
+        return F.linear(x, weight, org.bias)
+
+    def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x, self.training_delta().to(x.dtype))
+
+
+def _normal_(t: torch.Tensor, std: float) -> None:
+    if t.device.type != "meta":
+        nn.init.normal_(t, std=std)
+
+
+@register("loha")
+class LoHaModule(MergedOpModule):
+    ARGS = {"use_tucker": False}
+
+    def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
+        super().__init__(name, org, dim, alpha, **kw)
+        w = org.weight
+        dev, r = w.device, self.dim
+        out_ch, in_ch = w.shape[0], w.shape[1]
+        ksize = tuple(w.shape[2:])
+        self.tucker = bool(self.args.get("use_tucker")) and self.is_conv and ksize != (1, 1)
+
+        def param(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.empty(*shape, device=dev, dtype=torch.float32))
+
+        if self.tucker:
+            self.hada_w1_a, self.hada_w1_b = param(r, out_ch), param(r, in_ch)
+            self.hada_w2_a, self.hada_w2_b = param(r, out_ch), param(r, in_ch)
+            self.hada_t1, self.hada_t2 = param(r, r, *ksize), param(r, r, *ksize)
+            _normal_(self.hada_t1, 0.1)
+            _normal_(self.hada_t2, 0.1)
+        else:
+            flat_in = w[0].numel()  # in * k * k
+            self.hada_w1_a, self.hada_w1_b = param(out_ch, r), param(r, flat_in)
+            self.hada_w2_a, self.hada_w2_b = param(out_ch, r), param(r, flat_in)
+        _normal_(self.hada_w1_b, 1.0)
+        _normal_(self.hada_w1_a, 0.1)
+        _normal_(self.hada_w2_b, 1.0)
+        if dev.type != "meta":
+            nn.init.zeros_(self.hada_w2_a)
+
+    def _half(self, a: torch.Tensor, b: torch.Tensor, t: Optional[torch.Tensor],
+              keep: Optional[torch.Tensor]) -> torch.Tensor:
+        """One Hadamard factor in the weight's shape; `keep` masks its ranks (those of w_a)."""
+        if t is None:
+            if keep is not None:
+                a = a * keep
+            return (a @ b).reshape(self.org.weight.shape)
+        if keep is not None:
+            a = a * keep[:, None]
+        return torch.einsum("pqkl,po,qi->oikl", t, a, b)
+
+    def delta_weight(self, train: bool = False) -> torch.Tensor:  # type: ignore[override]
+        dev = self.hada_w1_a.device
+        k1 = self.rank_keep(self.dim, dev) if train else None
+        k2 = self.rank_keep(self.dim, dev) if train else None
+        t1 = self.hada_t1 if self.tucker else None
+        t2 = self.hada_t2 if self.tucker else None
+        w1 = self._half(self.hada_w1_a, self.hada_w1_b, t1, k1)
+        w2 = self._half(self.hada_w2_a, self.hada_w2_b, t2, k2)
+        return w1 * w2 * self.scale
+
+    @torch.no_grad()
+    def scale_delta(self, ratio: float) -> None:
+        r = ratio ** 0.25  # delta W is linear in each of the four factors
+        for p in (self.hada_w1_a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b):
+            p.mul_(r)
+
+    def tensors_to_save(self) -> dict[str, torch.Tensor]:
+        out = {"hada_w1_a": self.hada_w1_a, "hada_w1_b": self.hada_w1_b,
+               "hada_w2_a": self.hada_w2_a, "hada_w2_b": self.hada_w2_b}
+        if self.tucker:
+            out.update(hada_t1=self.hada_t1, hada_t2=self.hada_t2)
+        out["alpha"] = self.alpha
+        return out
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", tucker" if self.tucker else "")
