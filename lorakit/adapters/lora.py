@@ -68,7 +68,44 @@ class LoRAModule(AdapterModule):
 
 @register("locon")
 class LoConModule(LoRAModule):
-    """LyCORIS-style LoCon defaults on kohya's targets (same tensors as kohya LoCon)."""
+    """LyCORIS-style LoCon defaults on kohya's targets (same tensors as kohya LoCon).
+
+    ``use_tucker`` (``use_cp``): a 3x3 conv gets the Tucker form, down (r, in, 1, 1) ->
+    mid (r, r, k, k) with the base conv's stride/padding/dilation -> up (out, r, 1, 1);
+    delta W[o, c] = scale * sum_ij up[o, i] mid[i, j] down[j, c]; the file adds lora_mid.weight
+    (A1111, Forge and ComfyUI load it; diffusers does not). Linear / 1x1 layers are plain LoRA.
+    """
+    ARGS: dict[str, Any] = {"use_tucker": False}
+
+    def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
+        super().__init__(name, org, dim, alpha, **kw)
+        self.tucker = bool(self.args.get("use_tucker")) and self.kind == CONV3X3
+        if self.tucker:
+            dev = org.weight.device
+            self.lora_down = nn.Conv2d(org.in_channels, self.dim, 1, bias=False, device=dev)
+            self.lora_mid = nn.Conv2d(self.dim, self.dim, org.kernel_size, org.stride, org.padding, org.dilation,
+                                      bias=False, device=dev)
+            if dev.type != "meta":
+                kaiming_down_(self.lora_down.weight)
+                kaiming_down_(self.lora_mid.weight)
+
+    def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.tucker:
+            return super().delta_forward(x)
+        h, factor = self.rank_dropouts(self.lora_mid(self.lora_down(x)))
+        return self.lora_up(h) * (self.scale * factor)
+
+    def delta_weight(self) -> torch.Tensor:
+        if not self.tucker:
+            return super().delta_weight()
+        up, mid, down = self.lora_up.weight.flatten(1), self.lora_mid.weight, self.lora_down.weight.flatten(1)
+        return torch.einsum("oi,ijkl,jc->ockl", up, mid, down) * self.scale
+
+    def tensors_to_save(self) -> dict[str, torch.Tensor]:
+        out = super().tensors_to_save()
+        if self.tucker:
+            out["lora_mid.weight"] = self.lora_mid.weight
+        return out
 
     @classmethod
     def rank_settings(cls, cfg: Any) -> RankSettings:

@@ -1,0 +1,107 @@
+"""Native fine-tuning (LyCORIS "full"): delta W and delta bias trained directly.
+
+W' = W + diff, b' = b + diff_b; diff has the wrapped weight's shape, diff_b the bias's
+(only when the layer has a bias); both start at 0; scale 1, no alpha (loaders add diff as is).
+Targets as LoCon (LyCORIS's defaults): kohya's attention/MLP layers plus the ResNet,
+Downsample and Upsample convs. The parameters are float32 copies of every adapted weight:
+SD1.5 with all those targets is about 0.8 G parameters (a 1.6 GB fp16 file).
+
+Forward: org(x) + op(x, diff) + diff_b. network_dropout / rank_dropout do not apply (no
+rank, and LyCORIS's full has none); module_dropout does. Max-norm scales diff and diff_b.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .base import CONV3X3, AdapterModule, RankSettings
+from .registry import register
+
+
+@register("full")
+class FullModule(AdapterModule):
+    network_module = "lycoris.kohya"
+    ARGS: dict[str, Any] = {"use_tucker": False}  # LyCORIS configs carry it; no meaning here
+
+    def __init__(self, name: str, org: nn.Module, dim: int = 1, alpha: Optional[float] = None, **kw: Any):
+        super().__init__(name, org, 1, None, **kw)  # no rank, no alpha
+        dev = org.weight.device
+        self.diff = nn.Parameter(torch.zeros(org.weight.shape, device=dev))
+        self.diff_b = nn.Parameter(torch.zeros(org.bias.shape, device=dev)) if org.bias is not None else None
+
+    def param_dtype(self) -> torch.dtype:
+        return self.diff.dtype
+
+    def bias_view(self, b: torch.Tensor, ndim: int) -> torch.Tensor:
+        return b.view(1, -1, *([1] * (ndim - 2))) if self.is_conv else b
+
+    def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.op(x, self.diff.to(x.dtype))
+        if self.diff_b is not None:
+            y = y + self.bias_view(self.diff_b.to(y.dtype), y.dim())
+        return y
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.diff
+
+    @torch.no_grad()
+    def merge(self, multiplier: Optional[float] = None) -> None:
+        m = self.multiplier if multiplier is None else multiplier
+        super().merge(m)
+        if self.diff_b is not None:
+            b = self.org.bias
+            b.copy_((b.float() + m * self.diff_b.float().to(b.device)).to(b.dtype))
+
+    @torch.no_grad()
+    def scale_delta(self, ratio: float) -> None:
+        self.diff.mul_(ratio)
+        if self.diff_b is not None:
+            self.diff_b.mul_(ratio)
+
+    def tensors_to_save(self) -> dict[str, torch.Tensor]:
+        out = {"diff": self.diff}
+        if self.diff_b is not None:
+            out["diff_b"] = self.diff_b
+        return out
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        need = {"diff"} | ({"diff_b"} if self.diff_b is not None else set())
+        if "diff" not in tensors or set(tensors) - need:
+            raise ConfigError(f"{self.name}: the file has tensors {sorted(tensors)}, a full module needs "
+                              f"{sorted(need)}", key="network_type",
+                              fix="load the file with the network_type it was trained with")
+        with torch.no_grad():
+            for k in need:
+                dst = getattr(self, k)
+                if k not in tensors:  # a file without diff_b leaves the bias unchanged
+                    dst.zero_()
+                    continue
+                v = tensors[k]
+                if v.numel() != dst.numel():
+                    raise ConfigError(f"{self.name}.{k}: shape {tuple(v.shape)} in the file, "
+                                      f"{tuple(dst.shape)} here", key="network_type",
+                                      fix="load the file into the model it was trained on")
+                dst.copy_(v.reshape(dst.shape))
+
+    def refresh_scale(self) -> None:
+        self.scale = 1.0
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, shape={tuple(self.diff.shape)}, bias={self.diff_b is not None}"
+
+    @classmethod
+    def rank_settings(cls, cfg: Any) -> RankSettings:
+        rs = super().rank_settings(cfg)
+        rs.by_kind.setdefault(CONV3X3, (1, None))  # LoCon's targets: 3x3 convs always
+        return rs
+
+    @classmethod
+    def network_args(cls, cfg: Any) -> dict[str, str]:
+        out = super().network_args(cfg)
+        for k in ("conv_dim", "conv_alpha", "use_tucker"):  # no rank, and Tucker means nothing here
+            out.pop(k, None)
+        out["algo"] = "full"
+        return out

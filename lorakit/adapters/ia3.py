@@ -1,0 +1,148 @@
+"""iA3 (LyCORIS "ia3"): the wrapped weight scaled per channel, W' = W * (1 + w).
+
+- w has one value per output channel (the layer's output scaled, bias untouched), or per
+  input channel when the module trains on its input (the input scaled: x * (1 + w)).
+- Targets (adapter-format.md): to_k, to_v, ff.net.2 in the UNet's Transformer2DModel blocks,
+  k_proj, v_proj, mlp.fc2 in the text encoder (80 + 36 modules on SD1.5).
+- ``train_on_input`` (network arg, default False) applies to ff.net.2 / mlp.fc2 only, as in
+  LyCORIS's own iA3 preset; LyCORIS never read it from network args, lorakit honours it.
+- Tensors: ``weight`` (C,) for a Linear, (1, C, 1, 1) for a conv (LyCORIS's shape), and
+  ``on_input`` (0-dim bool). No alpha: loaders apply no alpha/rank scale to iA3.
+- init w = 0 (a fresh adapter changes nothing). network_dropout drops entries of w
+  (inverted dropout) in training; rank_dropout does not apply (there is no rank).
+- Max-norm: delta W = W * w is linear in w, so scale_delta multiplies w.
+- Loaders: A1111 only (Forge, ComfyUI and diffusers do not load iA3 files).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .base import CONV1X1, LINEAR, AdapterModule, RankSettings, TargetRules
+from .registry import register
+
+UNET_TARGETS = ("to_k", "to_v")
+TE_TARGETS = ("k_proj", "v_proj", "fc2")
+INPUT_SIDE_SUFFIXES = ("_ff_net_2", "_mlp_fc2")  # kohya names of the layers train_on_input acts on
+
+
+def ia3_child(path: str, module: nn.Module) -> bool:
+    """to_k/to_v/ff.net.2 inside Transformer2DModel; k_proj/v_proj/fc2 inside the CLIP blocks."""
+    return path.rsplit(".", 1)[-1] in UNET_TARGETS + TE_TARGETS or path == "ff.net.2" \
+        or path.endswith(".ff.net.2")
+
+
+@register("ia3")
+class IA3Module(AdapterModule):
+    network_module = "lycoris.kohya"
+    ARGS: dict[str, Any] = {"train_on_input": False}
+
+    def __init__(self, name: str, org: nn.Module, dim: int = 1, alpha: Optional[float] = None, **kw: Any):
+        super().__init__(name, org, 1, None, **kw)  # no rank, no alpha
+        self.on_input = bool(self.args["train_on_input"]) and name.endswith(INPUT_SIDE_SUFFIXES)
+        w = org.weight
+        channels = w.shape[1] if self.on_input else w.shape[0]
+        shape = (1, channels, 1, 1) if self.is_conv else (channels,)
+        self.weight = nn.Parameter(torch.zeros(shape, device=w.device))
+
+    def param_dtype(self) -> torch.dtype:
+        return self.weight.dtype
+
+    def scale_vector(self) -> torch.Tensor:
+        """w as applied this call: network_dropout drops entries in training."""
+        w = self.weight
+        if self.dropout and self.dropouts_active():
+            w = F.dropout(w, p=self.dropout, training=True)
+        return w
+
+    def _channels(self, w: torch.Tensor, ndim: int) -> torch.Tensor:
+        """w broadcast on the channel axis of an activation with ndim dims (1 for convs, last for linears)."""
+        w = w.reshape(-1)
+        return w.view(1, -1, *([1] * (ndim - 2))) if self.is_conv else w
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.on_input:
+            return super().forward(x, *args, **kwargs)
+        # output side: delta = (org(x) - bias) * w, no second matmul
+        if self._org_forward is None:
+            raise RuntimeError(f"{self.name}: call apply() before running the adapter")
+        out = self._org_forward(x, *args, **kwargs)
+        if self.multiplier == 0:
+            return out
+        if self.module_dropout and self.dropouts_active() and torch.rand(1) < self.module_dropout:
+            return out
+        y = out.to(self.weight.dtype)
+        bias = self.org.bias
+        if bias is not None:
+            y = y - self._channels(bias.to(y.dtype), y.dim())
+        delta = y * self._channels(self.scale_vector(), y.dim())
+        return out + (delta * self.multiplier).to(out.dtype)
+
+    def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.scale_vector()
+        if self.on_input:
+            return self.op(x * self._channels(w, x.dim()).to(x.dtype), self.org.weight.to(x.dtype))
+        y = self.op(x, self.org.weight.to(x.dtype))
+        return y * self._channels(w, y.dim()).to(y.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        W = self.org.weight.float()
+        w = self.weight.float().reshape(-1).to(W.device)
+        if self.on_input:
+            return W * w.view(1, -1, *([1] * (W.dim() - 2)))
+        return W * w.view(-1, *([1] * (W.dim() - 1)))
+
+    @torch.no_grad()
+    def merge(self, multiplier: Optional[float] = None) -> None:
+        m = self.multiplier if multiplier is None else multiplier
+        w = self.org.weight
+        w.copy_((w.float() + m * self.delta_weight()).to(w.dtype))
+
+    @torch.no_grad()
+    def scale_delta(self, ratio: float) -> None:
+        self.weight.mul_(ratio)
+
+    def tensors_to_save(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight, "on_input": torch.tensor(self.on_input)}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if "weight" not in tensors or set(tensors) - {"weight", "on_input"}:
+            raise ConfigError(f"{self.name}: the file has tensors {sorted(tensors)}, an ia3 module needs "
+                              "['on_input', 'weight']", key="network_type",
+                              fix="load the file with the network_type it was trained with")
+        on_input = bool(tensors["on_input"].item()) if "on_input" in tensors else False
+        v = tensors["weight"]
+        if on_input != self.on_input or v.numel() != self.weight.numel():
+            raise ConfigError(f"{self.name}: the file scales the layer's {'input' if on_input else 'output'} "
+                              f"({v.numel()} values), this module its {'input' if self.on_input else 'output'} "
+                              f"({self.weight.numel()})", key="network_args",
+                              fix=f"set network_args train_on_input to {on_input}")
+        with torch.no_grad():
+            self.weight.copy_(v.reshape(self.weight.shape))
+
+    def refresh_scale(self) -> None:
+        self.scale = 1.0
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, {'input' if self.on_input else 'output'} channels={self.weight.numel()}"
+
+    # --- network hooks ---------------------------------------------------------------
+    @classmethod
+    def target_rules(cls, cfg: Any) -> TargetRules:
+        return TargetRules(conv3x3=False, child_filter=ia3_child)
+
+    @classmethod
+    def rank_settings(cls, cfg: Any) -> RankSettings:
+        return RankSettings({LINEAR: (1, None), CONV1X1: (1, None)})
+
+    @classmethod
+    def network_args(cls, cfg: Any) -> dict[str, str]:
+        out = super().network_args(cfg)
+        out["algo"] = "ia3"
+        out["train_on_input"] = str(bool(cls.parse_args(cfg)["train_on_input"]))
+        return out
+
