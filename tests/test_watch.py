@@ -139,7 +139,7 @@ def test_same_prompt_same_seed_same_image(tiny_model_dir):
     model = load_sd_model(str(tiny_model_dir))
     sp = parse_prompt_line("a cat --w 64 --h 64 --d 11 --s 3")
     a, b = generate(model, sp), generate(model, sp)
-    assert list(a.getdata()) == list(b.getdata())
+    assert a.tobytes() == b.tobytes() and a.size == (64, 64)
 
 
 def test_tensorboard_equals_metrics_and_plots(tiny_model_dir, data, tmp_path):
