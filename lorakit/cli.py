@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--resolution", default="512", help="training size 'W,H' or one number")
     dr.set_defaults(fn=cmd_doctor)
 
+    ins = sub.add_parser("inspect", help="describe an adapter file: algorithm, dims/alphas, size, metadata, "
+                         "which UIs load it")
+    ins.add_argument("file", help="adapter .safetensors")
+    ins.set_defaults(fn=cmd_inspect)
+
     c = sub.add_parser("config", help="show the resolved config or list keys")
     csub = c.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="print the resolved config")
@@ -123,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys = csub.add_parser("keys", help="list every config key with its default and help")
     keys.set_defaults(fn=cmd_config_keys)
     return p
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import run
+
+    print(run(args.file))
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
