@@ -376,3 +376,51 @@ def test_locon_tucker_network_only_on_3x3():
         net.merge(1.0)
         _, out2 = run_models(unet, te, x, t, ids)
     assert max_diff(out, out2) <= 1e-4
+
+
+# --- GLoRA (experimental) ------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["linear", "conv3x3s2"])
+def test_glora_formula_and_lycoris(kind):
+    from lorakit.adapters.glora import GLoRAModule
+
+    torch.manual_seed(0)
+    org, x = {"linear": (nn.Linear(12, 10), torch.randn(3, 12)),
+              "conv3x3s2": (nn.Conv2d(6, 8, 3, stride=2, padding=1), torch.randn(2, 6, 7, 7))}[kind]
+    with torch.no_grad():
+        base = org(x)
+    m = GLoRAModule("lora_unet_g", org, 4, 2.0).apply()
+    with torch.no_grad():
+        assert torch.equal(org(x), base)  # a2, b2 start at zero
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+        y = org(x)
+        W = org.weight
+        A = m.a1.weight.flatten(1) @ m.a2.weight.flatten(1)  # (in, in)
+        if m.is_conv:
+            wa = torch.stack([torch.stack([(W[o] * A[:, c, None, None]).sum(0) for c in range(6)])
+                              for o in range(8)])
+            wb = (m.b1.weight.flatten(1) @ m.b2.weight.flatten(1)).view(W.shape)
+            expected = F.conv2d(x, W + 0.5 * (wa + wb), org.bias, 2, 1)
+        else:
+            expected = F.linear(x, W + 0.5 * (W @ A + m.b1.weight @ m.b2.weight), org.bias)
+        assert max_diff(y, expected) <= 1e-5 and max_diff(y, base) > 1e-2
+        n = m.delta_weight().norm().item()
+        m.scale_delta(0.25)
+        assert abs(m.delta_weight().norm().item() - 0.25 * n) <= 1e-4 * n
+        m.scale_delta(4.0)
+    assert set(m.tensors_to_save()) == {"a1.weight", "a2.weight", "b1.weight", "b2.weight", "alpha"}
+    m.restore()
+    lyc = pytest.importorskip("lycoris.modules.glora")
+    ref = lyc.GLoRAModule("lora_unet_g", org, 1.0, lora_dim=4, alpha=2.0)
+    ref.load_state_dict({k: v.detach().clone() for k, v in m.tensors_to_save().items()}, strict=False)
+    ref.apply_to()
+    with torch.no_grad():
+        assert max_diff(org(x), y) <= 1e-5
+
+
+def test_glora_network_args_and_targets():
+    unet, te = tiny_models()
+    net = create_network(cfg(network_type="glora", network_args={"use_tucker": "False"}), unet, te)
+    assert (len(net.unet_modules), len(net.text_encoder_modules)) == (79, 12)
+    assert net.network_args == {"algo": "glora", "conv_dim": "4", "conv_alpha": "2"}
+    assert all(getattr(type(m), "experimental", False) for m in net.all_modules())
