@@ -107,3 +107,25 @@ def test_kill_9_and_resume_via_cli(tiny_model_dir, data, tmp_path, straight):
     assert losses(tmp_path / "out") == straight[0]
     got = load_file(tmp_path / "out" / "last.safetensors")
     assert all((got[k] == straight[1][k]).all() for k in got)
+
+
+def test_ctrl_c_saves_adapter_and_state_then_exits_130(tiny_model_dir, data, tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text('resolution = 64\nnetwork_dim = 2\nseed = 4\nmax_train_steps = 400\n', encoding="utf-8")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lorakit.cli", "train", str(conf), "--model", str(tiny_model_dir),
+           "--data", str(data), "--output", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").is_file() and len(losses(out)) >= 3:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    steps = len(losses(out))
+    saved = sorted(p.name for p in out.iterdir() if p.name.startswith("last-step"))
+    assert saved == [f"last-step{steps:08d}-state", f"last-step{steps:08d}.safetensors"], (saved, steps)
+    assert "interrupted" in err

@@ -120,3 +120,13 @@ def test_max_norm_caps_every_key_once_per_step(tiny_model_dir, shapes_data, tmp_
         up, down = tensors[f"{name}.lora_up.weight"].flatten(1), tensors[f"{name}.lora_down.weight"]
         delta = up @ down.flatten(1) * (tensors[f"{name}.alpha"].item() / down.shape[0])
         assert delta.norm().item() <= 0.05 * (1 + 1e-4), name
+
+
+def test_retention_keeps_the_newest_files(tiny_model_dir, shapes_data, tmp_path):
+    cfg = make_cfg(tiny_model_dir, shapes_data, tmp_path, max_train_steps=6, save_every_n_steps=1,
+                   save_last_n_steps=2, save_state=True, save_last_n_steps_state=1)
+    run(cfg)
+    names = sorted(p.name for p in tmp_path.iterdir() if "step" in p.name or p.name.startswith("last"))
+    assert names == ["last-state", "last-step00000003.safetensors", "last-step00000004-state",
+                     "last-step00000004.safetensors", "last-step00000005-state",
+                     "last-step00000005.safetensors", "last.safetensors"]

@@ -37,8 +37,6 @@ GUI_ONLY = {
     "LyCORIS_preset": "module selection follows LoRA_type",
     "xformers": "lorakit always uses PyTorch SDPA attention",
     "mem_eff_attn": "lorakit always uses PyTorch SDPA attention",
-    "save_last_n_steps": "retention is not implemented yet",
-    "save_last_n_steps_state": "retention is not implemented yet",
     "use_wandb": "TensorBoard only",
     "wandb_api_key": "TensorBoard only",
     "noise_offset_type": "selects which noise keys apply (Original: noise_offset; Multires: multires_*)",
@@ -53,7 +51,7 @@ GUI_ONLY = {
 NEUTRAL: dict[str, Any] = {
     "noise_offset": 0, "adaptive_noise_scale": 0, "noise_offset_random_strength": False,
     "multires_noise_iterations": 0, "multires_noise_discount": None, "min_snr_gamma": 0,
-    "scale_weight_norms": 0, "network_weights": "", "save_last_n_epochs": 0,
+    "scale_weight_norms": 0, "network_weights": "",
 }
 # NEUTRAL None: only neutral while bucketing / multires is off (see _neutral).
 

@@ -176,6 +176,13 @@ class TrainConfig(BaseModel):
                                           ge=1)
     save_state: bool = F(False, "output", "Also save the full training state (for --resume) at each save "
                                           "and at the end, as <name>-...-state folders.")
+    save_last_n_epochs: Optional[int] = F(
+        None, "output", "Keep only the newest N per-epoch files (the final file is always kept).", ge=1)
+    save_last_n_steps: Optional[int] = F(
+        None, "output", "Keep only per-step files from the last N steps (kohya's rule).", ge=1)
+    save_last_n_epochs_state: Optional[int] = F(None, "output", "As save_last_n_epochs, for state folders.",
+                                                ge=1)
+    save_last_n_steps_state: Optional[int] = F(None, "output", "As save_last_n_steps, for state folders.", ge=1)
     logging_dir: Optional[str] = F(None, "output", "TensorBoard folder (unset = <output_dir>/logs).")
     training_comment: Optional[str] = F(None, "output", "Stored as ss_training_comment in the file.")
 
@@ -225,7 +232,8 @@ class TrainConfig(BaseModel):
         return v
 
     @field_validator("save_every_n_epochs", "save_every_n_steps", "sample_every_n_epochs",
-                     "sample_every_n_steps", mode="before")
+                     "sample_every_n_steps", "save_last_n_epochs", "save_last_n_steps",
+                     "save_last_n_epochs_state", "save_last_n_steps_state", mode="before")
     @classmethod
     def _zero_is_off(cls, v: Any) -> Any:
         return None if v in (0, "0", "") else v  # kohya: 0 means "never"

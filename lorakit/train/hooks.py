@@ -1,6 +1,9 @@
 """What happens between steps: periodic saves, sample images, the d*lr spike watch."""
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .save import save_adapter
@@ -43,6 +46,7 @@ class RunHooks:
             save_adapter(run, step, epoch, f"{cfg.output_name}-step{step:08d}")
             if cfg.save_state:
                 save_state(run, f"{cfg.output_name}-step{step:08d}-state")
+            self.retain_steps(step)
         if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0:
             self.sample(step, None)
         return self.watch_dlr(step, epoch, lrs, dlr)
@@ -73,5 +77,36 @@ class RunHooks:
             save_adapter(run, step, epoch, f"{cfg.output_name}-{epoch:06d}")
             if cfg.save_state:
                 save_state(run, f"{cfg.output_name}-{epoch:06d}-state")
+            self.retain_epochs()
         if cfg.sample_every_n_epochs and epoch % cfg.sample_every_n_epochs == 0:
             self.sample(step, epoch)
+
+    # --- retention: runs after the new file is in place, so the newest good file is never removed ----
+    def _numbered(self, pattern: str) -> list[tuple[int, Path]]:
+        rx = re.compile(re.escape(self.run.cfg.output_name) + pattern)
+        found = [(int(m.group(1)), p) for p in self.run.output_dir.iterdir() if (m := rx.fullmatch(p.name))]
+        return sorted(found)
+
+    def retain_epochs(self) -> None:
+        cfg = self.run.cfg
+        for keep, pattern in ((cfg.save_last_n_epochs, r"-(\d{6})\.safetensors"),
+                              (cfg.save_last_n_epochs_state, r"-(\d{6})-state")):
+            if keep and self.run.accelerator.is_main_process:
+                for _, path in self._numbered(pattern)[:-keep]:
+                    remove(path)
+
+    def retain_steps(self, step: int) -> None:
+        cfg = self.run.cfg
+        for window, pattern in ((cfg.save_last_n_steps, r"-step(\d{8})\.safetensors"),
+                                (cfg.save_last_n_steps_state, r"-step(\d{8})-state")):
+            if window and self.run.accelerator.is_main_process:
+                for n, path in self._numbered(pattern):
+                    if n < step - window:  # sd-scripts: files older than the last N steps go
+                        remove(path)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

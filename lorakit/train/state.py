@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 # Keys that may change between a run and its resumption.
 RESUME_SAFE = {
     "max_train_steps", "max_train_epochs", "save_every_n_epochs", "save_every_n_steps", "save_state",
-    "save_last_n_steps", "save_last_n_epochs", "sample_prompts", "sample_every_n_epochs",
+    "save_last_n_steps", "save_last_n_epochs", "save_last_n_steps_state", "save_last_n_epochs_state",
+    "sample_prompts", "sample_every_n_epochs",
     "sample_every_n_steps", "sample_at_first", "sample_sampler", "dlr_spike_factor", "dlr_spike_window",
     "dlr_spike_action", "logging_dir", "training_comment", "max_data_loader_n_workers",
     "persistent_data_loader_workers", "output_dir", "pretrained_model_name_or_path", "train_data_dir",
