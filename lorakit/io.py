@@ -7,6 +7,7 @@ file under the final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -31,9 +32,13 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"no space left on the device while writing {target.name}; nothing was "
+                            "replaced", file=str(target), fix="free disk space (or choose another output_dir) "
+                            "and run again; with save_state, --resume continues from the last state") from e
         raise
 
 
