@@ -1,0 +1,190 @@
+"""Training-speed benchmark: the seed configs and LoRA + AdamW, measured through lorakit.train().
+
+GPU mode (default when CUDA is there): an SD1.5-architecture model with random weights built from
+the shipped config folder (no download), 20 synthetic 512x512 images in `10_subject`, bf16,
+cached latents, gradient checkpointing, TE trained, 150 tokens -- the setting of
+shared/reference/performance-anchors.md. Prints per config: img/s, step-time median and p90,
+peak VRAM and MFU (UNet forward 0.677 TFLOP at 512 px, 0.859 at 576; backward to the inputs
+about the same; checkpointing one more forward; H100 bf16 peak 798 TFLOP/s).
+
+CPU mode (--cpu, every session can run it): the tiny model at 64 px; prints the same columns
+plus the overhead ratio: lorakit's step time over a plain UNet forward+backward of the same
+batch, and the operator count of one training step over the plain UNet's (torch profiler).
+
+    python bench/train_bench.py --cpu                 # about 2 minutes on 2 cores
+    python bench/train_bench.py --configs lora_b1 seed_a_b15
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lorakit.config.load import load_config  # noqa: E402
+from lorakit.demo import make_synthetic_dataset  # noqa: E402
+from lorakit.train.loop import train  # noqa: E402
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+COMMON = {"mixed_precision": "bf16", "cache_latents": True, "gradient_checkpointing": True,
+          "max_token_length": 150, "shuffle_caption": True, "seed": 31337, "sample_prompts": None,
+          "save_every_n_epochs": None, "save_every_n_steps": None, "sample_every_n_epochs": None}
+LORA = {"network_type": "lora", "network_dim": 8, "network_alpha": 8, "optimizer_type": "AdamW",
+        "learning_rate": 1e-4, "resolution": 512}
+CONFIGS = {  # name -> (seed JSON block name or None, overrides)
+    "lora_b1": (None, {**LORA, "train_batch_size": 1}),
+    "lora_b15": (None, {**LORA, "train_batch_size": 15}),
+    "seed_a_b1": ("DADAPT_LOHA", {"train_batch_size": 1}),
+    "seed_a_b15": ("DADAPT_LOHA", {"train_batch_size": 15}),
+    "seed_b_ia3_b1": ("PRODIGY_IA3", {"train_batch_size": 1, "resolution": 512}),
+    "lokr_b1": ("PRODIGY_LOKR", {"train_batch_size": 1, "resolution": 512}),
+}
+TFLOP_FWD = {512: 0.677, 576: 0.859}
+PEAK_TFLOPS = 798.0  # measured H100 bf16 dense peak (performance-anchors.md)
+
+
+def seed_values(block: str | None, tmp: Path) -> dict:
+    if block is None:
+        return {}
+    sys.path.insert(0, str(TESTS))
+    import test_kohya  # the seed JSON blocks, byte for byte
+
+    from lorakit.config.kohya import import_kohya_json
+
+    p = tmp / f"{block}.json"
+    p.write_text(getattr(test_kohya, block), encoding="utf-8")
+    return dict(import_kohya_json(p).values)
+
+
+def build_model(tmp: Path, cpu: bool) -> Path:
+    if cpu:
+        from lorakit.models.tiny import save_tiny_pipeline
+
+        return save_tiny_pipeline(tmp / "tiny", seed=0)
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lorakit.models.configs_data import config_folder
+    from lorakit.models.tiny import load_clip_tokenizer, make_scheduler
+
+    cfg_dir = config_folder(False, False)
+    torch.manual_seed(0)
+    pipe = StableDiffusionPipeline(
+        unet=UNet2DConditionModel.from_config(json.loads((cfg_dir / "unet" / "config.json").read_text())),
+        vae=AutoencoderKL.from_config(json.loads((cfg_dir / "vae" / "config.json").read_text())),
+        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(cfg_dir / "text_encoder")),
+        tokenizer=load_clip_tokenizer(False), scheduler=make_scheduler(False), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(tmp / "sd15-random")
+    return tmp / "sd15-random"
+
+
+def run_config(name: str, model: Path, data: Path, tmp: Path, cpu: bool, steps: int, warmup: int) -> dict:
+    block, overrides = CONFIGS[name]
+    values = {**seed_values(block, tmp), **COMMON, **overrides,
+              "pretrained_model_name_or_path": str(model), "train_data_dir": str(data),
+              "output_dir": str(tmp / name), "max_train_steps": warmup + steps, "max_train_epochs": None}
+    if cpu:
+        values.update(resolution=64, mixed_precision="no", train_batch_size=min(values["train_batch_size"], 4))
+    cfg = load_config(None, [], values)
+    stamps: list[float] = []
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    train(cfg, [lambda ev: stamps.append(time.perf_counter()) if ev.kind == "step" else None], overwrite=True)
+    dts = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
+    med = statistics.median(dts)
+    p90 = sorted(dts)[int(0.9 * (len(dts) - 1))]
+    bs = cfg.train_batch_size
+    row = {"config": name, "batch": bs, "res": cfg.resolution[0], "img_s": bs / med, "median_s": med, "p90_s": p90}
+    if torch.cuda.is_available():
+        row["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        tflop = TFLOP_FWD.get(cfg.resolution[0], 0.677) * (3 if cfg.gradient_checkpointing else 2)
+        row["mfu"] = row["img_s"] * tflop / PEAK_TFLOPS
+    return row
+
+
+def plain_unet_reference(model: Path, batch: int) -> tuple[float, int, int]:
+    """CPU: median seconds and operator counts of a plain UNet forward+backward vs a lorakit step."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(model / "unet")
+    unet.requires_grad_(False)
+    x = torch.randn(batch, 4, 8, 8, requires_grad=True)
+    ctx = torch.randn(batch, 152, unet.config.cross_attention_dim)
+    t = torch.randint(0, 1000, (batch,))
+    times = []
+    for _ in range(12):
+        t0 = time.perf_counter()
+        unet(x, t, ctx).sample.mean().backward()
+        times.append(time.perf_counter() - t0)
+    with torch.profiler.profile() as prof:
+        unet(x, t, ctx).sample.mean().backward()
+    return statistics.median(times[2:]), len(prof.events()), batch
+
+
+def count_step_ops(model: Path, data: Path, tmp: Path) -> int:
+    values = {**COMMON, **LORA, "resolution": 64, "mixed_precision": "no", "train_batch_size": 1,
+              "pretrained_model_name_or_path": str(model), "train_data_dir": str(data),
+              "output_dir": str(tmp / "ops"), "max_train_steps": 3}
+    counts = []
+    prof = torch.profiler.profile()
+
+    def on_step(ev):
+        if ev.kind == "step" and ev.step == 2:
+            prof.__enter__()
+        elif ev.kind == "step" and ev.step == 3:
+            prof.__exit__(None, None, None)
+            counts.append(len(prof.events()))
+    train(load_config(None, [], values), [on_step], overwrite=True)
+    return counts[0]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpu", action="store_true", help="tiny model on the CPU (overhead ratios)")
+    ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    args = ap.parse_args()
+    cpu = args.cpu or not torch.cuda.is_available()
+    steps, warmup = args.steps or (10 if cpu else 30), args.warmup or (3 if cpu else 10)
+    device = "cpu: " + _cpu_name() if cpu else torch.cuda.get_device_name()
+    print(f"lorakit train bench, {time.strftime('%Y-%m-%d')}, device {device}, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        model = build_model(tmp, cpu)
+        data = make_synthetic_dataset(tmp / "data", n_images=20, size=64 if cpu else 512, repeats=10)
+        rows = [run_config(n, model, data, tmp, cpu, steps, warmup) for n in args.configs]
+        print(f"{'config':15s} {'batch':>5s} {'res':>4s} {'img/s':>8s} {'med s':>7s} {'p90 s':>7s}"
+              + ("" if cpu else f" {'peak GB':>8s} {'MFU':>6s}"))
+        for r in rows:
+            print(f"{r['config']:15s} {r['batch']:5d} {r['res']:4d} {r['img_s']:8.2f} {r['median_s']:7.3f} "
+                  f"{r['p90_s']:7.3f}" + ("" if cpu else f" {r['peak_gb']:8.2f} {r['mfu']:6.1%}"))
+        if cpu:
+            plain_s, plain_ops, bs = plain_unet_reference(model, 1)
+            lora = next((r for r in rows if r["config"] == "lora_b1"), None)
+            step_ops = count_step_ops(model, data, tmp)
+            print(f"plain UNet fwd+bwd, batch {bs}: {plain_s:.3f} s, {plain_ops} profiler events")
+            if lora:
+                print(f"overhead ratio, lorakit LoRA step / plain UNet fwd+bwd: {lora['median_s'] / plain_s:.2f}x")
+            print(f"operator ratio, lorakit LoRA step / plain UNet fwd+bwd: {step_ops / plain_ops:.2f}x "
+                  f"({step_ops} events)")
+    return 0
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
