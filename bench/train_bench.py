@@ -92,7 +92,8 @@ def run_config(name: str, model: Path, data: Path, tmp: Path, cpu: bool, steps: 
               "pretrained_model_name_or_path": str(model), "train_data_dir": str(data),
               "output_dir": str(tmp / name), "max_train_steps": warmup + steps, "max_train_epochs": None}
     if cpu:
-        values.update(resolution=64, mixed_precision="no", train_batch_size=min(values["train_batch_size"], 4))
+        values.update(resolution=64, mixed_precision="no", enable_bucket=False,
+                      train_batch_size=min(values["train_batch_size"], 4))
     cfg = load_config(None, [], values)
     stamps: list[float] = []
     if torch.cuda.is_available():
