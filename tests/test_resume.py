@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from lorakit.config.load import load_config
@@ -129,3 +130,62 @@ def test_ctrl_c_saves_adapter_and_state_then_exits_130(tiny_model_dir, data, tmp
     saved = sorted(p.name for p in out.iterdir() if p.name.startswith("last-step"))
     assert saved == [f"last-step{steps:08d}-state", f"last-step{steps:08d}.safetensors"], (saved, steps)
     assert "interrupted" in err
+
+
+class Poison(torch.optim.SGD):
+    """SGD that writes a huge value into the adapter after step 2, as a diverging lr would."""
+
+    def __init__(self, params, lr=1e-3, **kw):
+        super().__init__(params, lr=lr)
+        self.n = 0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        super().step(closure)
+        self.n += 1
+        if self.n == 2:
+            for g in self.param_groups:
+                for p in g["params"]:
+                    p.fill_(3e38)
+
+
+def test_nan_stops_with_a_clear_message_and_a_finite_adapter(tiny_model_dir, data, tmp_path, capsys):
+    from lorakit.cli import main
+
+    conf = tmp_path / "c.toml"
+    conf.write_text('resolution = 64\nnetwork_dim = 2\nseed = 4\nmax_train_steps = 6\n'
+                    'optimizer_type = "test_resume.Poison"\nlearning_rate = 1e-3\nsave_precision = "float"\n',
+                    encoding="utf-8")
+    code = main(["train", str(conf), "--model", str(tiny_model_dir), "--data", str(data),
+                 "--output", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "became" in err and "step 3" in err and "learning rate" in err
+    saved = tmp_path / "o" / "last-step00000002.safetensors"
+    assert saved.is_file() and not (tmp_path / "o" / "last.safetensors").exists()
+    assert all(torch.isfinite(t).all() for t in load_file(saved).values())
+
+
+def test_crash_during_a_state_save_resumes_from_the_previous_state(tiny_model_dir, data, tmp_path, straight,
+                                                                   monkeypatch):
+    import lorakit.train.state as state_mod
+
+    cfg = cfg_for(tiny_model_dir, data, tmp_path)
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        if "step00000004" in str(f):  # the second state save dies half-way
+            real_save(obj, f, *a, **k)
+            raise Crash()
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(state_mod.torch, "save", dying_save)
+    with pytest.raises(Crash):
+        train(cfg, [MetricsJsonl(tmp_path / "metrics.jsonl")])
+    monkeypatch.setattr(state_mod.torch, "save", real_save)
+    states = sorted(p.name for p in tmp_path.iterdir() if "state" in p.name)
+    assert "last-step00000004-state" not in states  # the half-written one never got its final name
+    res = train(cfg, [MetricsJsonl(tmp_path / "metrics.jsonl")], resume="auto")
+    assert losses(tmp_path) == straight[0]
+    got = load_file(res.output_file)
+    assert all((got[k] == straight[1][k]).all() for k in got)

@@ -74,7 +74,11 @@ def optimizer_step(run: Run) -> dict[str, float]:
     cfg = run.cfg
     if cfg.max_grad_norm > 0:
         params = [p for g in run.optimizer.param_groups for p in g["params"]]
-        run.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        norm = run.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        # fp16's grad scaler skips inf steps itself; elsewhere a non-finite gradient would make
+        # the adapter NaN, so stop before the update (the saved adapter stays finite)
+        if cfg.mixed_precision != "fp16" and norm is not None and not math.isfinite(float(norm)):
+            raise Diverged(float(norm), "gradient norm")
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -208,10 +212,19 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def dlr_values(run: Run, lrs: dict[str, float]) -> dict[str, float]:
-    """d * lr per group for Prodigy / DAdaptation: d as this step updated it, times this step's lr."""
+    """d * lr per group for Prodigy / DAdaptation: d as this step updated it, times this step's lr,
+    times Prodigy's bias correction sqrt(1 - beta2^k) / (1 - beta1^k) when use_bias_correction is on."""
     out = {}
     for i, g in enumerate(run.optimizer.param_groups):
         if "d" in g:
             name = g.get("name", str(i))
-            out[name] = float(g["d"]) * lrs[name]
+            out[name] = float(g["d"]) * lrs[name] * bias_correction(g)
     return out
+
+
+def bias_correction(group: dict) -> float:
+    if not group.get("use_bias_correction") or "betas" not in group:
+        return 1.0
+    k = max(1, int(float(group.get("k", 1))))  # the step just taken (Prodigy counts k after it)
+    beta1, beta2 = group["betas"][0], group["betas"][1]
+    return (1 - beta2 ** k) ** 0.5 / (1 - beta1 ** k)

@@ -45,13 +45,14 @@ class Progress:
 
 
 class Diverged(Exception):
-    def __init__(self, loss: float):
-        self.loss = loss
-        super().__init__(f"loss is {loss}")
+    def __init__(self, loss: float, what: str = "loss"):
+        self.loss, self.what = loss, what
+        super().__init__(f"{what} is {loss}")
 
     def user_error(self, step: int, saved: Path) -> UserError:
         return UserError(
-            f"the loss became {self.loss} at step {step}; training stopped before that step changed the adapter",
+            f"the {self.what} became {self.loss} at step {step}; training stopped before that step changed the "
+            "adapter",
             file=str(saved), key="learning_rate",
             fix="the adapter from the last good step is saved there. Usual causes: a learning rate too high "
                 "(lower learning_rate / unet_lr, or d_coef for Prodigy), fp16 overflow (use mixed_precision = "
