@@ -41,6 +41,9 @@ class MetricsJsonl:
         elif ev.kind == "epoch":
             self.fh.write(json.dumps({"epoch_end": ev.epoch, "step": ev.step, "loss_epoch": ev.data["loss"]}) + "\n")
             self.fh.flush()
+        elif ev.kind == "warning":
+            self.fh.write(json.dumps({"warning": ev.data["message"], "step": ev.step}) + "\n")
+            self.fh.flush()
         elif ev.kind == "end":
             self.fh.close()
 
