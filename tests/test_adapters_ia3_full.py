@@ -20,13 +20,6 @@ from lorakit.errors import ConfigError
 os.environ.setdefault("LYCORIS_KERNEL_BACKEND", "torch")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def fill(net, std=0.1, seed=1):
     """Random values in every trainable tensor (fresh adapters are zero deltas)."""

@@ -14,13 +14,6 @@ from lorakit.adapters.lokr import LoKrModule, factorization
 from lorakit.adapters.network import create_network
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # (network_type, network_dim, network_alpha, conv_dim, conv_alpha, network_args)
 CASES = {

@@ -17,14 +17,6 @@ from lorakit.adapters.network import create_network
 from lorakit.errors import ConfigError, UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and far faster than two on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def kohya_delta(up: torch.Tensor, down: torch.Tensor, scale: float) -> torch.Tensor:
     """sd-scripts' formulas (networks/lora.py get_weight), written independently of ours."""

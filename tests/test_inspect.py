@@ -15,13 +15,6 @@ from lorakit.cli import main
 from lorakit.inspect import classify, inspect_file
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def models():

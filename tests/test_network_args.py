@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from adapters_helpers import cfg, tiny_models
 from lorakit.adapters.base import validate_network_args
@@ -10,13 +9,6 @@ from lorakit.adapters.lokr import LoKrModule
 from lorakit.adapters.network import create_network
 from lorakit.errors import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_kohya_strings_parsed_to_the_default_types():

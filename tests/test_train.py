@@ -5,7 +5,6 @@ import json
 import math
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from lorakit.cli import main

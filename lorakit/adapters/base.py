@@ -153,6 +153,7 @@ class AdapterModule(nn.Module):
 
     algo: ClassVar[str] = "base"
     network_module: ClassVar[str] = "networks.lora"  # ss_network_module in the metadata
+    LYCORIS_CONV_DEFAULTS: ClassVar[bool] = False  # unset conv_dim/conv_alpha take network_dim/alpha
     # network_args this algorithm accepts, with their defaults (the default's type parses strings)
     ARGS: ClassVar[dict[str, Any]] = {}
 
@@ -341,6 +342,11 @@ class AdapterModule(nn.Module):
             LINEAR: (cfg.network_dim, cfg.network_alpha), CONV1X1: (cfg.network_dim, cfg.network_alpha)}
         if cfg.conv_dim is not None:
             kinds[CONV3X3] = (cfg.conv_dim, cfg.conv_alpha)
+        if cls.LYCORIS_CONV_DEFAULTS:  # LyCORIS: conv_dim = network_dim, conv_alpha = network_alpha when unset
+            if cfg.conv_dim is None:
+                kinds[CONV3X3] = (cfg.network_dim, cfg.network_alpha)
+            elif cfg.conv_alpha is None:
+                kinds[CONV3X3] = (cfg.conv_dim, cfg.network_alpha)
         return RankSettings(kinds)
 
     @classmethod

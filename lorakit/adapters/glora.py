@@ -18,12 +18,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .base import CONV3X3, AdapterModule, RankSettings, kaiming_down_
+from .base import AdapterModule, kaiming_down_
 from .registry import register
 
 
 @register("glora")
 class GLoRAModule(AdapterModule):
+    LYCORIS_CONV_DEFAULTS = True
     network_module = "lycoris.kohya"
     experimental = True
     ARGS: dict[str, Any] = {"use_tucker": False}
@@ -68,15 +69,6 @@ class GLoRAModule(AdapterModule):
     def tensors_to_save(self) -> dict[str, torch.Tensor]:
         return {"a1.weight": self.a1.weight, "a2.weight": self.a2.weight, "b1.weight": self.b1.weight,
                 "b2.weight": self.b2.weight, "alpha": self.alpha}
-
-    @classmethod
-    def rank_settings(cls, cfg: Any) -> RankSettings:
-        rs = super().rank_settings(cfg)
-        if cfg.conv_dim is None:
-            rs.by_kind[CONV3X3] = (cfg.network_dim, cfg.network_alpha)
-        elif cfg.conv_alpha is None:
-            rs.by_kind[CONV3X3] = (cfg.conv_dim, cfg.network_alpha)
-        return rs
 
     @classmethod
     def network_args(cls, cfg: Any) -> dict[str, str]:

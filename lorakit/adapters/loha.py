@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CONV3X3, AdapterModule, RankSettings, fmt_arg
+from .base import AdapterModule, fmt_arg
 from .registry import register
 
 
@@ -38,18 +38,9 @@ class MergedOpModule(AdapterModule):
     Subclasses implement ``delta_weight(train=False)``; with train=True they apply the
     rank dropout (the network dropout is applied here) while dropouts are active.
     """
+    LYCORIS_CONV_DEFAULTS = True
 
     network_module = "lycoris.kohya"
-
-    @classmethod
-    def rank_settings(cls, cfg: Any) -> RankSettings:
-        """LyCORIS defaults: conv_dim = network_dim and conv_alpha = network_alpha when unset."""
-        rs = super().rank_settings(cfg)
-        if cfg.conv_dim is None:
-            rs.by_kind[CONV3X3] = (cfg.network_dim, cfg.network_alpha)
-        elif cfg.conv_alpha is None:
-            rs.by_kind[CONV3X3] = (cfg.conv_dim, cfg.network_alpha)
-        return rs
 
     @classmethod
     def network_args(cls, cfg: Any) -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .base import CONV3X3, AdapterModule, RankSettings, kaiming_down_
+from .base import CONV3X3, AdapterModule, kaiming_down_
 from .registry import register
 
 
@@ -75,6 +75,7 @@ class LoConModule(LoRAModule):
     delta W[o, c] = scale * sum_ij up[o, i] mid[i, j] down[j, c]; the file adds lora_mid.weight
     (A1111, Forge and ComfyUI load it; diffusers does not). Linear / 1x1 layers are plain LoRA.
     """
+    LYCORIS_CONV_DEFAULTS = True
     ARGS: dict[str, Any] = {"use_tucker": False}
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
@@ -107,11 +108,3 @@ class LoConModule(LoRAModule):
             out["lora_mid.weight"] = self.lora_mid.weight
         return out
 
-    @classmethod
-    def rank_settings(cls, cfg: Any) -> RankSettings:
-        rs = super().rank_settings(cfg)
-        if cfg.conv_dim is None:
-            rs.by_kind[CONV3X3] = (cfg.network_dim, cfg.network_alpha)
-        elif cfg.conv_alpha is None:
-            rs.by_kind[CONV3X3] = (cfg.conv_dim, cfg.network_alpha)
-        return rs
