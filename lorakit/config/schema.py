@@ -67,6 +67,21 @@ class TrainConfig(BaseModel):
     flip_aug: bool = F(False, "data", "Mirror images left-right half of the time (works with cached latents).")
     color_aug: bool = F(False, "data", "Small random hue or gamma change (not with cached latents).")
     random_crop: bool = F(False, "data", "Crop at a random place instead of the centre (not with cached latents).")
+    alpha_mask: bool = F(
+        False, "data", "Use each image's alpha channel as a loss mask (transparent pixels do not count; the RGB "
+        "is not composited on white); images without alpha count everywhere.")
+    masked_loss: bool = F(False, "data", "kohya's masked loss; here the mask is the alpha channel, so it needs "
+                                         "alpha_mask.")
+    validation_split: float = F(
+        0.0, "data", "Fraction of each train folder's images held out of training for a validation loss "
+        "(chosen by validation_seed); 0 = off.", ge=0, lt=1)
+    validation_seed: Optional[int] = F(None, "data", "Seed that picks the validation_split images (unset = seed).",
+                                       ge=0)
+    validation_data_dir: Optional[str] = F(
+        None, "data", "Validation images in a separate folder, same <repeats>_<name> layout (repeats ignored).")
+    validate_every_n_epochs: Optional[int] = F(
+        None, "data", "Compute the validation loss every N epochs (unset = every epoch when validation is on).",
+        ge=1)
 
     # ---- network -----------------------------------------------------------------
     network_type: str = F(

@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
+from ..errors import DataError
 from .augment import AugmentOptions, Draw, apply_pixels, draw_augmentation
 from .buckets import BucketSet, Placement, bucket_info
 from .captions import CaptionOptions
 from .folders import DatasetIndex, ImageItem, scan_folders
-from .images import center_offset, load_image_rgb, probe_image, resize_crop, to_tensor
+from .images import (center_offset, latent_mask, load_image_rgb, load_image_rgb_alpha, probe_image, resize_crop,
+                     resize_crop_alpha, to_tensor)
 from .latent_cache import (Moments, disk_path, entry_key, file_sha256, load_entry, sample, save_entry,
                            vae_identity)
 from .validate import validate_data_config
@@ -46,6 +48,9 @@ class Batch:
     item_indices: list[int] = field(default_factory=list)  # index into DatasetIndex.items
     flipped: list[bool] = field(default_factory=list)  # flip_aug decision of each sample
     bucket: tuple[int, int] | None = None  # (W, H) shared by the batch
+    # alpha_mask: (B, 1, H/8, W/8) float32 loss weights in [0, 1] (alpha, area-averaged to the
+    # latent's size, flipped with it); None without alpha_mask
+    masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -55,7 +60,7 @@ class TrainDataset:
     def __init__(self, index: DatasetIndex, resolution: tuple[int, int], *, shuffle_caption: bool = False,
                  keep_tokens: int = 0, prior_loss_weight: float = 1.0, caption_options: CaptionOptions | None = None,
                  buckets: BucketSet | None = None, augment: AugmentOptions | None = None,
-                 cache_to_disk: bool = False):
+                 cache_to_disk: bool = False, alpha_mask: bool = False):
         w, h = resolution
         if w % VAE_DOWNSAMPLE or h % VAE_DOWNSAMPLE:
             raise ValueError(f"resolution {w}x{h} must be a multiple of {VAE_DOWNSAMPLE}")
@@ -66,6 +71,7 @@ class TrainDataset:
         self.prior_loss_weight = float(prior_loss_weight)
         self.augment = augment or AugmentOptions()
         self.cache_to_disk = cache_to_disk
+        self.alpha_mask = bool(alpha_mask)
         self.buckets = buckets or BucketSet(self.resolution, enable=False)
         self.placements: list[Placement] = [self.buckets.place(it.size or probe_image(it.path))
                                             for it in self.items]
@@ -78,13 +84,20 @@ class TrainDataset:
         self._buckets: list[list[int]] = [by_reso[r] for r in self.bucket_resos]  # sample ids per bucket
         self._latents: list[torch.Tensor] | None = None
         self._latents_flipped: list[torch.Tensor] | None = None
+        self._masks: list[torch.Tensor] | None = None  # (1, h, w) per item, unflipped (alpha_mask)
         self.cache_stats = {"encoded": 0, "from_disk": 0}
 
     @classmethod
-    def from_config(cls, cfg: "TrainConfig", index: DatasetIndex | None = None) -> "TrainDataset":
+    def from_config(cls, cfg: "TrainConfig", index: DatasetIndex | None = None,
+                    seed: int | None = None) -> "TrainDataset":
+        """The training dataset of `cfg`. The validation images (validation_split /
+        validation_data_dir) are taken out of `index` first, in place (see apply_validation),
+        so the index's counts, the plan and the metadata all see the split. `seed`: the run's
+        seed, the default of validation_seed."""
         validate_data_config(cfg)
         if index is None:
             index = scan_folders(cfg.train_data_dir, cfg.reg_data_dir, cfg.caption_extension)
+        apply_validation(cfg, index, seed)
         g = lambda k, d=None: getattr(cfg, k, d)  # noqa: E731  (keys other sessions may not have yet)
         captions = CaptionOptions(
             shuffle=cfg.shuffle_caption, keep_tokens=cfg.keep_tokens,
@@ -98,7 +111,8 @@ class TrainDataset:
         augment = AugmentOptions(flip_aug=bool(g("flip_aug", False)), color_aug=bool(g("color_aug", False)),
                                  random_crop=bool(g("random_crop", False)))
         return cls(index, cfg.resolution, prior_loss_weight=cfg.prior_loss_weight, caption_options=captions,
-                   buckets=buckets, augment=augment, cache_to_disk=bool(g("cache_latents_to_disk", False)))
+                   buckets=buckets, augment=augment, cache_to_disk=bool(g("cache_latents_to_disk", False)),
+                   alpha_mask=bool(g("alpha_mask", False)))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -147,8 +161,9 @@ class TrainDataset:
         for p in paths:
             pl = self.placements[by_path[p][0]]
             if self.cache_to_disk:
-                keys[p] = entry_key(hashes[p], pl.bucket, pl.resized, center_offset(pl.resized, pl.bucket), vae_id)
-                got = load_entry(disk_path(p, pl.bucket), keys[p], flip)
+                keys[p] = entry_key(hashes[p], pl.bucket, pl.resized, center_offset(pl.resized, pl.bucket), vae_id,
+                                    self.alpha_mask)
+                got = load_entry(disk_path(p, pl.bucket), keys[p], flip, self.alpha_mask)
                 if got is not None:
                     moments[p] = got
                     continue
@@ -159,7 +174,8 @@ class TrainDataset:
             group = todo[bucket]
             for start in range(0, len(group), batch_size):
                 chunk = group[start:start + batch_size]
-                arrs = [self._pixels_array(by_path[p][0], Draw()) for p in chunk]
+                pms = [self._pixels_and_mask(by_path[p][0], Draw()) for p in chunk]
+                arrs = [a for a, _ in pms]
                 mean, std = self._encode(vae, [to_tensor(a) for a in arrs], device, dtype)
                 if flip:
                     mean_f, std_f = self._encode(vae, [to_tensor(a[:, ::-1].copy()) for a in arrs], device, dtype)
@@ -167,6 +183,7 @@ class TrainDataset:
                     m = Moments(mean[j].clone(), std[j].clone())
                     if flip:
                         m.mean_flipped, m.std_flipped = mean_f[j].clone(), std_f[j].clone()
+                    m.mask = pms[j][1]
                     moments[p] = m
                     if self.cache_to_disk:
                         save_entry(disk_path(p, bucket), keys[p], m)
@@ -175,14 +192,16 @@ class TrainDataset:
                     progress(done, total)
         latents: list[torch.Tensor] = [None] * len(self.items)  # type: ignore[list-item]
         flipped: list[torch.Tensor] = [None] * len(self.items)  # type: ignore[list-item]
+        masks: list[torch.Tensor] = [None] * len(self.items)  # type: ignore[list-item]
         for p, ids in by_path.items():
             m = moments[p]
             z = sample(m.mean, m.std, seed, hashes[p], False)
             zf = sample(m.mean_flipped, m.std_flipped, seed, hashes[p], True) if flip else None
             for i in ids:
-                latents[i], flipped[i] = z, zf
+                latents[i], flipped[i], masks[i] = z, zf, m.mask
         self._latents = latents
         self._latents_flipped = flipped if flip else None
+        self._masks = masks if self.alpha_mask else None
 
     @staticmethod
     def _encode(vae, xs: list[torch.Tensor], device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,6 +213,7 @@ class TrainDataset:
     def drop_latents(self) -> None:
         self._latents = None
         self._latents_flipped = None
+        self._masks = None
 
     # ---- epochs --------------------------------------------------------------------------
     def batch_plan(self, epoch: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -215,6 +235,10 @@ class TrainDataset:
         batches.sort(key=lambda b: rank[b[0]])
         return batches
 
+    def fixed_batches(self, batch_size: int) -> list[list[int]]:
+        """Sample ids in canonical order, bucket by bucket, cut into batches (no shuffle: validation)."""
+        return [b[k:k + batch_size] for b in self._buckets for k in range(0, len(b), batch_size)]
+
     def caption_for(self, sample_id: int, epoch: int, seed: int) -> str:
         """The caption of one draw; its randomness is seeded by (seed, epoch, sample id)."""
         rng = random.Random(f"{seed}:{epoch}:{sample_id}")
@@ -231,9 +255,21 @@ class TrainDataset:
             yield self.make_batch(sample_ids, epoch, seed)
 
     def _pixels_array(self, item: int, draw: Draw):
+        return self._pixels_and_mask(item, draw)[0]
+
+    def _pixels_and_mask(self, item: int, draw: Draw):
+        """The drawn uint8 (H, W, 3) pixels and, with alpha_mask, the loss mask (1, H/8, W/8)
+        of the same crop and flip (None without alpha_mask). With alpha_mask the RGB channels
+        are used as stored (not composited on white), as sd-scripts."""
         pl = self.placements[item]
-        arr = resize_crop(load_image_rgb(self.items[item].path), pl.resized, pl.bucket, draw.crop)
-        return apply_pixels(arr, draw)
+        if not self.alpha_mask:
+            arr = resize_crop(load_image_rgb(self.items[item].path), pl.resized, pl.bucket, draw.crop)
+            return apply_pixels(arr, draw), None
+        rgb, alpha = load_image_rgb_alpha(self.items[item].path)
+        arr = resize_crop(rgb, pl.resized, pl.bucket, draw.crop)
+        a = None if alpha is None else resize_crop_alpha(alpha, pl.resized, pl.bucket, draw.crop)
+        mask = latent_mask(a, pl.bucket, VAE_DOWNSAMPLE)
+        return apply_pixels(arr, draw), (mask.flip(-1).contiguous() if draw.flip else mask)
 
     def make_batch(self, sample_ids: list[int], epoch: int, seed: int) -> Batch:
         item_ids = [self.samples[s] for s in sample_ids]
@@ -246,7 +282,40 @@ class TrainDataset:
         if self._latents is not None:
             rows = [self._latents_flipped[i] if f and self._latents_flipped is not None else self._latents[i]
                     for i, f in zip(item_ids, flips)]
+            masks = None
+            if self._masks is not None:
+                masks = torch.stack([self._masks[i].flip(-1) if f else self._masks[i] for i, f in zip(item_ids, flips)])
             return Batch(captions, weights, is_reg, latents=torch.stack(rows), item_indices=item_ids,
-                         flipped=flips, bucket=bucket)
-        pixels = torch.stack([to_tensor(self._pixels_array(i, d)) for i, d in zip(item_ids, draws)])
-        return Batch(captions, weights, is_reg, pixels=pixels, item_indices=item_ids, flipped=flips, bucket=bucket)
+                         flipped=flips, bucket=bucket, masks=masks)
+        pms = [self._pixels_and_mask(i, d) for i, d in zip(item_ids, draws)]
+        pixels = torch.stack([to_tensor(a) for a, _ in pms])
+        masks = torch.stack([m for _, m in pms]) if self.alpha_mask else None
+        return Batch(captions, weights, is_reg, pixels=pixels, item_indices=item_ids, flipped=flips, bucket=bucket,
+                     masks=masks)
+
+
+def validation_seed_for(cfg: "TrainConfig", seed: int | None = None) -> int:
+    """validation_seed; unset: the run's seed (`seed`, else cfg.seed, else 0)."""
+    for v in (getattr(cfg, "validation_seed", None), seed, getattr(cfg, "seed", None)):
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def apply_validation(cfg: "TrainConfig", index: DatasetIndex, seed: int | None = None) -> DatasetIndex:
+    """Take cfg's validation images out of `index` (in place; idempotent): validation_split holds
+    a fraction of every train folder out, validation_data_dir (same layout) is scanned as the
+    validation set (its repeats are ignored). Returns the index."""
+    split = float(getattr(cfg, "validation_split", 0.0) or 0.0)
+    vdir = getattr(cfg, "validation_data_dir", None)
+    if split:
+        index.apply_validation_split(split, validation_seed_for(cfg, seed))
+    elif vdir and index.validation_source != "validation_data_dir":
+        try:
+            vindex = scan_folders(vdir, None, cfg.caption_extension)
+        except DataError as e:
+            fix = (e.fix or "").replace("train_data_dir", "validation_data_dir")
+            raise DataError(e.message, file=e.file, key="validation_data_dir", fix=fix or None) from None
+        index.set_validation_items(vindex.items)
+        index.warnings += [f"validation_data_dir: {w}" for w in vindex.warnings]
+    return index

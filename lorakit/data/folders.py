@@ -11,7 +11,9 @@ are skipped now, named in ONE warning, instead of stopping a run midway.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import math
+import random
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import DataError
@@ -57,6 +59,15 @@ class DatasetIndex:
     # every scanned image with its caption, reg images that balancing left unused included
     # (sd-scripts counts tag frequency before balancing)
     _all_captioned: list[ImageItem] = field(default_factory=list, repr=False)
+    # held-out images (validation_split or validation_data_dir); repeats play no part there
+    validation_items: list[ImageItem] = field(default_factory=list)
+    validation_split: float = 0.0
+    validation_seed: int | None = None
+    validation_source: str = ""  # "" | "validation_split" | "validation_data_dir"
+    # the folders as scanned (items untouched by balancing or the split), to redo the split
+    _train_folders: list = field(default_factory=list, repr=False)
+    _reg_folders: list = field(default_factory=list, repr=False)
+    _scan_warnings: list[str] = field(default_factory=list, repr=False)
 
     @property
     def train_items(self) -> list[ImageItem]:
@@ -112,7 +123,41 @@ class DatasetIndex:
             lines.append(f"{kind} {f.name}: {f.images} images x {f.repeats} repeats -> {f.samples} samples")
         lines.append(f"{self.num_train_images} train images with repeats, {self.num_reg_images} reg images"
                      + (f" (balanced to {self.num_reg_samples})" if self.num_reg_images else ""))
+        if self.validation_source:
+            how = (f"held out of training by validation_split {self.validation_split:g} "
+                   f"(validation_seed {self.validation_seed})" if self.validation_source == "validation_split"
+                   else "from validation_data_dir")
+            lines.append(f"validation: {len(self.validation_items)} images {how}")
         return lines
+
+    def apply_validation_split(self, fraction: float, seed: int) -> "DatasetIndex":
+        """Hold out `fraction` of each train folder's images (in place; returns self).
+
+        Per folder of n images, floor(n * fraction) are held out (so the train count is
+        sd-scripts' ceil(n * (1 - split))): the folder's sorted images are shuffled with
+        random.Random(seed) and the last ones are held out, as sd-scripts' split_train_val.
+        Unlike sd-scripts the two parts never overlap. Reg folders are not split; the reg
+        balancing is redone against the smaller train count. Idempotent for the same values.
+        """
+        fraction = float(fraction)
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"validation_split {fraction} is not in [0, 1)")
+        if self.validation_source == ("validation_split" if fraction else "") and \
+                (fraction, seed) == (self.validation_split, self.validation_seed):
+            return self
+        if not self._train_folders:
+            raise ValueError("this index was not made by scan_folders; it cannot be split")
+        new = _assemble(self._train_folders, self._reg_folders, self._scan_warnings, self.skipped, fraction, seed)
+        self.__dict__.update(new.__dict__)
+        return self
+
+    def set_validation_items(self, items: list[ImageItem]) -> "DatasetIndex":
+        """Use `items` (e.g. scanned from validation_data_dir) as the validation images (in place)."""
+        if self.validation_source == "validation_split":
+            raise ValueError("this index already holds images out by validation_split")
+        self.validation_items = [replace(it, repeats=1) for it in items]
+        self.validation_source = "validation_data_dir" if items else ""
+        return self
 
 
 def parse_folder_name(name: str) -> tuple[int, str] | None:
@@ -163,10 +208,12 @@ class _Folder:
 
 
 def scan_folders(train_data_dir: str | Path | None, reg_data_dir: str | Path | None = None,
-                 caption_extension: str = ".txt", check_images: bool = True) -> DatasetIndex:
+                 caption_extension: str = ".txt", check_images: bool = True, *,
+                 validation_split: float = 0.0, validation_seed: int | None = None) -> DatasetIndex:
     """Scan the train (and reg) folders into a :class:`DatasetIndex`; see the module doc.
 
-    With check_images=False images are listed but not opened (sizes stay None)."""
+    With check_images=False images are listed but not opened (sizes stay None).
+    validation_split holds images out (see DatasetIndex.apply_validation_split)."""
     warnings: list[str] = []
     skipped: list[tuple[Path, str]] = []
     if train_data_dir is None or str(train_data_dir) == "":
@@ -181,9 +228,44 @@ def scan_folders(train_data_dir: str | Path | None, reg_data_dir: str | Path | N
         warnings.insert(0, f"skipped {len(skipped)} unreadable image{'s' * (len(skipped) > 1)} "
                            "(replace or delete them): " + "; ".join(f"{p} ({why})" for p, why in skipped))
 
-    num_train = sum(f.repeats * len(f.items) for f in train)
+    index = _assemble(train, reg, warnings, skipped, validation_split, validation_seed)
+    for w in index.warnings:
+        log.warning(w)
+    return index
+
+
+def split_folder(n: int, fraction: float, seed: int) -> list[int]:
+    """Positions (in the folder's sorted order) of the images held out: floor(n * fraction) of
+    them, the last ones of a random.Random(seed) shuffle (sd-scripts' order of operations)."""
+    n_val = int(math.floor(n * fraction + 1e-9))
+    if n_val <= 0:
+        return []
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return sorted(order[n - n_val:])
+
+
+def _assemble(train: list["_Folder"], reg: list["_Folder"], scan_warnings: list[str],
+              skipped: list[tuple[Path, str]], validation_split: float = 0.0,
+              validation_seed: int | None = None) -> DatasetIndex:
+    """The index of scanned folders: the validation split, counts and reg balancing.
+
+    Works on copies of the reg items (balancing raises their repeats), so the folders can
+    be assembled again with another split."""
+    warnings = list(scan_warnings)
+    kept: list[list[ImageItem]] = []
+    held: list[ImageItem] = []
+    for f in train:
+        out = set(split_folder(len(f.items), validation_split, validation_seed or 0)) if validation_split else set()
+        kept.append([it for i, it in enumerate(f.items) if i not in out])
+        held += [replace(it, repeats=1) for i, it in enumerate(f.items) if i in out]
+    if validation_split and not held:
+        warnings.append(f"validation_split {validation_split:g} holds out no image: each train folder has "
+                        f"fewer than {math.ceil(1 / validation_split)} images; validation is skipped")
+    num_train = sum(f.repeats * len(k) for f, k in zip(train, kept))
     num_reg = sum(f.repeats * len(f.items) for f in reg)
-    reg_items = [it for f in reg for it in f.items]
+    reg_copies = [[replace(it, repeats=f.repeats) for it in f.items] for f in reg]
+    reg_items = [it for group in reg_copies for it in group]
     used_reg = balance_reg_repeats(reg_items, num_train)
     if num_reg > num_train:
         warnings.append(f"{num_reg} reg images with repeats but only {num_train} train images: "
@@ -191,15 +273,20 @@ def scan_folders(train_data_dir: str | Path | None, reg_data_dir: str | Path | N
 
     used_ids = {id(it) for it in used_reg}
     folders = []
-    for f in train + reg:
-        samples = sum(it.repeats for it in f.items if not f.is_reg or id(it) in used_ids)
-        folders.append(FolderSummary(f.path.name, f.path, len(f.items), f.repeats, f.is_reg,
-                                     f.class_tokens, samples, f.missing))
-    items = [it for f in train for it in f.items] + used_reg
-    for w in warnings:
-        log.warning(w)
+    for f, k in zip(train, kept):
+        folders.append(FolderSummary(f.path.name, f.path, len(k), f.repeats, False, f.class_tokens,
+                                     f.repeats * len(k), f.missing))
+    for f, group in zip(reg, reg_copies):
+        samples = sum(it.repeats for it in group if id(it) in used_ids)
+        folders.append(FolderSummary(f.path.name, f.path, len(group), f.repeats, True, f.class_tokens,
+                                     samples, f.missing))
+    items = [it for k in kept for it in k] + used_reg
     return DatasetIndex(items=items, folders=folders, num_train_images=num_train, num_reg_images=num_reg,
-                        warnings=warnings, skipped=skipped, _all_captioned=[it for f in train + reg for it in f.items])
+                        warnings=warnings, skipped=skipped, _all_captioned=[it for k in kept for it in k] + reg_items,
+                        validation_items=held, validation_split=float(validation_split or 0.0),
+                        validation_seed=validation_seed if validation_split else None,
+                        validation_source="validation_split" if validation_split else "",
+                        _train_folders=train, _reg_folders=reg, _scan_warnings=list(scan_warnings))
 
 
 def balance_reg_repeats(reg_items: list[ImageItem], num_train_images: int) -> list[ImageItem]:

@@ -50,6 +50,27 @@ def load_image_rgb(path: str | Path) -> Image.Image:
     Any PIL mode: CMYK, palette (with transparency), L/LA, RGBA, 1-bit, and 16/32-bit
     integer or float images (scaled to 0..255 rather than clipped, as PIL's convert would).
     """
+    im = _open_upright(path)
+    if _has_alpha(im):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        white.alpha_composite(rgba)
+        return white.convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def load_image_rgb_alpha(path: str | Path) -> tuple[Image.Image, Image.Image | None]:
+    """For alpha_mask: the RGB channels as stored (NOT composited, as sd-scripts' load_image with
+    alpha) and the alpha channel as an 'L' image, or None when the image has no transparency."""
+    im = _open_upright(path)
+    if not _has_alpha(im):
+        return (im if im.mode == "RGB" else im.convert("RGB")), None
+    rgba = im.convert("RGBA")
+    r, g, b, a = rgba.split()
+    return Image.merge("RGB", (r, g, b)), a
+
+
+def _open_upright(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
@@ -58,12 +79,7 @@ def load_image_rgb(path: str | Path) -> Image.Image:
         raise _unreadable(path, e) from None
     if im.mode.startswith("I") or im.mode == "F":
         im = _high_depth_to_l(im)
-    if _has_alpha(im):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        white.alpha_composite(rgba)
-        return white.convert("RGB")
-    return im if im.mode == "RGB" else im.convert("RGB")
+    return im
 
 
 def _high_depth_to_l(im: Image.Image) -> Image.Image:
@@ -98,9 +114,10 @@ def center_offset(resized: tuple[int, int], size: tuple[int, int]) -> tuple[int,
 
 
 def resize_crop(img: Image.Image, resized: tuple[int, int], size: tuple[int, int],
-                offset: tuple[int, int] | None = None) -> np.ndarray:
+                offset: tuple[int, int] | None = None, *, plane: bool = False) -> np.ndarray:
     """Resize `img` to `resized` (BOX when shrinking, LANCZOS otherwise) and cut `size` = (W, H)
-    at `offset` = (left, top), the centre when None; uint8 (H, W, 3)."""
+    at `offset` = (left, top), the centre when None; uint8 (H, W, 3) (plane=True: the single
+    plane of an 'L' image, (H, W))."""
     (rw, rh), (tw, th) = resized, size
     if rw < tw or rh < th:
         raise ValueError(f"resized {rw}x{rh} does not cover {tw}x{th}")
@@ -108,8 +125,27 @@ def resize_crop(img: Image.Image, resized: tuple[int, int], size: tuple[int, int
         shrink = img.width >= rw and img.height >= rh
         img = img.resize((rw, rh), resample=Image.Resampling.BOX if shrink else Image.Resampling.LANCZOS)
     left, top = center_offset(resized, size) if offset is None else offset
-    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    arr = np.asarray(img if plane else img.convert("RGB"), dtype=np.uint8)
     return arr[top:top + th, left:left + tw].copy()
+
+
+def resize_crop_alpha(alpha: Image.Image, resized: tuple[int, int], size: tuple[int, int],
+                      offset: tuple[int, int] | None = None) -> np.ndarray:
+    """resize_crop of an alpha plane ('L'), resized on its own (no premultiplication): uint8 (H, W)."""
+    return resize_crop(alpha.convert("L"), resized, size, offset, plane=True)
+
+
+def latent_mask(alpha: np.ndarray | None, size: tuple[int, int], factor: int = 8) -> torch.Tensor:
+    """A loss mask (1, H/f, W/f) float32 in [0, 1] from a cropped uint8 alpha plane (H, W): each
+    value is the mean of alpha / 255 over its f x f block (area averaging, F.interpolate's
+    mode="area" as sd-scripts' masked loss). None (no alpha channel): all ones. size = (W, H)."""
+    w, h = size
+    if alpha is None:
+        return torch.ones((1, h // factor, w // factor), dtype=torch.float32)
+    a = torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)
+    if a.shape != (h, w):
+        raise ValueError(f"alpha of shape {tuple(a.shape)} is not {h}x{w}")
+    return a.reshape(h // factor, factor, w // factor, factor).mean(dim=(1, 3)).unsqueeze(0).contiguous()
 
 
 def to_tensor(np_img: np.ndarray) -> torch.Tensor:

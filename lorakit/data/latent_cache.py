@@ -8,7 +8,8 @@ whatever the batch size, the order or whether it came from disk.
 
 On disk (cache_latents_to_disk) the entry is `<stem>_<W:04d>x<H:04d>_sd.npz` next to the
 image (sd-scripts' name) holding `mean`, `std` (and `mean_flipped`, `std_flipped`) and
-`lorakit_key`: a sha256 of the image bytes, the geometry and the VAE's identity. An entry
+`lorakit_key`: a sha256 of the image bytes, the geometry, the VAE's identity and alpha_mask
+(with alpha_mask the entry also holds `alpha_mask`, the loss mask at latent resolution). An entry
 whose key differs (image edited, other resolution/bucket/crop, other VAE) is re-encoded;
 sd-scripts would silently reuse it. sd-scripts itself ignores these files (no `latents`).
 """
@@ -59,9 +60,13 @@ def disk_path(image: str | Path, bucket: tuple[int, int]) -> Path:
 
 
 def entry_key(image_hash: str, bucket: tuple[int, int], resized: tuple[int, int],
-              crop: tuple[int, int], vae_id: str) -> str:
+              crop: tuple[int, int], vae_id: str, alpha_mask: bool = False) -> str:
+    """alpha_mask: the pixels were not composited on white (and the entry holds the mask), so an
+    entry of the other kind never matches."""
     desc = {"format": FORMAT, "image": image_hash, "bucket": list(bucket), "resized": list(resized),
             "crop": list(crop), "vae": vae_id}
+    if alpha_mask:
+        desc["alpha_mask"] = True
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
@@ -71,6 +76,7 @@ class Moments:
     std: torch.Tensor
     mean_flipped: torch.Tensor | None = None
     std_flipped: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # (1, h, w) alpha at latent resolution (alpha_mask), unflipped
 
 
 def noise_seed(seed: int, image_hash: str, flipped: bool) -> int:
@@ -84,7 +90,7 @@ def sample(mean: torch.Tensor, std: torch.Tensor, seed: int, image_hash: str, fl
     return mean + std * torch.randn(mean.shape, generator=gen, dtype=torch.float32)
 
 
-def load_entry(path: Path, key: str, need_flip: bool) -> Moments | None:
+def load_entry(path: Path, key: str, need_flip: bool, need_mask: bool = False) -> Moments | None:
     """The stored moments when `path` exists and was written for `key` (with flipped moments
     when needed); None otherwise (missing, stale or unreadable: it is re-encoded)."""
     if not path.is_file():
@@ -93,12 +99,14 @@ def load_entry(path: Path, key: str, need_flip: bool) -> Moments | None:
         with np.load(path, allow_pickle=False) as z:
             if "lorakit_key" not in z.files or str(z["lorakit_key"]) != key:
                 return None
-            if need_flip and "mean_flipped" not in z.files:
+            if (need_flip and "mean_flipped" not in z.files) or (need_mask and "alpha_mask" not in z.files):
                 return None
             m = Moments(torch.from_numpy(z["mean"].astype(np.float32)), torch.from_numpy(z["std"].astype(np.float32)))
             if need_flip:
                 m.mean_flipped = torch.from_numpy(z["mean_flipped"].astype(np.float32))
                 m.std_flipped = torch.from_numpy(z["std_flipped"].astype(np.float32))
+            if need_mask:
+                m.mask = torch.from_numpy(z["alpha_mask"].astype(np.float32))
             return m
     except (OSError, ValueError, KeyError) as e:
         log.warning("%s: unreadable latent cache, re-encoding (%s)", path, e)
@@ -110,6 +118,8 @@ def save_entry(path: Path, key: str, m: Moments) -> None:
     if m.mean_flipped is not None:
         arrays["mean_flipped"] = m.mean_flipped.numpy()
         arrays["std_flipped"] = m.std_flipped.numpy()
+    if m.mask is not None:
+        arrays["alpha_mask"] = m.mask.numpy()
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)

@@ -12,6 +12,16 @@ if TYPE_CHECKING:
 def validate_data_config(cfg: "TrainConfig") -> None:
     """Raise ConfigError for data settings that cannot work together."""
     g = lambda k, d=None: getattr(cfg, k, d)  # noqa: E731
+    if g("masked_loss", False) and not g("alpha_mask", False):
+        raise ConfigError("masked_loss is on but there is no mask: lorakit takes the loss mask from the "
+                          "images' alpha channel (alpha_mask); sd-scripts' conditioning_data_dir masks are "
+                          "not supported", key="masked_loss",
+                          fix="set alpha_mask = true (transparent pixels then do not count in the loss), "
+                              "or remove masked_loss")
+    if g("validation_split", 0.0) and g("validation_data_dir", None):
+        raise ConfigError("validation_split and validation_data_dir are both set", key="validation_split",
+                          fix="hold images out of train_data_dir with validation_split, or give a separate "
+                              "validation_data_dir, not both")
     caching = bool(g("cache_latents", False) or g("cache_latents_to_disk", False))
     pixel_augs = [k for k in ("color_aug", "random_crop") if g(k, False)]
     if caching and pixel_augs:

@@ -1,0 +1,214 @@
+"""Validation loss over held-out images, comparable from one epoch to the next.
+
+The images come from validation_split (held out of training, see
+DatasetIndex.apply_validation_split) or validation_data_dir; each is used once (no
+repeats), unaugmented (no flip, colour or crop; caption prefix/suffix only), its latent
+cached once by :func:`build_validation_set`.
+
+Every image is evaluated at FIXED timesteps, sd-scripts' choice: 4 points evenly inside
+[min_timestep, max_timestep) (np.linspace(lo, hi, 6, dtype=int)[1:-1]; 200, 400, 600, 800
+by default), each with FIXED noise from a seed of (validation_seed, image content,
+timestep). The loss is the training loss (weighted_loss: loss_type, min-SNR and the other
+timestep weights, the alpha mask; the configured noise offset / multires / input
+perturbation drawn from that seed), with the model in eval mode (no dropout) and no
+gradient. The value is the mean over images x timesteps.
+
+:func:`validation_loss` leaves training untouched: every RNG (torch CPU and CUDA, Python,
+numpy, run.generator) and every module's train/eval mode is restored afterwards, so a run
+with validation trains bit-identically to one without.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import torch
+
+from ..data.dataset import Batch, TrainDataset, validation_seed_for
+from ..data.folders import DatasetIndex
+from ..data.latent_cache import file_sha256
+from .loss import target, weighted_loss
+from .noise import NoiseSettings, draw_noise
+
+if TYPE_CHECKING:
+    from ..config.schema import TrainConfig
+    from .setup import Run
+
+NUM_VALIDATION_TIMESTEPS = 4  # sd-scripts' NUM_VALIDATION_TIMESTEPS
+
+
+def validation_enabled(cfg: "TrainConfig") -> bool:
+    return bool(getattr(cfg, "validation_split", 0.0) or getattr(cfg, "validation_data_dir", None))
+
+
+def should_validate(cfg: "TrainConfig", epoch: int) -> bool:
+    """Validation is on and `epoch` (from 1) is a multiple of validate_every_n_epochs (default 1)."""
+    every = getattr(cfg, "validate_every_n_epochs", None) or 1
+    return validation_enabled(cfg) and epoch % every == 0
+
+
+def validation_timesteps(num_train_timesteps: int, min_timestep: int | None = None,
+                         max_timestep: int | None = None, n: int = NUM_VALIDATION_TIMESTEPS) -> list[int]:
+    """n timesteps evenly inside [min, max): linspace(lo, hi, n + 2) without its ends, as ints."""
+    lo = 0 if min_timestep is None else int(min_timestep)
+    hi = num_train_timesteps if max_timestep is None else int(max_timestep)
+    ts = [int(t) for t in np.linspace(lo, hi, n + 2, dtype=int)[1:-1]]
+    return [min(t, num_train_timesteps - 1) for t in ts]
+
+
+def validation_noise_seed(seed: int, image_hash: str, timestep: int) -> int:
+    """The noise seed of one (image, timestep): fixed for the whole run."""
+    d = hashlib.sha256(f"validation:{seed}:{image_hash}:{int(timestep)}".encode()).digest()
+    return int.from_bytes(d[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class ValidationSet:
+    dataset: TrainDataset  # the validation images, repeats 1, no augmentation, latents cached
+    hashes: list[str]      # sha256 of each item's file (its noise seeds)
+    seed: int              # validation_seed (or the run's seed)
+    batch_size: int
+
+    def __len__(self) -> int:
+        return len(self.dataset.items)
+
+    def batches(self) -> Iterator[Batch]:
+        """Fixed batches (bucket by bucket, canonical order); the same every call."""
+        for ids in self.dataset.fixed_batches(self.batch_size):
+            yield self.dataset.make_batch(ids, 1, self.seed)
+
+
+def validation_dataset(cfg: "TrainConfig", index: DatasetIndex) -> TrainDataset | None:
+    """A TrainDataset of index.validation_items (each once), with the training buckets, resolution and
+    alpha_mask but no augmentation and no caption randomness; None when there are no such images."""
+    items = [replace(it, repeats=1) for it in index.validation_items]
+    if not items:
+        return None
+    vcfg = cfg.model_copy(update={
+        "validation_split": 0.0, "validation_data_dir": None, "flip_aug": False, "color_aug": False,
+        "random_crop": False, "shuffle_caption": False, "caption_dropout_rate": 0.0,
+        "caption_dropout_every_n_epochs": 0, "caption_tag_dropout_rate": 0.0})
+    vindex = DatasetIndex(items=items, folders=[], num_train_images=len(items), num_reg_images=0)
+    return TrainDataset.from_config(vcfg, vindex)
+
+
+def build_validation_set(cfg: "TrainConfig", index: DatasetIndex, vae: Any, device: str | torch.device = "cpu",
+                         seed: int | None = None, dtype: torch.dtype = torch.float32) -> ValidationSet | None:
+    """The validation images of `index` (after TrainDataset.from_config / apply_validation), latents
+    encoded once now (from the disk cache with cache_latents_to_disk). None without validation images.
+    seed: the run's seed (validation_seed's default). Touches no global RNG."""
+    ds = validation_dataset(cfg, index)
+    if ds is None:
+        return None
+    vseed = validation_seed_for(cfg, seed)
+    ds.cache_latents(vae.to(device), batch_size=getattr(cfg, "vae_batch_size", 1), device=device, dtype=dtype,
+                     seed=vseed)
+    return ValidationSet(ds, [file_sha256(it.path) for it in ds.items], vseed,
+                         max(1, int(getattr(cfg, "train_batch_size", 1))))
+
+
+# ---- state kept across a validation pass ------------------------------------------------
+
+class _Preserved:
+    """Saves every RNG and the train/eval mode of every module under `roots`; restores them on exit."""
+
+    def __init__(self, roots: list[Any], generator: torch.Generator | None):
+        self.roots, self.generator = [r for r in roots if isinstance(r, torch.nn.Module)], generator
+
+    def __enter__(self) -> "_Preserved":
+        self.modes = [(m, m.training) for r in self.roots for m in r.modules()]
+        self.torch_state = torch.get_rng_state()
+        self.cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self.py_state, self.np_state = random.getstate(), np.random.get_state()
+        self.gen_state = self.generator.get_state() if self.generator is not None else None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for m, training in self.modes:
+            m.training = training
+        torch.set_rng_state(self.torch_state)
+        if self.cuda_state is not None:
+            torch.cuda.set_rng_state_all(self.cuda_state)
+        random.setstate(self.py_state)
+        np.random.set_state(self.np_state)
+        if self.gen_state is not None:
+            self.generator.set_state(self.gen_state)
+
+
+def _optimizer_mode(run: "Run", mode: str) -> None:
+    """Schedule-free optimizers evaluate at their averaged weights (optimizer.eval()/train())."""
+    opt = getattr(run, "optimizer", None)
+    for o in (opt, getattr(opt, "optimizer", None)):
+        fn = getattr(o, mode, None)
+        if callable(fn) and not isinstance(o, torch.nn.Module):
+            fn()
+            return
+
+
+def validation_loss(run: "Run") -> float:
+    """Mean loss over the validation images x fixed timesteps (see the module doc); NaN when there
+    are no validation images. The set is built (latents cached) on the first call, kept in
+    run.validation. Model modes and every RNG are restored, so training does not change."""
+    from ..models.text import encode, tokenize
+
+    vs = getattr(run, "validation", None)
+    if vs is None:
+        vs = build_validation_set(run.cfg, run.index, run.model.vae, run.device, run.seed)
+        run.validation = vs
+    if vs is None or len(vs) == 0:
+        return math.nan
+    cfg, m = run.cfg, run.model
+    sched = m.noise_scheduler
+    num_t = sched.config.num_train_timesteps
+    settings = getattr(run, "noise_settings", None) or NoiseSettings.from_config(cfg)
+    timesteps = validation_timesteps(num_t, settings.min_timestep, settings.max_timestep)
+    scale = m.vae.config.scaling_factor
+    total, count = 0.0, 0
+    with _Preserved([m.unet, m.text_encoder, getattr(run, "network", None)], getattr(run, "generator", None)):
+        for module in (m.unet, m.text_encoder, getattr(run, "network", None)):
+            if isinstance(module, torch.nn.Module):
+                module.eval()
+        _optimizer_mode(run, "eval")
+        try:
+            with torch.no_grad():
+                for batch in vs.batches():
+                    latents = batch.latents.to(run.device).float() * scale
+                    hashes = [vs.hashes[i] for i in batch.item_indices]
+                    ids = tokenize(m.tokenizer, batch.captions, cfg.max_token_length).to(run.device)
+                    with run.accelerator.autocast():
+                        context = encode(m.text_encoder, ids, clip_skip=cfg.clip_skip).to(run.weight_dtype)
+                    for t in timesteps:
+                        seeds = [validation_noise_seed(vs.seed, h, t) for h in hashes]
+                        d = draw_noise(latents, seeds, replace(settings, min_timestep=t, max_timestep=t), num_t)
+                        noisy = sched.add_noise(latents, d.input_noise, d.timesteps)
+                        with run.accelerator.autocast():
+                            pred = m.unet(noisy.to(run.weight_dtype), d.timesteps, context).sample
+                        tgt = target(sched, latents, d.noise, d.timesteps, m.v_parameterization)
+                        losses = weighted_loss(cfg, sched, pred, tgt, d.timesteps, m.v_parameterization,
+                                               sample_weights=batch.loss_weights.to(run.device), mask=batch.masks)
+                        total += float(losses.double().sum().item())
+                        count += len(batch)
+        finally:
+            _optimizer_mode(run, "train")
+    return total / count
+
+
+def maybe_validate(run: "Run", step: int, epoch: int) -> float | None:
+    """The loop's epoch hook: when should_validate(cfg, epoch) and there are validation images,
+    compute validation_loss(run) and emit a "validation" event (loss, images, timesteps).
+    Returns the loss, or None when nothing was computed."""
+    if not should_validate(run.cfg, epoch):
+        return None
+    loss = validation_loss(run)
+    vs = getattr(run, "validation", None)
+    if vs is None or math.isnan(loss):
+        return None
+    settings = getattr(run, "noise_settings", None) or NoiseSettings.from_config(run.cfg)
+    ts = validation_timesteps(run.model.noise_scheduler.config.num_train_timesteps, settings.min_timestep,
+                              settings.max_timestep)
+    run.bus.emit("validation", step, epoch, loss=loss, images=len(vs), timesteps=ts)
+    return loss

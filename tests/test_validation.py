@@ -1,0 +1,182 @@
+"""Validation: the held-out split, validation_data_dir, and a validation loss at fixed noise."""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from lorakit.config.load import load_config
+from lorakit.data import TrainDataset, scan_folders
+from lorakit.data.validate import validate_data_config
+from lorakit.errors import ConfigError
+from lorakit.train.noise import NoiseSettings
+from lorakit.train.plan import plan_for_config
+from lorakit.train import validation as V
+
+torch.set_num_threads(1)
+
+
+def make_folder(root, name, n, size=16):
+    d = root / name
+    d.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (size, size), (i * 20, 10, 0)).save(d / f"img{i:02d}.png")
+        (d / f"img{i:02d}.txt").write_text(f"caption {i}", encoding="utf-8")
+    return root
+
+
+def cfg_for(train, **kw):
+    return load_config(None, [], {"train_data_dir": str(train), "resolution": 64, **kw})
+
+
+def test_split_holds_out_a_fraction_per_folder_reproducibly(tmp_path):
+    train = make_folder(tmp_path / "t", "2_a", 10)
+    make_folder(train, "3_b", 4)
+    reg = make_folder(tmp_path / "r", "1_reg", 30)
+    cfg = cfg_for(train, reg_data_dir=str(reg), validation_split=0.3, seed=5)
+    index = scan_folders(train, reg)
+    ds = TrainDataset.from_config(cfg, index)
+    # floor(10 * 0.3) = 3 and floor(4 * 0.3) = 1 held out; train: 7 x 2 + 3 x 3 = 23, reg balanced to 23
+    assert len(index.validation_items) == 4 and all(it.repeats == 1 for it in index.validation_items)
+    assert (index.num_train_images, index.num_reg_samples, len(ds)) == (23, 23, 46)
+    assert [f.images for f in index.folders] == [7, 3, 30]
+    held = {it.path for it in index.validation_items}
+    assert held.isdisjoint({it.path for it in ds.items}) and len(held) == 4
+    assert any("validation: 4 images held out" in line for line in index.describe())
+    # the same seed gives the same images; validation_seed defaults to the run seed
+    again = scan_folders(train, reg, validation_split=0.3, validation_seed=5)
+    assert [it.path for it in again.validation_items] == [it.path for it in index.validation_items]
+    other = TrainDataset.from_config(cfg.model_copy(update={"validation_seed": 6}), scan_folders(train, reg))
+    assert {it.path for it in other.index.validation_items} != {it.path for it in index.validation_items}
+    # idempotent, and the plan sees the same numbers
+    TrainDataset.from_config(cfg, index)
+    assert len(index.validation_items) == 4 and index.num_train_images == 23
+    r = plan_for_config(cfg)
+    assert (r.num_train_images, r.plan.samples_per_epoch) == (23, 46)
+    assert any(line.startswith("validation: 4 images") for line in r.folder_lines)
+    # split 0 gives back the whole folder
+    index.apply_validation_split(0.0, 5)
+    assert (len(index.validation_items), index.num_train_images) == (0, 32)
+
+
+def test_too_small_folders_hold_nothing_out(tmp_path):
+    train = make_folder(tmp_path / "t", "5_a", 3)
+    index = scan_folders(train, validation_split=0.25, validation_seed=0)
+    assert index.validation_items == [] and index.num_train_images == 15
+    assert any("holds out no image" in w for w in index.warnings)
+
+
+def test_validation_data_dir_and_contradictions(tmp_path):
+    train = make_folder(tmp_path / "t", "2_a", 3)
+    val = make_folder(tmp_path / "v", "7_val", 2)
+    cfg = cfg_for(train, validation_data_dir=str(val))
+    index = scan_folders(train)
+    ds = TrainDataset.from_config(cfg, index)
+    assert len(ds) == 6 and [it.repeats for it in index.validation_items] == [1, 1]
+    assert index.validation_source == "validation_data_dir"
+    with pytest.raises(ConfigError) as e:
+        validate_data_config(cfg.model_copy(update={"validation_split": 0.5}))
+    assert e.value.key == "validation_split"
+    with pytest.raises(Exception) as e2:
+        TrainDataset.from_config(cfg.model_copy(update={"validation_data_dir": str(tmp_path / "nope")}),
+                                 scan_folders(train))
+    assert getattr(e2.value, "key", None) == "validation_data_dir"
+    assert V.should_validate(cfg, 1) and V.should_validate(cfg.model_copy(update={"validate_every_n_epochs": 2}), 4)
+    assert not V.should_validate(cfg.model_copy(update={"validate_every_n_epochs": 2}), 3)
+    assert not V.should_validate(cfg_for(train), 1)
+
+
+def test_timesteps_follow_sd_scripts():
+    assert V.validation_timesteps(1000) == [200, 400, 600, 800]
+    assert V.validation_timesteps(1000, 100, 600) == [200, 300, 400, 500]
+
+
+class ZeroUNet(torch.nn.Module):
+    """Predicts 0: the l2 loss is then the mean of the target squared."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen_training = []
+
+    def forward(self, x, t, context):
+        self.seen_training.append(self.training)
+        return SimpleNamespace(sample=torch.zeros_like(x) * self.w)
+
+
+def test_validation_loss_is_the_training_loss_at_fixed_noise(tmp_path, tiny_components):
+    from lorakit.data.latent_cache import file_sha256
+    from lorakit.train.loss import min_snr_weight, snr
+
+    train = make_folder(tmp_path / "t", "1_a", 4, size=64)
+    comps = tiny_components()
+    cfg = cfg_for(train, validation_split=0.5, seed=3, min_snr_gamma=5.0, train_batch_size=3)
+    index = scan_folders(train)
+    TrainDataset.from_config(cfg, index)
+    unet = ZeroUNet().train()
+    model = SimpleNamespace(unet=unet, text_encoder=comps["text_encoder"].train(), vae=comps["vae"],
+                            tokenizer=comps["tokenizer"], noise_scheduler=comps["scheduler"], v_parameterization=False)
+    run = SimpleNamespace(cfg=cfg, model=model, index=index, device=torch.device("cpu"), seed=3,
+                          accelerator=SimpleNamespace(autocast=nullcontext), weight_dtype=torch.float32,
+                          noise_settings=NoiseSettings.from_config(cfg), network=None,
+                          generator=torch.Generator().manual_seed(1), bus=SimpleNamespace(emit=lambda *a, **k: None))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    loss = V.validation_loss(run)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert unet.training and comps["text_encoder"].training  # modes restored
+    assert unet.seen_training == [False] * 4  # eval during validation: 1 batch x 4 timesteps
+    # by hand: target = noise (eps), loss = mean(noise^2) * min(snr, 5) / snr, mean over 2 images x 4 t
+    vs = run.validation
+    assert len(vs) == 2
+    abar = comps["scheduler"].alphas_cumprod
+    expect = []
+    for it, lat in zip(vs.dataset.items, vs.dataset._latents):
+        for t in [200, 400, 600, 800]:
+            g = torch.Generator().manual_seed(V.validation_noise_seed(3, file_sha256(it.path), t))
+            noise = torch.randn(lat.shape, generator=g)
+            w = min_snr_weight(snr(abar, torch.tensor([t])), 5.0, False).item()
+            expect.append(noise.pow(2).mean().item() * w)
+    assert loss == pytest.approx(sum(expect) / 8, rel=1e-6)
+    assert V.validation_loss(run) == loss  # fixed noise: the same value every epoch
+    assert min(expect) < max(expect) and not math.isnan(loss)
+
+
+def test_training_is_bit_identical_with_validation(tiny_model_dir, tmp_path, monkeypatch):
+    from lorakit.demo import make_synthetic_dataset
+    from lorakit.train import hooks
+    from lorakit.train.loop import train
+
+    data = make_synthetic_dataset(tmp_path / "data", n_images=4, repeats=1)
+    base = {"pretrained_model_name_or_path": str(tiny_model_dir), "train_data_dir": str(data),
+            "resolution": 64, "network_dim": 4, "learning_rate": 1e-2, "seed": 7, "save_precision": "float",
+            "max_train_epochs": 3, "validation_split": 0.25, "network_dropout": 0.1}
+
+    def run(out, validate):
+        rows, vals = [], []
+        if validate:
+            orig = hooks.RunHooks.after_epoch
+
+            def after_epoch(self, step, epoch):
+                orig(self, step, epoch)
+                vals.append(V.maybe_validate(self.run, step, epoch))
+            monkeypatch.setattr(hooks.RunHooks, "after_epoch", after_epoch)
+        cfg = load_config(None, [], {**base, "output_dir": str(tmp_path / out)})
+        res = train(cfg, [lambda ev: rows.append((ev.kind, ev.data.get("loss")))
+                          if ev.kind in ("step", "validation") else None], overwrite=True)
+        monkeypatch.undo()
+        return res, rows, vals
+
+    res0, rows0, _ = run("plain", False)
+    res1, rows1, vals = run("val", True)
+    steps0 = [loss for k, loss in rows0 if k == "step"]
+    steps1 = [loss for k, loss in rows1 if k == "step"]
+    assert len(steps0) == 9 and steps1 == steps0  # 3 train images x 3 epochs, batch 1
+    assert [k for k, _ in rows1].count("validation") == 3 and all(math.isfinite(v) for v in vals)
+    a, b = load_file(res0.output_file), load_file(res1.output_file)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
