@@ -11,6 +11,12 @@ parameter, subclasses of the reference classes), chosen with optimizer_args
 implementation="fast". The reference packages stay the default: on CPU the foreach
 versions measured 0.71-0.95x the reference speed (bench/RESULTS.md) and their GPU gain
 is not measured yet. resolve_optimizer and ss_optimizer always name the reference class.
+
+Schedule-free optimizers (AdamWScheduleFree, RAdamScheduleFree, SGDScheduleFree,
+ProdigyPlusScheduleFree) take their steps on a training iterate and evaluate an average:
+the loop calls train_mode(opt) before the first step (and after loading a state) and
+wraps saves, samples and validation in `with eval_mode(opt):` (optim/schedulefree.py).
+build_optimizer already leaves them in train mode, as kohya does.
 """
 from __future__ import annotations
 
@@ -23,6 +29,10 @@ import torch
 from ..config.schema import TrainConfig
 from ..errors import ConfigError
 from .groupscale import SCALABLE, is_adaptive, scaled_class
+from .schedulefree import eval_mode, in_train_mode, schedule_free_warnings, train_mode
+
+__all__ = ["OPTIMIZERS", "Spec", "build_optimizer", "describe_optimizer", "eval_mode", "in_train_mode",
+           "optimizer_kwargs", "optimizer_warnings", "resolve_optimizer", "train_mode"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class Spec:
 
 _BNB = dict(package="bitsandbytes", needs_cuda=True)
 _FP, _FD = "lorakit.optim.fast_prodigy", "lorakit.optim.fast_dadapt"
+_SF = dict(package="schedulefree")
 
 # lower-case kohya name -> where the class lives
 OPTIMIZERS: dict[str, Spec] = {
@@ -62,6 +73,12 @@ OPTIMIZERS: dict[str, Spec] = {
     "dadaptadanip": Spec("dadaptation.experimental", "DAdaptAdanIP"),
     "dadaptlion": Spec("dadaptation", "DAdaptLion", fast=_FD + ".DAdaptLion"),
     "dadaptsgd": Spec("dadaptation", "DAdaptSGD"),
+    # schedule-free (kohya passes no defaults); kohya reaches ProdigyPlusScheduleFree by its
+    # dotted path prodigyplus.ProdigyPlusScheduleFree, which resolves to the same class
+    "adamwschedulefree": Spec("schedulefree", "AdamWScheduleFree", **_SF),
+    "radamschedulefree": Spec("schedulefree", "RAdamScheduleFree", **_SF),
+    "sgdschedulefree": Spec("schedulefree", "SGDScheduleFree", **_SF),
+    "prodigyplusschedulefree": Spec("prodigyplus", "ProdigyPlusScheduleFree", package="prodigy-plus-schedule-free"),
 }
 
 
@@ -142,6 +159,8 @@ def optimizer_warnings(cfg: TrainConfig, param_groups: list[dict[str, Any]]) -> 
     if adafactor_relative_step(cfg) and len(set(lrs)) > 1:
         out.append("Adafactor with relative_step=True computes its own lr: unet_lr and text_encoder_lr are "
                    "ignored (set optimizer_args relative_step=False to use them)")
+    out += schedule_free_warnings(cfg.optimizer_type, cls, optimizer_kwargs(cfg, spec), lrs, cfg.lr_scheduler,
+                                  cfg.lr_scheduler_type, cfg.lr_warmup_steps, cfg.max_grad_norm)
     return out
 
 
@@ -173,6 +192,7 @@ def build_optimizer(cfg: TrainConfig, param_groups: list[dict[str, Any]]) -> tor
     except ValueError as e:
         raise ConfigError(f"{cfg.optimizer_type}: {e}", key="optimizer_args", fix="check the values") from None
     opt.lorakit_config = cfg  # type: ignore[attr-defined]  # read by build_scheduler (lr_scheduler_type)
+    train_mode(opt)  # schedule-free: ready to step (kohya does the same); a no-op for the others
     return opt
 
 
