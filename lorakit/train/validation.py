@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -139,22 +140,21 @@ class _Preserved:
             self.generator.set_state(self.gen_state)
 
 
-def _optimizer_mode(run: "Run", mode: str) -> None:
-    """Schedule-free optimizers evaluate at their averaged weights (optimizer.eval()/train())."""
+def _optimizer_eval(run: "Run"):
+    """Schedule-free optimizers validate at their averaged weights (optim.schedulefree.eval_mode,
+    which restores the previous mode after; nesting is safe); a no-op for the others."""
     opt = getattr(run, "optimizer", None)
-    for o in (opt, getattr(opt, "optimizer", None)):
-        fn = getattr(o, mode, None)
-        if callable(fn) and not isinstance(o, torch.nn.Module):
-            fn()
-            return
+    try:
+        from ..optim.schedulefree import eval_mode
+    except ImportError:  # pragma: no cover - older tree without schedule-free support
+        return nullcontext()
+    return eval_mode(opt) if opt is not None else nullcontext()
 
 
 def validation_loss(run: "Run") -> float:
     """Mean loss over the validation images x fixed timesteps (see the module doc); NaN when there
     are no validation images. The set is built (latents cached) on the first call, kept in
     run.validation. Model modes and every RNG are restored, so training does not change."""
-    from ..models.text import encode, tokenize
-
     vs = getattr(run, "validation", None)
     if vs is None:
         vs = build_validation_set(run.cfg, run.index, run.model.vae, run.device, run.seed)
@@ -162,39 +162,46 @@ def validation_loss(run: "Run") -> float:
     if vs is None or len(vs) == 0:
         return math.nan
     cfg, m = run.cfg, run.model
-    sched = m.noise_scheduler
-    num_t = sched.config.num_train_timesteps
     settings = getattr(run, "noise_settings", None) or NoiseSettings.from_config(cfg)
-    timesteps = validation_timesteps(num_t, settings.min_timestep, settings.max_timestep)
-    scale = m.vae.config.scaling_factor
+    timesteps = validation_timesteps(m.noise_scheduler.config.num_train_timesteps, settings.min_timestep,
+                                     settings.max_timestep)
     total, count = 0.0, 0
     with _Preserved([m.unet, m.text_encoder, getattr(run, "network", None)], getattr(run, "generator", None)):
         for module in (m.unet, m.text_encoder, getattr(run, "network", None)):
             if isinstance(module, torch.nn.Module):
                 module.eval()
-        _optimizer_mode(run, "eval")
-        try:
-            with torch.no_grad():
-                for batch in vs.batches():
-                    latents = batch.latents.to(run.device).float() * scale
-                    hashes = [vs.hashes[i] for i in batch.item_indices]
-                    ids = tokenize(m.tokenizer, batch.captions, cfg.max_token_length).to(run.device)
-                    with run.accelerator.autocast():
-                        context = encode(m.text_encoder, ids, clip_skip=cfg.clip_skip).to(run.weight_dtype)
-                    for t in timesteps:
-                        seeds = [validation_noise_seed(vs.seed, h, t) for h in hashes]
-                        d = draw_noise(latents, seeds, replace(settings, min_timestep=t, max_timestep=t), num_t)
-                        noisy = sched.add_noise(latents, d.input_noise, d.timesteps)
-                        with run.accelerator.autocast():
-                            pred = m.unet(noisy.to(run.weight_dtype), d.timesteps, context).sample
-                        tgt = target(sched, latents, d.noise, d.timesteps, m.v_parameterization)
-                        losses = weighted_loss(cfg, sched, pred, tgt, d.timesteps, m.v_parameterization,
-                                               sample_weights=batch.loss_weights.to(run.device), mask=batch.masks)
-                        total += float(losses.double().sum().item())
-                        count += len(batch)
-        finally:
-            _optimizer_mode(run, "train")
+        with _optimizer_eval(run), torch.no_grad():
+            for batch in vs.batches():
+                total += _batch_loss_sum(run, vs, batch, timesteps, settings)
+                count += len(batch) * len(timesteps)
     return total / count
+
+
+def _batch_loss_sum(run: "Run", vs: ValidationSet, batch: Batch, timesteps: list[int],
+                    settings: NoiseSettings) -> float:
+    """Sum over the batch's images x `timesteps` of the per-sample training loss (weighted_loss)."""
+    from ..models.text import encode, tokenize
+
+    cfg, m = run.cfg, run.model
+    sched = m.noise_scheduler
+    num_t = sched.config.num_train_timesteps
+    latents = batch.latents.to(run.device).float() * m.vae.config.scaling_factor
+    hashes = [vs.hashes[i] for i in batch.item_indices]
+    ids = tokenize(m.tokenizer, batch.captions, cfg.max_token_length).to(run.device)
+    with run.accelerator.autocast():  # the captions are encoded once for every timestep
+        context = encode(m.text_encoder, ids, clip_skip=cfg.clip_skip).to(run.weight_dtype)
+    total = 0.0
+    for t in timesteps:
+        seeds = [validation_noise_seed(vs.seed, h, t) for h in hashes]
+        d = draw_noise(latents, seeds, replace(settings, min_timestep=t, max_timestep=t), num_t)
+        noisy = sched.add_noise(latents, d.input_noise, d.timesteps)
+        with run.accelerator.autocast():
+            pred = m.unet(noisy.to(run.weight_dtype), d.timesteps, context).sample
+        tgt = target(sched, latents, d.noise, d.timesteps, m.v_parameterization)
+        losses = weighted_loss(cfg, sched, pred, tgt, d.timesteps, m.v_parameterization,
+                               sample_weights=batch.loss_weights.to(run.device), mask=batch.masks)
+        total += float(losses.double().sum().item())
+    return total
 
 
 def maybe_validate(run: "Run", step: int, epoch: int) -> float | None:
