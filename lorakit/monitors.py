@@ -44,6 +44,10 @@ class MetricsJsonl:
         elif ev.kind == "warning":
             self.fh.write(json.dumps({"warning": ev.data["message"], "step": ev.step}) + "\n")
             self.fh.flush()
+        elif ev.kind == "validation":
+            self.fh.write(json.dumps({"validation_loss": ev.data["loss"], "epoch": ev.epoch, "step": ev.step,
+                                      "validation_images": ev.data["images"]}) + "\n")
+            self.fh.flush()
         elif ev.kind == "end":
             self.fh.close()
 
@@ -92,6 +96,8 @@ class TensorBoard:
                 w.add_scalar(k, v, ev.step)
         elif ev.kind == "epoch":
             w.add_scalar("loss/epoch", ev.data["loss"], ev.epoch)
+        elif ev.kind == "validation":
+            w.add_scalar("loss/validation/epoch_average", ev.data["loss"], ev.epoch)
         elif ev.kind == "sample":
             import numpy as np
 
@@ -127,6 +133,9 @@ class ProgressBar:
             self.bar.update(1)
         elif ev.kind == "epoch" and self.bar is not None:
             self.bar.write(f"epoch {ev.epoch}: mean loss {ev.data['loss']:.4f} (step {ev.step})", file=self.stream)
+        elif ev.kind == "validation" and self.bar is not None:
+            self.bar.write(f"epoch {ev.epoch}: validation loss {ev.data['loss']:.4f} over {ev.data['images']} "
+                           "image(s)", file=self.stream)
         elif ev.kind == "sample" and self.bar is not None:
             self.bar.write(f"sampled {len(ev.data['paths'])} image(s) into {Path(ev.data['paths'][0]).parent}"
                            if ev.data["paths"] else "sampled nothing", file=self.stream)

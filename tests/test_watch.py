@@ -172,3 +172,20 @@ def test_dlr_includes_prodigy_bias_correction_when_enabled():
                                                                                                          abs=1e-5)
     assert bias_correction({"use_bias_correction": False, "betas": (0.9, 0.99), "k": 3}) == 1.0
     assert bias_correction({"lr": 1.0}) == 1.0  # DAdaptation groups without the option
+
+
+def test_validation_loss_logged_per_epoch(tiny_model_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = make_synthetic_dataset(tmp_path / "d", n_images=4, repeats=1)
+    out = tmp_path / "run"
+    cfg = cfg_for(tiny_model_dir, data, out, max_train_epochs=2, max_train_steps=None, validation_split=0.25)
+    train(cfg, [MetricsJsonl(out / "metrics.jsonl"), TensorBoard(out / "logs")])
+    rows = [json.loads(x) for x in open(out / "metrics.jsonl")]
+    val = [r for r in rows if "validation_loss" in r]
+    assert [(r["epoch"], r["validation_images"]) for r in val] == [(1, 1), (2, 1)]
+    assert len([r for r in rows if "loss" in r]) == 6  # 3 training images per epoch, batch 1
+    acc = EventAccumulator(str(out / "logs"))
+    acc.Reload()
+    tb = [e.value for e in acc.Scalars("loss/validation/epoch_average")]
+    assert tb == pytest.approx([r["validation_loss"] for r in val], rel=1e-6)

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..optim.optimizers import eval_mode
 from .save import save_adapter
 from .spike import DlrSpikeDetector
 from .state import save_state
@@ -29,9 +30,11 @@ class RunHooks:
         if not self.prompts:
             return
         cfg, run = self.run.cfg, self.run
-        written = sample_prompts(run.model, self.prompts, run.output_dir / "sample", cfg.output_name,
-                                 epoch=epoch, step=step, sampler=cfg.sample_sampler,
-                                 max_token_length=cfg.max_token_length, clip_skip=cfg.clip_skip, base_seed=run.seed)
+        with eval_mode(run.optimizer):  # schedule-free optimizers: sample the evaluated weights
+            written = sample_prompts(run.model, self.prompts, run.output_dir / "sample", cfg.output_name,
+                                     epoch=epoch, step=step, sampler=cfg.sample_sampler,
+                                     max_token_length=cfg.max_token_length, clip_skip=cfg.clip_skip,
+                                     base_seed=run.seed)
         run.bus.emit("sample", step, epoch or 0, paths=[str(p) for p, _ in written],
                      images=[img for _, img in written])
 

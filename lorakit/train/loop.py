@@ -17,6 +17,7 @@ from .noise import draw_noise
 from .hooks import RunHooks
 from .save import save_adapter
 from .setup import Run, setup_run
+from .validation import maybe_validate
 from .state import Diverged, Progress, check_resume_config, find_state, load_state, save_state
 
 
@@ -182,6 +183,7 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
             if done == n_groups:  # a whole epoch, not a resume that started at its end
                 bus.emit("epoch", step, epoch, loss=sum(epoch_losses) / max(1, len(epoch_losses)))
                 hooks.after_epoch(step, epoch)
+                maybe_validate(run, step, epoch)  # held-out images at fixed timesteps and noise
             if stop:
                 break
     except Diverged as e:
@@ -214,16 +216,20 @@ def peak_memory_mb(device: torch.device) -> float:
 def dlr_values(run: Run, lrs: dict[str, float]) -> dict[str, float]:
     """d * lr per group for Prodigy / DAdaptation: d as this step updated it, times this step's lr,
     times Prodigy's bias correction sqrt(1 - beta2^k) / (1 - beta1^k) when use_bias_correction is on."""
+    import prodigyopt
+
+    inner = getattr(run.optimizer, "optimizer", run.optimizer)
+    prodigy = isinstance(inner, prodigyopt.Prodigy)  # also lorakit's foreach and group-scaled Prodigy
     out = {}
     for i, g in enumerate(run.optimizer.param_groups):
         if "d" in g:
             name = g.get("name", str(i))
-            out[name] = float(g["d"]) * lrs[name] * bias_correction(g)
+            out[name] = float(g["d"]) * lrs[name] * bias_correction(g, prodigy)
     return out
 
 
-def bias_correction(group: dict) -> float:
-    if not group.get("use_bias_correction") or "betas" not in group:
+def bias_correction(group: dict, prodigy: bool = True) -> float:
+    if not prodigy or not group.get("use_bias_correction") or "betas" not in group:
         return 1.0
     k = max(1, int(float(group.get("k", 1))))  # the step just taken (Prodigy counts k after it)
     beta1, beta2 = group["betas"][0], group["betas"][1]

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..optim.optimizers import describe_optimizer
+from ..optim.optimizers import describe_optimizer, eval_mode
 from .setup import DTYPES
 
 if TYPE_CHECKING:
@@ -114,6 +114,11 @@ def build_metadata(run: "Run", step: int, epoch: int) -> dict[str, str]:
         "ss_sd_model_name": Path(cfg.pretrained_model_name_or_path).name,
         "ss_sd_model_hash": legacy,
         "ss_new_sd_model_hash": full,
+        "ss_num_validation_images": str(len(getattr(index, "validation_items", []) or [])),
+        "ss_validation_split": str(cfg.validation_split),
+        "ss_validation_seed": str(cfg.validation_seed),
+        "ss_validate_every_n_epochs": str(cfg.validate_every_n_epochs),
+        "ss_alpha_mask": str(cfg.alpha_mask),
         "ss_steps": str(step),
         "ss_epoch": str(epoch),
         "modelspec.sai_model_spec": "1.0.0",
@@ -133,7 +138,8 @@ def save_adapter(run: "Run", step: int, epoch: int, name: str) -> Path:
     path = run.output_dir / f"{name}.safetensors"
     if not run.accelerator.is_main_process:
         return path
-    tensors = run.network.state_dict_to_save(DTYPES[run.cfg.save_precision])
+    with eval_mode(run.optimizer):  # schedule-free optimizers: save the evaluated weights
+        tensors = run.network.state_dict_to_save(DTYPES[run.cfg.save_precision])
     # preflight refused existing files unless --overwrite; files of this run replace each other
     save_adapter_file(path, tensors, build_metadata(run, step, epoch), overwrite=True)
     run.bus.emit("save", step, epoch, path=str(path))

@@ -129,7 +129,7 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False) -> Run:
     for module in (m.unet, m.text_encoder, m.vae):
         module.requires_grad_(False)
         module.eval()
-    run.dataset = TrainDataset.from_config(cfg, index)
+    run.dataset = TrainDataset.from_config(cfg, index, seed=seed)
     if cfg.cache_latents or cfg.cache_latents_to_disk:  # disk caching implies caching, as kohya
         run.dataset.cache_latents(m.vae.to(run.device), batch_size=cfg.vae_batch_size, device=run.device,
                                   dtype=torch.float32, seed=seed)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config.schema import TrainConfig
 from ..errors import ConfigError, UserError
+from ..optim.optimizers import eval_mode, train_mode
 
 if TYPE_CHECKING:
     from .setup import Run
@@ -70,12 +71,13 @@ def save_state(run: "Run", name: str) -> Path:
     tmp = run.output_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in run.network.state_dict().items()}
-    save_file(tensors, str(tmp / "adapter.safetensors"))
-    torch.save({"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-               tmp / "optimizer.pt")
+    with eval_mode(run.optimizer):  # adapter and optimizer state saved in the same mode (schedule-free)
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in run.network.state_dict().items()}
+        save_file(tensors, str(tmp / "adapter.safetensors"))
+        torch.save({"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                   tmp / "optimizer.pt")
     np_state = np.random.get_state()
     progress = getattr(run, "progress", Progress())
     meta = {"progress": asdict(progress), "seed": run.seed, "config": _config_dict(run.cfg),
@@ -143,5 +145,6 @@ def load_state(run: "Run", state_dir: Path) -> Progress:
     random.setstate((version, tuple(internal), gauss))
     ns = meta["numpy_state"]
     np.random.set_state((ns[0], np.array(ns[1], dtype=np.uint32), *ns[2:]))
+    train_mode(run.optimizer)  # the state was saved in eval mode (schedule-free optimizers)
     run.progress = Progress(**meta["progress"])
     return run.progress

@@ -141,13 +141,11 @@ class _Preserved:
 
 
 def _optimizer_eval(run: "Run"):
-    """Schedule-free optimizers validate at their averaged weights (optim.schedulefree.eval_mode,
-    which restores the previous mode after; nesting is safe); a no-op for the others."""
+    """Schedule-free optimizers validate at their averaged weights (eval_mode restores the previous
+    mode after; nesting is safe); a no-op for the others."""
+    from ..optim.optimizers import eval_mode
+
     opt = getattr(run, "optimizer", None)
-    try:
-        from ..optim.schedulefree import eval_mode
-    except ImportError:  # pragma: no cover - older tree without schedule-free support
-        return nullcontext()
     return eval_mode(opt) if opt is not None else nullcontext()
 
 
