@@ -9,30 +9,34 @@ from lorakit.adapters.lokr import LoKrModule
 from lorakit.adapters.network import create_network
 from lorakit.errors import ConfigError
 
+# DoRA options of LoCon/LoHa/LoKr (dora.py), defaults
+WD = {"dora_wd": False, "wd_on_output": False}
+WD_STR = {"dora_wd": "False", "wd_on_output": "False"}
+
 
 
 def test_kohya_strings_parsed_to_the_default_types():
     got = validate_network_args(LoKrModule, {"factor": "4", "decompose_both": "True", "use_tucker": "false"})
-    assert got == {"factor": 4, "decompose_both": True, "use_tucker": False}
+    assert got == {"factor": 4, "decompose_both": True, "use_tucker": False, **WD}
     assert type(got["factor"]) is int
     assert validate_network_args(LoKrModule, {"factor": "8.0", "decompose_both": "0"}) == \
-        {"factor": 8, "decompose_both": False, "use_tucker": False}
+        {"factor": 8, "decompose_both": False, "use_tucker": False, **WD}
     assert validate_network_args(LoKrModule, {"factor": -1, "decompose_both": True}) == \
-        {"factor": -1, "decompose_both": True, "use_tucker": False}
-    assert validate_network_args(LoKrModule, None) == {"factor": -1, "decompose_both": False, "use_tucker": False}
+        {"factor": -1, "decompose_both": True, "use_tucker": False, **WD}
+    assert validate_network_args(LoKrModule, None) == {"factor": -1, "decompose_both": False, "use_tucker": False, **WD}
 
 
 def test_use_cp_is_an_alias_that_overwrites_use_tucker():
     assert validate_network_args(LoKrModule, {"use_cp": "True"})["use_tucker"] is True
     # LyCORIS: the deprecated name wins when both are given, in either order
-    assert validate_network_args(LoKrModule, {"use_cp": "False", "use_tucker": "True"})["use_tucker"] is False
+    assert validate_network_args(LoKrModule, {"use_cp": "False", "use_tucker": "True", **WD_STR})["use_tucker"] is False
     assert validate_network_args(LoKrModule, {"use_tucker": True, "use_cp": False})["use_tucker"] is False
 
 
 @pytest.mark.parametrize("args, msg, fix", [
     ({"facto": 4}, "'facto' is not an option of lokr", "did you mean 'factor'?"),
     ({"decompose_bth": True}, "not an option", "did you mean 'decompose_both'?"),
-    ({"zzz": 1}, "'zzz' is not an option", "lokr accepts: decompose_both, factor, use_cp, use_tucker"),
+    ({"zzz": 1}, "'zzz' is not an option", "lokr accepts: decompose_both, dora_wd, factor, use_cp, use_tucker, wd_on_output"),
     ({"factor": "four"}, "not an integer", "factor=-1"),
     ({"factor": "2.5"}, "not an integer", "factor=-1"),
     ({"decompose_both": "maybe"}, "not a boolean", "decompose_both=False"),
@@ -49,7 +53,7 @@ def test_bad_network_args_are_config_errors(args, msg, fix):
 
 def test_lora_accepts_no_network_args():
     with pytest.raises(ConfigError) as e:
-        create_network(cfg(network_args={"use_tucker": True}), *tiny_models())
+        create_network(cfg(network_args={"use_tucker": True, **WD}), *tiny_models())
     assert "lora accepts: none" in e.value.fix
 
 
@@ -58,7 +62,7 @@ def test_validated_args_reach_every_module():
     net = create_network(cfg(network_type="lokr", network_args={"factor": "4", "decompose_both": "true"}),
                          unet, te)
     assert len(net) == 91
-    assert all(m.args == {"factor": 4, "decompose_both": True, "use_tucker": False} for m in net.all_modules())
+    assert all(m.args == {"factor": 4, "decompose_both": True, "use_tucker": False, **WD} for m in net.all_modules())
     m = net.unet_modules["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"]
     assert m.shapes == ((4, 8), (4, 8))  # 32 = 4 x 8 with factor 4
 
@@ -69,12 +73,12 @@ def test_ss_network_args_as_lycoris_writes_them():
     assert net.network_module_name == "lycoris.kohya"
     # LyCORIS defaults: conv_dim = network_dim, conv_alpha = network_alpha
     assert net.network_args == {"algo": "loha", "conv_dim": "8", "conv_alpha": "4", "rank_dropout": "0.1",
-                                "use_tucker": "False"}
+                                "use_tucker": "False", **WD_STR}
     assert all(isinstance(v, str) for v in net.network_args.values())
     net = create_network(cfg(network_type="lokr", network_dim=4, network_alpha=1.0, conv_dim=2, conv_alpha=0.5,
                              network_args={"use_cp": "True", "factor": "8"}), *tiny_models())
     assert net.network_args == {"algo": "lokr", "conv_dim": "2", "conv_alpha": "0.5", "factor": "8",
-                                "decompose_both": "False", "use_tucker": "True"}
+                                "decompose_both": "False", "use_tucker": "True", **WD_STR}
     assert net.network_module_name == "lycoris.kohya"
 
 
@@ -93,5 +97,5 @@ def test_kohya_gui_lokr_json_builds(tmp_path):
     values = {k: v for k, v in res.values.items() if k in cfg().model_fields}
     net = create_network(cfg(**values), *tiny_models())
     m = net.unet_modules["lora_unet_down_blocks_0_resnets_0_conv1"]
-    assert m.args == {"factor": -1, "decompose_both": False, "use_tucker": True}
+    assert m.args == {"factor": -1, "decompose_both": False, "use_tucker": True, **WD}
     assert (m.dim, float(m.alpha)) == (8, 8.0)

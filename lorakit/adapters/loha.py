@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterModule, fmt_arg
+from .dora import DORA_ARGS, check_dora_tensors, decomposed_delta, init_dora
 from .registry import register
 
 
@@ -41,6 +42,10 @@ class MergedOpModule(AdapterModule):
     LYCORIS_CONV_DEFAULTS = True
 
     network_module = "lycoris.kohya"
+
+    def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
+        super().__init__(name, org, dim, alpha, **kw)
+        init_dora(self)  # dora_wd: a trained magnitude dora_scale (dora.py)
 
     @classmethod
     def network_args(cls, cfg: Any) -> dict[str, str]:
@@ -68,7 +73,23 @@ class MergedOpModule(AdapterModule):
         dw = self.delta_weight(train=active)
         if active and self.dropout:
             dw = F.dropout(dw, p=self.dropout, training=True)
-        return dw
+        return decomposed_delta(self, dw) if self.wd else dw
+
+    @torch.no_grad()
+    def merge(self, multiplier: Optional[float] = None) -> None:
+        m = self.multiplier if multiplier is None else multiplier
+        w = self.org.weight
+        dw = self.delta_weight().float()
+        if self.wd:
+            dw = decomposed_delta(self, dw)
+        w.copy_((w.float() + m * dw.to(w.device)).to(w.dtype))
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        check_dora_tensors(self, tensors)
+        super().load_tensors(tensors)
+
+    def dora_tensors(self) -> dict[str, torch.Tensor]:
+        return {"dora_scale": self.dora_scale} if self.wd else {}
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self._org_forward is None:
@@ -98,7 +119,7 @@ def _normal_(t: torch.Tensor, std: float) -> None:
 
 @register("loha")
 class LoHaModule(MergedOpModule):
-    ARGS = {"use_tucker": False}
+    ARGS = {"use_tucker": False, **DORA_ARGS}
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
@@ -159,6 +180,7 @@ class LoHaModule(MergedOpModule):
                "hada_w2_a": self.hada_w2_a, "hada_w2_b": self.hada_w2_b}
         if self.tucker:
             out.update(hada_t1=self.hada_t1, hada_t2=self.hada_t2)
+        out.update(self.dora_tensors())
         out["alpha"] = self.alpha
         return out
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .base import kaiming_down_
+from .dora import DORA_ARGS
 from .loha import MergedOpModule
 from .registry import register
 
@@ -59,7 +60,7 @@ def _kaiming_(t: torch.Tensor) -> None:
 
 @register("lokr")
 class LoKrModule(MergedOpModule):
-    ARGS = {"factor": -1, "decompose_both": False, "use_tucker": False}
+    ARGS = {"factor": -1, "decompose_both": False, "use_tucker": False, **DORA_ARGS}
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
@@ -163,6 +164,7 @@ class LoKrModule(MergedOpModule):
             out.update(lokr_w2_a=self.lokr_w2_a, lokr_w2_b=self.lokr_w2_b)
             if self.tucker:
                 out["lokr_t2"] = self.lokr_t2
+        out.update(self.dora_tensors())
         out["alpha"] = self.alpha
         return out
 

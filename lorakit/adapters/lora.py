@@ -16,9 +16,11 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import CONV3X3, AdapterModule, kaiming_down_
+from .dora import DORA_ARGS, check_dora_tensors, decomposed_delta, init_dora
 from .registry import register
 
 
@@ -48,8 +50,9 @@ class LoRAModule(AdapterModule):
         h, factor = self.rank_dropouts(h)
         return self.lora_up(h) * (self.scale * factor)
 
-    def delta_weight(self) -> torch.Tensor:
-        up, down = self.lora_up.weight, self.lora_down.weight
+    def delta_weight(self, up: Optional[torch.Tensor] = None) -> torch.Tensor:
+        up = self.lora_up.weight if up is None else up
+        down = self.lora_down.weight
         if not self.is_conv:
             return (up @ down) * self.scale
         # (out, r, 1, 1) . (r, in, k, k) -> (out, in, k, k); a 1x1 conv is the same contraction
@@ -74,9 +77,13 @@ class LoConModule(LoRAModule):
     mid (r, r, k, k) with the base conv's stride/padding/dilation -> up (out, r, 1, 1);
     delta W[o, c] = scale * sum_ij up[o, i] mid[i, j] down[j, c]; the file adds lora_mid.weight
     (A1111, Forge and ComfyUI load it; diffusers does not). Linear / 1x1 layers are plain LoRA.
+
+    ``dora_wd`` (dora.py): W' = dora_scale * (W + delta W) / ||W + delta W||; the forward then
+    runs the base op with W' - W (no bypass), rank dropout masks the ranks of up once per
+    forward and network dropout the elements of delta W.
     """
     LYCORIS_CONV_DEFAULTS = True
-    ARGS: dict[str, Any] = {"use_tucker": False}
+    ARGS: dict[str, Any] = {"use_tucker": False, **DORA_ARGS}
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
@@ -89,22 +96,53 @@ class LoConModule(LoRAModule):
             if dev.type != "meta":
                 kaiming_down_(self.lora_down.weight)
                 kaiming_down_(self.lora_mid.weight)
+        init_dora(self)
+
+    def dora_delta(self) -> torch.Tensor:
+        """W' - W of DoRA, with this forward's dropouts while training."""
+        up = self.lora_up.weight
+        active = self.dropouts_active()
+        if active and self.rank_dropout:
+            keep = (torch.rand(self.dim, device=up.device) > self.rank_dropout).to(up.dtype)
+            up = up * (keep / (1.0 - self.rank_dropout)).view(1, -1, *([1] * (up.dim() - 2)))
+        dw = self.delta_weight(up)
+        if active and self.dropout:
+            dw = F.dropout(dw, p=self.dropout, training=True)
+        return decomposed_delta(self, dw)
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.wd:
+            return self.op(x, self.dora_delta().to(x.dtype))
         if not self.tucker:
             return super().delta_forward(x)
         h, factor = self.rank_dropouts(self.lora_mid(self.lora_down(x)))
         return self.lora_up(h) * (self.scale * factor)
 
-    def delta_weight(self) -> torch.Tensor:
+    def delta_weight(self, up: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.tucker:
-            return super().delta_weight()
-        up, mid, down = self.lora_up.weight.flatten(1), self.lora_mid.weight, self.lora_down.weight.flatten(1)
+            return super().delta_weight(up)
+        up = (self.lora_up.weight if up is None else up).flatten(1)
+        mid, down = self.lora_mid.weight, self.lora_down.weight.flatten(1)
         return torch.einsum("oi,ijkl,jc->ockl", up, mid, down) * self.scale
+
+    @torch.no_grad()
+    def merge(self, multiplier: Optional[float] = None) -> None:
+        if not self.wd:
+            return super().merge(multiplier)
+        m = self.multiplier if multiplier is None else multiplier
+        w = self.org.weight
+        dw = decomposed_delta(self, self.delta_weight().float())
+        w.copy_((w.float() + m * dw.to(w.device)).to(w.dtype))
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        check_dora_tensors(self, tensors)
+        super().load_tensors(tensors)
 
     def tensors_to_save(self) -> dict[str, torch.Tensor]:
         out = super().tensors_to_save()
         if self.tucker:
             out["lora_mid.weight"] = self.lora_mid.weight
+        if self.wd:
+            out["dora_scale"] = self.dora_scale
         return out
 
