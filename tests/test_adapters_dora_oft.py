@@ -158,3 +158,107 @@ def test_dora_network_file_round_trip_and_shape_guard(tmp_path):
     good = {k: v.detach().clone() * 1.5 for k, v in sq.tensors_to_save().items()}
     sq.load_tensors(good)
     assert torch.equal(sq.dora_scale, good["dora_scale"])
+
+
+# --- Diag-OFT ----------------------------------------------------------------------------------
+def oft(org: nn.Module, dim: int = 4, constraint: float = 0.0, rescaled: bool = False, seed: int = 2):
+    from lorakit.adapters.oft import DiagOFTModule
+    m = DiagOFTModule("m", org, dim, None, args={"constraint": constraint, "rescaled": rescaled})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        m.oft_blocks.copy_(torch.randn(m.oft_blocks.shape, generator=g) * 0.2)
+        if rescaled:
+            m.rescale.copy_(1 + 0.3 * torch.randn(m.rescale.shape, generator=g))
+    return m.eval()
+
+
+@pytest.mark.parametrize("rescaled", [False, True])
+@pytest.mark.parametrize("constraint", [0.0, 0.01])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_diag_oft_matches_lycoris_module(kind, constraint, rescaled):
+    lmods = pytest.importorskip("lycoris.modules")
+    org = layer(kind)
+    m = oft(org, constraint=constraint, rescaled=rescaled)
+    q = m.oft_blocks - m.oft_blocks.transpose(1, 2)
+    if constraint:
+        assert q.norm() > constraint * org.weight.shape[0]  # the constraint does clip here
+    x = x_for(kind)
+    m.apply()
+    got = org(x)
+    ly_org = layer(kind)
+    ly = lmods.DiagOFTModule("m", ly_org, 1.0, 4, constraint=constraint, rescaled=rescaled)
+    params = dict(ly.named_parameters())
+    with torch.no_grad():
+        for k, v in m.tensors_to_save().items():
+            if k != "alpha":
+                assert params[k].shape == v.shape, k
+                params[k].copy_(v)
+    assert float(ly.alpha) == float(m.alpha) == pytest.approx(constraint)
+    ly.eval()
+    ly.apply_to()
+    want = ly_org(x)
+    assert (got - ly_org._lycoris_original_forward(x)).abs().max() > 1e-2
+    assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_diag_oft_equals_the_formula_and_rotates(kind):
+    org = layer(kind)
+    m = oft(org, constraint=0.0, rescaled=True)
+    t = {k: v.detach().clone() for k, v in m.tensors_to_save().items()}
+    w = org.weight
+    n, bs, _ = t["oft_blocks"].shape
+    assert n * bs == w.shape[0] and bs <= n
+    new_w = torch.empty_like(w)
+    eye = torch.eye(bs)
+    for k in range(n):
+        q = t["oft_blocks"][k] - t["oft_blocks"][k].T
+        r = torch.linalg.solve((eye - q).T, (eye + q).T).T  # (I + Q)(I - Q)^-1
+        assert torch.allclose(r @ r.T, eye, atol=1e-5)  # orthogonal
+        rows = w[k * bs:(k + 1) * bs].reshape(bs, -1)
+        new_w[k * bs:(k + 1) * bs] = (r.T @ rows).reshape(bs, *w.shape[1:])
+    new_w = new_w * t["rescale"]
+    x = x_for(kind)
+    bias = org.bias.view(1, -1, 1, 1) if kind == "conv" else org.bias
+    for mult in (1.0, 0.5):
+        m.multiplier = mult
+        m.apply()
+        got = org(x)
+        m.restore()
+        want = m.op(x, w + mult * (new_w - w)) + bias
+        assert torch.allclose(got, want, atol=1e-5, rtol=0), (mult, (got - want).abs().max())
+    # without rescale, the rotation keeps every column's norm within a block
+    m2 = oft(layer(kind), rescaled=False)
+    w2 = m2.org.weight + m2.delta_weight()
+    for k in range(m2.block_num):
+        sl = slice(k * m2.block_size, (k + 1) * m2.block_size)
+        assert torch.allclose(w2[sl].norm(dim=0), m2.org.weight[sl].norm(dim=0), atol=1e-5)
+
+
+def test_diag_oft_network_args_file_and_fresh_adapter(tmp_path):
+    unet, te = tiny_models()
+    x = torch.randn(1, 4, 8, 8)
+    ctx = torch.randn(1, 77, 32)
+    with torch.no_grad():
+        base = unet(x, 10, ctx).sample
+    c = cfg(network_type="diag-oft", network_dim=4, network_alpha=2.0,
+            network_args={"constraint": "0.001", "rescaled": "True", "use_tucker": "False"})
+    net = create_network(c, unet, te)
+    assert net.network_args["algo"] == "diag-oft"
+    assert net.network_args["constraint"] == "0.001" and net.network_args["rescaled"] == "True"
+    mods = net.all_modules()
+    assert any(m.kind == "conv3x3" for m in mods)  # LyCORIS defaults: 3x3 convs adapted too
+    net.apply()
+    with torch.no_grad():
+        assert torch.allclose(unet(x, 10, ctx).sample, base, atol=1e-5)  # B = 0 is R = I
+    m = mods[0]
+    t = m.tensors_to_save()
+    assert set(t) == {"oft_blocks", "rescale", "alpha"} and t["oft_blocks"].dim() == 3
+    assert float(t["alpha"]) == pytest.approx(0.001)
+    with pytest.raises(ConfigError) as e:
+        create_network(cfg(network_type="diag-oft", network_args={"constrain": "1"}), *tiny_models())
+    assert "did you mean 'constraint'" in e.value.fix
+    # a file without alpha means no constraint
+    other = oft(layer("linear"), constraint=0.5)
+    other.load_tensors({"oft_blocks": torch.zeros_like(other.oft_blocks)})
+    assert float(other.alpha) == 0.0 and other.constraint == 0.0

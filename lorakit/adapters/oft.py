@@ -1,0 +1,107 @@
+"""Diag-OFT: orthogonal fine-tuning with block-diagonal rotations (LyCORIS "diag-oft").
+
+EXPERIMENTAL: A1111 loads it only with a non-zero constraint, ComfyUI in part, Forge and
+diffusers not at all (adapter-format.md; ``lorakit inspect`` says so for a file).
+
+The output channels are split into blocks: (block_size, block_num) = factorization(out, dim)
+(block_size <= block_num; dim is network_dim / conv_dim). Each block k has a free matrix
+B_k (``oft_blocks``, shape (block_num, block_size, block_size), init 0) and the rotation
+
+    Q = B - B^T (skew-symmetric),  R_k = (I + Q_k)(I - Q_k)^-1 (Cayley: orthogonal),
+
+and the adapted weight rotates the rows of each block: W'[k*bs + m] = sum_n R_k[n, m] W[k*bs + n]
+(W's input and kernel axes untouched). With ``constraint`` c > 0 (stored as ``alpha``), Q
+over all blocks is rescaled to norm c * out when ||Q|| exceeds it. With ``rescaled`` a
+trained per-output-channel factor ``rescale`` (out, 1, ...) multiplies W' (init 1).
+The applied delta is W' - W, so a strength s gives W + s (W' - W). B = 0 is R = I: a fresh
+adapter changes nothing.
+
+Forward: one merged op with W + multiplier (W' - W) (loha.MergedOpModule). Dropouts while
+training: network_dropout on the elements of the delta, rank_dropout on its output rows
+(scaled 1/(1-p)), one mask per forward. Max-norm scales oft_blocks by the ratio, as LyCORIS
+does (the delta is not linear in B, so the cap is approximate for large rotations).
+Not here: BOFT (butterfly products, 4-D oft_blocks).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .lokr import factorization
+from .loha import MergedOpModule
+from .registry import register
+
+
+@register("diag-oft")
+class DiagOFTModule(MergedOpModule):
+    """Diag-OFT (experimental: few loaders read it; see the module docstring)."""
+    # LyCORIS's options; use_tucker is accepted (kohya_ss passes it) and, as in LyCORIS, unused
+    ARGS: dict[str, Any] = {"constraint": 0.0, "rescaled": False, "use_tucker": False}
+
+    def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
+        super().__init__(name, org, dim, alpha, **kw)
+        w = org.weight
+        out = w.shape[0]
+        self.block_size, self.block_num = factorization(out, self.dim)
+        with torch.no_grad():  # alpha is the constraint, not a LoRA alpha
+            self.alpha.fill_(float(self.args["constraint"]))
+        self.rescaled = bool(self.args["rescaled"])
+        self.oft_blocks = nn.Parameter(torch.zeros(self.block_num, self.block_size, self.block_size,
+                                                   device=w.device, dtype=torch.float32))
+        if self.rescaled:
+            self.rescale = nn.Parameter(torch.ones(out, *([1] * (w.dim() - 1)), device=w.device,
+                                                   dtype=torch.float32))
+        self.refresh_scale()
+
+    def refresh_scale(self) -> None:
+        self.scale = 1.0
+        self.constraint = float(self.alpha) * self.org.weight.shape[0]  # LyCORIS: constraint * out_dim
+
+    def rotation(self) -> torch.Tensor:
+        """R, (block_num, block_size, block_size), orthogonal."""
+        b = self.oft_blocks
+        q = b - b.transpose(1, 2)
+        if self.constraint > 0:
+            q_norm = q.norm() + 1e-8
+            if q_norm > self.constraint:
+                q = q * (self.constraint / q_norm)
+        eye = torch.eye(self.block_size, device=b.device, dtype=b.dtype)
+        return (eye + q) @ torch.linalg.inv(eye - q)
+
+    def delta_weight(self, train: bool = False) -> torch.Tensor:  # type: ignore[override]
+        r = self.rotation()
+        w = self.org.weight.detach().to(device=r.device, dtype=torch.float32)
+        blocks = w.reshape(self.block_num, self.block_size, *w.shape[1:])
+        new = torch.einsum("knm,kn...->km...", r, blocks).reshape(w.shape)
+        if self.rescaled:
+            new = new * self.rescale
+        dw = new - w
+        if train:
+            keep = self.rank_keep(dw.shape[0], dw.device)
+            if keep is not None:
+                dw = dw * keep.view(-1, *([1] * (dw.dim() - 1)))
+        return dw
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_tensors(tensors)
+        if "alpha" not in tensors:  # no constraint stored: none
+            with torch.no_grad():
+                self.alpha.zero_()
+            self.refresh_scale()
+
+    @torch.no_grad()
+    def scale_delta(self, ratio: float) -> None:
+        self.oft_blocks.mul_(ratio)
+
+    def tensors_to_save(self) -> dict[str, torch.Tensor]:
+        out = {"oft_blocks": self.oft_blocks}
+        if self.rescaled:
+            out["rescale"] = self.rescale
+        out["alpha"] = self.alpha
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"{self.name}, blocks={self.block_num}x{self.block_size}, constraint={float(self.alpha):g}"
+                f"{', rescaled' if self.rescaled else ''}, kind={self.kind}")
