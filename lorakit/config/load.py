@@ -27,12 +27,16 @@ def unknown_key_error(key: str, file: str | None, known: Iterable[str]) -> Confi
     return ConfigError(f"unknown key '{key}'", file=file, key=key, fix=fix)
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def _load_toml(path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"not valid TOML: {e}", file=str(path),
                           fix="check quotes, '=' signs and [section] headers") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    raw = _load_toml(path)
     flat: dict[str, Any] = {}
     for k, v in raw.items():
         if isinstance(v, dict) and k in SECTIONS:
@@ -83,8 +87,12 @@ def build_config(values: dict[str, Any], file: str | None) -> TrainConfig:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
-                cli_values: dict[str, Any] | None = None) -> TrainConfig:
-    """Read `path` (.toml or kohya_ss .json), then --model/--data style values, then --set items."""
+                cli_values: dict[str, Any] | None = None, fmt: str | None = None) -> TrainConfig:
+    """Read `path` (.toml or kohya_ss .json), then --model/--data style values, then --set items.
+
+    A .toml that looks like an sd-scripts --config_file (sdscripts.looks_like_sdscripts), or any
+    .toml with fmt="sd-scripts", is read by the sd-scripts importer."""
+    from .sdscripts import import_sdscripts_toml, looks_like_sdscripts
     values: dict[str, Any] = {}
     file = None
     if path is not None:
@@ -93,8 +101,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
         if not p.is_file():
             raise ConfigError("config file not found", file=file, fix="check the path")
         suffix = p.suffix.lower()
-        if suffix == ".toml":
-            values = read_toml(p)
+        if fmt not in (None, "lorakit", "sd-scripts", "kohya-gui"):
+            raise ConfigError(f"unknown config format '{fmt}'", file=file, fix="use lorakit, sd-scripts or kohya-gui")
+        if suffix == ".toml" and fmt != "kohya-gui":
+            raw = _load_toml(p)
+            if fmt == "sd-scripts" or fmt is None and looks_like_sdscripts(raw):
+                values = import_sdscripts_toml(p, raw).values
+            else:
+                values = read_toml(p)
         elif suffix == ".json":
             from .kohya import import_kohya_json
             values = import_kohya_json(p).values

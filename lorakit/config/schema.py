@@ -82,6 +82,9 @@ class TrainConfig(BaseModel):
     validate_every_n_epochs: Optional[int] = F(
         None, "data", "Compute the validation loss every N epochs (unset = every epoch when validation is on).",
         ge=1)
+    dataset_subsets: list[dict[str, Any]] = F(
+        [], "data", "Explicit image folders instead of train_data_dir/reg_data_dir (what an sd-scripts "
+        "dataset_config gives): each {image_dir, num_repeats, class_tokens, caption_extension, is_reg}.")
 
     # ---- network -----------------------------------------------------------------
     network_type: str = F(
@@ -259,6 +262,27 @@ class TrainConfig(BaseModel):
         if isinstance(v, (list, tuple)):
             return parse_kv_args(v)
         return v
+
+    @field_validator("dataset_subsets")
+    @classmethod
+    def _subsets(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        allowed = {"image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg"}
+        out = []
+        for i, sub in enumerate(v):
+            extra = sorted(set(sub) - allowed)
+            if extra:
+                raise ValueError(f"subset {i}: unknown keys {extra}; allowed: {sorted(allowed)}")
+            if not sub.get("image_dir"):
+                raise ValueError(f"subset {i} has no image_dir")
+            reps = sub.get("num_repeats", 1)
+            if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
+                raise ValueError(f"subset {i}: num_repeats must be an integer of 1 or more (got {reps!r})")
+            ext = str(sub.get("caption_extension", ".caption"))
+            out.append({"image_dir": str(sub["image_dir"]), "num_repeats": reps,
+                        "class_tokens": str(sub.get("class_tokens") or ""),
+                        "caption_extension": ext if ext.startswith(".") or ext == "" else "." + ext,
+                        "is_reg": bool(sub.get("is_reg", False))})
+        return out
 
     @field_validator("caption_extension")
     @classmethod

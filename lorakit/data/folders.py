@@ -234,6 +234,55 @@ def scan_folders(train_data_dir: str | Path | None, reg_data_dir: str | Path | N
     return index
 
 
+def scan_subsets(subsets: list[dict], check_images: bool = True, *, validation_split: float = 0.0,
+                 validation_seed: int | None = None) -> DatasetIndex:
+    """A :class:`DatasetIndex` from explicit subsets (config key dataset_subsets, e.g. from an
+    sd-scripts dataset_config): each {image_dir, num_repeats, class_tokens, caption_extension,
+    is_reg}. Images directly in image_dir; a missing caption falls back to class_tokens;
+    reg balancing, counts and the validation split as scan_folders."""
+    warnings: list[str] = []
+    skipped: list[tuple[Path, str]] = []
+    probe = _prober(skipped) if check_images else None
+    train: list[_Folder] = []
+    reg: list[_Folder] = []
+    for sub in subsets:
+        path = Path(sub["image_dir"])
+        if not path.is_dir():
+            raise DataError("image_dir is not a folder" if path.exists() else "image_dir does not exist",
+                            file=str(path), key="dataset_subsets", fix="check image_dir in the dataset config")
+        images = list_images(path)
+        sizes: dict[Path, tuple[int, int] | None] = {}
+        if probe is not None:
+            sizes = {p: probe(p) for p in images}
+            images = [p for p in images if sizes[p] is not None]
+        if not images:
+            warnings.append(f"dataset_subsets: skipped '{path}': no images")
+            continue
+        folder = _read_folder(path, int(sub.get("num_repeats", 1)), sub.get("class_tokens") or "",
+                              bool(sub.get("is_reg")), images, sub.get("caption_extension", ".caption"), warnings)
+        for it in folder.items:
+            it.size = sizes.get(it.path)
+        (reg if folder.is_reg else train).append(folder)
+    if not train:
+        raise DataError("no train images in dataset_subsets", key="dataset_subsets",
+                        fix="give at least one subset with is_reg = false and images in its image_dir")
+    if skipped:
+        warnings.insert(0, f"skipped {len(skipped)} unreadable image{'s' * (len(skipped) > 1)} "
+                           "(replace or delete them): " + "; ".join(f"{p} ({why})" for p, why in skipped))
+    index = _assemble(train, reg, warnings, skipped, validation_split, validation_seed)
+    for w in index.warnings:
+        log.warning(w)
+    return index
+
+
+def scan_config(cfg, check_images: bool = True) -> DatasetIndex:
+    """The dataset of a TrainConfig: its dataset_subsets when set, else its folders."""
+    subsets = getattr(cfg, "dataset_subsets", None)
+    if subsets:
+        return scan_subsets(subsets, check_images)
+    return scan_folders(cfg.train_data_dir, cfg.reg_data_dir, cfg.caption_extension, check_images)
+
+
 def split_folder(n: int, fraction: float, seed: int) -> list[int]:
     """Positions (in the folder's sorted order) of the images held out: floor(n * fraction) of
     them, the last ones of a random.Random(seed) shuffle (sd-scripts' order of operations)."""

@@ -56,7 +56,7 @@ class Run:
 
 def preflight(cfg: TrainConfig, overwrite: bool):
     """Checks that need no model: paths, output folder, data layout. Returns the dataset index."""
-    from ..data.folders import scan_folders
+    from ..data.folders import scan_config
 
     if not cfg.pretrained_model_name_or_path:
         raise ConfigError("no model given", key="pretrained_model_name_or_path",
@@ -64,7 +64,7 @@ def preflight(cfg: TrainConfig, overwrite: bool):
     if not Path(cfg.pretrained_model_name_or_path).exists():
         raise ConfigError(f"model path '{cfg.pretrained_model_name_or_path}' does not exist",
                           key="pretrained_model_name_or_path", fix="check the path given with --model")
-    if not cfg.train_data_dir:
+    if not cfg.train_data_dir and not cfg.dataset_subsets:
         raise ConfigError("no training data given", key="train_data_dir",
                           fix="pass --data DIR (a folder of <repeats>_<name> subfolders)")
     if not cfg.output_dir:
@@ -97,7 +97,7 @@ def preflight(cfg: TrainConfig, overwrite: bool):
     if existing and not overwrite:
         raise ConfigError(f"{existing[0].name} already exists in {out}", file=str(existing[0]), key="output_name",
                           fix="pass --overwrite, or choose another output_name or output_dir")
-    return scan_folders(cfg.train_data_dir, cfg.reg_data_dir, cfg.caption_extension)
+    return scan_config(cfg)
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,274 @@
+"""sd-scripts `--config_file` TOML (and its `dataset_config`) -> our schema (docs/kohya.md).
+
+sd-scripts reads a --config_file by flattening every table one level deep; the keys are
+its argparse names. Most of them are TrainConfig keys already; network_module +
+network_args become network_type + network_args (conv_dim, conv_alpha, rank_dropout and
+module_dropout become schema keys); keys that change nothing in lorakit are listed as
+ignored with the reason; an unknown key is an error with a "did you mean".
+
+`dataset_config = "file.toml"` names sd-scripts' dataset TOML ([general], [[datasets]],
+[[datasets.subsets]]). Its subsets become `dataset_subsets`; dataset-level settings apply
+to the run (all datasets must agree); subset-level caption/augmentation settings apply
+globally only when every subset has the same value. Values fall back subset -> dataset ->
+[general] -> the config_file, as in sd-scripts.
+"""
+from __future__ import annotations
+
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .kohya import NEUTRAL, ImportResult, _neutral
+from .load import suggest
+from .schema import SECTIONS, TrainConfig, parse_kv_args
+
+# Keys only an sd-scripts config has: any of them (or a table that is not a lorakit section) marks one.
+MARKERS = ("network_module", "dataset_config")
+
+# sd-scripts keys that change nothing in a lorakit run, with the reason.
+IGNORED = {
+    "xformers": "lorakit always uses PyTorch SDPA attention", "sdpa": "lorakit always uses PyTorch SDPA attention",
+    "mem_eff_attn": "lorakit always uses PyTorch SDPA attention",
+    "lowram": "memory placement flag", "highvram": "memory placement flag",
+    "log_with": "TensorBoard only", "log_prefix": "TensorBoard only", "log_tracker_name": "TensorBoard only",
+    "log_tracker_config": "TensorBoard only", "wandb_api_key": "TensorBoard only",
+    "wandb_run_name": "TensorBoard only", "log_config": "lorakit writes its config next to the adapter",
+    "console_log_level": "console logging", "console_log_file": "console logging",
+    "console_log_simple": "console logging", "output_config": "lorakit writes its config next to the adapter",
+    "config_file": "this file", "no_half_vae": "lorakit keeps the SD1.x/2.x VAE in float32",
+    "ddp_timeout": "multi-GPU launcher setting", "ddp_gradient_as_bucket_view": "multi-GPU launcher setting",
+    "ddp_static_graph": "multi-GPU launcher setting",
+    "metadata_title": "metadata text", "metadata_author": "metadata text", "metadata_description": "metadata text",
+    "metadata_license": "metadata text", "metadata_tags": "metadata text",
+    "huggingface_repo_id": "no upload", "huggingface_repo_type": "no upload", "huggingface_path_in_repo": "no upload",
+    "huggingface_token": "no upload", "huggingface_repo_visibility": "no upload", "save_state_to_huggingface": "no upload",
+    "resume_from_huggingface": "no upload", "async_upload": "no upload",
+}
+
+NETWORK_MODULES = {"networks.lora": "lora", "networks.dylora": "dylora", "lycoris.kohya": None}
+# LyCORIS algo -> network_type ("lora" in LyCORIS is LoCon)
+LYCORIS_ALGOS = {"lora": "locon", "locon": "locon", "loha": "loha", "lokr": "lokr", "ia3": "ia3",
+                 "dylora": "dylora", "glora": "glora", "boft": "boft", "diag-oft": "diag-oft", "full": "full"}
+LIFTED_ARGS = ("conv_dim", "conv_alpha", "rank_dropout", "module_dropout")  # network args that are schema keys
+
+# dataset_config
+DATASET_KEYS = {"resolution": "resolution", "batch_size": "train_batch_size", "enable_bucket": "enable_bucket",
+                "min_bucket_reso": "min_bucket_reso", "max_bucket_reso": "max_bucket_reso",
+                "bucket_reso_steps": "bucket_reso_steps", "bucket_no_upscale": "bucket_no_upscale",
+                "validation_split": "validation_split", "validation_seed": "validation_seed"}
+SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg")
+GLOBAL_SUBSET_KEYS = ("keep_tokens", "shuffle_caption", "caption_prefix", "caption_suffix", "caption_dropout_rate",
+                      "caption_dropout_every_n_epochs", "caption_tag_dropout_rate", "keep_tokens_separator",
+                      "color_aug", "flip_aug", "random_crop", "alpha_mask")
+# sd-scripts settings lorakit does not have, at the value that changes nothing
+UNSUPPORTED_NEUTRAL: dict[str, Any] = {
+    "face_crop_aug_range": None, "token_warmup_min": 1, "token_warmup_step": 0, "secondary_separator": None,
+    "enable_wildcard": False, "cache_info": False, "caption_separator": ",", "network_multiplier": 1.0,
+    "metadata_file": None, "conditioning_data_dir": None, "debug_dataset": False,
+}
+SD_CAPTION_DEFAULT = ".caption"  # sd-scripts' --caption_extension default
+
+
+def flatten(raw: dict[str, Any], file: str) -> dict[str, Any]:
+    """sd-scripts' read_config_from_file: each table's keys move to the top (one level)."""
+    flat: dict[str, Any] = {}
+
+    def put(k: str, v: Any) -> None:
+        if k in flat:
+            raise ConfigError(f"key '{k}' is set twice", file=file, key=k, fix="keep one of the two settings")
+        flat[k] = v
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            for k2, v2 in v.items():
+                put(k2, v2)
+        else:
+            put(k, v)
+    return flat
+
+
+def looks_like_sdscripts(raw: dict[str, Any]) -> bool:
+    """True for an sd-scripts config: a marker key at any table depth, or a table that is not a
+    lorakit section holding a key lorakit does not have. A lorakit TOML never matches: it has
+    no marker key and its tables are lorakit sections."""
+    known = TrainConfig.model_fields
+    for k, v in raw.items():
+        if k in MARKERS:
+            return True
+        if isinstance(v, dict):
+            if any(k2 in MARKERS for k2 in v):
+                return True
+            if k not in SECTIONS and k not in known and any(k2 not in known for k2 in v):
+                return True
+            if k not in SECTIONS and k not in known and all(k2 in known or k2 in IGNORED for k2 in v):
+                return True  # e.g. [training_arguments] holding only shared keys
+    return False
+
+
+def _kv(value: Any, key: str, file: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return dict(value)
+    tokens = shlex.split(value) if isinstance(value, str) else list(value)
+    try:
+        return parse_kv_args(tokens)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}", file=file, key=key, fix='write a list of "key=value" strings') from None
+
+
+def _network(module: str, args: dict[str, Any], res: ImportResult, file: str) -> None:
+    if module not in NETWORK_MODULES:
+        guess = suggest(module, NETWORK_MODULES)
+        raise ConfigError(f"network_module '{module}' is not supported", file=file, key="network_module",
+                          fix=f"did you mean '{guess}'?" if guess else f"use one of {', '.join(NETWORK_MODULES)}")
+    ntype = NETWORK_MODULES[module]
+    if ntype is None:  # LyCORIS: the algorithm is a network arg
+        algo = str(args.pop("algo", "lora")).lower()
+        if algo not in LYCORIS_ALGOS:
+            guess = suggest(algo, LYCORIS_ALGOS)
+            raise ConfigError(f"LyCORIS algo '{algo}' is not supported", file=file, key="network_args",
+                              fix=f"did you mean algo={guess}?" if guess else f"use one of {', '.join(LYCORIS_ALGOS)}")
+        ntype = LYCORIS_ALGOS[algo]
+        if "use_cp" in args:
+            args["use_tucker"] = args.pop("use_cp")
+        if "preset" in args:
+            res.ignored.append(("network_args preset", "module selection follows the algorithm"))
+            args.pop("preset")
+    res.values["network_type"] = ntype
+    for k in LIFTED_ARGS:
+        if k in args:
+            res.values[k] = args.pop(k)
+    if ntype in ("locon", "loha", "lokr", "dylora", "glora", "boft", "diag-oft", "full") and module == "lycoris.kohya":
+        res.values.setdefault("conv_dim", res.values.get("network_dim", 8))  # LyCORIS' default
+        res.values.setdefault("conv_alpha", res.values.get("network_alpha", 1))
+    if args:
+        res.values["network_args"] = args
+
+
+def import_sdscripts_toml(path: Path, raw: dict[str, Any] | None = None) -> ImportResult:
+    """Read an sd-scripts --config_file TOML (and the dataset_config it names)."""
+    file = str(path)
+    if raw is None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"not valid TOML: {e}", file=file) from None
+    flat = flatten(raw, file)
+    known = TrainConfig.model_fields
+    res = ImportResult({})
+    pending: list[str] = []
+    for key, value in flat.items():
+        if key in ("network_module", "network_args", "dataset_config"):
+            continue
+        if key in known:
+            if key in ("optimizer_args", "lr_scheduler_args"):
+                value = _kv(value, key, file)
+            res.values[key] = value
+        elif key in IGNORED:
+            res.ignored.append((key, IGNORED[key]))
+        elif key in NEUTRAL:
+            if _neutral(key, value, flat):
+                res.ignored.append((key, f"no effect at {value!r}"))
+            else:
+                pending.append(f"{key} = {value!r}")
+        else:
+            guess = suggest(key, list(known) + list(IGNORED) + list(NEUTRAL) + ["network_module", "dataset_config"])
+            raise ConfigError(f"unknown sd-scripts key '{key}'", file=file, key=key,
+                              fix=f"did you mean '{guess}'?" if guess else "remove it; docs/kohya.md lists the keys")
+    if pending:
+        raise ConfigError(f"sd-scripts settings lorakit does not implement yet: {'; '.join(pending)}", file=file,
+                          key=pending[0].split(" ")[0], fix="remove them or set them to 0/off")
+    args = _kv(flat.get("network_args", []), "network_args", file)
+    _network(str(flat.get("network_module", "networks.lora")), args, res, file)
+    if "caption_extension" not in flat:
+        res.values["caption_extension"] = SD_CAPTION_DEFAULT
+        res.ignored.append(("caption_extension", f"not set: sd-scripts' default {SD_CAPTION_DEFAULT} is used"))
+    if flat.get("dataset_config"):
+        dpath = Path(str(flat["dataset_config"]))
+        if not dpath.is_absolute() and not dpath.is_file():
+            dpath = Path(path).parent / dpath  # sd-scripts: relative to the working folder; then the config's
+        read_dataset_config(dpath, res)
+    return res
+
+
+def _pick(key: str, *levels: dict[str, Any]) -> Any:
+    for level in levels:
+        if key in level:
+            return level[key]
+    return None
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str, file: str) -> None:
+    for k in table:
+        if k not in allowed:
+            guess = suggest(k, allowed)
+            raise ConfigError(f"unknown key '{k}' in {where}", file=file, key=k,
+                              fix=f"did you mean '{guess}'?" if guess else "see sd-scripts' dataset_config keys")
+
+
+def read_dataset_config(path: Path, res: ImportResult) -> None:
+    """sd-scripts' dataset_config TOML onto res.values (dataset_subsets and the run's data settings)."""
+    file = str(path)
+    if not path.is_file():
+        raise ConfigError("dataset_config file not found", file=file, key="dataset_config", fix="check the path")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", file=file) from None
+    _check_keys(raw, {"general", "datasets"}, "the dataset config's top level", file)
+    general = raw.get("general", {})
+    datasets = raw.get("datasets", [])
+    subset_level = set(SUBSET_KEYS) | set(GLOBAL_SUBSET_KEYS) | set(UNSUPPORTED_NEUTRAL)
+    _check_keys(general, set(DATASET_KEYS) | subset_level - {"image_dir"}, "[general]", file)
+    if not datasets:
+        raise ConfigError("no [[datasets]]", file=file, key="datasets", fix="add [[datasets]] with [[datasets.subsets]]")
+    values = res.values
+    cfg_level = {k: values[k] for k in GLOBAL_SUBSET_KEYS + ("caption_extension",) if k in values}
+    subsets: list[dict[str, Any]] = []
+    dataset_vals: dict[str, dict[str, Any]] = {}  # key -> {repr: value}, to compare any TOML value
+    global_vals: dict[str, dict[str, Any]] = {}
+    for d in datasets:
+        _check_keys(d, set(DATASET_KEYS) | subset_level | {"subsets"} - {"image_dir"}, "[[datasets]]", file)
+        for k in DATASET_KEYS:
+            v = _pick(k, d, general)
+            if v is not None:
+                dataset_vals.setdefault(k, {})[repr(v)] = v
+        for s in d.get("subsets", []):
+            _check_keys(s, subset_level, "[[datasets.subsets]]", file)
+            levels = (s, d, general, cfg_level)
+            if not s.get("image_dir"):
+                raise ConfigError("a subset has no image_dir", file=file, key="image_dir",
+                                  fix="lorakit reads DreamBooth-style subsets: give each one an image_dir")
+            for k, neutral in UNSUPPORTED_NEUTRAL.items():
+                v = _pick(k, s, d, general)
+                if v is not None and v != neutral:
+                    raise ConfigError(f"{k} = {v!r} is not supported", file=file, key=k,
+                                      fix=f"remove it (lorakit has no {k})")
+            for k in GLOBAL_SUBSET_KEYS:
+                v = _pick(k, *levels)
+                global_vals.setdefault(k, {})[repr(v)] = v
+            subsets.append({"image_dir": str(s["image_dir"]), "num_repeats": int(_pick("num_repeats", s, d, general) or 1),
+                            "class_tokens": str(_pick("class_tokens", s, d, general) or ""),
+                            "caption_extension": str(_pick("caption_extension", *levels) or SD_CAPTION_DEFAULT),
+                            "is_reg": bool(_pick("is_reg", s, d, general) or False)})
+    if not subsets:
+        raise ConfigError("no [[datasets.subsets]]", file=file, key="subsets", fix="add [[datasets.subsets]] with image_dir")
+    for k, vs in dataset_vals.items():
+        if len(vs) > 1:
+            raise ConfigError(f"the datasets disagree on {k} ({', '.join(vs)}); per-dataset values are "
+                              "not supported yet", file=file, key=k, fix=f"give every dataset the same {k}")
+        values[DATASET_KEYS[k]] = next(iter(vs.values()))
+    for k, vs in global_vals.items():
+        if len(vs) > 1:
+            raise ConfigError(f"the subsets disagree on {k} ({', '.join(sorted(vs))}); per-subset values are not "
+                              "supported yet", file=file, key=k, fix=f"give every subset the same {k}")
+        v = next(iter(vs.values()))
+        if v is not None:
+            values[k] = v
+    for k in ("train_data_dir", "reg_data_dir"):
+        if values.pop(k, None):
+            res.ignored.append((k, "dataset_config gives the image folders (sd-scripts ignores it too)"))
+    exts = {sub["caption_extension"] for sub in subsets}
+    if len(exts) == 1:  # shown by plan/metadata; each subset carries its own anyway
+        values["caption_extension"] = exts.pop()
+    values["dataset_subsets"] = subsets

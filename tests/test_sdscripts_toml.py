@@ -1,0 +1,149 @@
+"""sd-scripts --config_file TOML + dataset_config -> TrainConfig and the dataset index."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lorakit.config.load import load_config
+from lorakit.config.sdscripts import looks_like_sdscripts
+from lorakit.data.folders import scan_config
+from lorakit.errors import ConfigError
+
+
+def _images(folder: Path, names: list[str], size=(16, 8), captions: dict[str, str] | None = None) -> None:
+    folder.mkdir(parents=True)
+    for n in names:
+        Image.new("RGB", size, (10, 20, 30)).save(folder / f"{n}.png")
+    for n, text in (captions or {}).items():
+        (folder / f"{n}.txt").write_text(text, encoding="utf-8")
+
+
+CONFIG = """
+[model_arguments]
+pretrained_model_name_or_path = "model.safetensors"
+v2 = false
+
+[additional_network_arguments]
+network_module = "lycoris.kohya"
+network_dim = 16
+network_alpha = 8
+network_args = ["algo=lokr", "conv_dim=4", "conv_alpha=2", "factor=8", "use_cp=True"]
+
+[optimizer_arguments]
+optimizer_type = "AdamW"
+learning_rate = 2e-4
+optimizer_args = ["weight_decay=0.1", "betas=0.9,0.99"]
+lr_scheduler = "cosine"
+
+[training_arguments]
+output_dir = "out"
+max_train_epochs = 10
+xformers = true
+train_data_dir = "ignored"
+dataset_config = "dataset.toml"
+"""
+
+
+def _pair(tmp_path: Path, config: str = CONFIG, extra_subset: str = "") -> Path:
+    _images(tmp_path / "a", ["a1", "a2", "a3"], captions={"a1": "red, cat", "a2": "blue, cat"})
+    _images(tmp_path / "b", ["b1", "b2"], size=(8, 16))
+    _images(tmp_path / "reg", [f"r{i}" for i in range(5)])
+    (tmp_path / "dataset.toml").write_text(f"""
+[general]
+shuffle_caption = true
+keep_tokens = 1
+caption_extension = ".txt"
+enable_bucket = true
+
+[[datasets]]
+resolution = 768
+batch_size = 4
+min_bucket_reso = 320
+bucket_reso_steps = 32
+
+  [[datasets.subsets]]
+  image_dir = "{tmp_path / 'a'}"
+  num_repeats = 3
+  class_tokens = "sks cat"
+
+  [[datasets.subsets]]
+  image_dir = "{tmp_path / 'b'}"
+  num_repeats = 2
+  {extra_subset}
+
+  [[datasets.subsets]]
+  image_dir = "{tmp_path / 'reg'}"
+  class_tokens = "cat"
+  is_reg = true
+""", encoding="utf-8")
+    p = tmp_path / "config.toml"
+    p.write_text(config, encoding="utf-8")
+    return p
+
+
+def test_config_file_and_dataset_config(tmp_path):
+    cfg = load_config(_pair(tmp_path))
+    assert cfg.network_type == "lokr"
+    assert (cfg.network_dim, cfg.network_alpha, cfg.conv_dim, cfg.conv_alpha) == (16, 8.0, 4, 2.0)
+    assert cfg.network_args == {"factor": 8, "use_tucker": True}
+    assert cfg.optimizer_args == {"weight_decay": 0.1, "betas": (0.9, 0.99)}
+    assert (cfg.learning_rate, cfg.lr_scheduler, cfg.max_train_epochs) == (2e-4, "cosine", 10)
+    # dataset level
+    assert cfg.resolution == (768, 768)
+    assert (cfg.train_batch_size, cfg.enable_bucket, cfg.min_bucket_reso, cfg.max_bucket_reso,
+            cfg.bucket_reso_steps) == (4, True, 320, 1024, 32)
+    # subset level, equal everywhere -> global
+    assert (cfg.shuffle_caption, cfg.keep_tokens, cfg.caption_extension) == (True, 1, ".txt")
+    assert cfg.train_data_dir is None and cfg.reg_data_dir is None
+    assert [(s["num_repeats"], s["class_tokens"], s["is_reg"], s["caption_extension"]) for s in cfg.dataset_subsets] \
+        == [(3, "sks cat", False, ".txt"), (2, "", False, ".txt"), (1, "cat", True, ".txt")]
+
+    idx = scan_config(cfg)
+    assert (idx.num_train_images, idx.num_reg_images, idx.num_reg_samples, idx.num_samples) == (13, 5, 13, 26)
+    train = [(it.path.name, it.caption, it.repeats, it.size) for it in idx.train_items]
+    assert train == [("a1.png", "red, cat", 3, (16, 8)), ("a2.png", "blue, cat", 3, (16, 8)),
+                     ("a3.png", "sks cat", 3, (16, 8)), ("b1.png", "", 2, (8, 16)), ("b2.png", "", 2, (8, 16))]
+    reg = [(it.path.name, it.caption, it.repeats) for it in idx.reg_items]
+    assert reg == [("r0.png", "cat", 3), ("r1.png", "cat", 3), ("r2.png", "cat", 3), ("r3.png", "cat", 2),
+                   ("r4.png", "cat", 2)]
+    assert idx.dataset_dirs() == {"a": {"n_repeats": 3, "img_count": 3}, "b": {"n_repeats": 2, "img_count": 2}}
+
+
+def test_lora_module_and_defaults(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('network_module = "networks.lora"\nnetwork_args = ["conv_dim=8", "conv_alpha=4"]\n'
+                 'train_data_dir = "d"\n', encoding="utf-8")
+    cfg = load_config(p)
+    assert (cfg.network_type, cfg.conv_dim, cfg.conv_alpha, cfg.network_args) == ("lora", 8, 4.0, {})
+    assert cfg.caption_extension == ".caption"  # sd-scripts' default
+    p.write_text('network_module = "networks.dylora"\nnetwork_args = ["unit=4"]\n', encoding="utf-8")
+    cfg = load_config(p)
+    assert (cfg.network_type, cfg.network_args) == ("dylora", {"unit": 4})
+
+
+def test_typo_gets_a_suggestion(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[training_arguments]\nnetwork_module = "networks.lora"\nlearnig_rate = 1e-4\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert e.value.key == "learnig_rate" and "learning_rate" in str(e.value)
+    p.write_text('network_module = "networks.lora"\nnetwork_args = ["algo=lokr"]\n'
+                 'network_module2 = 1\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="network_module"):
+        load_config(p)
+
+
+def test_subsets_must_agree(tmp_path):
+    with pytest.raises(ConfigError, match="per-subset values are not supported") as e:
+        load_config(_pair(tmp_path, extra_subset="keep_tokens = 2"))
+    assert e.value.key == "keep_tokens"
+
+
+def test_lorakit_toml_is_not_sdscripts():
+    raw = tomllib.loads('[network]\nnetwork_dim = 4\n[data]\ntrain_data_dir = "x"\nlearning_rate = 1\n')
+    assert not looks_like_sdscripts(raw)
+    assert looks_like_sdscripts(tomllib.loads('[training_arguments]\nlearning_rate = 1\n'))
+    assert looks_like_sdscripts(tomllib.loads('[a]\nnetwork_module = "networks.lora"\n'))
