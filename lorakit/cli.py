@@ -27,6 +27,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.loop import train
 
     cfg = _config_from_args(args)
+    if not cfg.output_dir:
+        raise UserError("no output folder given", key="output_dir", fix="pass --output DIR")
     out = Path(cfg.output_dir)
     subs = [MetricsJsonl(out / "metrics.jsonl"), TensorBoard(cfg.logging_dir or out / "logs"), Plots(out)]
     if not args.quiet:

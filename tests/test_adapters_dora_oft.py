@@ -137,7 +137,6 @@ def test_fresh_dora_changes_nothing_and_magnitude_is_the_weight_norm(algo):
 
 
 def test_dora_network_file_round_trip_and_shape_guard(tmp_path):
-    from lorakit.adapters.file import read_adapter_file, save_adapter_file
     unet, te = tiny_models()
     c = cfg(network_type="loha", network_dim=4, network_alpha=2.0, network_args={"dora_wd": "True"})
     net = create_network(c, unet, te)

@@ -22,10 +22,14 @@ from typing import Any
 from ..errors import ConfigError
 from .kohya import NEUTRAL, ImportResult, _neutral
 from .load import suggest
-from .schema import SECTIONS, TrainConfig, parse_kv_args
+from .schema import TrainConfig, parse_kv_args
 
 # Keys only an sd-scripts config has: any of them (or a table that is not a lorakit section) marks one.
 MARKERS = ("network_module", "dataset_config")
+# the table names of sd-scripts' own example configs (its docs/config_README)
+SD_SCRIPTS_TABLES = ("model_arguments", "additional_network_arguments", "optimizer_arguments",
+                     "dataset_arguments", "training_arguments", "sample_prompt_arguments", "saving_arguments",
+                     "logging_arguments", "dreambooth_arguments", "huggingface_arguments")
 
 # sd-scripts keys that change nothing in a lorakit run, with the reason.
 IGNORED = {
@@ -89,20 +93,12 @@ def flatten(raw: dict[str, Any], file: str) -> dict[str, Any]:
 
 
 def looks_like_sdscripts(raw: dict[str, Any]) -> bool:
-    """True for an sd-scripts config: a marker key at any table depth, or a table that is not a
-    lorakit section holding a key lorakit does not have. A lorakit TOML never matches: it has
-    no marker key and its tables are lorakit sections."""
-    known = TrainConfig.model_fields
+    """True for an sd-scripts config: a marker key (network_module, dataset_config) at the top or
+    in a table, or one of sd-scripts' table names. A lorakit TOML has none of them, so a lorakit
+    TOML with a typo'd [section] still gets lorakit's "unknown section" error."""
     for k, v in raw.items():
-        if k in MARKERS:
+        if k in MARKERS or k in SD_SCRIPTS_TABLES or (isinstance(v, dict) and any(k2 in MARKERS for k2 in v)):
             return True
-        if isinstance(v, dict):
-            if any(k2 in MARKERS for k2 in v):
-                return True
-            if k not in SECTIONS and k not in known and any(k2 not in known for k2 in v):
-                return True
-            if k not in SECTIONS and k not in known and all(k2 in known or k2 in IGNORED for k2 in v):
-                return True  # e.g. [training_arguments] holding only shared keys
     return False
 
 

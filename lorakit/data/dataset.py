@@ -25,7 +25,7 @@ from ..errors import DataError
 from .augment import AugmentOptions, Draw, apply_pixels, draw_augmentation
 from .buckets import BucketSet, Placement, bucket_info
 from .captions import CaptionOptions
-from .folders import DatasetIndex, ImageItem, scan_folders
+from .folders import DatasetIndex, ImageItem, scan_config, scan_folders
 from .images import (center_offset, latent_mask, load_image_rgb, load_image_rgb_alpha, probe_image, resize_crop,
                      resize_crop_alpha, to_tensor)
 from .latent_cache import (Moments, disk_path, entry_key, file_sha256, load_entry, sample, save_entry,
@@ -96,7 +96,7 @@ class TrainDataset:
         seed, the default of validation_seed."""
         validate_data_config(cfg)
         if index is None:
-            index = scan_folders(cfg.train_data_dir, cfg.reg_data_dir, cfg.caption_extension)
+            index = scan_config(cfg)
         apply_validation(cfg, index, seed)
         g = lambda k, d=None: getattr(cfg, k, d)  # noqa: E731  (keys other sessions may not have yet)
         captions = CaptionOptions(

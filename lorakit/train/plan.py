@@ -75,11 +75,11 @@ class PlanReport:
 def plan_for_config(cfg: TrainConfig, index=None, num_processes: int = 1) -> PlanReport:
     """Scan the folders (or use `index`) and work out every number of the run; loads no model."""
     from ..data.dataset import TrainDataset
-    from ..data.folders import scan_folders
+    from ..data.folders import scan_config
     from ..optim.schedulers import scheduler_warnings, warmup_steps_for
 
     if index is None:
-        index = scan_folders(cfg.train_data_dir, cfg.reg_data_dir, cfg.caption_extension)
+        index = scan_config(cfg)
     dataset = TrainDataset.from_config(cfg, index)
     plan = make_plan(cfg, len(dataset), dataset.num_batches_per_epoch(cfg.train_batch_size), num_processes)
     warnings = list(index.warnings) + scheduler_warnings(cfg, plan.total_steps)
