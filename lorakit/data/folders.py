@@ -224,14 +224,7 @@ def scan_folders(train_data_dir: str | Path | None, reg_data_dir: str | Path | N
     reg = []
     if reg_data_dir is not None and str(reg_data_dir) != "":
         reg = _scan_root(Path(reg_data_dir), "reg_data_dir", True, caption_extension, warnings, probe)
-    if skipped:
-        warnings.insert(0, f"skipped {len(skipped)} unreadable image{'s' * (len(skipped) > 1)} "
-                           "(replace or delete them): " + "; ".join(f"{p} ({why})" for p, why in skipped))
-
-    index = _assemble(train, reg, warnings, skipped, validation_split, validation_seed)
-    for w in index.warnings:
-        log.warning(w)
-    return index
+    return _finish(train, reg, warnings, skipped, validation_split, validation_seed)
 
 
 def scan_subsets(subsets: list[dict], check_images: bool = True, *, validation_split: float = 0.0,
@@ -266,6 +259,12 @@ def scan_subsets(subsets: list[dict], check_images: bool = True, *, validation_s
     if not train:
         raise DataError("no train images in dataset_subsets", key="dataset_subsets",
                         fix="give at least one subset with is_reg = false and images in its image_dir")
+    return _finish(train, reg, warnings, skipped, validation_split, validation_seed)
+
+
+def _finish(train: list, reg: list, warnings: list[str], skipped: list[tuple[Path, str]],
+            validation_split: float, validation_seed: int | None) -> DatasetIndex:
+    """One warning naming every unreadable image, then the index (shared by both scans)."""
     if skipped:
         warnings.insert(0, f"skipped {len(skipped)} unreadable image{'s' * (len(skipped) > 1)} "
                            "(replace or delete them): " + "; ".join(f"{p} ({why})" for p, why in skipped))
