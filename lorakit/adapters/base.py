@@ -238,13 +238,19 @@ class AdapterModule(nn.Module):
     def dropouts_active(self) -> bool:
         return self.training and self.org.training
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def base_output(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, bool]:
+        """The wrapped layer's output, and whether the adapter sits this call out (multiplier 0, or
+        module dropout drew it)."""
         if self._org_forward is None:
             raise RuntimeError(f"{self.name}: call apply() before running the adapter")
         out = self._org_forward(x, *args, **kwargs)
-        if self.multiplier == 0:
-            return out
-        if self.module_dropout and self.dropouts_active() and torch.rand(1) < self.module_dropout:
+        skip = self.multiplier == 0 or bool(
+            self.module_dropout and self.dropouts_active() and torch.rand(1) < self.module_dropout)
+        return out, skip
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out, skip = self.base_output(x, *args, **kwargs)
+        if skip:
             return out
         delta = self.delta_forward(x.to(self.param_dtype()))
         return out + (delta * self.multiplier).to(out.dtype)

@@ -68,12 +68,8 @@ class IA3Module(AdapterModule):
         if self.on_input:
             return super().forward(x, *args, **kwargs)
         # output side: delta = (org(x) - bias) * w, no second matmul
-        if self._org_forward is None:
-            raise RuntimeError(f"{self.name}: call apply() before running the adapter")
-        out = self._org_forward(x, *args, **kwargs)
-        if self.multiplier == 0:
-            return out
-        if self.module_dropout and self.dropouts_active() and torch.rand(1) < self.module_dropout:
+        out, skip = self.base_output(x, *args, **kwargs)
+        if skip:
             return out
         y = out.to(self.weight.dtype)
         bias = self.org.bias
