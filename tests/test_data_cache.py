@@ -140,3 +140,18 @@ def test_only_broken_images_is_a_data_error(tmp_path):
     (d / "bad.png").write_bytes(b"nope")
     with pytest.raises(DataError, match="no images"):
         scan_folders(tmp_path / "t")
+
+
+def test_odd_folder_trains_to_the_end_naming_the_broken_files(tmp_path, tiny_model_dir):
+    from lorakit.config.load import load_config
+    from lorakit.train.loop import train
+
+    data = _fixture_folder(tmp_path)
+    events = []
+    cfg = load_config(None, [], {"pretrained_model_name_or_path": str(tiny_model_dir), "train_data_dir": str(data),
+                                 "output_dir": str(tmp_path / "o"), "resolution": 64, "network_dim": 2, "seed": 1,
+                                 "max_train_epochs": 1, "train_batch_size": 5})
+    res = train(cfg, [events.append])
+    assert res.steps == 7 and res.output_file.is_file()  # 7 readable images x 5 repeats / batch 5
+    warned = [e.data["message"] for e in events if e.kind == "warning" and "unreadable" in e.data["message"]]
+    assert len(warned) == 1 and all(n in warned[0] for n in ("corrupt.png", "empty.jpg", "truncated.jpeg"))
