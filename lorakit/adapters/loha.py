@@ -11,7 +11,7 @@ nothing); t1, t2 ~ N(0, 0.1). Tensors: hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_
 Forward (both LoHa and LoKr, :class:`MergedOpModule`): one op of the wrapped layer with
 W + multiplier * delta W, instead of the base op plus a second full-size op with delta W
 (adapter-format.md "Speed facts"; bench/adapter_ops.py measures it: on the CPU the merged op
-costs 0.6x the 2-op path on the 64x64 conv and the feed-forward, bench/RESULTS.md); the same
+costs 0.6x the 2-op path on the 320-channel conv and the feed-forward, bench/RESULTS.md); the same
 function of x. Under fp16/bf16 base weights the
 sum is rounded to the weight's precision, as LyCORIS's default (non-bypass) path does.
 
