@@ -14,7 +14,7 @@ from ..errors import ConfigError
 
 T = TypeVar("T", bound=type)
 
-ALGORITHM_MODULES = ("lora", "ia3", "dylora", "full", "glora", "loha", "lokr", "oft")
+ALGORITHM_MODULES = ("lora", "ia3", "dylora", "full", "glora", "loha", "lokr", "oft", "boft")
 
 _ALGORITHMS: dict[str, type] = {}
 _loaded = False
