@@ -55,6 +55,7 @@ class TargetRules:
     conv3x3: bool = False
     te_match: Callable[[set[str]], bool] = _is_clip_target
     child_filter: Optional[Callable[[str, nn.Module], bool]] = None
+    extra_paths: tuple[str, ...] = ()  # modules wrapped by path, outside any matched parent
 
 
 @dataclass

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import CONV1X1, CONV3X3, LINEAR, AdapterModule, TargetRules
+from .presets import apply_preset
 from .registry import get_algorithm
 
 UNET_PREFIX = "lora_unet_"
@@ -71,6 +72,20 @@ def find_targets(root: nn.Module, parent_match, rules: TargetRules) -> Iterator[
                 continue
             seen.add(id(child))
             yield (f"{parent_path}.{child_path}" if parent_path else child_path), child, kind
+    for path in rules.extra_paths:  # e.g. conv_in / conv_out / time_embedding (preset "full")
+        child = root.get_submodule(path) if _has(root, path) else None
+        kind = layer_kind(child) if child is not None else None
+        if kind is not None and id(child) not in seen:
+            seen.add(id(child))
+            yield path, child, kind
+
+
+def _has(root: nn.Module, path: str) -> bool:
+    try:
+        root.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
 
 
 class AdapterNetwork(nn.Module):
@@ -237,6 +252,7 @@ def create_network(cfg: Any, unet: Optional[nn.Module], text_encoder: Optional[n
     args = algo_cls.parse_args(cfg)  # unknown network_args keys fail here, before any module is built
     rules = algo_cls.target_rules(cfg)
     ranks = algo_cls.rank_settings(cfg)
+    unet_rules, te_rules, by_kind = apply_preset(getattr(cfg, "network_preset", "kohya"), rules, ranks.by_kind, cfg)
     kw = dict(multiplier=multiplier, dropout=cfg.network_dropout, rank_dropout=cfg.rank_dropout,
               module_dropout=cfg.module_dropout, args=args, **ranks.extra)
     train_unet = unet is not None and not cfg.network_train_text_encoder_only and cfg.resolved_unet_lr() > 0
@@ -245,11 +261,11 @@ def create_network(cfg: Any, unet: Optional[nn.Module], text_encoder: Optional[n
     if not (train_unet or train_te):
         raise ConfigError("nothing to train: the UNet and the text encoder both have learning rate 0",
                         key="unet_lr", fix="set unet_lr or text_encoder_lr above 0")
-    te_modules = build_modules(algo_cls, text_encoder, TE_PREFIX, rules.te_match, rules, ranks.by_kind,
+    te_modules = build_modules(algo_cls, text_encoder, TE_PREFIX, te_rules.te_match, te_rules, by_kind,
                                te_path, kw) if train_te else {}
-    parents = set(rules.unet_parents)
-    unet_modules = build_modules(algo_cls, unet, UNET_PREFIX, lambda names: bool(names & parents), rules,
-                                 ranks.by_kind, lambda p: p, kw) if train_unet else {}
+    parents = set(unet_rules.unet_parents)
+    unet_modules = build_modules(algo_cls, unet, UNET_PREFIX, lambda names: bool(names & parents), unet_rules,
+                                 by_kind, lambda p: p, kw) if train_unet else {}
     return AdapterNetwork(algo_cls, unet_modules, te_modules, train_unet=train_unet,
                           train_text_encoder=train_te, network_args=algo_cls.network_args(cfg),
                           multiplier=multiplier)

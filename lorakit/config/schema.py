@@ -102,6 +102,9 @@ class TrainConfig(BaseModel):
                                       ge=0, lt=1)
     module_dropout: Optional[float] = F(None, "network", "Skip a whole module's delta with this probability.",
                                         ge=0, lt=1)
+    network_preset: Literal["kohya", "attn-mlp", "attn-only", "full"] = F(
+        "kohya", "network", "Which layers get adapters: kohya (kohya's default targets), attn-mlp, attn-only, "
+                            "or full (+ conv blocks, conv_in, conv_out, time embedding).")
     network_args: dict[str, Any] = F(
         {}, "network", "Options of the adapter algorithm (LyCORIS network_args), e.g. use_tucker, factor, "
                        "decompose_both, train_on_input, block_size; each algorithm checks its own.")
