@@ -264,9 +264,14 @@ class AdapterModule(nn.Module):
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The adapter's added output for input x, scale included, multiplier excluded.
 
-        Default: the base op once more with delta W (LyCORIS's and peft's route).
+        Default: the base op once more with delta W (LyCORIS's and peft's route), with
+        network_dropout on the elements of delta W while training (scaled 1/(1-p)), as the
+        merged-op algorithms do.
         """
-        return self.op(x, self.delta_weight().to(x.dtype))
+        dw = self.delta_weight()
+        if self.dropout and self.dropouts_active():
+            dw = F.dropout(dw, p=self.dropout, training=True)
+        return self.op(x, dw.to(x.dtype))
 
     def rank_dropouts(self, h: torch.Tensor) -> tuple[torch.Tensor, float]:
         """kohya 2.11 on a rank-structured hidden h (rank on dim 1 for convs, last dim for linears).

@@ -6,8 +6,9 @@ Targets as LoCon (LyCORIS's defaults): kohya's attention/MLP layers plus the Res
 Downsample and Upsample convs. The parameters are float32 copies of every adapted weight:
 SD1.5 with all those targets is about 0.8 G parameters (a 1.6 GB fp16 file).
 
-Forward: org(x) + op(x, diff) + diff_b. network_dropout / rank_dropout do not apply (no
-rank, and LyCORIS's full has none); module_dropout does. Max-norm scales diff and diff_b.
+Forward: org(x) + op(x, diff) + diff_b. network_dropout drops elements of diff while training
+(LyCORIS's full has none); rank_dropout does not apply (no rank); module_dropout does.
+Max-norm scales diff and diff_b.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class FullModule(AdapterModule):
         return b.view(1, -1, *([1] * (ndim - 2))) if self.is_conv else b
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.op(x, self.diff.to(x.dtype))
+        y = super().delta_forward(x)  # op(x, diff), network_dropout on diff while training
         if self.diff_b is not None:
             y = y + self.bias_view(self.diff_b.to(y.dtype), y.dim())
         return y
