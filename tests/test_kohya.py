@@ -318,3 +318,13 @@ def test_noise_type_original_ignores_multires(tmp_path):
     ignored = dict(res.ignored)
     assert ignored["multires_noise_iterations"] == "noise_offset_type is Original"
     assert res.pending == []
+
+
+def test_lycoris_preset_maps_for_lycoris_types_only(tmp_path):
+    full = load_config(write(tmp_path, "a.json", '{"LoRA_type": "LyCORIS/LoHa", "LyCORIS_preset": "full"}'))
+    assert full.network_preset == "full"
+    std = import_kohya_json(write(tmp_path, "b.json", '{"LoRA_type": "Standard", "LyCORIS_preset": "full"}'))
+    assert "network_preset" not in std.values and "LyCORIS_preset" in dict(std.ignored)
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "c.json", '{"LoRA_type": "LyCORIS/LoKr", "LyCORIS_preset": "unet-convblock-only"}'))
+    assert e.value.key == "LyCORIS_preset"

@@ -34,7 +34,6 @@ GUI_ONLY = {
     "model_list": "GUI model picker; the path in pretrained_model_name_or_path is used",
     "no_token_padding": "DreamBooth script only; no effect on adapter training",
     "save_model_as": "lorakit writes .safetensors",
-    "LyCORIS_preset": "module selection follows LoRA_type",
     "xformers": "lorakit always uses PyTorch SDPA attention",
     "mem_eff_attn": "lorakit always uses PyTorch SDPA attention",
     "use_wandb": "TensorBoard only",
@@ -195,6 +194,16 @@ class _Importer:
         else:
             raise unknown_key_error(key, self.file, list(known) + list(GUI_ONLY) + list(RENAMED) + list(NEUTRAL))
 
+    def preset(self, value: str, lora_type: str) -> None:
+        """LyCORIS presets apply to the LyCORIS types only (kohya_ss passes them to lycoris.kohya)."""
+        if not lora_type.startswith("LyCORIS/"):
+            self.res.ignored.append(("LyCORIS_preset", f"LoRA_type '{lora_type}' is not a LyCORIS type"))
+        elif value in ("full", "attn-mlp", "attn-only"):
+            self.res.values["network_preset"] = value
+        elif not _blank(value):
+            raise ConfigError(f"LyCORIS_preset '{value}' is not supported yet", file=self.file,
+                              key="LyCORIS_preset", fix="use full, attn-mlp or attn-only")
+
     def run(self) -> ImportResult:
         raw, res = self.raw, self.res
         lora_type = str(raw.get("LoRA_type", "Standard"))
@@ -219,6 +228,8 @@ class _Importer:
                 res.ignored.append((key, f"LoRA_type '{lora_type}' adapts no 3x3 convs"))
             elif key in NETWORK_ARG_KEYS:
                 self.network_arg(key, value, uses, lora_type)
+            elif key == "LyCORIS_preset":
+                self.preset(str(value), lora_type)
             elif key == "optimizer_args":
                 res.values["optimizer_args"] = parse_optimizer_args(value) if isinstance(value, str) else value
             elif key == "lr_warmup":
