@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .loha import MergedOpModule
+from .oft import OFTBase
 from .registry import register
 
 
@@ -70,15 +70,12 @@ def smallest_dim(out: int) -> Optional[int]:
 
 
 @register("boft")
-class BOFTModule(MergedOpModule):
+class BOFTModule(OFTBase):
     """BOFT (experimental: only ComfyUI loads it; see the module docstring)."""
-    # LyCORIS's options; use_tucker is accepted (kohya_ss passes it) and, as in LyCORIS, unused
-    ARGS: dict[str, Any] = {"constraint": 0.0, "rescaled": False, "use_tucker": False}
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
-        w = org.weight
-        out = w.shape[0]
+        out = org.weight.shape[0]
         split = power2_split(out, self.dim)
         if split is None:
             need = smallest_dim(out)
@@ -89,19 +86,7 @@ class BOFTModule(MergedOpModule):
                      "BOFT needs an even number of output channels; use diag-oft or another algorithm"))
         self.block_size, self.block_num = split
         self.stages = self.block_num.bit_length()  # p + 1 for N = 2^p
-        with torch.no_grad():  # alpha is the constraint, not a LoRA alpha
-            self.alpha.fill_(float(self.args["constraint"]))
-        self.rescaled = bool(self.args["rescaled"])
-        self.oft_blocks = nn.Parameter(torch.zeros(self.stages, self.block_num, self.block_size,
-                                                   self.block_size, device=w.device, dtype=torch.float32))
-        if self.rescaled:
-            self.rescale = nn.Parameter(torch.ones(out, *([1] * (w.dim() - 1)), device=w.device,
-                                                   dtype=torch.float32))
-        self.refresh_scale()
-
-    def refresh_scale(self) -> None:
-        self.scale = 1.0
-        self.constraint = float(self.alpha) * self.org.weight.shape[0]  # LyCORIS: constraint * out_dim
+        self.init_oft((self.stages, self.block_num, self.block_size, self.block_size))
 
     def rotations(self) -> torch.Tensor:
         """R, (stages, block_num, block_size, block_size), each block orthogonal."""
@@ -151,21 +136,6 @@ class BOFTModule(MergedOpModule):
                               f"{tuple(self.oft_blocks.shape)} here", key="network_dim",
                               fix="set network_dim / conv_dim to the values the file was trained with")
         super().load_tensors(tensors)
-        if "alpha" not in tensors:  # no constraint stored: none
-            with torch.no_grad():
-                self.alpha.zero_()
-            self.refresh_scale()
-
-    @torch.no_grad()
-    def scale_delta(self, ratio: float) -> None:
-        self.oft_blocks.mul_(ratio)
-
-    def tensors_to_save(self) -> dict[str, torch.Tensor]:
-        out = {"oft_blocks": self.oft_blocks}
-        if self.rescaled:
-            out["rescale"] = self.rescale
-        out["alpha"] = self.alpha
-        return out
 
     def extra_repr(self) -> str:
         return (f"{self.name}, stages={self.stages}, blocks={self.block_num}x{self.block_size}, "

@@ -34,30 +34,55 @@ from .loha import MergedOpModule
 from .registry import register
 
 
-@register("diag-oft")
-class DiagOFTModule(MergedOpModule):
-    """Diag-OFT (experimental: few loaders read it; see the module docstring)."""
+class OFTBase(MergedOpModule):
+    """What Diag-OFT and BOFT share: LyCORIS's options, the constraint stored as alpha, the
+    optional per-output-channel rescale, and their tensors (oft_blocks, [rescale], alpha)."""
     # LyCORIS's options; use_tucker is accepted (kohya_ss passes it) and, as in LyCORIS, unused
     ARGS: dict[str, Any] = {"constraint": 0.0, "rescaled": False, "use_tucker": False}
 
-    def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
-        super().__init__(name, org, dim, alpha, **kw)
-        w = org.weight
-        out = w.shape[0]
-        self.block_size, self.block_num = factorization(out, self.dim)
+    def init_oft(self, blocks_shape: tuple[int, ...]) -> None:
+        """Call from __init__ once the block layout is known."""
+        w = self.org.weight
         with torch.no_grad():  # alpha is the constraint, not a LoRA alpha
             self.alpha.fill_(float(self.args["constraint"]))
         self.rescaled = bool(self.args["rescaled"])
-        self.oft_blocks = nn.Parameter(torch.zeros(self.block_num, self.block_size, self.block_size,
-                                                   device=w.device, dtype=torch.float32))
+        self.oft_blocks = nn.Parameter(torch.zeros(*blocks_shape, device=w.device, dtype=torch.float32))
         if self.rescaled:
-            self.rescale = nn.Parameter(torch.ones(out, *([1] * (w.dim() - 1)), device=w.device,
+            self.rescale = nn.Parameter(torch.ones(w.shape[0], *([1] * (w.dim() - 1)), device=w.device,
                                                    dtype=torch.float32))
         self.refresh_scale()
 
     def refresh_scale(self) -> None:
         self.scale = 1.0
         self.constraint = float(self.alpha) * self.org.weight.shape[0]  # LyCORIS: constraint * out_dim
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_tensors(tensors)
+        if "alpha" not in tensors:  # no constraint stored: none
+            with torch.no_grad():
+                self.alpha.zero_()
+            self.refresh_scale()
+
+    @torch.no_grad()
+    def scale_delta(self, ratio: float) -> None:
+        self.oft_blocks.mul_(ratio)
+
+    def tensors_to_save(self) -> dict[str, torch.Tensor]:
+        out = {"oft_blocks": self.oft_blocks}
+        if self.rescaled:
+            out["rescale"] = self.rescale
+        out["alpha"] = self.alpha
+        return out
+
+
+@register("diag-oft")
+class DiagOFTModule(OFTBase):
+    """Diag-OFT (experimental: few loaders read it; see the module docstring)."""
+
+    def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
+        super().__init__(name, org, dim, alpha, **kw)
+        self.block_size, self.block_num = factorization(org.weight.shape[0], self.dim)
+        self.init_oft((self.block_num, self.block_size, self.block_size))
 
     def rotation(self) -> torch.Tensor:
         """R, (block_num, block_size, block_size), orthogonal."""
@@ -83,24 +108,6 @@ class DiagOFTModule(MergedOpModule):
             if keep is not None:
                 dw = dw * keep.view(-1, *([1] * (dw.dim() - 1)))
         return dw
-
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        super().load_tensors(tensors)
-        if "alpha" not in tensors:  # no constraint stored: none
-            with torch.no_grad():
-                self.alpha.zero_()
-            self.refresh_scale()
-
-    @torch.no_grad()
-    def scale_delta(self, ratio: float) -> None:
-        self.oft_blocks.mul_(ratio)
-
-    def tensors_to_save(self) -> dict[str, torch.Tensor]:
-        out = {"oft_blocks": self.oft_blocks}
-        if self.rescaled:
-            out["rescale"] = self.rescale
-        out["alpha"] = self.alpha
-        return out
 
     def extra_repr(self) -> str:
         return (f"{self.name}, blocks={self.block_num}x{self.block_size}, constraint={float(self.alpha):g}"
