@@ -202,3 +202,17 @@ def test_kohya_names_build_the_reference_class_fast_on_request(name, fast, ref):
     assert type(opt) is ref  # the default until a GPU measurement shows the fast one pays
     assert resolve_optimizer(name)[0] is ref  # the reference still names it (ss_optimizer metadata)
     assert describe_optimizer(cfg_for(name)).startswith(f"{ref.__module__}.{ref.__name__}")
+
+
+@pytest.mark.parametrize("cls", [fast_prodigy.Prodigy, fast_dadapt.DAdaptAdam, fast_dadapt.DAdaptAdamPreprint,
+                                 fast_dadapt.DAdaptLion])
+def test_foreach_optimizers_refuse_fsdp_and_complex(cls):
+    """Sharded (FSDP) parameters and complex parameters would give wrong sums: refused, not trained."""
+    with pytest.raises(NotImplementedError, match="FSDP"):
+        cls([torch.zeros(3, requires_grad=True)], lr=1.0, fsdp_in_use=True)
+    p = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
+    opt = cls([p], lr=1.0)
+    p.grad = torch.ones_like(p)
+    with pytest.raises(NotImplementedError, match="complex"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.zeros(3, dtype=torch.complex64))

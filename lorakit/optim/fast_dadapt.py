@@ -11,36 +11,14 @@ sync) on the logged steps only. Complex parameters are refused.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import dadaptation
 import dadaptation.experimental
 import torch
 
-from .fast_prodigy import Cast, abs_total, batches, check_lrs, pymax, pymin, refuse_fsdp, scalar, total
-
-
-def _prologue(opt: torch.optim.Optimizer, closure: Callable | None):
-    loss = None
-    if closure is not None:
-        with torch.enable_grad():
-            loss = closure()
-    groups = opt.param_groups
-    refuse_fsdp(groups)
-    lr = max(g["lr"] for g in groups)
-    check_lrs(groups, lr)
-    live_params = [[p for p in g["params"] if p.grad is not None] for g in groups]
-    for ps in live_params:
-        if any(p.is_complex() for p in ps):
-            raise NotImplementedError("complex parameters: use optimizer_args implementation='reference'")
-    return loss, groups, lr, live_params
-
-
-def _coupled_decay(groups: list[dict[str, Any]], live_params: list[list[torch.Tensor]]) -> None:
-    for g, ps in zip(groups, live_params):
-        if g["weight_decay"] != 0 and not g["decouple"] and ps:
-            for idx in batches(ps):
-                torch._foreach_add_([ps[i].grad for i in idx], [ps[i] for i in idx], alpha=g["weight_decay"])
+from .foreach_util import (Cast, RefuseFsdp, StepStart, abs_total, begin_step, coupled_decay, pymax, pymin,
+                           scalar, state_batches, store, total)
 
 
 def _init_adam_state(opt: torch.optim.Optimizer, ps: list[torch.Tensor]) -> None:
@@ -53,15 +31,6 @@ def _init_adam_state(opt: torch.optim.Optimizer, ps: list[torch.Tensor]) -> None
             state["exp_avg_sq"] = torch.zeros_like(p.detach())
 
 
-def _store(groups: list[dict[str, Any]], new: dict[str, torch.Tensor], live: torch.Tensor,
-           dev: torch.device) -> None:
-    """group[key] = new value, or the old one where the reference would have returned early."""
-    for g in groups:
-        for key, value in new.items():
-            old = g.get(key)
-            g[key] = value if old is None else torch.where(live, value, scalar(old, dev))
-
-
 def _adam_steps(opt: torch.optim.Optimizer, groups: list[dict[str, Any]], live_params: list[list[torch.Tensor]],
                 gate: torch.Tensor, decay_coef: Callable[[dict[str, Any]], Cast | None]) -> None:
     """p -= exp_avg / (sqrt(exp_avg_sq) + eps), after the decoupled decay, times `gate` (0 or 1)."""
@@ -70,36 +39,34 @@ def _adam_steps(opt: torch.optim.Optimizer, groups: list[dict[str, Any]], live_p
         if not ps:
             continue
         dc = decay_coef(g)
-        for idx in batches(ps):
-            bp = [ps[i] for i in idx]
-            st = [opt.state[p] for p in bp]
-            for s in st:
+        for b in state_batches(opt, ps):
+            bp = b.params
+            for s in b.states:
                 s["step"] += 1
-            denom = torch._foreach_sqrt([s["exp_avg_sq"] for s in st])
+            denom = torch._foreach_sqrt(b["exp_avg_sq"])
             torch._foreach_add_(denom, g["eps"])
             if dc is not None:
                 torch._foreach_add_(bp, torch._foreach_mul(bp, dc.to(bp[0])))
-            upd = torch._foreach_mul([s["exp_avg"] for s in st], neg_gate.to(bp[0]))
+            upd = torch._foreach_mul(b["exp_avg"], neg_gate.to(bp[0]))
             torch._foreach_addcdiv_(bp, upd, denom)
 
 
-class DAdaptAdam(dadaptation.DAdaptAdam):
-    """dadaptation.DAdaptAdam's step with foreach ops and device scalars."""
+def _adam_start(opt: torch.optim.Optimizer, closure: Callable | None) -> tuple[StepStart, torch.Tensor]:
+    """begin_step, coupled decay and fresh state for the Adam variants; returns (start, d)."""
+    s0 = begin_step(opt, closure)
+    coupled_decay(s0.groups, s0.live_params)
+    _init_adam_state(opt, s0.everything)
+    return s0, scalar(s0.g0["d"], s0.dev)
 
-    def __init__(self, params: Iterable, lr: float = 1.0, *args: Any, **kwargs: Any):
-        super().__init__(params, lr, *args, **kwargs)
-        refuse_fsdp(self.param_groups)
+
+class DAdaptAdam(RefuseFsdp, dadaptation.DAdaptAdam):
+    """dadaptation.DAdaptAdam's step with foreach ops and device scalars."""
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):  # type: ignore[override]
-        loss, groups, lr, live_params = _prologue(self, closure)
-        everything = [p for ps in live_params for p in ps]
-        _coupled_decay(groups, live_params)
-        _init_adam_state(self, everything)
-        g0 = groups[0]
-        dev = everything[0].device if everything else torch.device("cpu")
+        s0, d = _adam_start(self, closure)
+        loss, groups, lr, live_params, dev, g0 = s0.loss, s0.groups, s0.lr, s0.live_params, s0.dev, s0.g0
         beta1, beta2 = g0["betas"]
-        d = scalar(g0["d"], dev)
         k = scalar(g0["k"], dev)
         if g0["use_bias_correction"]:
             dlr = d * lr * (torch.sqrt(1 - beta2 ** (k + 1)) / (1 - beta1 ** (k + 1)))
@@ -116,13 +83,8 @@ class DAdaptAdam(dadaptation.DAdaptAdam):
             any_live = True
             r = g["layer_scale"]
             ema1 = Cast(r * dlr * (1 - beta1))
-            for idx in batches(ps):
-                bp = [ps[i] for i in idx]
-                st = [self.state[p] for p in bp]
-                grads = [p.grad for p in bp]
-                exp_avg = [s["exp_avg"] for s in st]
-                exp_avg_sq = [s["exp_avg_sq"] for s in st]
-                s_list = [s["s"] for s in st]
+            for b in state_batches(self, ps):
+                bp, grads, exp_avg, exp_avg_sq, s_list = b.params, b.grads, b["exp_avg"], b["exp_avg_sq"], b["s"]
                 denom = torch._foreach_sqrt(exp_avg_sq)
                 torch._foreach_add_(denom, g["eps"])
                 dot = total(torch._foreach_mul(grads, torch._foreach_div(s_list, denom)), sk_l1)
@@ -143,7 +105,7 @@ class DAdaptAdam(dadaptation.DAdaptAdam):
         if g0["log_every"] > 0 and int(groups[-1]["k"]) % g0["log_every"] == 0 and bool(live):
             logging.info(f"lr: {lr} dlr: {float(dlr)} d_hat: {float(d_hat)}, d: {float(d_new)}. "
                          f"sk_l1={float(sk_l1):1.1e} numerator_weighted={float(numerator_weighted):1.1e}")
-        _store(groups, {"numerator_weighted": numerator_weighted, "d": d_new}, live, dev)
+        store(groups, {"numerator_weighted": numerator_weighted, "d": d_new}, live, dev)
         gate = live.to(d.dtype)
         for g in groups:
             g["k"] = scalar(g["k"], dev) + gate
@@ -154,23 +116,14 @@ class DAdaptAdam(dadaptation.DAdaptAdam):
         return loss
 
 
-class DAdaptAdamPreprint(dadaptation.experimental.DAdaptAdamPreprint):
+class DAdaptAdamPreprint(RefuseFsdp, dadaptation.experimental.DAdaptAdamPreprint):
     """dadaptation.experimental.DAdaptAdamPreprint (kohya's "DAdaptation") with foreach ops."""
-
-    def __init__(self, params: Iterable, lr: float = 1.0, *args: Any, **kwargs: Any):
-        super().__init__(params, lr, *args, **kwargs)
-        refuse_fsdp(self.param_groups)
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):  # type: ignore[override]
-        loss, groups, lr, live_params = _prologue(self, closure)
-        everything = [p for ps in live_params for p in ps]
-        _coupled_decay(groups, live_params)
-        _init_adam_state(self, everything)
-        g0 = groups[0]
-        dev = everything[0].device if everything else torch.device("cpu")
+        s0, d = _adam_start(self, closure)
+        loss, groups, lr, live_params, dev, g0 = s0.loss, s0.groups, s0.lr, s0.live_params, s0.dev, s0.g0
         beta1, beta2 = g0["betas"]
-        d = scalar(g0["d"], dev)
         dlr = d * lr
         zero = torch.zeros((), dtype=d.dtype, device=dev)
         g_sq, sksq_weighted, sk_l1 = zero, zero, zero
@@ -181,13 +134,8 @@ class DAdaptAdamPreprint(dadaptation.experimental.DAdaptAdamPreprint):
             if not (g["lr"] > 0 and ps):
                 continue
             any_live = True
-            for idx in batches(ps):
-                bp = [ps[i] for i in idx]
-                st = [self.state[p] for p in bp]
-                grads = [p.grad for p in bp]
-                exp_avg = [s["exp_avg"] for s in st]
-                exp_avg_sq = [s["exp_avg_sq"] for s in st]
-                s_list = [s["s"] for s in st]
+            for b in state_batches(self, ps):
+                bp, grads, exp_avg, exp_avg_sq, s_list = b.params, b.grads, b["exp_avg"], b["exp_avg_sq"], b["s"]
                 grad_grad = torch._foreach_mul(grads, grads)
                 torch._foreach_mul_(exp_avg, beta1)
                 torch._foreach_add_(exp_avg, torch._foreach_mul(grads, ema1.to(bp[0])))
@@ -213,7 +161,7 @@ class DAdaptAdamPreprint(dadaptation.experimental.DAdaptAdamPreprint):
             logging.info(f"(k={groups[-1]['k']}) dlr: {float(dlr):1.1e} d_hat: {float(d_hat):1.1e}, "
                          f"d: {float(d_new):1.8}. sksq_weighted={float(sksq_weighted):1.1e} "
                          f"gsq_weighted={float(gsq_weighted):1.1e} sk_l1={float(sk_l1):1.1e}")
-        _store(groups, {"gsq_weighted": gsq_weighted, "d": d_new}, live, dev)
+        store(groups, {"gsq_weighted": gsq_weighted, "d": d_new}, live, dev)
         gate = live.to(d.dtype)
         for g in groups:
             g["k"] = g["k"] + 1  # read by nothing but the log line
@@ -226,21 +174,15 @@ class DAdaptAdamPreprint(dadaptation.experimental.DAdaptAdamPreprint):
         return loss
 
 
-class DAdaptLion(dadaptation.DAdaptLion):
+class DAdaptLion(RefuseFsdp, dadaptation.DAdaptLion):
     """dadaptation.DAdaptLion's step with foreach ops and device scalars."""
-
-    def __init__(self, params: Iterable, lr: float = 1.0, *args: Any, **kwargs: Any):
-        super().__init__(params, lr, *args, **kwargs)
-        refuse_fsdp(self.param_groups)
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):  # type: ignore[override]
-        loss, groups, lr, live_params = _prologue(self, closure)
-        everything = [p for ps in live_params for p in ps]
-        if not everything:
+        s0 = begin_step(self, closure)
+        loss, groups, lr, live_params, dev, g0 = s0.loss, s0.groups, s0.lr, s0.live_params, s0.dev, s0.g0
+        if not s0.everything:
             return loss  # sk_l1 == 0: the reference returns before touching anything
-        g0 = groups[0]
-        dev = everything[0].device
         d = scalar(g0["d"], dev)
         dlr = d * lr
         beta1, beta2 = g0["betas"]
@@ -254,17 +196,13 @@ class DAdaptLion(dadaptation.DAdaptLion):
             if not ps:
                 continue
             shrink = Cast(1 - dlr * g["weight_decay"])
-            for idx in batches(ps):
-                bp = [ps[i] for i in idx]
-                for p in bp:
-                    state = self.state[p]
+            for b in state_batches(self, ps):
+                bp, grads = b.params, b.grads
+                for p, state in zip(bp, b.states):
                     if "exp_avg" not in state:
                         state["exp_avg"] = torch.zeros_like(p.detach())
                         state["s"] = torch.zeros_like(p.detach())
-                st = [self.state[p] for p in bp]
-                grads = [p.grad for p in bp]
-                exp_avg = [s["exp_avg"] for s in st]
-                s_list = [s["s"] for s in st]
+                exp_avg, s_list = b["exp_avg"], b["s"]
                 torch._foreach_mul_(bp, shrink.to(bp[0]))
                 update = torch._foreach_mul(exp_avg, beta1)
                 torch._foreach_add_(update, grads, alpha=1 - beta1)
@@ -285,7 +223,7 @@ class DAdaptLion(dadaptation.DAdaptLion):
         if g0["log_every"] > 0 and int(groups[-1]["k"]) % g0["log_every"] == 0 and bool(live):
             logging.info(f"lr: {lr} dlr: {float(dlr)} d: {float(d_new)}. sk_l1={float(sk_l1):1.1e} "
                          f"numerator_weighted={float(numerator_weighted):1.1e}")
-        _store(groups, {"numerator_weighted": numerator_weighted, "d": d_new}, live, dev)
+        store(groups, {"numerator_weighted": numerator_weighted, "d": d_new}, live, dev)
         for g in groups:
             g["k"] = g["k"] + 1  # read by nothing but the log line
         return loss
