@@ -102,6 +102,35 @@ def test_half_precision_base_with_float32_adapter():
         assert (y.float() - m._org_forward(x.to(torch.bfloat16)).float()).abs().max().item() > 5e-2
 
 
+def test_autocast_forward_makes_no_float32_copy_of_the_input():
+    """Under bf16 autocast the adapter's input is not cast up to float32 first (a copy in forward and
+    one in backward per module); the output is bit-identical to that older route."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountUpcasts(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and args[0].dtype == torch.bfloat16 \
+                    and kwargs.get("dtype") == torch.float32:
+                CountUpcasts.n += 1
+            return func(*args, **kwargs)
+
+    torch.manual_seed(0)
+    org = nn.Linear(8, 6).to(torch.bfloat16)
+    m = wrapped(org, dim=2, alpha=1.0)
+    nn.init.normal_(m.lora_up.weight)
+    x = torch.randn(3, 8, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16), CountUpcasts():
+        y = org(x)
+        old_route = m._org_forward(x) + (m.lora_up(m.lora_down(x.float())) * 0.5).to(torch.bfloat16)
+    assert CountUpcasts.n == 1  # the old route's own x.float(), nothing from the adapter
+    assert y.dtype == torch.bfloat16 and torch.equal(y, old_route)
+    y.float().sum().backward()
+    assert m.lora_down.weight.grad is not None and m.lora_down.weight.grad.dtype == torch.float32
+
+
 def test_restore_keeps_an_instance_forward():
     org = nn.Linear(4, 4)
     marker = org.forward
