@@ -69,6 +69,51 @@ def test_forward_equals_bypass_and_merged_weight(kind):
         assert (org(x) - y).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("kind", ["linear", "conv1x1", "conv3x3s2", "tucker"])
+def test_merged_op_equals_the_bypass_in_values_and_gradients(kind):
+    """network_args merged_op=true: op(x, W + m dW) + b, the same forward and gradients as the bypass;
+    while rank dropout acts it runs the bypass (same random draws as merged_op=false)."""
+    from lorakit.adapters.lora import LoConModule
+
+    def build(merged: bool, **kw):
+        torch.manual_seed(0)
+        org = nn.Linear(12, 10) if kind == "linear" else nn.Conv2d(
+            12, 10, 1 if kind == "conv1x1" else 3, stride=2 if kind == "conv3x3s2" else 1, padding=int(kind != "conv1x1"))
+        args = {"merged_op": merged, "use_tucker": kind == "tucker"}
+        m = LoConModule("lora_test", org, 4, 3.0, args=args, **kw)
+        with torch.no_grad():
+            m.lora_up.weight.normal_(0, 0.3)
+        m.multiplier = 0.7
+        return org, m.apply()
+
+    torch.manual_seed(1)
+    x = torch.randn(3, 5, 12) if kind == "linear" else torch.randn(2, 12, 7, 7)
+    outs, grads = [], []
+    for merged in (False, True):
+        org, m = build(merged)
+        if kind == "tucker":
+            assert m.tucker
+        y = org(x)
+        y.square().sum().backward()
+        outs.append(y.detach())
+        grads.append([p.grad for p in m.parameters()])
+    assert (outs[0] - outs[1]).abs().max().item() <= 1e-5
+    m.delta_forward = None  # the merged module never runs the bypass ...
+    assert torch.equal(org(x).detach(), outs[1])
+    m.train()  # ... nor in training without per-sample dropout
+    assert torch.equal(org(x).detach(), outs[1])
+    for g0, g1 in zip(*grads):
+        assert (g0 - g1).abs().max().item() <= 1e-4 * max(1.0, g0.abs().max().item())
+    # rank dropout while training: the bypass, with the same draws
+    ys = []
+    for merged in (False, True):
+        org, m = build(merged, rank_dropout=0.5)
+        m.train()
+        torch.manual_seed(5)
+        ys.append(org(x).detach())
+    assert torch.equal(ys[0], ys[1])
+
+
 def test_init_alpha_and_scale():
     torch.manual_seed(0)
     org = nn.Linear(300, 20)

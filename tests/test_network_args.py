@@ -51,10 +51,13 @@ def test_bad_network_args_are_config_errors(args, msg, fix):
     assert msg in e.value.message and fix in e.value.fix
 
 
-def test_lora_accepts_no_network_args():
+def test_lora_accepts_only_merged_op():
     with pytest.raises(ConfigError) as e:
         create_network(cfg(network_args={"use_tucker": True, **WD}), *tiny_models())
-    assert "lora accepts: none" in e.value.fix
+    assert "lora accepts: merged_op" in e.value.fix
+    net = create_network(cfg(network_args={"merged_op": "true"}), *tiny_models())
+    assert all(m.args == {"merged_op": True} for m in net.all_modules())
+    assert "merged_op" not in net.network_args  # a runtime choice, not written to ss_network_args
 
 
 def test_validated_args_reach_every_module():

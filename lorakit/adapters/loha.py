@@ -102,13 +102,7 @@ class MergedOpModule(AdapterModule):
             return self._org_forward(x)
         if self.module_dropout and self.dropouts_active() and torch.rand(1) < self.module_dropout:
             return self._org_forward(x)
-        org = self.org
-        w = org.weight
-        dw = self.training_delta().to(w.device)
-        weight = w + (dw * self.multiplier).to(w.dtype)
-        if self.is_conv:
-            return org._conv_forward(x, weight, org.bias)  # honours padding_mode
-        return F.linear(x, weight, org.bias)
+        return self.merged_forward(x, self.training_delta())
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x, self.training_delta().to(x.dtype))

@@ -5,7 +5,11 @@ delta W = up @ down * alpha / dim.
 - 1x1 conv: down (r, in, 1, 1), up (out, r, 1, 1).
 - 3x3 conv (LoCon): down (r, in, k, k) with the base conv's stride/padding/dilation, up (out, r, 1, 1).
 Init: down kaiming_uniform(a=sqrt(5)), up zeros, so a fresh adapter changes nothing.
-Forward is the bypass x -> down -> [network/rank dropout] -> up, the cheapest form for small ranks.
+Forward is the bypass x -> down -> [network/rank dropout] -> up, the cheapest form for small ranks
+on the CPU and for small layers. network_args merged_op=true runs one op with W + delta W instead
+(faster on an H100 for the 64x64 3x3 convs and the feed-forward, adapter-format.md "Speed facts");
+it falls back to the bypass while network/rank dropout act, since their per-sample masks have no
+merged form. Same values either way, to float rounding.
 
 "lora" is kohya's networks.lora (3x3 convs only with conv_dim: kohya LoCon).
 "locon" is the same module with LyCORIS's defaults: conv_dim defaults to network_dim and
@@ -27,6 +31,7 @@ from .registry import register
 @register("lora")
 class LoRAModule(AdapterModule):
     network_module = "networks.lora"
+    ARGS: dict[str, Any] = {"merged_op": False}  # a runtime choice: not written to the file
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
@@ -44,6 +49,15 @@ class LoRAModule(AdapterModule):
 
     def param_dtype(self) -> torch.dtype:
         return self.lora_down.weight.dtype
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        per_sample = self.dropouts_active() and bool(self.dropout or self.rank_dropout)
+        if (not self.args.get("merged_op") or args or kwargs or per_sample or self.multiplier == 0
+                or getattr(self, "wd", False) or not self.applied):
+            return super().forward(x, *args, **kwargs)
+        if self.module_dropout and self.dropouts_active() and torch.rand(1) < self.module_dropout:
+            return self._org_forward(x)
+        return self.merged_forward(x, self.delta_weight())
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.lora_down(x)
@@ -83,7 +97,7 @@ class LoConModule(LoRAModule):
     forward and network dropout the elements of delta W.
     """
     LYCORIS_CONV_DEFAULTS = True
-    ARGS: dict[str, Any] = {"use_tucker": False, **DORA_ARGS}
+    ARGS: dict[str, Any] = {**LoRAModule.ARGS, "use_tucker": False, **DORA_ARGS}
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
