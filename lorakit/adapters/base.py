@@ -210,15 +210,18 @@ class AdapterModule(nn.Module):
             return F.conv2d(x, weight, None, org.stride, org.padding, org.dilation, org.groups)
         return F.linear(x, weight)
 
-    def merged_forward(self, x: torch.Tensor, dw: torch.Tensor) -> torch.Tensor:
-        """op(x, W + multiplier * dw) with the wrapped layer's bias: one op where the bypass runs two
-        or three (adapter-format.md "Speed facts"). No per-sample dropout can act in this form."""
+    def merged_forward(self, x: torch.Tensor, dw: torch.Tensor,
+                       bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """op(x, W + multiplier * dw) with the wrapped layer's bias (or `bias`): one op where the
+        bypass runs two or three (adapter-format.md "Speed facts"). No per-sample dropout can act
+        in this form."""
         org = self.org
         w = org.weight
         weight = w + (dw.to(w.device) * self.multiplier).to(w.dtype)
+        bias = org.bias if bias is None else bias
         if self.is_conv:
-            return org._conv_forward(x, weight, org.bias)  # honours padding_mode
-        return F.linear(x, weight, org.bias)
+            return org._conv_forward(x, weight, bias)  # honours padding_mode
+        return F.linear(x, weight, bias)
 
     # --- apply / restore ----------------------------------------------------------
     def apply(self, fn: Optional[Callable[[nn.Module], None]] = None):  # type: ignore[override]

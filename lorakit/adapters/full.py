@@ -6,8 +6,9 @@ Targets as LoCon (LyCORIS's defaults): kohya's attention/MLP layers plus the Res
 Downsample and Upsample convs. The parameters are float32 copies of every adapted weight:
 SD1.5 with all those targets is about 0.8 G parameters (a 1.6 GB fp16 file).
 
-Forward: org(x) + op(x, diff) + diff_b. network_dropout drops elements of diff while training
-(LyCORIS's full has none); rank_dropout does not apply (no rank); module_dropout does.
+Forward: one op with W + m * diff and bias b + m * diff_b (the same values as org(x) + op(x, diff)
++ diff_b, with one full-size matmul/conv instead of two). network_dropout drops elements of diff
+while training (LyCORIS's full has none); rank_dropout does not apply (no rank); module_dropout does.
 Max-norm scales diff and diff_b.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -38,6 +40,19 @@ class FullModule(AdapterModule):
 
     def bias_view(self, b: torch.Tensor, ndim: int) -> torch.Tensor:
         return b.view(1, -1, *([1] * (ndim - 2))) if self.is_conv else b
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args or kwargs or self.multiplier == 0 or not self.applied:
+            return super().forward(x, *args, **kwargs)
+        if self.module_dropout and self.dropouts_active() and torch.rand(1) < self.module_dropout:
+            return self._org_forward(x)
+        dw = self.diff
+        if self.dropout and self.dropouts_active():
+            dw = F.dropout(dw, p=self.dropout, training=True)
+        bias = self.org.bias
+        if self.diff_b is not None:
+            bias = bias + (self.diff_b * self.multiplier).to(bias.dtype)
+        return self.merged_forward(x, dw, bias)
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().delta_forward(x)  # op(x, diff), network_dropout on diff while training
