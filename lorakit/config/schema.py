@@ -44,7 +44,9 @@ class TrainConfig(BaseModel):
     keep_tokens: int = F(0, "data", "Keep the first N comma-separated tags in place when shuffling.", ge=0)
     cache_latents: bool = F(True, "data", "Encode every image with the VAE once, before training.")
     vae_batch_size: int = F(1, "data", "Batch size of the latent caching pass.", ge=1)
-    max_data_loader_n_workers: int = F(0, "data", "DataLoader worker processes (0 = main process).", ge=0)
+    max_data_loader_n_workers: int = F(
+        0, "data", "DataLoader worker processes that decode batches ahead of their step (0 = the main process "
+        "builds each batch when its step comes). Same results either way.", ge=0)
     persistent_data_loader_workers: bool = F(False, "data", "Keep DataLoader workers alive between epochs.")
     prior_loss_weight: float = F(1.0, "data", "Loss weight of regularization images.", ge=0)
     cache_latents_to_disk: bool = F(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -54,6 +54,12 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.captions)
+
+    def pin_memory(self) -> "Batch":
+        """A copy with page-locked tensors (DataLoader(pin_memory=True) calls this on CUDA runs)."""
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return replace(self, loss_weights=pin(self.loss_weights), latents=pin(self.latents),
+                       pixels=pin(self.pixels), masks=pin(self.masks))
 
 
 class TrainDataset:

@@ -5,14 +5,16 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
 from ..config.schema import TrainConfig
+from ..data.loader import BatchLoader, rank_groups
 from ..events import EventBus, Subscriber
-from .loss import sample_seed, target, weighted_loss
+from .loss import latent_seed, sample_seed, target, weighted_loss
 from .noise import draw_noise
 from .hooks import RunHooks
 from .save import save_adapter
@@ -41,13 +43,19 @@ def encode_prompts(run: Run, captions: list[str]) -> torch.Tensor:
         return encode(m.text_encoder, ids, clip_skip=cfg.clip_skip)
 
 
-def batch_latents(run: Run, batch) -> torch.Tensor:
+def batch_latents(run: Run, batch, seeds: list[int]) -> torch.Tensor:
     vae = run.model.vae
-    if batch.latents is not None:
-        latents = batch.latents.to(run.device)
+    if batch.latents is not None:  # non_blocking: pinned by the DataLoader on CUDA
+        latents = batch.latents.to(run.device, non_blocking=True)
     else:
         with torch.no_grad():
-            latents = vae.encode(batch.pixels.to(run.device, dtype=vae.dtype)).latent_dist.sample(run.generator)
+            pixels = batch.pixels.to(run.device, dtype=vae.dtype, non_blocking=True)
+            dist = vae.encode(pixels).latent_dist
+        # mean + std * eps as DiagonalGaussianDistribution.sample, but eps from each sample's own
+        # seed instead of one stream: a resumed run, or W processes, draw what a straight run does
+        eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=torch.Generator().manual_seed(latent_seed(s)))
+                           for s in seeds])
+        latents = dist.mean + dist.std * eps.to(run.device, dist.mean.dtype)
     return latents.float() * vae.config.scaling_factor
 
 
@@ -55,7 +63,7 @@ def micro_step_loss(run: Run, batch, seeds: list[int]) -> torch.Tensor:
     """Weighted mean loss over the samples of one micro-batch."""
     m, cfg = run.model, run.cfg
     sched = m.noise_scheduler
-    latents = batch_latents(run, batch)
+    latents = batch_latents(run, batch, seeds)
     d = draw_noise(latents, seeds, run.noise_settings, sched.config.num_train_timesteps)
     noisy = sched.add_noise(latents, d.input_noise, d.timesteps)
     with run.accelerator.autocast():
@@ -63,7 +71,8 @@ def micro_step_loss(run: Run, batch, seeds: list[int]) -> torch.Tensor:
         pred = m.unet(noisy.to(run.weight_dtype), d.timesteps, context.to(run.weight_dtype)).sample
     tgt = target(sched, latents, d.noise, d.timesteps, m.v_parameterization)
     losses = weighted_loss(cfg, sched, pred, tgt, d.timesteps, m.v_parameterization,
-                           sample_weights=batch.loss_weights.to(run.device), mask=getattr(batch, "masks", None))
+                           sample_weights=batch.loss_weights.to(run.device, non_blocking=True),
+                           mask=getattr(batch, "masks", None))
     return losses.mean()
 
 
@@ -89,18 +98,19 @@ def optimizer_step(run: Run) -> dict[str, float]:
     return {}
 
 
-def train_step(run: Run, step_batches: list, starts: list[int], epoch: int) -> tuple[float, int]:
+def train_step(run: Run, mine: list[tuple[Any, int]], n_images: int, epoch: int) -> tuple[float, int]:
     """One optimizer step over all micro-batches of the step, across processes.
 
-    Process r takes micro-batches r, r+W, ... Each sample's noise is keyed by its position
-    in the epoch (`starts`), so the result does not depend on the batch size, the
-    accumulation or the number of processes. Returns (mean loss, images in the step).
+    `mine`: (batch, start) of the micro-batches this process trains (r, r+W, ... of the step,
+    see data/loader.rank_groups); `n_images`: images of the whole step, every process's.
+    Each sample's noise is keyed by its position in the epoch (`start`), so the result does
+    not depend on the batch size, the accumulation or the number of processes.
+    Returns (mean loss, images in the step).
     """
     acc = run.accelerator
-    W, r = acc.num_processes, acc.process_index
-    n_images = sum(len(b.captions) for b in step_batches)
+    W = acc.num_processes
     loss_sum = torch.zeros((), device=run.device)
-    for batch, start in list(zip(step_batches, starts))[r::W]:
+    for batch, start in mine:
         n = len(batch.captions)
         loss = micro_step_loss(run, batch, [sample_seed(run.seed, epoch, start + i) for i in range(n)])
         # the gradient of the mean over every image of the optimizer step, also for a short last group
@@ -153,22 +163,25 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
     if not resume:
         hooks.at_start()
     recent: deque[float] = deque(maxlen=plan.steps_per_epoch)
+    loader = BatchLoader.for_run(run)
     step, epoch, loss_value, stop = progress.step, progress.epoch, math.nan, step_done(progress.step, plan)
     try:
         for epoch in range(max(1, progress.epoch), plan.epochs + 1):
-            batches = list(run.dataset.epoch_batches(epoch, cfg.train_batch_size, run.seed))
-            starts = [0]  # position in the epoch of each batch's first sample
-            for b in batches:
-                starts.append(starts[-1] + len(b.captions))
+            ids = run.dataset.batch_plan(epoch, cfg.train_batch_size, run.seed)  # sample ids only
+            starts = list(accumulate(map(len, ids), initial=0))  # each batch's first sample in the epoch
             per_step = ga * run.accelerator.num_processes
-            n_groups = math.ceil(len(batches) / per_step)
+            n_groups = math.ceil(len(ids) / per_step)
             done = progress.groups_done if epoch == progress.epoch else 0  # resume mid-epoch
+            # this process's batches of the steps still to run, built when their step comes
+            groups = [] if stop else rank_groups(len(ids), per_step, run.accelerator.num_processes,
+                                                 run.accelerator.process_index, done)
+            feed = loader.batches(epoch, [ids[k] for g in groups for k in g])
             epoch_losses: list[float] = []
-            for j in range(done, n_groups) if not stop else []:
+            for j, mine in zip(range(done, n_groups), groups):
                 lrs = group_lrs(run)  # the lr this step uses, before the scheduler moves on
                 t0 = time.perf_counter()
-                sl = slice(j * per_step, (j + 1) * per_step)
-                loss_value, n_images = train_step(run, batches[sl], starts[sl], epoch)
+                n_images = sum(map(len, ids[j * per_step:(j + 1) * per_step]))
+                loss_value, n_images = train_step(run, [(next(feed), starts[k]) for k in mine], n_images, epoch)
                 done, step = done + 1, step + 1
                 run.progress = Progress(step, epoch, done)
                 recent.append(loss_value)
@@ -195,6 +208,8 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
         save_state(run, f"{cfg.output_name}-step{step:08d}-state")
         bus.emit("end", step, epoch, output_file=str(path), loss=loss_value, interrupted=True)
         raise
+    finally:
+        loader.close()  # persistent workers end with the run
     path = save_adapter(run, step, epoch, cfg.output_name)
     if cfg.save_state:
         save_state(run, f"{cfg.output_name}-state")

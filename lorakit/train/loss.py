@@ -25,6 +25,12 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + position) % (2**63 - 1)
 
 
+def latent_seed(sample: int) -> int:
+    """The seed of a sample's VAE posterior draw (uncached latents), from its sample_seed: one
+    LCG step, so it is not the noise's seed (equal seeds would make the draw equal the noise)."""
+    return (sample * 6_364_136_223_846_793_005 + 1_442_695_040_888_963_407) % (2**63 - 1)
+
+
 def sample_noise(latents: torch.Tensor, num_timesteps: int, seeds: list[int]
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise and timestep drawn per sample from its own seed (plain Gaussian, t in [0, T)).
