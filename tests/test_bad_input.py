@@ -92,6 +92,11 @@ def c_all_lr_zero(t, m):
             "--set", "unet_lr=0", "--set", "text_encoder_lr=0"]
 
 
+def c_te_cache_with_trained_te(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", "cache_text_encoder_outputs=true", "--set", "text_encoder_lr=1e-4"]
+
+
 def c_no_model(t, m):
     return ["train", "--data", str(good_data(t)), "--output", str(t / "o")]
 
@@ -237,6 +242,8 @@ CASES = [
     ("max_token_length not 75/150/225", c_token_length, ["max_token_length", "75, 150 or 225"]),
     ("UNet-only and TE-only both set", c_unet_and_te_only, ["network_train_unet_only", "at most one"]),
     ("both learning rates 0", c_all_lr_zero, ["nothing would train"]),
+    ("TE output cache with a trained TE", c_te_cache_with_trained_te,
+     ["cache_text_encoder_outputs", "text_encoder_lr = 0"]),
     ("no model given", c_no_model, ["--model"]),
     ("model path does not exist", c_model_missing, ["nomodel.safetensors", "does not exist"]),
     ("model file is not a checkpoint", c_model_not_sd, ["notes.safetensors"]),

@@ -328,3 +328,13 @@ def test_lycoris_preset_maps_for_lycoris_types_only(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, "c.json", '{"LoRA_type": "LyCORIS/LoKr", "LyCORIS_preset": "unet-convblock-only"}'))
     assert e.value.key == "LyCORIS_preset"
+
+
+def test_sdxl_cache_text_encoder_outputs_checkbox(tmp_path):
+    on = load_config(write(tmp_path, "a.json", '{"sdxl_cache_text_encoder_outputs": true, "text_encoder_lr": 0}'))
+    assert on.cache_text_encoder_outputs is True
+    res = import_kohya_json(write(tmp_path, "b.json", '{"sdxl_cache_text_encoder_outputs": false}'))
+    # unticked = sd-scripts' default: lorakit decides (on while the TE is frozen; same results)
+    assert "cache_text_encoder_outputs" not in res.values and "sdxl_cache_text_encoder_outputs" in dict(res.ignored)
+    flag = load_config(write(tmp_path, "c.json", '{"additional_parameters": "--cache_text_encoder_outputs"}'))
+    assert flag.cache_text_encoder_outputs is True

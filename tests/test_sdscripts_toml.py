@@ -147,3 +147,12 @@ def test_lorakit_toml_is_not_sdscripts():
     assert not looks_like_sdscripts(raw)
     assert looks_like_sdscripts(tomllib.loads('[training_arguments]\nlearning_rate = 1\n'))
     assert looks_like_sdscripts(tomllib.loads('[a]\nnetwork_module = "networks.lora"\n'))
+
+
+def test_cache_text_encoder_outputs(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('network_module = "networks.lora"\ncache_text_encoder_outputs = true\n'
+                 'cache_text_encoder_outputs_to_disk = true\n', encoding="utf-8")
+    assert load_config(p).cache_text_encoder_outputs is True
+    p.write_text('network_module = "networks.lora"\ncache_text_encoder_outputs = false\n', encoding="utf-8")
+    assert load_config(p).cache_text_encoder_outputs is None  # sd-scripts' default: lorakit decides

@@ -237,6 +237,12 @@ class _Importer:
             elif key == "lr_scheduler_num_cycles" and _blank(value):
                 if scheduler == "cosine_with_restarts" and not _blank(raw.get("epoch")):
                     res.values["lr_scheduler_num_cycles"] = int(raw["epoch"])  # GUI: blank -> epoch
+            elif key == "sdxl_cache_text_encoder_outputs":  # the GUI's checkbox for --cache_text_encoder_outputs
+                if _bool(value):
+                    res.values["cache_text_encoder_outputs"] = True
+                else:
+                    res.ignored.append((key, "off: lorakit caches on its own while the text encoder is frozen "
+                                             "(same results)"))
             elif key == "seed" and _is_zero(value):
                 res.ignored.append((key, "0 means a random seed"))
             else:

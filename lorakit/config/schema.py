@@ -44,6 +44,11 @@ class TrainConfig(BaseModel):
     keep_tokens: int = F(0, "data", "Keep the first N comma-separated tags in place when shuffling.", ge=0)
     cache_latents: bool = F(True, "data", "Encode every image with the VAE once, before training.")
     vae_batch_size: int = F(1, "data", "Batch size of the latent caching pass.", ge=1)
+    cache_text_encoder_outputs: Optional[bool] = F(
+        None, "data", "Reuse the text encoder's output for a caption string seen before (exact also with "
+        "shuffled or dropped captions; the key is the string trained with), in up to 256 MB on the training "
+        "device. Unset: on when the text encoder is not trained (text_encoder_lr = 0 or "
+        "network_train_unet_only); true with a trained text encoder is an error.")
     max_data_loader_n_workers: int = F(
         0, "data", "DataLoader worker processes that decode batches ahead of their step (0 = the main process "
         "builds each batch when its step comes). Same results either way.", ge=0)

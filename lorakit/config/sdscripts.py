@@ -49,6 +49,7 @@ IGNORED = {
     "huggingface_repo_id": "no upload", "huggingface_repo_type": "no upload", "huggingface_path_in_repo": "no upload",
     "huggingface_token": "no upload", "huggingface_repo_visibility": "no upload", "save_state_to_huggingface": "no upload",
     "resume_from_huggingface": "no upload", "async_upload": "no upload",
+    "cache_text_encoder_outputs_to_disk": "lorakit keeps text-encoder outputs in memory (cache_text_encoder_outputs)",
 }
 
 NETWORK_MODULES = {"networks.lora": "lora", "networks.dylora": "dylora", "lycoris.kohya": None}
@@ -156,7 +157,9 @@ def import_sdscripts_toml(path: Path, raw: dict[str, Any] | None = None) -> Impo
     for key, value in flat.items():
         if key in ("network_module", "network_args", "dataset_config"):
             continue
-        if key in known:
+        if key == "cache_text_encoder_outputs" and not value:  # sd-scripts' default, not a request for "off"
+            res.ignored.append((key, "off: lorakit caches on its own while the text encoder is frozen (same results)"))
+        elif key in known:
             if key in ("optimizer_args", "lr_scheduler_args"):
                 value = _kv(value, key, file)
             res.values[key] = value

@@ -38,9 +38,14 @@ def encode_prompts(run: Run, captions: list[str]) -> torch.Tensor:
     from ..models.text import encode, tokenize
 
     m, cfg = run.model, run.cfg
-    ids = tokenize(m.tokenizer, captions, cfg.max_token_length).to(run.device)
-    with torch.set_grad_enabled(run.network.train_text_encoder):
-        return encode(m.text_encoder, ids, clip_skip=cfg.clip_skip)
+
+    def forward(strings: list[str]) -> torch.Tensor:
+        ids = tokenize(m.tokenizer, strings, cfg.max_token_length).to(run.device)
+        with torch.set_grad_enabled(run.network.train_text_encoder):
+            return encode(m.text_encoder, ids, clip_skip=cfg.clip_skip)
+
+    # frozen TE: rows by caption string, only the batch's new strings go through the encoder
+    return forward(captions) if run.text_cache is None else run.text_cache.encode(captions, forward)
 
 
 def batch_latents(run: Run, batch, seeds: list[int]) -> torch.Tensor:
@@ -123,6 +128,8 @@ def train_step(run: Run, mine: list[tuple[Any, int]], n_images: int, epoch: int)
     if not math.isfinite(total):
         raise Diverged(total)
     run.step_stats = optimizer_step(run)
+    if run.text_cache is not None:
+        run.step_stats.update(run.text_cache.take_stats())
     return total / n_images, n_images
 
 

@@ -47,6 +47,7 @@ class Run:
     warnings: list[str] = field(default_factory=list)
     noise_settings: Any = None
     step_stats: dict = field(default_factory=dict)  # e.g. max-norm numbers of the last step
+    text_cache: Any = None  # text_cache.TextCache while the text encoder is frozen
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -83,6 +84,11 @@ def preflight(cfg: TrainConfig, overwrite: bool):
     if cfg.resolved_unet_lr() == 0 and cfg.resolved_text_encoder_lr() == 0:
         raise ConfigError("both unet_lr and text_encoder_lr are 0: nothing would train", key="unet_lr",
                           fix="give the UNet or the text encoder a learning rate above 0")
+    if cfg.cache_text_encoder_outputs and cfg.resolved_text_encoder_lr() > 0:
+        raise ConfigError("cache_text_encoder_outputs is true but the text encoder is trained: its outputs change "
+                          "every step, so they cannot be cached", key="cache_text_encoder_outputs",
+                          fix="leave cache_text_encoder_outputs unset (on by itself when the text encoder is "
+                              "frozen), or freeze it: text_encoder_lr = 0 or network_train_unet_only = true")
     out = Path(cfg.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -147,6 +153,10 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False) -> Run:
              or m.text_encoder.gradient_checkpointing_enable)()
     m.unet.train(net.train_unet)
     m.text_encoder.train(net.train_text_encoder)
+    if cfg.cache_text_encoder_outputs is not False and not net.train_text_encoder:
+        from .text_cache import TextCache
+
+        run.text_cache = TextCache()
 
     batches = run.dataset.num_batches_per_epoch(cfg.train_batch_size)
     run.plan = plan = make_plan(cfg, len(run.dataset), batches, accelerator.num_processes)
