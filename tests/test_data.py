@@ -385,3 +385,109 @@ def test_from_config(tree):
     assert ds.resolution == (64, 128) and ds.latent_size == (16, 8)
     assert ds.caption_options.shuffle and ds.caption_options.keep_tokens == 1 and ds.prior_loss_weight == 0.25
     assert len(ds) == 80 and ds.num_batches_per_epoch(cfg.train_batch_size) == 14  # ceil(80 / 6)
+
+
+# ---- per-subset settings (dataset_subsets) ---------------------------------------------------
+def _subsets_toml(tmp_path: Path, a_extra: str = "", b_extra: str = "", top: str = "") -> Path:
+    for name, caps in (("a", {"a1": "red, cat, sitting", "a2": "blue, cat"}), ("b", {"b1": "green, dog"})):
+        for stem, text in caps.items():
+            img(tmp_path / name / f"{stem}.png")
+            write(tmp_path / name / f"{stem}.txt", text)
+    p = tmp_path / "run.toml"
+    p.write_text(f"""shuffle_caption = true
+keep_tokens = 1
+flip_aug = true
+cache_latents = false
+{top}
+[[dataset_subsets]]
+image_dir = "{tmp_path / 'a'}"
+caption_extension = ".txt"
+shuffle_caption = false
+caption_suffix = "z"
+flip_aug = false
+{a_extra}
+[[dataset_subsets]]
+image_dir = "{tmp_path / 'b'}"
+caption_extension = ".txt"
+num_repeats = 2
+caption_dropout_rate = 1.0
+{b_extra}
+""", encoding="utf-8")
+    return p
+
+
+def test_dataset_subsets_own_settings(tmp_path):
+    from lorakit.config.load import load_config
+    from lorakit.train.validation import validation_dataset
+    cfg = load_config(_subsets_toml(tmp_path))
+    ds = TrainDataset.from_config(cfg)
+    assert [(it.path.name, it.repeats) for it in ds.items] == [("a1.png", 1), ("a2.png", 1), ("b1.png", 2)]
+    assert ds.index.describe()[0] == ("train a: 2 images x 1 repeats -> 2 samples "
+                                      "(own settings: shuffle_caption=False, caption_suffix='z', flip_aug=False)")
+    for e in range(1, 21):
+        # subset a: its own shuffle_caption=false and suffix; subset b: dropout 1.0 -> always ""
+        assert [ds.caption_for(s, e, seed=3) for s in range(4)] == ["red, cat, sitting z", "blue, cat z", "", ""]
+    flips = [[ds.augmentation_for(s, e, seed=3).flip for s in range(4)] for e in range(1, 7)]
+    assert not any(f[0] or f[1] for f in flips)  # subset a: flip_aug=false beats the run's true
+    assert [f[2:] for f in flips] == [[True, True], [True, False], [True, True], [False, False], [False, True],
+                                      [False, False]]  # subset b (2 draws of b1): the run's flip_aug, seed 3
+    # validation drops a subset's random settings but keeps its prefix/suffix
+    ds.index.set_validation_items(ds.index.items)
+    vds = validation_dataset(cfg, ds.index)
+    assert [vds.caption_for(s, 1, seed=3) for s in range(3)] == ["red, cat, sitting z", "blue, cat z", "green, dog"]
+    assert not any(vds.augmentation_for(s, e, seed=3).flip for s in range(3) for e in range(1, 9))
+
+
+def test_dataset_subsets_bad_keys_and_values(tmp_path):
+    from lorakit.config.load import load_config
+    from lorakit.errors import ConfigError
+    with pytest.raises(ConfigError, match="subset 1: unknown key 'flip_agu'; did you mean 'flip_aug'") as e:
+        load_config(_subsets_toml(tmp_path, b_extra="flip_agu = true"))
+    assert e.value.key == "dataset_subsets"
+    with pytest.raises(ConfigError, match="subset 0: caption_dropout_rate: .*less than or equal to 1"):
+        load_config(_subsets_toml(tmp_path / "2", a_extra="caption_dropout_rate = 2.0"))
+    with pytest.raises(ConfigError, match="subset 0: keep_tokens"):
+        load_config(_subsets_toml(tmp_path / "3", a_extra="keep_tokens = -1"))
+
+
+def test_dataset_subsets_pixel_augs_and_cache(tmp_path):
+    from lorakit.config.load import load_config
+    from lorakit.data.validate import validate_data_config
+    from lorakit.errors import ConfigError
+    cached = "cache_latents_to_disk = true"
+    # the run's color_aug, turned off by every subset: nothing changes pixels, caching is fine
+    cfg = load_config(_subsets_toml(tmp_path, a_extra="color_aug = false", b_extra="color_aug = false",
+                                    top=f"color_aug = true\n{cached}"))
+    validate_data_config(cfg)
+    # one subset inherits the run's color_aug: the run-level key is named
+    cfg = load_config(_subsets_toml(tmp_path / "2", a_extra="color_aug = false", top=f"color_aug = true\n{cached}"))
+    with pytest.raises(ConfigError, match="cache_latents_to_disk and color_aug are both on") as e:
+        validate_data_config(cfg)
+    assert e.value.key == "color_aug"
+    # a subset's own random_crop: that subset is named
+    cfg = load_config(_subsets_toml(tmp_path / "3", b_extra="random_crop = true", top=cached))
+    with pytest.raises(ConfigError, match="dataset subset 1 .* has random_crop") as e:
+        TrainDataset.from_config(cfg)
+    assert e.value.key == "random_crop" and str(tmp_path / "3" / "b") in str(e.value)
+
+
+def test_cached_mirror_only_for_flip_subsets(tmp_path):
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / name / "0.png")
+    from lorakit.data.folders import scan_subsets
+    index = scan_subsets([{"image_dir": str(tmp_path / "a")}, {"image_dir": str(tmp_path / "b"), "flip_aug": True}])
+    vae = _tiny_vae()
+    calls = []
+    orig = vae.encode
+    vae.encode = lambda x, *a, **k: (calls.append(x.shape[0]), orig(x, *a, **k))[1]
+    ds = TrainDataset(index, (64, 64))
+    ds.cache_latents(vae, batch_size=2, seed=0)
+    assert calls == [2, 1]  # both images, then the mirror of b's only
+    assert ds._latents_flipped[0] is None and ds._latents_flipped[1] is not None
+    draws = [(e, ds.augmentation_for(1, e, seed=0).flip) for e in range(1, 9)]
+    e_flip = next(e for e, f in draws if f)
+    batch = ds.make_batch([0, 1], e_flip, seed=0)
+    assert batch.flipped == [False, True]
+    assert torch.equal(batch.latents[0], ds._latents[0]) and torch.equal(batch.latents[1], ds._latents_flipped[1])

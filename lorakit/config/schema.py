@@ -7,13 +7,21 @@ The kohya_ss importer (kohya.py) maps GUI JSON keys onto these fields.
 from __future__ import annotations
 
 import ast
-from typing import Any, Literal, Optional
+import difflib
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
 
 # Sections only group keys for display and for optional TOML tables; a key is
 # defined once whatever the table it is written in.
 SECTIONS = ("model", "data", "network", "optimizer", "training", "output", "sample")
+# Caption and augmentation keys a dataset_subsets entry may set for its own images (sd-scripts'
+# subset-level options); a subset without the key uses the run's value.
+SUBSET_OPTIONS = ("shuffle_caption", "keep_tokens", "keep_tokens_separator", "caption_prefix", "caption_suffix",
+                  "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
+                  "flip_aug", "color_aug", "random_crop")
+SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg") + SUBSET_OPTIONS
 
 
 def F(default: Any, section: str, help: str, **kw: Any) -> Any:  # noqa: N802
@@ -91,7 +99,10 @@ class TrainConfig(BaseModel):
         ge=1)
     dataset_subsets: list[dict[str, Any]] = F(
         [], "data", "Explicit image folders instead of train_data_dir/reg_data_dir (what an sd-scripts "
-        "dataset_config gives): each {image_dir, num_repeats, class_tokens, caption_extension, is_reg}.")
+        "dataset_config gives): each {image_dir, num_repeats, class_tokens, caption_extension, is_reg} and "
+        "optionally its own caption/augmentation keys (shuffle_caption, keep_tokens, keep_tokens_separator, "
+        "caption_prefix, caption_suffix, caption_dropout_rate, caption_dropout_every_n_epochs, "
+        "caption_tag_dropout_rate, flip_aug, color_aug, random_crop; unset = the run's value).")
 
     # ---- network -----------------------------------------------------------------
     network_type: str = F(
@@ -276,22 +287,31 @@ class TrainConfig(BaseModel):
     @field_validator("dataset_subsets")
     @classmethod
     def _subsets(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        allowed = {"image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg"}
         out = []
         for i, sub in enumerate(v):
-            extra = sorted(set(sub) - allowed)
-            if extra:
-                raise ValueError(f"subset {i}: unknown keys {extra}; allowed: {sorted(allowed)}")
+            for k in sub:
+                if k not in SUBSET_KEYS:
+                    guess = difflib.get_close_matches(k, SUBSET_KEYS, n=1, cutoff=0.6)
+                    hint = f"did you mean '{guess[0]}'?" if guess else f"allowed: {', '.join(SUBSET_KEYS)}"
+                    raise ValueError(f"subset {i}: unknown key '{k}'; {hint}")
             if not sub.get("image_dir"):
                 raise ValueError(f"subset {i} has no image_dir")
             reps = sub.get("num_repeats", 1)
             if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
                 raise ValueError(f"subset {i}: num_repeats must be an integer of 1 or more (got {reps!r})")
             ext = str(sub.get("caption_extension", ".caption"))
-            out.append({"image_dir": str(sub["image_dir"]), "num_repeats": reps,
-                        "class_tokens": str(sub.get("class_tokens") or ""),
-                        "caption_extension": ext if ext.startswith(".") or ext == "" else "." + ext,
-                        "is_reg": bool(sub.get("is_reg", False))})
+            entry = {"image_dir": str(sub["image_dir"]), "num_repeats": reps,
+                     "class_tokens": str(sub.get("class_tokens") or ""),
+                     "caption_extension": ext if ext.startswith(".") or ext == "" else "." + ext,
+                     "is_reg": bool(sub.get("is_reg", False))}
+            for k in SUBSET_OPTIONS:  # checked against the run-level field: same type and range
+                if k in sub:
+                    field = cls.model_fields[k]
+                    try:
+                        entry[k] = TypeAdapter(Annotated[field.annotation, field]).validate_python(sub[k])
+                    except ValidationError as e:
+                        raise ValueError(f"subset {i}: {k}: {e.errors()[0]['msg']} (got {sub[k]!r})") from None
+            out.append(entry)
         return out
 
     @field_validator("caption_extension")

@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -26,6 +27,11 @@ class AugmentOptions:
     flip_aug: bool = False
     color_aug: bool = False
     random_crop: bool = False
+
+    def override(self, settings: dict[str, Any]) -> "AugmentOptions":
+        """These options with a subset's own flip_aug / color_aug / random_crop (other keys ignored)."""
+        mine = {f.name: bool(settings[f.name]) for f in fields(self) if settings.get(f.name) is not None}
+        return replace(self, **mine) if mine else self
 
     @property
     def changes_pixels(self) -> bool:

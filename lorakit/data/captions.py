@@ -20,9 +20,16 @@ All randomness comes from the `rng` passed in, so a draw is reproducible.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 SEPARATOR = ","  # kohya's caption_separator
+# config key -> CaptionOptions field (the keys a dataset subset may set for its own images)
+CONFIG_KEYS = {"shuffle_caption": "shuffle", "keep_tokens": "keep_tokens",
+               "keep_tokens_separator": "keep_tokens_separator", "caption_prefix": "prefix",
+               "caption_suffix": "suffix", "caption_dropout_rate": "dropout_rate",
+               "caption_dropout_every_n_epochs": "dropout_every_n_epochs",
+               "caption_tag_dropout_rate": "tag_dropout_rate"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,11 @@ class CaptionOptions:
     dropout_rate: float = 0.0  # caption_dropout_rate
     dropout_every_n_epochs: int = 0  # caption_dropout_every_n_epochs
     tag_dropout_rate: float = 0.0  # caption_tag_dropout_rate
+
+    def override(self, settings: dict[str, Any]) -> "CaptionOptions":
+        """These options with a subset's own values (config key names; other keys ignored)."""
+        mine = {CONFIG_KEYS[k]: v for k, v in settings.items() if k in CONFIG_KEYS and v is not None}
+        return replace(self, **mine) if mine else self
 
     @property
     def splits_tags(self) -> bool:

@@ -9,7 +9,9 @@ a size; each epoch the order is shuffled with a generator seeded by seed + epoch
 Unlike sd-scripts (which reshuffles the previous epoch's order), every epoch is shuffled
 from the same canonical order, so epoch k's batches depend only on (seed, k): a resumed
 run sees the batches an uninterrupted one would have. Per-draw randomness (caption
-shuffle/dropout, flip, colour, crop) is seeded by (seed, epoch, sample id).
+shuffle/dropout, flip, colour, crop) is seeded by (seed, epoch, sample id). The caption and
+augmentation options are the run's, replaced key by key by an image's subset settings
+(ImageItem.settings, from dataset_subsets: sd-scripts' subset > dataset > general order).
 """
 from __future__ import annotations
 
@@ -76,6 +78,9 @@ class TrainDataset:
         self.caption_options = caption_options or CaptionOptions(shuffle=shuffle_caption, keep_tokens=keep_tokens)
         self.prior_loss_weight = float(prior_loss_weight)
         self.augment = augment or AugmentOptions()
+        # per item: the run's options with its subset's own values
+        self.item_captions = [self.caption_options.override(it.settings) for it in self.items]
+        self.item_augment = [self.augment.override(it.settings) for it in self.items]
         self.cache_to_disk = cache_to_disk
         self.alpha_mask = bool(alpha_mask)
         self.buckets = buckets or BucketSet(self.resolution, enable=False)
@@ -145,7 +150,7 @@ class TrainDataset:
     def cache_latents(self, vae, *, batch_size: int = 1, device: str | torch.device = "cpu",
                       dtype: torch.dtype = torch.float32, seed: int = 0,
                       progress: Callable[[int, int], None] | None = None) -> None:
-        """Encode each unique image once (and its mirror with flip_aug), batched per bucket.
+        """Encode each unique image once (and its mirror when its subset has flip_aug), batched per bucket.
 
         The latent is `mean + std * randn` of the VAE's latent distribution with noise from
         a generator seeded by (seed, image content, flip), stored unscaled (the loop
@@ -154,11 +159,12 @@ class TrainDataset:
         `progress(done, total)` is called after each VAE batch.
         """
         device = torch.device(device)
-        flip = self.augment.flip_aug
         by_path: dict[Path, list[int]] = {}
         for i, it in enumerate(self.items):
             by_path.setdefault(Path(it.path), []).append(i)
         paths = list(by_path)
+        # the mirror is encoded only for images that can be drawn flipped (flip_aug of their subset)
+        flips = {p: any(self.item_augment[i].flip_aug for i in by_path[p]) for p in paths}
         hashes = {p: file_sha256(p) for p in paths}
         vae_id = vae_identity(vae, dtype) if self.cache_to_disk else ""
         moments: dict[Path, Moments] = {}
@@ -169,7 +175,7 @@ class TrainDataset:
             if self.cache_to_disk:
                 keys[p] = entry_key(hashes[p], pl.bucket, pl.resized, center_offset(pl.resized, pl.bucket), vae_id,
                                     self.alpha_mask)
-                got = load_entry(disk_path(p, pl.bucket), keys[p], flip, self.alpha_mask)
+                got = load_entry(disk_path(p, pl.bucket), keys[p], flips[p], self.alpha_mask)
                 if got is not None:
                     moments[p] = got
                     continue
@@ -183,12 +189,15 @@ class TrainDataset:
                 pms = [self._pixels_and_mask(by_path[p][0], Draw()) for p in chunk]
                 arrs = [a for a, _ in pms]
                 mean, std = self._encode(vae, [to_tensor(a) for a in arrs], device, dtype)
-                if flip:
-                    mean_f, std_f = self._encode(vae, [to_tensor(a[:, ::-1].copy()) for a in arrs], device, dtype)
+                mirrored = [j for j, p in enumerate(chunk) if flips[p]]
+                if mirrored:
+                    mean_f, std_f = self._encode(vae, [to_tensor(arrs[j][:, ::-1].copy()) for j in mirrored],
+                                                 device, dtype)
                 for j, p in enumerate(chunk):
                     m = Moments(mean[j].clone(), std[j].clone())
-                    if flip:
-                        m.mean_flipped, m.std_flipped = mean_f[j].clone(), std_f[j].clone()
+                    if flips[p]:
+                        k = mirrored.index(j)
+                        m.mean_flipped, m.std_flipped = mean_f[k].clone(), std_f[k].clone()
                     m.mask = pms[j][1]
                     moments[p] = m
                     if self.cache_to_disk:
@@ -202,11 +211,11 @@ class TrainDataset:
         for p, ids in by_path.items():
             m = moments[p]
             z = sample(m.mean, m.std, seed, hashes[p], False)
-            zf = sample(m.mean_flipped, m.std_flipped, seed, hashes[p], True) if flip else None
+            zf = sample(m.mean_flipped, m.std_flipped, seed, hashes[p], True) if flips[p] else None
             for i in ids:
                 latents[i], flipped[i], masks[i] = z, zf, m.mask
         self._latents = latents
-        self._latents_flipped = flipped if flip else None
+        self._latents_flipped = flipped if any(flips.values()) else None
         self._masks = masks if self.alpha_mask else None
 
     @staticmethod
@@ -246,15 +255,19 @@ class TrainDataset:
         return [b[k:k + batch_size] for b in self._buckets for k in range(0, len(b), batch_size)]
 
     def caption_for(self, sample_id: int, epoch: int, seed: int) -> str:
-        """The caption of one draw; its randomness is seeded by (seed, epoch, sample id)."""
+        """The caption of one draw (its subset's caption options); its randomness is seeded by
+        (seed, epoch, sample id)."""
         rng = random.Random(f"{seed}:{epoch}:{sample_id}")
-        return self.caption_options.apply(self.items[self.samples[sample_id]].caption, rng, epoch)
+        i = self.samples[sample_id]
+        return self.item_captions[i].apply(self.items[i].caption, rng, epoch)
 
     def augmentation_for(self, sample_id: int, epoch: int, seed: int) -> Draw:
-        """Flip / colour / crop decisions of one draw, seeded by (seed, epoch, sample id)."""
-        pl = self.placements[self.samples[sample_id]]
+        """Flip / colour / crop decisions of one draw (its subset's augmentation), seeded by
+        (seed, epoch, sample id)."""
+        i = self.samples[sample_id]
+        pl = self.placements[i]
         rng = random.Random(f"aug:{seed}:{epoch}:{sample_id}")
-        return draw_augmentation(self.augment, rng, pl.resized, pl.bucket)
+        return draw_augmentation(self.item_augment[i], rng, pl.resized, pl.bucket)
 
     def epoch_batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[Batch]:
         for sample_ids in self.batch_plan(epoch, batch_size, seed):

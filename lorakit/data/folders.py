@@ -15,7 +15,9 @@ import math
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from ..config.schema import SUBSET_OPTIONS
 from ..errors import DataError
 from .images import probe_image
 
@@ -34,6 +36,9 @@ class ImageItem:
     is_reg: bool
     subset: str  # the folder's name, e.g. "10_sks dog"
     size: tuple[int, int] | None = None  # upright (W, H), known after the scan
+    # the subset's own caption/augmentation values (dataset_subsets keys such as flip_aug);
+    # a key not here takes the run's value
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,6 +51,7 @@ class FolderSummary:
     class_tokens: str
     samples: int  # images used per epoch after reg balancing (train: images * repeats)
     captions_missing: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)  # the subset's own caption/augmentation values
 
 
 @dataclass
@@ -120,7 +126,9 @@ class DatasetIndex:
         lines = []
         for f in self.folders:
             kind = "reg  " if f.is_reg else "train"
-            lines.append(f"{kind} {f.name}: {f.images} images x {f.repeats} repeats -> {f.samples} samples")
+            own = "".join(f", {k}={v!r}" for k, v in f.settings.items())
+            lines.append(f"{kind} {f.name}: {f.images} images x {f.repeats} repeats -> {f.samples} samples"
+                         + (f" (own settings: {own[2:]})" if own else ""))
         lines.append(f"{self.num_train_images} train images with repeats, {self.num_reg_images} reg images"
                      + (f" (balanced to {self.num_reg_samples})" if self.num_reg_images else ""))
         if self.validation_source:
@@ -205,6 +213,7 @@ class _Folder:
     is_reg: bool
     items: list[ImageItem]
     missing: int
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def scan_folders(train_data_dir: str | Path | None, reg_data_dir: str | Path | None = None,
@@ -231,8 +240,9 @@ def scan_subsets(subsets: list[dict], check_images: bool = True, *, validation_s
                  validation_seed: int | None = None) -> DatasetIndex:
     """A :class:`DatasetIndex` from explicit subsets (config key dataset_subsets, e.g. from an
     sd-scripts dataset_config): each {image_dir, num_repeats, class_tokens, caption_extension,
-    is_reg}. Images directly in image_dir; a missing caption falls back to class_tokens;
-    reg balancing, counts and the validation split as scan_folders."""
+    is_reg} and the subset's own caption/augmentation keys (SUBSET_OPTIONS), which its items
+    carry as ImageItem.settings. Images directly in image_dir; a missing caption falls back to
+    class_tokens; reg balancing, counts and the validation split as scan_folders."""
     warnings: list[str] = []
     skipped: list[tuple[Path, str]] = []
     probe = _prober(skipped) if check_images else None
@@ -253,8 +263,10 @@ def scan_subsets(subsets: list[dict], check_images: bool = True, *, validation_s
             continue
         folder = _read_folder(path, int(sub.get("num_repeats", 1)), sub.get("class_tokens") or "",
                               bool(sub.get("is_reg")), images, sub.get("caption_extension", ".caption"), warnings)
+        folder.settings = {k: sub[k] for k in SUBSET_OPTIONS if sub.get(k) is not None}
         for it in folder.items:
             it.size = sizes.get(it.path)
+            it.settings = folder.settings
         (reg if folder.is_reg else train).append(folder)
     if not train:
         raise DataError("no train images in dataset_subsets", key="dataset_subsets",
@@ -323,11 +335,11 @@ def _assemble(train: list["_Folder"], reg: list["_Folder"], scan_warnings: list[
     folders = []
     for f, k in zip(train, kept):
         folders.append(FolderSummary(f.path.name, f.path, len(k), f.repeats, False, f.class_tokens,
-                                     f.repeats * len(k), f.missing))
+                                     f.repeats * len(k), f.missing, f.settings))
     for f, group in zip(reg, reg_copies):
         samples = sum(it.repeats for it in group if id(it) in used_ids)
         folders.append(FolderSummary(f.path.name, f.path, len(group), f.repeats, True, f.class_tokens,
-                                     samples, f.missing))
+                                     samples, f.missing, f.settings))
     items = [it for k in kept for it in k] + used_reg
     return DatasetIndex(items=items, folders=folders, num_train_images=num_train, num_reg_images=num_reg,
                         warnings=warnings, skipped=skipped, _all_captioned=[it for k in kept for it in k] + reg_items,

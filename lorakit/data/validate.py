@@ -22,16 +22,7 @@ def validate_data_config(cfg: "TrainConfig") -> None:
         raise ConfigError("validation_split and validation_data_dir are both set", key="validation_split",
                           fix="hold images out of train_data_dir with validation_split, or give a separate "
                               "validation_data_dir, not both")
-    caching = bool(g("cache_latents", False) or g("cache_latents_to_disk", False))
-    pixel_augs = [k for k in ("color_aug", "random_crop") if g(k, False)]
-    if caching and pixel_augs:
-        cache_key = "cache_latents" if g("cache_latents", False) else "cache_latents_to_disk"
-        both = f"{cache_key} and {' and '.join(pixel_augs)}"
-        raise ConfigError(f"{both} are both on: {', '.join(pixel_augs)} changes the image each time it is "
-                          "used, but cached latents are encoded once", key=pixel_augs[0],
-                          fix=f"set {cache_key} = false (and cache_latents_to_disk = false) to keep "
-                              f"{' and '.join(pixel_augs)}, or turn {' and '.join(pixel_augs)} off to cache "
-                              "(flip_aug works with a cache)")
+    _check_cache_vs_pixel_augs(cfg)
     if not g("enable_bucket", False):
         return
     lo, hi, steps = g("min_bucket_reso", 256), g("max_bucket_reso", 1024), g("bucket_reso_steps", 64)
@@ -45,3 +36,34 @@ def validate_data_config(cfg: "TrainConfig") -> None:
     if not g("bucket_no_upscale", False) and (min(w, h) < lo or max(w, h) > hi):
         raise ConfigError(f"resolution {w}x{h} is outside the bucket range {lo}..{hi}", key="resolution",
                           fix=f"set min_bucket_reso <= {min(w, h)} and max_bucket_reso >= {max(w, h)}")
+
+
+PIXEL_AUGS = ("color_aug", "random_crop")  # change the pixels at each draw: a cached latent cannot carry them
+
+
+def _check_cache_vs_pixel_augs(cfg: "TrainConfig") -> None:
+    """Cached latents are encoded once, so no image may get color_aug or random_crop (sd-scripts
+    refuses the same). With dataset_subsets each subset's own value counts (unset = the run's);
+    a subset that turns them on is named."""
+    g = lambda k, d=None: getattr(cfg, k, d)  # noqa: E731
+    if not (g("cache_latents", False) or g("cache_latents_to_disk", False)):
+        return
+    cache_key = "cache_latents" if g("cache_latents", False) else "cache_latents_to_disk"
+    subsets = g("dataset_subsets", None) or []
+    # run-level values that some image uses (no subsets, or a subset without its own value)
+    run_level = [k for k in PIXEL_AUGS if g(k, False) and (not subsets or any(s.get(k) is None for s in subsets))]
+    if run_level:
+        augs = " and ".join(run_level)
+        raise ConfigError(f"{cache_key} and {augs} are both on: {', '.join(run_level)} changes the image each "
+                          "time it is used, but cached latents are encoded once", key=run_level[0],
+                          fix=f"set {cache_key} = false (and cache_latents_to_disk = false) to keep {augs}, or "
+                              f"turn {augs} off to cache (flip_aug works with a cache)")
+    for i, sub in enumerate(subsets):
+        own = [k for k in PIXEL_AUGS if sub.get(k)]
+        if own:
+            augs = " and ".join(own)
+            raise ConfigError(f"{cache_key} is on but dataset subset {i} ('{sub.get('image_dir')}') has {augs}: "
+                              "it changes the image each time it is used, but cached latents are encoded once",
+                              key=own[0], fix=f"set {cache_key} = false (and cache_latents_to_disk = false) to "
+                                              f"keep {augs} for that subset, or turn it off there to cache "
+                                              "(flip_aug works with a cache)")

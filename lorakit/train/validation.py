@@ -83,10 +83,15 @@ class ValidationSet:
             yield self.dataset.make_batch(ids, 1, self.seed)
 
 
+FIXED_SUBSET_SETTINGS = ("caption_prefix", "caption_suffix")  # per-subset settings that hold no randomness
+
+
 def validation_dataset(cfg: "TrainConfig", index: DatasetIndex) -> TrainDataset | None:
     """A TrainDataset of index.validation_items (each once), with the training buckets, resolution and
-    alpha_mask but no augmentation and no caption randomness; None when there are no such images."""
-    items = [replace(it, repeats=1) for it in index.validation_items]
+    alpha_mask but no augmentation and no caption randomness (a subset's own caption_prefix/suffix are
+    kept: they are not random); None when there are no such images."""
+    items = [replace(it, repeats=1, settings={k: v for k, v in it.settings.items() if k in FIXED_SUBSET_SETTINGS})
+             for it in index.validation_items]
     if not items:
         return None
     vcfg = cfg.model_copy(update={
