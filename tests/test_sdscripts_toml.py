@@ -136,10 +136,94 @@ def test_typo_gets_a_suggestion(tmp_path):
         load_config(p)
 
 
-def test_subsets_must_agree(tmp_path):
-    with pytest.raises(ConfigError, match="per-subset values are not supported") as e:
-        load_config(_pair(tmp_path, extra_subset="keep_tokens = 2"))
-    assert e.value.key == "keep_tokens"
+def test_run_wide_settings_must_agree(tmp_path):
+    with pytest.raises(ConfigError, match="subsets disagree on alpha_mask") as e:
+        load_config(_pair(tmp_path, extra_subset="alpha_mask = true"))
+    assert e.value.key == "alpha_mask" and e.value.file.endswith("dataset.toml")
+    ds = tmp_path / "dataset.toml"
+    ds.write_text(ds.read_text(encoding="utf-8") + "\n[[datasets]]\nresolution = 512\n  [[datasets.subsets]]\n"
+                  f'  image_dir = "{tmp_path / "b"}"\n', encoding="utf-8")
+    ds.write_text(ds.read_text(encoding="utf-8").replace("alpha_mask = true", ""), encoding="utf-8")
+    with pytest.raises(ConfigError, match="datasets disagree on resolution") as e:
+        load_config(tmp_path / "config.toml")
+    assert e.value.key == "resolution"
+
+
+SUBSETS_CONFIG = 'network_module = "networks.lora"\ndataset_config = "dataset.toml"\ncache_latents = false\n'
+
+
+def _two_subsets(tmp_path: Path, extra_first: str = "") -> Path:
+    """Subset 1 shuffles (first tag kept, prefix "a"), subset 2 flips and always drops its caption;
+    keep_tokens = 2 at the dataset level, which subset 1 overrides (sd-scripts: subset > dataset)."""
+    _images(tmp_path / "one", ["p", "q"], captions={"p": "red, cat, sitting, grass", "q": "blue, cat, sky"})
+    _images(tmp_path / "two", ["r", "s"], captions={"r": "green, dog", "s": "dog"})
+    (tmp_path / "dataset.toml").write_text(f"""
+[general]
+caption_extension = ".txt"
+[[datasets]]
+keep_tokens = 2
+  [[datasets.subsets]]
+  image_dir = "{tmp_path / 'one'}"
+  shuffle_caption = true
+  keep_tokens = 1
+  caption_prefix = "a"
+  {extra_first}
+  [[datasets.subsets]]
+  image_dir = "{tmp_path / 'two'}"
+  flip_aug = true
+  caption_dropout_rate = 1.0
+""", encoding="utf-8")
+    p = tmp_path / "config.toml"
+    p.write_text(SUBSETS_CONFIG, encoding="utf-8")
+    return p
+
+
+def test_per_subset_captions_and_flips(tmp_path):
+    from lorakit.data import TrainDataset
+    cfg = load_config(_two_subsets(tmp_path))
+    own = [{k: v for k, v in s.items() if k not in ("image_dir", "num_repeats", "class_tokens", "caption_extension",
+                                                      "is_reg")} for s in cfg.dataset_subsets]
+    assert own == [{"shuffle_caption": True, "keep_tokens": 1, "caption_prefix": "a"},
+                   {"keep_tokens": 2, "caption_dropout_rate": 1.0, "flip_aug": True}]
+    # the run's values stay the defaults; the subsets carry theirs
+    assert (cfg.shuffle_caption, cfg.keep_tokens, cfg.caption_prefix, cfg.caption_dropout_rate, cfg.flip_aug) \
+        == (False, 0, "", 0.0, False)
+    ds = TrainDataset.from_config(cfg)
+    assert [it.path.name for it in ds.items] == ["p.png", "q.png", "r.png", "s.png"]
+    caps = {e: [ds.caption_for(s, e, seed=0) for s in range(4)] for e in (1, 2, 3)}
+    assert caps == {1: PINNED_CAPTIONS[0], 2: PINNED_CAPTIONS[1], 3: PINNED_CAPTIONS[2]}
+    seen = set()
+    for e in range(1, 31):
+        p, q, r, s = (ds.caption_for(i, e, seed=0) for i in range(4))
+        assert p.split(", ")[0] == "a red" and sorted(p.split(", ")[1:]) == ["cat", "grass", "sitting"]
+        assert q.split(", ")[0] == "a blue" and sorted(q.split(", ")[1:]) == ["cat", "sky"]
+        assert (r, s) == ("", "")  # caption_dropout_rate 1.0: always empty
+        seen.add(p)
+    assert len(seen) == 6  # all 3! orders of the movable tags occur
+    flips = [[ds.augmentation_for(i, e, seed=0).flip for i in range(4)] for e in range(1, 9)]
+    assert not any(f[0] or f[1] for f in flips)  # subset 1 has no flip_aug
+    assert [f[2:] for f in flips] == PINNED_FLIPS
+
+
+# seed 0, epochs 1-3: draws of (p, q, r, s); the rng of a draw is random.Random("0:<epoch>:<sample id>")
+PINNED_CAPTIONS = [["a red, grass, sitting, cat", "a blue, sky, cat", "", ""],
+                   ["a red, sitting, cat, grass", "a blue, sky, cat", "", ""],
+                   ["a red, grass, sitting, cat", "a blue, cat, sky", "", ""]]
+# seed 0, epochs 1-8: flips of subset 2's two images
+PINNED_FLIPS = [[True, True], [False, False], [True, True], [False, False], [True, True], [False, True],
+                [True, True], [True, False]]
+
+
+def test_per_subset_pixel_aug_refuses_cached_latents(tmp_path):
+    p = _two_subsets(tmp_path, extra_first="color_aug = true")
+    assert load_config(p).dataset_subsets[0]["color_aug"] is True  # no cache: fine
+    p.write_text(SUBSETS_CONFIG.replace("false", "true"), encoding="utf-8")
+    cfg = load_config(p)
+    from lorakit.data.validate import validate_data_config
+    with pytest.raises(ConfigError, match="dataset subset 0") as e:
+        validate_data_config(cfg)
+    assert e.value.key == "color_aug" and str(tmp_path / "one") in str(e.value)
+    assert "cache_latents" in str(e.value)
 
 
 def test_lorakit_toml_is_not_sdscripts():

@@ -8,9 +8,11 @@ ignored with the reason; an unknown key is an error with a "did you mean".
 
 `dataset_config = "file.toml"` names sd-scripts' dataset TOML ([general], [[datasets]],
 [[datasets.subsets]]). Its subsets become `dataset_subsets`; dataset-level settings apply
-to the run (all datasets must agree); subset-level caption/augmentation settings apply
-globally only when every subset has the same value. Values fall back subset -> dataset ->
-[general] -> the config_file, as in sd-scripts.
+to the run (all datasets must agree); a subset-level caption/augmentation setting becomes the
+run's setting when every subset has the same value, else each subset keeps its own value
+(dataset_subsets entries; the data layer applies it to that subset's images). alpha_mask must
+agree. Values fall back subset -> dataset -> [general] -> the config_file, as in sd-scripts'
+config_util (generate_params_by_fallbacks).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any
 from ..errors import ConfigError
 from .kohya import NEUTRAL, ImportResult, _neutral
 from .load import suggest
-from .schema import TrainConfig, parse_kv_args
+from .schema import SUBSET_OPTIONS, TrainConfig, parse_kv_args
 
 # Keys only an sd-scripts config has: any of them (or a table that is not a lorakit section) marks one.
 MARKERS = ("network_module", "dataset_config")
@@ -64,9 +66,10 @@ DATASET_KEYS = {"resolution": "resolution", "batch_size": "train_batch_size", "e
                 "bucket_reso_steps": "bucket_reso_steps", "bucket_no_upscale": "bucket_no_upscale",
                 "validation_split": "validation_split", "validation_seed": "validation_seed"}
 SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg")
-GLOBAL_SUBSET_KEYS = ("keep_tokens", "shuffle_caption", "caption_prefix", "caption_suffix", "caption_dropout_rate",
-                      "caption_dropout_every_n_epochs", "caption_tag_dropout_rate", "keep_tokens_separator",
-                      "color_aug", "flip_aug", "random_crop", "alpha_mask")
+# subset-level keys that must be the same for every subset (the loss mask is one setting of the run)
+GLOBAL_SUBSET_KEYS = ("alpha_mask",)
+# subset-level keys each subset may set for itself (schema.SUBSET_OPTIONS)
+PER_SUBSET_KEYS = SUBSET_OPTIONS
 # sd-scripts settings lorakit does not have, at the value that changes nothing
 UNSUPPORTED_NEUTRAL: dict[str, Any] = {
     "face_crop_aug_range": None, "token_warmup_min": 1, "token_warmup_step": 0, "secondary_separator": None,
@@ -217,12 +220,12 @@ def read_dataset_config(path: Path, res: ImportResult) -> None:
     _check_keys(raw, {"general", "datasets"}, "the dataset config's top level", file)
     general = raw.get("general", {})
     datasets = raw.get("datasets", [])
-    subset_level = set(SUBSET_KEYS) | set(GLOBAL_SUBSET_KEYS) | set(UNSUPPORTED_NEUTRAL)
+    subset_level = set(SUBSET_KEYS) | set(GLOBAL_SUBSET_KEYS) | set(PER_SUBSET_KEYS) | set(UNSUPPORTED_NEUTRAL)
     _check_keys(general, set(DATASET_KEYS) | subset_level - {"image_dir"}, "[general]", file)
     if not datasets:
         raise ConfigError("no [[datasets]]", file=file, key="datasets", fix="add [[datasets]] with [[datasets.subsets]]")
     values = res.values
-    cfg_level = {k: values[k] for k in GLOBAL_SUBSET_KEYS + ("caption_extension",) if k in values}
+    cfg_level = {k: values[k] for k in GLOBAL_SUBSET_KEYS + PER_SUBSET_KEYS + ("caption_extension",) if k in values}
     subsets: list[dict[str, Any]] = []
     dataset_vals: dict[str, dict[str, Any]] = {}  # key -> {repr: value}, to compare any TOML value
     global_vals: dict[str, dict[str, Any]] = {}
@@ -243,13 +246,14 @@ def read_dataset_config(path: Path, res: ImportResult) -> None:
                 if v is not None and v != neutral:
                     raise ConfigError(f"{k} = {v!r} is not supported", file=file, key=k,
                                       fix=f"remove it (lorakit has no {k})")
-            for k in GLOBAL_SUBSET_KEYS:
+            for k in GLOBAL_SUBSET_KEYS + PER_SUBSET_KEYS:
                 v = _pick(k, *levels)
                 global_vals.setdefault(k, {})[repr(v)] = v
             subsets.append({"image_dir": str(s["image_dir"]), "num_repeats": int(_pick("num_repeats", s, d, general) or 1),
                             "class_tokens": str(_pick("class_tokens", s, d, general) or ""),
                             "caption_extension": str(_pick("caption_extension", *levels) or SD_CAPTION_DEFAULT),
-                            "is_reg": bool(_pick("is_reg", s, d, general) or False)})
+                            "is_reg": bool(_pick("is_reg", s, d, general) or False),
+                            **{k: _pick(k, *levels) for k in PER_SUBSET_KEYS}})
     if not subsets:
         raise ConfigError("no [[datasets.subsets]]", file=file, key="subsets", fix="add [[datasets.subsets]] with image_dir")
     for k, vs in dataset_vals.items():
@@ -258,12 +262,16 @@ def read_dataset_config(path: Path, res: ImportResult) -> None:
                               "not supported yet", file=file, key=k, fix=f"give every dataset the same {k}")
         values[DATASET_KEYS[k]] = next(iter(vs.values()))
     for k, vs in global_vals.items():
-        if len(vs) > 1:
-            raise ConfigError(f"the subsets disagree on {k} ({', '.join(sorted(vs))}); per-subset values are not "
-                              "supported yet", file=file, key=k, fix=f"give every subset the same {k}")
+        if len(vs) > 1 and k in GLOBAL_SUBSET_KEYS:
+            raise ConfigError(f"the subsets disagree on {k} ({', '.join(sorted(vs))}); it is one setting of the "
+                              "whole run in lorakit", file=file, key=k, fix=f"give every subset the same {k}")
         v = next(iter(vs.values()))
-        if v is not None:
-            values[k] = v
+        if len(vs) == 1 and v is not None:
+            values[k] = v  # every subset agrees: the run's value (as before; --set can change it)
+    for sub in subsets:  # keep a subset's own value only where the subsets differ
+        for k in PER_SUBSET_KEYS:
+            if sub[k] is None or len(global_vals[k]) == 1:
+                del sub[k]
     for k in ("train_data_dir", "reg_data_dir"):
         if values.pop(k, None):
             res.ignored.append((k, "dataset_config gives the image folders (sd-scripts ignores it too)"))
