@@ -46,7 +46,9 @@ class MetricsJsonl:
             self.fh.flush()
         elif ev.kind == "validation":
             self.fh.write(json.dumps({"validation_loss": ev.data["loss"], "epoch": ev.epoch, "step": ev.step,
-                                      "validation_images": ev.data["images"]}) + "\n")
+                                      "validation_images": ev.data["images"],
+                                      "validation_batches": ev.data.get("batches"),
+                                      "validation_trigger": ev.data.get("trigger", "epoch")}) + "\n")
             self.fh.flush()
         elif ev.kind == "end":
             self.fh.close()
@@ -97,7 +99,10 @@ class TensorBoard:
         elif ev.kind == "epoch":
             w.add_scalar("loss/epoch", ev.data["loss"], ev.epoch)
         elif ev.kind == "validation":
-            w.add_scalar("loss/validation/epoch_average", ev.data["loss"], ev.epoch)
+            if ev.data.get("trigger") == "step":  # sd-scripts' names: step_average by step, epoch_average by epoch
+                w.add_scalar("loss/validation/step_average", ev.data["loss"], ev.step)
+            else:
+                w.add_scalar("loss/validation/epoch_average", ev.data["loss"], ev.epoch)
         elif ev.kind == "sample":
             import numpy as np
 
@@ -134,7 +139,8 @@ class ProgressBar:
         elif ev.kind == "epoch" and self.bar is not None:
             self.bar.write(f"epoch {ev.epoch}: mean loss {ev.data['loss']:.4f} (step {ev.step})", file=self.stream)
         elif ev.kind == "validation" and self.bar is not None:
-            self.bar.write(f"epoch {ev.epoch}: validation loss {ev.data['loss']:.4f} over {ev.data['images']} "
+            where = f"step {ev.step}" if ev.data.get("trigger") == "step" else f"epoch {ev.epoch}"
+            self.bar.write(f"{where}: validation loss {ev.data['loss']:.4f} over {ev.data['images']} "
                            "image(s)", file=self.stream)
         elif ev.kind == "sample" and self.bar is not None:
             self.bar.write(f"sampled {len(ev.data['paths'])} image(s) into {Path(ev.data['paths'][0]).parent}"

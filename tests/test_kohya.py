@@ -242,12 +242,11 @@ def test_seed_prodigy_lokr(tmp_path):
 
 def test_strict_load_lists_every_pending_setting(tmp_path):
     # every setting of the seeds is implemented now, so a pending one is planted next to them
-    text = PRODIGY_LOKR.replace('"LoRA_type"', '"network_weights": "x.safetensors",\n  "validate_every_n_steps": 3,\n  "LoRA_type"', 1)
+    text = PRODIGY_LOKR.replace('"LoRA_type"', '"network_weights": "x.safetensors",\n  "LoRA_type"', 1)
     p = write(tmp_path, "c.json", text)
     with pytest.raises(ConfigError) as e:
         load_config(p)
-    for key in ("network_weights", "validate_every_n_steps"):
-        assert key in e.value.message
+    assert "network_weights = 'x.safetensors'" in e.value.message and e.value.key == "network_weights"
     assert expected_pending({"multires_noise_iterations": 8, "scale_weight_norms": 1, "min_bucket_reso": 1}) == {}
 
 
@@ -338,3 +337,14 @@ def test_sdxl_cache_text_encoder_outputs_checkbox(tmp_path):
     assert "cache_text_encoder_outputs" not in res.values and "sdxl_cache_text_encoder_outputs" in dict(res.ignored)
     flag = load_config(write(tmp_path, "c.json", '{"additional_parameters": "--cache_text_encoder_outputs"}'))
     assert flag.cache_text_encoder_outputs is True
+
+
+def test_step_validation_keys_map(tmp_path):
+    cfg = load_config(write(tmp_path, "v.json", '{"validation_split": 0.1, "validate_every_n_steps": "50", '
+                                                '"max_validation_steps": 3}'))
+    assert (cfg.validate_every_n_steps, cfg.max_validation_steps) == (50, 3)
+    off = load_config(write(tmp_path, "o.json", '{"validate_every_n_steps": 0, "max_validation_steps": "0"}'))
+    assert (off.validate_every_n_steps, off.max_validation_steps) == (None, None)  # the GUI's 0 = off / all
+    cfg = load_config(write(tmp_path, "a.json", '{"validate_every_n_steps": 50, '
+                                                '"additional_parameters": "--validate_every_n_steps 20"}'))
+    assert cfg.validate_every_n_steps == 20  # the command line wins

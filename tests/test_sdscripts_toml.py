@@ -240,3 +240,11 @@ def test_cache_text_encoder_outputs(tmp_path):
     assert load_config(p).cache_text_encoder_outputs is True
     p.write_text('network_module = "networks.lora"\ncache_text_encoder_outputs = false\n', encoding="utf-8")
     assert load_config(p).cache_text_encoder_outputs is None  # sd-scripts' default: lorakit decides
+
+
+def test_step_validation_keys(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[training_arguments]\nnetwork_module = "networks.lora"\nvalidate_every_n_steps = 100\n'
+                 'max_validation_steps = 2\n', encoding="utf-8")
+    cfg = load_config(p)
+    assert (cfg.validate_every_n_steps, cfg.max_validation_steps) == (100, 2)

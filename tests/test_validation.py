@@ -175,3 +175,105 @@ def test_training_is_bit_identical_with_validation(tiny_model_dir, tmp_path, mon
     assert [k for k, _ in rows1].count("validation") == 3 and all(math.isfinite(v) for v in vals)
     a, b = load_file(res0.output_file), load_file(res1.output_file)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def fake_run(tmp_path, tiny_components, **kw):
+    """A Run stand-in over 4 images (validation_split 0.5: 2 held out) with a UNet that predicts 0."""
+    train = make_folder(tmp_path / "t", "1_a", 4, size=64)
+    comps = tiny_components()
+    cfg = cfg_for(train, validation_split=0.5, seed=3, train_batch_size=1, **kw)
+    index = scan_folders(train)
+    TrainDataset.from_config(cfg, index)
+    unet = ZeroUNet().train()
+    model = SimpleNamespace(unet=unet, text_encoder=comps["text_encoder"], vae=comps["vae"],
+                            tokenizer=comps["tokenizer"], noise_scheduler=comps["scheduler"], v_parameterization=False)
+    events = []
+    bus = SimpleNamespace(emit=lambda kind, step, epoch, **data: events.append((kind, step, epoch, data)))
+    return SimpleNamespace(cfg=cfg, model=model, index=index, device=torch.device("cpu"), seed=3,
+                           accelerator=SimpleNamespace(autocast=nullcontext), weight_dtype=torch.float32,
+                           noise_settings=NoiseSettings.from_config(cfg), network=None,
+                           generator=torch.Generator().manual_seed(1), bus=bus), unet, events
+
+
+def test_max_validation_steps_caps_the_batches(tmp_path, tiny_components):
+    from lorakit.data.latent_cache import file_sha256
+
+    run, unet, events = fake_run(tmp_path, tiny_components, max_validation_steps=1)
+    assert V.maybe_validate(run, 3, 1) is not None
+    # 2 validation images in batches of 1: only the first batch, 1 image x 4 timesteps = 4 UNet forwards
+    assert unet.seen_training == [False] * 4
+    (kind, step, epoch, data), = events
+    assert (kind, step, epoch, data["batches"], data["images"], data["trigger"]) == ("validation", 3, 1, 1, 1, "epoch")
+    # the loss is that of the first image of the fixed order only: mean over its 4 timesteps of mean(noise^2)
+    it, lat = run.validation.dataset.items[0], run.validation.dataset._latents[0]
+    expect = [torch.randn(lat.shape, generator=torch.Generator().manual_seed(
+        V.validation_noise_seed(3, file_sha256(it.path), t))).pow(2).mean().item() for t in (200, 400, 600, 800)]
+    assert data["loss"] == pytest.approx(sum(expect) / 4, rel=1e-6)
+    # unset (or 0, the GUI's "off") = every batch: 2 images x 4 timesteps
+    for off in (None, 0):
+        run.cfg = run.cfg.model_copy(update={"max_validation_steps": off})
+        run.validation_last, unet.seen_training = None, []
+        res = V.evaluate(run)
+        assert (res.batches, res.images, len(unet.seen_training)) == (2, 2, 8)
+    assert cfg_for(tmp_path, max_validation_steps=0).max_validation_steps is None
+
+
+def test_step_and_epoch_validation_at_the_same_step_evaluate_once(tmp_path, tiny_components):
+    run, unet, events = fake_run(tmp_path, tiny_components, validate_every_n_steps=5)
+    assert [V.should_validate_step(run.cfg, s) for s in range(1, 11)] == [False] * 4 + [True] + [False] * 4 + [True]
+    assert V.maybe_validate(run, 4, 1, "step") is None and events == []
+    a = V.maybe_validate(run, 5, 1, "step")
+    b = V.maybe_validate(run, 5, 1, "epoch")  # the epoch ends at step 5 too: same weights, same noise
+    assert a == b and len(unet.seen_training) == 8  # 2 images x 4 timesteps, evaluated once
+    assert [(k, s, d["trigger"]) for k, s, _, d in events] == [("validation", 5, "step"), ("validation", 5, "epoch")]
+    V.maybe_validate(run, 10, 2, "step")
+    assert len(unet.seen_training) == 16  # a new step evaluates again
+    # without validation images nothing is due
+    assert not V.should_validate_step(cfg_for(tmp_path, validate_every_n_steps=5), 5)
+
+
+def test_step_validation_events_logs_and_bit_identical_training(tiny_model_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lorakit.demo import make_synthetic_dataset
+    from lorakit.monitors import MetricsJsonl, TensorBoard
+    from lorakit.train.loop import train
+
+    # 6 images, validation_split 0.2 holds out floor(1.2) = 1: 5 training images, batch 1 -> 1 epoch of 5 steps
+    data = make_synthetic_dataset(tmp_path / "data", n_images=6, repeats=1)
+    base = {"pretrained_model_name_or_path": str(tiny_model_dir), "train_data_dir": str(data),
+            "resolution": 64, "network_dim": 4, "learning_rate": 1e-2, "seed": 7, "save_precision": "float",
+            "max_train_epochs": 1, "validation_split": 0.2, "network_dropout": 0.1}
+
+    def run(out, **kw):
+        rows = []
+        cfg = load_config(None, [], {**base, "output_dir": str(tmp_path / out), **kw})
+        subs = [MetricsJsonl(tmp_path / out / "metrics.jsonl"), TensorBoard(tmp_path / out / "logs"),
+                lambda ev: rows.append(ev) if ev.kind in ("step", "validation") else None]
+        return train(cfg, subs, overwrite=True), rows
+
+    res0, rows0 = run("epoch_only")
+    res1, rows1 = run("every2", validate_every_n_steps=2)
+    # the rule: every step that is a multiple of 2 (2, 4), and the epoch's end (step 5) as before
+    val = [(ev.data["trigger"], ev.step) for ev in rows1 if ev.kind == "validation"]
+    assert val == [("step", 2), ("step", 4), ("epoch", 5)]
+    assert [(ev.data["trigger"], ev.step) for ev in rows0 if ev.kind == "validation"] == [("epoch", 5)]
+    assert all(ev.data["images"] == 1 and ev.data["batches"] == 1 for ev in rows1 if ev.kind == "validation")
+    # validation consumes no training randomness: the same step losses and the same adapter
+    steps0 = [ev.data["loss"] for ev in rows0 if ev.kind == "step"]
+    assert len(steps0) == 5 and [ev.data["loss"] for ev in rows1 if ev.kind == "step"] == steps0
+    a, b = load_file(res0.output_file), load_file(res1.output_file)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # logged as sd-scripts names them: step_average by step, epoch_average by epoch; metrics.jsonl rows
+    losses = [ev.data["loss"] for ev in rows1 if ev.kind == "validation"]
+    import json
+    jrows = [json.loads(x) for x in open(tmp_path / "every2" / "metrics.jsonl")]
+    assert [(r["validation_trigger"], r["step"], r["validation_batches"]) for r in jrows if "validation_loss" in r] \
+        == [("step", 2, 1), ("step", 4, 1), ("epoch", 5, 1)]
+    acc = EventAccumulator(str(tmp_path / "every2" / "logs"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss/validation/step_average")] == \
+        [(2, pytest.approx(losses[0], rel=1e-6)), (4, pytest.approx(losses[1], rel=1e-6))]
+    assert [(e.step, e.value) for e in acc.Scalars("loss/validation/epoch_average")] == \
+        [(1, pytest.approx(losses[2], rel=1e-6))]
+    assert losses[0] != losses[1]  # the weights moved between the two step validations

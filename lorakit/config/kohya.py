@@ -50,7 +50,7 @@ GUI_ONLY = {
 NEUTRAL: dict[str, Any] = {
     "noise_offset": 0, "adaptive_noise_scale": 0, "noise_offset_random_strength": False,
     "multires_noise_iterations": 0, "multires_noise_discount": None, "min_snr_gamma": 0,
-    "scale_weight_norms": 0, "network_weights": "", "validate_every_n_steps": 0, "max_validation_steps": 0,
+    "scale_weight_norms": 0, "network_weights": "",
 }
 # NEUTRAL None: only neutral while bucketing / multires is off (see _neutral).
 

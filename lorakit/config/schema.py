@@ -97,6 +97,12 @@ class TrainConfig(BaseModel):
     validate_every_n_epochs: Optional[int] = F(
         None, "data", "Compute the validation loss every N epochs (unset = every epoch when validation is on).",
         ge=1)
+    validate_every_n_steps: Optional[int] = F(
+        None, "data", "Also compute the validation loss every N optimizer steps (sd-scripts: at steps N, 2N, ...); "
+        "unset or 0 = only per epoch.", ge=1)
+    max_validation_steps: Optional[int] = F(
+        None, "data", "Use at most this many validation batches (the first ones, in a fixed order) per "
+        "validation; unset or 0 = all.", ge=1)
     dataset_subsets: list[dict[str, Any]] = F(
         [], "data", "Explicit image folders instead of train_data_dir/reg_data_dir (what an sd-scripts "
         "dataset_config gives): each {image_dir, num_repeats, class_tokens, caption_extension, is_reg} and "
@@ -272,7 +278,8 @@ class TrainConfig(BaseModel):
 
     @field_validator("save_every_n_epochs", "save_every_n_steps", "sample_every_n_epochs",
                      "sample_every_n_steps", "save_last_n_epochs", "save_last_n_steps",
-                     "save_last_n_epochs_state", "save_last_n_steps_state", mode="before")
+                     "save_last_n_epochs_state", "save_last_n_steps_state", "validate_every_n_steps",
+                     "max_validation_steps", mode="before")
     @classmethod
     def _zero_is_off(cls, v: Any) -> Any:
         return None if v in (0, "0", "") else v  # kohya: 0 means "never"

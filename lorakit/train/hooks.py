@@ -1,4 +1,4 @@
-"""What happens between steps: periodic saves, sample images, the d*lr spike watch."""
+"""What happens between steps: periodic saves, sample images, step validation, the d*lr spike watch."""
 from __future__ import annotations
 
 import re
@@ -10,6 +10,7 @@ from ..optim.optimizers import eval_mode
 from .save import save_adapter
 from .spike import DlrSpikeDetector
 from .state import save_state
+from .validation import maybe_validate
 
 if TYPE_CHECKING:
     from .setup import Run
@@ -52,6 +53,7 @@ class RunHooks:
             self.retain_steps(step)
         if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0:
             self.sample(step, None)
+        maybe_validate(run, step, epoch, "step")  # validate_every_n_steps (sd-scripts: after the step's save)
         return self.watch_dlr(step, epoch, lrs, dlr)
 
     def watch_dlr(self, step: int, epoch: int, lrs: dict[str, float], dlr: dict[str, float]) -> bool:

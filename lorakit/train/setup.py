@@ -48,6 +48,8 @@ class Run:
     noise_settings: Any = None
     step_stats: dict = field(default_factory=dict)  # e.g. max-norm numbers of the last step
     text_cache: Any = None  # text_cache.TextCache while the text encoder is frozen
+    validation: Any = None       # validation.ValidationSet, built on the first validation
+    validation_last: Any = None  # (step, ValidationResult) of the last validation, reused at the same step
     started_at: float = field(default_factory=time.time)
 
     @property

@@ -52,6 +52,14 @@ def should_validate(cfg: "TrainConfig", epoch: int) -> bool:
     return validation_enabled(cfg) and epoch % every == 0
 
 
+def should_validate_step(cfg: "TrainConfig", step: int) -> bool:
+    """Validation is on and optimizer step `step` (from 1) is a multiple of validate_every_n_steps
+    (unset: never). sd-scripts' rule (global_step % N == 0, the last step included); the epoch rule
+    (should_validate) applies as well, independently."""
+    every = getattr(cfg, "validate_every_n_steps", None)
+    return validation_enabled(cfg) and bool(every) and step % every == 0
+
+
 def validation_timesteps(num_train_timesteps: int, min_timestep: int | None = None,
                          max_timestep: int | None = None, n: int = NUM_VALIDATION_TIMESTEPS) -> list[int]:
     """n timesteps evenly inside [min, max): linspace(lo, hi, n + 2) without its ends, as ints."""
@@ -154,30 +162,47 @@ def _optimizer_eval(run: "Run"):
     return eval_mode(opt) if opt is not None else nullcontext()
 
 
+@dataclass
+class ValidationResult:
+    loss: float    # mean over the images used x timesteps; NaN without validation images
+    batches: int   # validation batches used (max_validation_steps caps them)
+    images: int    # images in those batches
+
+
 def validation_loss(run: "Run") -> float:
     """Mean loss over the validation images x fixed timesteps (see the module doc); NaN when there
     are no validation images. The set is built (latents cached) on the first call, kept in
     run.validation. Model modes and every RNG are restored, so training does not change."""
+    return evaluate(run).loss
+
+
+def evaluate(run: "Run") -> ValidationResult:
+    """validation_loss with what it used: the first max_validation_steps batches of the fixed batch
+    order (all when unset), as sd-scripts' `val_step >= validation_steps: break`."""
     vs = getattr(run, "validation", None)
     if vs is None:
         vs = build_validation_set(run.cfg, run.index, run.model.vae, run.device, run.seed)
         run.validation = vs
     if vs is None or len(vs) == 0:
-        return math.nan
+        return ValidationResult(math.nan, 0, 0)
+    limit = getattr(run.cfg, "max_validation_steps", None)
     cfg, m = run.cfg, run.model
     settings = getattr(run, "noise_settings", None) or NoiseSettings.from_config(cfg)
     timesteps = validation_timesteps(m.noise_scheduler.config.num_train_timesteps, settings.min_timestep,
                                      settings.max_timestep)
-    total, count = 0.0, 0
+    total, count, batches, images = 0.0, 0, 0, 0
     with _Preserved([m.unet, m.text_encoder, getattr(run, "network", None)], getattr(run, "generator", None)):
         for module in (m.unet, m.text_encoder, getattr(run, "network", None)):
             if isinstance(module, torch.nn.Module):
                 module.eval()
         with _optimizer_eval(run), torch.no_grad():
             for batch in vs.batches():
+                if limit and batches >= limit:
+                    break
                 total += _batch_loss_sum(run, vs, batch, timesteps, settings)
                 count += len(batch) * len(timesteps)
-    return total / count
+                batches, images = batches + 1, images + len(batch)
+    return ValidationResult(total / count, batches, images)
 
 
 def _batch_loss_sum(run: "Run", vs: ValidationSet, batch: Batch, timesteps: list[int],
@@ -207,18 +232,29 @@ def _batch_loss_sum(run: "Run", vs: ValidationSet, batch: Batch, timesteps: list
     return total
 
 
-def maybe_validate(run: "Run", step: int, epoch: int) -> float | None:
-    """The loop's epoch hook: when should_validate(cfg, epoch) and there are validation images,
-    compute validation_loss(run) and emit a "validation" event (loss, images, timesteps).
-    Returns the loss, or None when nothing was computed."""
-    if not should_validate(run.cfg, epoch):
+def maybe_validate(run: "Run", step: int, epoch: int, trigger: str = "epoch") -> float | None:
+    """The loop's hooks: at an epoch's end (trigger "epoch", should_validate) and after an optimizer
+    step (trigger "step", should_validate_step), when there are validation images, compute the
+    validation loss and emit a "validation" event (loss, images, batches, timesteps, trigger).
+    Returns the loss, or None when nothing was computed.
+
+    When both fire at the same step (the epoch's last step is a multiple of validate_every_n_steps)
+    both events are emitted, as sd-scripts logs both; the weights and the noise are the same, so the
+    step's result is reused instead of evaluated twice."""
+    due = should_validate_step(run.cfg, step) if trigger == "step" else should_validate(run.cfg, epoch)
+    if not due:
         return None
-    loss = validation_loss(run)
-    vs = getattr(run, "validation", None)
-    if vs is None or math.isnan(loss):
+    last = getattr(run, "validation_last", None)
+    if last is not None and last[0] == step:
+        res = last[1]
+    else:
+        res = evaluate(run)
+        run.validation_last = (step, res)
+    if getattr(run, "validation", None) is None or math.isnan(res.loss):
         return None
     settings = getattr(run, "noise_settings", None) or NoiseSettings.from_config(run.cfg)
     ts = validation_timesteps(run.model.noise_scheduler.config.num_train_timesteps, settings.min_timestep,
                               settings.max_timestep)
-    run.bus.emit("validation", step, epoch, loss=loss, images=len(vs), timesteps=ts)
-    return loss
+    run.bus.emit("validation", step, epoch, loss=res.loss, images=res.images, batches=res.batches, timesteps=ts,
+                 trigger=trigger)
+    return res.loss
