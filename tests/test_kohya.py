@@ -348,3 +348,61 @@ def test_step_validation_keys_map(tmp_path):
     cfg = load_config(write(tmp_path, "a.json", '{"validate_every_n_steps": 50, '
                                                 '"additional_parameters": "--validate_every_n_steps 20"}'))
     assert cfg.validate_every_n_steps == 20  # the command line wins
+
+
+def gui(tmp_path, name, **values):
+    import json
+    return write(tmp_path, name, json.dumps(values))
+
+
+NET_KEYS = {"network_type", "network_args", "conv_dim", "conv_alpha", "network_dropout", "rank_dropout",
+            "module_dropout", "network_preset"}
+
+
+def test_network_args_in_additional_parameters(tmp_path):
+    # Standard = networks.lora: conv_dim / conv_alpha become the schema keys (kohya's LoCon-in-LoRA)
+    cfg = load_config(gui(tmp_path, "a.json", LoRA_type="Standard", network_dim=16, network_alpha=8,
+                          additional_parameters='--network_args "conv_dim=8" "conv_alpha=4"'))
+    assert cfg.model_dump(include=NET_KEYS) == {
+        "network_type": "lora", "network_args": {}, "conv_dim": 8, "conv_alpha": 4.0, "network_dropout": None,
+        "rank_dropout": None, "module_dropout": None, "network_preset": "kohya"}
+    # a LyCORIS type keeps its algorithm and JSON args; the command line overrides per key
+    cfg = load_config(gui(tmp_path, "b.json", **{"LoRA_type": "LyCORIS/LoKr", "network_dim": 16, "network_alpha": 8,
+                          "factor": 4, "conv_dim": 4, "rank_dropout": 0.1, "additional_parameters":
+                          '--network_args "decompose_both=True" "rank_dropout=0.25" "module_dropout=0.1" '
+                          '"dropout=0.05" "use_cp=True" "preset=attn-mlp"'}))
+    assert cfg.model_dump(include=NET_KEYS) == {
+        "network_type": "lokr", "network_args": {"factor": 4, "decompose_both": True, "use_tucker": True},
+        "conv_dim": 4, "conv_alpha": 8.0, "network_dropout": 0.05, "rank_dropout": 0.25, "module_dropout": 0.1,
+        "network_preset": "attn-mlp"}
+
+
+def test_network_args_algo_overrides_lora_type(tmp_path):
+    # sd-scripts runs network_module + the command line's args: algo=loha wins over LoRA_type LyCORIS/LoKr;
+    # LoKr's own arg (factor) is dropped with a note, conv_dim from the command line overrides the JSON's 4
+    p = gui(tmp_path, "c.json", **{"LoRA_type": "LyCORIS/LoKr", "network_dim": 16, "network_alpha": 8, "factor": 4,
+                                   "conv_dim": 4, "additional_parameters": '--network_args "algo=loha" "conv_dim=8"'})
+    cfg = load_config(p)
+    assert (cfg.network_type, cfg.network_args, cfg.conv_dim, cfg.conv_alpha) == ("loha", {}, 8, 8.0)
+    ignored = dict(import_kohya_json(p).ignored)
+    assert ignored["LoRA_type"] == "additional_parameters select network_type 'loha' instead of 'lokr'"
+    assert "not of the algorithm" in ignored["factor"]
+    # --network_module lycoris.kohya turns a Standard config into LyCORIS iA3
+    cfg = load_config(gui(tmp_path, "d.json", LoRA_type="Standard", additional_parameters=(
+        '--network_module lycoris.kohya --network_args "algo=ia3" "train_on_input=True"')))
+    assert (cfg.network_type, cfg.network_args, cfg.conv_dim) == ("ia3", {"train_on_input": True}, None)
+    # networks.lora would ignore algo and train plain LoRA: refused
+    with pytest.raises(ConfigError) as e:
+        load_config(gui(tmp_path, "e.json", LoRA_type="Standard",
+                        additional_parameters='--network_args "conv_dim=8" "algo=loha"'))
+    assert e.value.key == "additional_parameters" and "lycoris.kohya" in e.value.fix
+
+
+@pytest.mark.parametrize("args,guess", [('"use_tuker=True"', "did you mean 'use_tucker'?"),
+                                        ('"algo=lohaa"', "did you mean algo=loha?"),
+                                        ('"preset=unet-only"', "attn-mlp")])
+def test_network_args_unknown_in_additional_parameters(tmp_path, args, guess):
+    p = gui(tmp_path, "f.json", LoRA_type="LyCORIS/LoHa", additional_parameters=f"--network_args {args}")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert e.value.key == "additional_parameters" and e.value.file == str(p) and guess in e.value.fix

@@ -248,3 +248,17 @@ def test_step_validation_keys(tmp_path):
                  'max_validation_steps = 2\n', encoding="utf-8")
     cfg = load_config(p)
     assert (cfg.validate_every_n_steps, cfg.max_validation_steps) == (100, 2)
+
+
+def test_network_args_shared_mapping(tmp_path):
+    # the mapping the GUI's additional_parameters use too (config/netargs.py)
+    p = tmp_path / "c.toml"
+    p.write_text('network_module = "lycoris.kohya"\nnetwork_dim = 8\nnetwork_alpha = 2\n'
+                 'network_args = ["algo=loha", "preset=full", "dropout=0.1", "use_tucker=True"]\n', encoding="utf-8")
+    cfg = load_config(p)
+    assert (cfg.network_type, cfg.network_preset, cfg.network_dropout, cfg.conv_dim, cfg.conv_alpha,
+            cfg.network_args) == ("loha", "full", 0.1, 8, 2.0, {"use_tucker": True})
+    p.write_text('network_module = "lycoris.kohya"\nnetwork_args = ["algo=lokr", "factr=4"]\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as e:  # before any model is loaded
+        load_config(p)
+    assert (e.value.key, e.value.file) == ("network_args", str(p)) and "did you mean 'factor'?" in e.value.fix

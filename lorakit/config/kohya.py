@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .load import suggest, unknown_key_error
+from .netargs import LYCORIS_MODULE, apply_network_args
 from .schema import TrainConfig, parse_kv_args
 
 # GUI key -> schema key, where only the name differs.
@@ -73,8 +74,15 @@ LORA_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 NETWORK_ARG_KEYS = ("factor", "decompose_both", "use_cp", "use_tucker", "train_on_input", "unit")
 
+
+def lora_type_module(lora_type: str) -> str:
+    """The sd-scripts network_module the GUI passes for a LoRA_type."""
+    if lora_type.startswith("LyCORIS/") or lora_type == "LoCon":
+        return LYCORIS_MODULE
+    return "networks.dylora" if lora_type == "Kohya DyLoRA" else "networks.lora"
+
 # sd-scripts command-line flags with no schema field that may appear in additional_parameters
-SD_SCRIPTS_FLAGS = set(NEUTRAL) | {"network_args", "lr_decay_steps", "lr_scheduler_timescale",
+SD_SCRIPTS_FLAGS = set(NEUTRAL) | {"network_args", "network_module", "lr_decay_steps", "lr_scheduler_timescale",
                                    "lr_scheduler_min_lr_ratio", "debiased_estimation_loss", "ip_noise_gamma",
                                    "zero_terminal_snr", "loss_type", "huber_c", "masked_loss"}
 
@@ -173,6 +181,7 @@ class _Importer:
         self.raw, self.file = raw, file
         self.res = ImportResult({})
         self.known = TrainConfig.model_fields
+        self.cli_network: dict[str, Any] = {}  # --network_module / --network_args of additional_parameters
 
     def set(self, key: str, value: Any, source: str) -> None:
         """Map one kohya setting onto the schema, or record it as ignored / pending."""
@@ -255,6 +264,8 @@ class _Importer:
             res.values.setdefault("conv_alpha", res.values.get("network_alpha", 1))
         for key, values in parse_additional_parameters(str(raw.get("additional_parameters") or "")):
             self.flag(key, values)
+        if self.cli_network:
+            self.cli_network_args(lora_type)
         if res.network_args:
             if "network_args" in self.known:
                 res.values["network_args"] = {**res.values.get("network_args", {}), **res.network_args}
@@ -274,6 +285,30 @@ class _Importer:
             value = int(float(value))
         self.res.network_args[name] = value
 
+    def cli_network_args(self, lora_type: str) -> None:
+        """additional_parameters' --network_module / --network_args, mapped as sd-scripts would read
+        them (netargs.apply_network_args) and overriding the JSON per key. The module is the LoRA_type's
+        unless --network_module names one; with lycoris.kohya and no algo= the LoRA_type's algorithm
+        stays. An algo= (or module) that selects another algorithm than LoRA_type wins, as it does on
+        sd-scripts' command line; the LoRA_type's own network args (factor, unit, ...) are then dropped.
+        Per key, not sd-scripts' argparse (where a second --network_args replaces the GUI's whole
+        list, algo and conv_dim included): only what the user wrote changes."""
+        res, cli = self.res, self.cli_network
+        module = cli.get("module") or lora_type_module(lora_type)
+        args = dict(cli.get("args", {}))
+        before = res.values["network_type"]
+        if module == LYCORIS_MODULE and lora_type_module(lora_type) == LYCORIS_MODULE:
+            args.setdefault("algo", before)  # every LyCORIS network_type is also its algo name
+        rest = apply_network_args(module, args, res.values, self.file, key="additional_parameters")
+        if res.values["network_type"] != before:
+            res.ignored.append(("LoRA_type", f"additional_parameters select network_type "
+                                             f"'{res.values['network_type']}' instead of '{before}'"))
+            for k in res.network_args:
+                res.ignored.append((k, f"a network arg of LoRA_type '{lora_type}', not of the algorithm "
+                                       "additional_parameters select"))
+            res.network_args = {}
+        res.network_args.update(rest)
+
     def warmup(self, value: Any, scheduler: str) -> None:
         pct = 0.0 if _blank(value) else float(value)
         if pct == 0:
@@ -289,10 +324,20 @@ class _Importer:
     def flag(self, key: str, values: list[str]) -> None:
         """One `--key values...` of additional_parameters; it overrides the JSON (sd-scripts' command line)."""
         known = self.known
+        if key == "network_module":
+            if len(values) != 1:
+                raise ConfigError("additional_parameters: --network_module takes one module name", file=self.file,
+                                  key="additional_parameters", fix="write e.g. --network_module lycoris.kohya")
+            self.cli_network["module"] = values[0]
+            return
         if key in ("optimizer_args", "lr_scheduler_args", "network_args"):
-            value: Any = parse_kv_args(values)
-            if key == "network_args" and key not in known:
-                self.res.network_args.update(value)
+            try:
+                value: Any = parse_kv_args(values)
+            except ValueError as e:
+                raise ConfigError(f"additional_parameters: --{key}: {e}", file=self.file, key="additional_parameters",
+                                  fix='write "key=value" items, e.g. --network_args "conv_dim=8"') from None
+            if key == "network_args":  # the last --network_args of the line, as argparse keeps
+                self.cli_network["args"] = value
                 return
         elif not values:
             value = True  # a store_true flag

@@ -2,9 +2,10 @@
 
 sd-scripts reads a --config_file by flattening every table one level deep; the keys are
 its argparse names. Most of them are TrainConfig keys already; network_module +
-network_args become network_type + network_args (conv_dim, conv_alpha, rank_dropout and
-module_dropout become schema keys); keys that change nothing in lorakit are listed as
-ignored with the reason; an unknown key is an error with a "did you mean".
+network_args become network_type + network_args (netargs.py, shared with the GUI importer:
+conv_dim, conv_alpha, dropout, rank_dropout, module_dropout and preset become schema keys);
+keys that change nothing in lorakit are listed as ignored with the reason; an unknown key is
+an error with a "did you mean".
 
 `dataset_config = "file.toml"` names sd-scripts' dataset TOML ([general], [[datasets]],
 [[datasets.subsets]]). Its subsets become `dataset_subsets`; dataset-level settings apply
@@ -24,6 +25,7 @@ from typing import Any
 from ..errors import ConfigError
 from .kohya import NEUTRAL, ImportResult, _neutral
 from .load import suggest
+from .netargs import apply_network_args
 from .schema import SUBSET_OPTIONS, TrainConfig, parse_kv_args
 
 # Keys only an sd-scripts config has: any of them (or a table that is not a lorakit section) marks one.
@@ -53,12 +55,6 @@ IGNORED = {
     "resume_from_huggingface": "no upload", "async_upload": "no upload",
     "cache_text_encoder_outputs_to_disk": "lorakit keeps text-encoder outputs in memory (cache_text_encoder_outputs)",
 }
-
-NETWORK_MODULES = {"networks.lora": "lora", "networks.dylora": "dylora", "lycoris.kohya": None}
-# LyCORIS algo -> network_type ("lora" in LyCORIS is LoCon)
-LYCORIS_ALGOS = {"lora": "locon", "locon": "locon", "loha": "loha", "lokr": "lokr", "ia3": "ia3",
-                 "dylora": "dylora", "glora": "glora", "boft": "boft", "diag-oft": "diag-oft", "full": "full"}
-LIFTED_ARGS = ("conv_dim", "conv_alpha", "rank_dropout", "module_dropout")  # network args that are schema keys
 
 # dataset_config
 DATASET_KEYS = {"resolution": "resolution", "batch_size": "train_batch_size", "enable_bucket": "enable_bucket",
@@ -116,35 +112,6 @@ def _kv(value: Any, key: str, file: str) -> dict[str, Any]:
         raise ConfigError(f"{key}: {e}", file=file, key=key, fix='write a list of "key=value" strings') from None
 
 
-def _network(module: str, args: dict[str, Any], res: ImportResult, file: str) -> None:
-    if module not in NETWORK_MODULES:
-        guess = suggest(module, NETWORK_MODULES)
-        raise ConfigError(f"network_module '{module}' is not supported", file=file, key="network_module",
-                          fix=f"did you mean '{guess}'?" if guess else f"use one of {', '.join(NETWORK_MODULES)}")
-    ntype = NETWORK_MODULES[module]
-    if ntype is None:  # LyCORIS: the algorithm is a network arg
-        algo = str(args.pop("algo", "lora")).lower()
-        if algo not in LYCORIS_ALGOS:
-            guess = suggest(algo, LYCORIS_ALGOS)
-            raise ConfigError(f"LyCORIS algo '{algo}' is not supported", file=file, key="network_args",
-                              fix=f"did you mean algo={guess}?" if guess else f"use one of {', '.join(LYCORIS_ALGOS)}")
-        ntype = LYCORIS_ALGOS[algo]
-        if "use_cp" in args:
-            args["use_tucker"] = args.pop("use_cp")
-        if "preset" in args:
-            res.ignored.append(("network_args preset", "module selection follows the algorithm"))
-            args.pop("preset")
-    res.values["network_type"] = ntype
-    for k in LIFTED_ARGS:
-        if k in args:
-            res.values[k] = args.pop(k)
-    if ntype in ("locon", "loha", "lokr", "dylora", "glora", "boft", "diag-oft", "full") and module == "lycoris.kohya":
-        res.values.setdefault("conv_dim", res.values.get("network_dim", 8))  # LyCORIS' default
-        res.values.setdefault("conv_alpha", res.values.get("network_alpha", 1))
-    if args:
-        res.values["network_args"] = args
-
-
 def import_sdscripts_toml(path: Path, raw: dict[str, Any] | None = None) -> ImportResult:
     """Read an sd-scripts --config_file TOML (and the dataset_config it names)."""
     file = str(path)
@@ -181,7 +148,9 @@ def import_sdscripts_toml(path: Path, raw: dict[str, Any] | None = None) -> Impo
         raise ConfigError(f"sd-scripts settings lorakit does not implement yet: {'; '.join(pending)}", file=file,
                           key=pending[0].split(" ")[0], fix="remove them or set them to 0/off")
     args = _kv(flat.get("network_args", []), "network_args", file)
-    _network(str(flat.get("network_module", "networks.lora")), args, res, file)
+    rest = apply_network_args(str(flat.get("network_module", "networks.lora")), args, res.values, file)
+    if rest:
+        res.values["network_args"] = rest
     if "caption_extension" not in flat:
         res.values["caption_extension"] = SD_CAPTION_DEFAULT
         res.ignored.append(("caption_extension", f"not set: sd-scripts' default {SD_CAPTION_DEFAULT} is used"))

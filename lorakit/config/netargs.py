@@ -1,0 +1,94 @@
+"""sd-scripts' `network_module` + `network_args` -> our schema, for both importers.
+
+sd-scripts TOML (sdscripts.py) and the kohya_ss GUI's `additional_parameters` (kohya.py) both
+carry sd-scripts' network settings; this one mapping serves both (docs/kohya.md):
+
+- network_module: networks.lora -> lora, networks.dylora -> dylora, lycoris.kohya -> the `algo`
+  arg (LyCORIS' default algo is "lora", which is LoCon).
+- `algo` only with lycoris.kohya: kohya's own modules would ignore it and train something else
+  than the config says, so lorakit refuses it there.
+- conv_dim, conv_alpha, dropout (-> network_dropout), rank_dropout, module_dropout are schema keys;
+  `preset` (lycoris.kohya) is network_preset (full, attn-mlp, attn-only); use_cp is use_tucker.
+- The rest stays in network_args and is checked against the algorithm's options at import
+  (an unknown one: ConfigError with a "did you mean"), not only when the model is built.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConfigError
+from .load import suggest
+
+NETWORK_MODULES = {"networks.lora": "lora", "networks.dylora": "dylora", "lycoris.kohya": None}
+LYCORIS_MODULE = "lycoris.kohya"
+# LyCORIS algo -> network_type ("lora" in LyCORIS is LoCon)
+LYCORIS_ALGOS = {"lora": "locon", "locon": "locon", "loha": "loha", "lokr": "lokr", "ia3": "ia3",
+                 "dylora": "dylora", "glora": "glora", "boft": "boft", "diag-oft": "diag-oft", "full": "full"}
+# network args that are schema keys of their own
+LIFTED_ARGS = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "dropout": "network_dropout",
+               "rank_dropout": "rank_dropout", "module_dropout": "module_dropout"}
+LYCORIS_PRESETS = ("full", "attn-mlp", "attn-only")  # the LyCORIS presets lorakit has as network_preset
+NO_CONV_DEFAULT = ("ia3",)  # LyCORIS algos whose conv_dim/conv_alpha do not default to network_dim/alpha
+
+
+def network_module_type(module: str, file: str | None, key: str) -> str | None:
+    """The network_type of a kohya module (None for lycoris.kohya: its algo arg decides)."""
+    if module not in NETWORK_MODULES:
+        guess = suggest(module, NETWORK_MODULES)
+        raise ConfigError(f"network_module '{module}' is not supported", file=file, key=key,
+                          fix=f"did you mean '{guess}'?" if guess else f"use one of {', '.join(NETWORK_MODULES)}")
+    return NETWORK_MODULES[module]
+
+
+def apply_network_args(module: str, args: dict[str, Any], values: dict[str, Any], file: str | None,
+                       key: str = "network_args") -> dict[str, Any]:
+    """Map `module` + `args` (parsed "k=v" tokens) onto `values` (schema keys; what is there is
+    overridden): network_type, the lifted schema keys, network_preset, and for lycoris.kohya the
+    LyCORIS conv defaults (setdefault). Returns the args left for the algorithm itself, checked
+    against its options. `key` names the setting in errors."""
+    args = dict(args)
+    ntype = network_module_type(module, file, key)
+    algo = args.pop("algo", None)
+    if ntype is None:
+        name = str(algo if algo is not None else "lora").strip().lower()
+        if name not in LYCORIS_ALGOS:
+            guess = suggest(name, LYCORIS_ALGOS)
+            raise ConfigError(f"LyCORIS algo '{name}' is not supported", file=file, key=key,
+                              fix=f"did you mean algo={guess}?" if guess else f"use one of {', '.join(LYCORIS_ALGOS)}")
+        ntype = LYCORIS_ALGOS[name]
+        if "use_cp" in args:  # LyCORIS' old name; it wins over use_tucker as in LyCORIS
+            args["use_tucker"] = args.pop("use_cp")
+        if "preset" in args:
+            preset = str(args.pop("preset"))
+            if preset not in LYCORIS_PRESETS:
+                raise ConfigError(f"LyCORIS preset '{preset}' is not supported yet", file=file, key=key,
+                                  fix=f"use preset={' / '.join(LYCORIS_PRESETS)}, or remove it (kohya's targets)")
+            values["network_preset"] = preset
+    elif algo is not None:
+        raise ConfigError(f"algo={algo} is a LyCORIS network arg, but network_module is '{module}' (which would "
+                          "ignore it)", file=file, key=key,
+                          fix=f"use network_module {LYCORIS_MODULE} (in the GUI: a LyCORIS/... LoRA_type), "
+                              "or remove algo")
+    values["network_type"] = ntype
+    for arg, schema_key in LIFTED_ARGS.items():
+        if arg in args:
+            values[schema_key] = args.pop(arg)
+    if module == LYCORIS_MODULE and ntype not in NO_CONV_DEFAULT:
+        values.setdefault("conv_dim", values.get("network_dim", 8))  # LyCORIS' default
+        values.setdefault("conv_alpha", values.get("network_alpha", 1))
+    check_algorithm_args(ntype, args, file, key)
+    return args
+
+
+def check_algorithm_args(network_type: str, args: dict[str, Any], file: str | None, key: str) -> None:
+    """`args` checked against the options of `network_type` now (the network build checks them
+    again): an unknown option or a bad value is a ConfigError naming the file, with a "did you mean"."""
+    if not args:
+        return
+    from ..adapters.base import validate_network_args
+    from ..adapters.registry import get_algorithm
+
+    try:
+        validate_network_args(get_algorithm(network_type), args)
+    except ConfigError as e:
+        raise ConfigError(e.message, file=file, key=key, fix=e.fix) from None
