@@ -19,7 +19,7 @@ def _config_from_args(args: argparse.Namespace):
         "reg_data_dir": getattr(args, "reg_data", None),
         "output_dir": getattr(args, "output", None),
     }
-    return load_config(args.config, args.set, cli_values)
+    return load_config(args.config, args.set, cli_values, fmt=getattr(args, "format", "auto"))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def config_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("config", nargs="?", help="lorakit .toml or kohya_ss .json config")
+        sp.add_argument("config", nargs="?", help="lorakit .toml, sd-scripts .toml or kohya_ss .json config")
+        sp.add_argument("--format", default="auto", choices=("auto", "lorakit", "kohya", "sd-scripts"),
+                        help="how to read CONFIG: auto (default: .json = kohya_ss GUI; .toml = sd-scripts when it "
+                             "has network_module, dataset_config or sd-scripts' tables, else lorakit) or forced")
         sp.add_argument("--model", help="checkpoint: diffusers folder or .safetensors/.ckpt")
         sp.add_argument("--data", help="train_data_dir")
         sp.add_argument("--reg-data", dest="reg_data", help="reg_data_dir")

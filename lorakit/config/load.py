@@ -1,4 +1,4 @@
-"""Load a config file (our TOML or a kohya_ss JSON), apply overrides, validate.
+"""Load a config file (our TOML, an sd-scripts TOML or a kohya_ss JSON), apply overrides, validate.
 
 Every problem becomes a ConfigError that names the file, the key and the fix.
 """
@@ -35,8 +35,8 @@ def _load_toml(path: Path) -> dict[str, Any]:
                           fix="check quotes, '=' signs and [section] headers") from None
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    raw = _load_toml(path)
+def read_toml(path: Path, raw: dict[str, Any] | None = None) -> dict[str, Any]:
+    raw = _load_toml(path) if raw is None else raw
     flat: dict[str, Any] = {}
     for k, v in raw.items():
         if isinstance(v, dict) and k in SECTIONS:
@@ -47,13 +47,98 @@ def read_toml(path: Path) -> dict[str, Any]:
                 flat[k2] = v2
         elif isinstance(v, dict) and k not in TrainConfig.model_fields:
             raise ConfigError(f"unknown section [{k}]", file=str(path), key=k,
-                              fix=f"use one of {', '.join(SECTIONS)} or write the keys at top level")
+                              fix=f"use one of {', '.join(SECTIONS)} or write the keys at top level "
+                                  "(an sd-scripts --config_file: pass --format sd-scripts)")
         else:
             if k in flat:
                 raise ConfigError(f"key '{k}' is set twice", file=str(path), key=k,
                                   fix="keep one of the two settings")
             flat[k] = v
     return flat
+
+
+def read_config_file(p: Path, fmt: str | None = None) -> dict[str, Any]:
+    """The schema values of config file `p` read as `fmt` (see load_config)."""
+    from .kohya import import_kohya_json
+    from .sdscripts import import_sdscripts_toml, looks_like_sdscripts, sdscripts_only_keys
+
+    file = str(p)
+    fmt = {None: "auto", "kohya-gui": "kohya"}.get(fmt, fmt)
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown config format '{fmt}'", file=file, fix=f"use one of {', '.join(FORMATS)}")
+    suffix = p.suffix.lower()
+    if fmt == "auto":
+        if suffix == ".json":
+            return import_kohya_json(p).values
+        if suffix != ".toml":
+            raise ConfigError(f"unknown config type '{suffix}'", file=file,
+                              fix="use a .toml file (lorakit or sd-scripts) or a .json file (kohya_ss GUI), "
+                                  "or name the format with --format")
+        raw = _load_toml(p)
+        if looks_like_sdscripts(raw):
+            return import_sdscripts_toml(p, raw).values
+        foreign = [k for k in _all_keys(raw) if k in sdscripts_only_keys()]
+        if foreign:  # read as lorakit TOML, but written for sd-scripts
+            raise ConfigError(f"unknown key '{foreign[0]}'", file=file, key=foreign[0],
+                              fix=f"'{foreign[0]}' is an sd-scripts setting: for an sd-scripts --config_file "
+                                  "pass --format sd-scripts")
+        return read_toml(p, raw)
+    expected = FORMAT_NAMES[fmt]
+    if fmt == "kohya":
+        try:
+            return import_kohya_json(p).values
+        except ConfigError as e:
+            if "not valid JSON" not in e.message and "expected a JSON object" not in e.message:
+                raise
+            what = "the file is TOML" if _parses_as_toml(p) else e.message
+            raise ConfigError(f"expected {expected} (--format kohya), but {what}", file=file,
+                              fix="give the GUI's saved .json; for a TOML use --format lorakit / sd-scripts, "
+                                  "or drop --format (auto)") from None
+    raw = _load_toml_as(p, expected, fmt)
+    if fmt == "sd-scripts":
+        return import_sdscripts_toml(p, raw).values
+    if looks_like_sdscripts(raw) or any(k in sdscripts_only_keys() for k in _all_keys(raw)):
+        marker = next((k for k in _all_keys(raw) if k in sdscripts_only_keys()), None) or \
+            next(k for k in raw if isinstance(raw[k], dict) and k not in SECTIONS)
+        raise ConfigError(f"expected {expected} (--format lorakit), but '{marker}' is sd-scripts'", file=file,
+                          key=marker, fix="use --format sd-scripts (or drop --format: auto detects it)")
+    return read_toml(p, raw)
+
+
+def _all_keys(raw: dict[str, Any]) -> list[str]:
+    """The keys of a TOML, one table level down included (both readers flatten one level)."""
+    out: list[str] = []
+    for k, v in raw.items():
+        out.extend(v if isinstance(v, dict) else [k])
+    return out
+
+
+def _parses_as_json(p: Path) -> bool:
+    import json
+
+    from .kohya import strip_trailing_commas
+    try:
+        json.loads(strip_trailing_commas(p.read_text(encoding="utf-8-sig")))
+        return True
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def _parses_as_toml(p: Path) -> bool:
+    try:
+        tomllib.loads(p.read_text(encoding="utf-8"))
+        return True
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return False
+
+
+def _load_toml_as(p: Path, expected: str, fmt: str) -> dict[str, Any]:
+    try:
+        return _load_toml(p)
+    except ConfigError as e:
+        hint = " (a kohya_ss GUI JSON: --format kohya)" if _parses_as_json(p) else ""
+        raise ConfigError(f"expected {expected} (--format {fmt}), but the file is not TOML{hint}: {e.message}",
+                          file=str(p), fix="give a .toml config, or drop --format (auto)") from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -86,35 +171,26 @@ def build_config(values: dict[str, Any], file: str | None) -> TrainConfig:
         raise ConfigError(msg, file=file, key=key, fix=fix) from None
 
 
+FORMATS = ("auto", "lorakit", "kohya", "sd-scripts")
+FORMAT_NAMES = {"lorakit": "a lorakit TOML config", "kohya": "a kohya_ss GUI JSON config",
+                "sd-scripts": "an sd-scripts --config_file TOML"}
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
                 cli_values: dict[str, Any] | None = None, fmt: str | None = None) -> TrainConfig:
-    """Read `path` (.toml or kohya_ss .json), then --model/--data style values, then --set items.
+    """Read `path`, then --model/--data style values, then --set items.
 
-    A .toml that looks like an sd-scripts --config_file (sdscripts.looks_like_sdscripts), or any
-    .toml with fmt="sd-scripts", is read by the sd-scripts importer."""
-    from .sdscripts import import_sdscripts_toml, looks_like_sdscripts
+    fmt (the CLI's --format): "auto"/None detects the reader -- .json: kohya_ss GUI; .toml: sd-scripts
+    when it looks like one (sdscripts.looks_like_sdscripts), else lorakit. "lorakit", "kohya" or
+    "sd-scripts" forces that reader whatever the file's suffix; a file that does not fit it is a
+    ConfigError naming the file and what was expected."""
     values: dict[str, Any] = {}
     file = None
     if path is not None:
-        p = Path(path)
-        file = str(p)
-        if not p.is_file():
+        file = str(path)
+        if not Path(path).is_file():
             raise ConfigError("config file not found", file=file, fix="check the path")
-        suffix = p.suffix.lower()
-        if fmt not in (None, "lorakit", "sd-scripts", "kohya-gui"):
-            raise ConfigError(f"unknown config format '{fmt}'", file=file, fix="use lorakit, sd-scripts or kohya-gui")
-        if suffix == ".toml" and fmt != "kohya-gui":
-            raw = _load_toml(p)
-            if fmt == "sd-scripts" or fmt is None and looks_like_sdscripts(raw):
-                values = import_sdscripts_toml(p, raw).values
-            else:
-                values = read_toml(p)
-        elif suffix == ".json":
-            from .kohya import import_kohya_json
-            values = import_kohya_json(p).values
-        else:
-            raise ConfigError(f"unknown config type '{suffix}'", file=file,
-                              fix="use a .toml file (lorakit) or a .json file (kohya_ss GUI)")
+        values = read_config_file(Path(path), fmt)
     for k, v in (cli_values or {}).items():
         if v is not None:
             values[k] = v

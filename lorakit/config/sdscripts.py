@@ -92,6 +92,12 @@ def flatten(raw: dict[str, Any], file: str) -> dict[str, Any]:
     return flat
 
 
+def sdscripts_only_keys() -> set[str]:
+    """Keys an sd-scripts config may have that are no lorakit key: they mark a file read as lorakit
+    TOML by mistake (the "unknown key" error then says --format sd-scripts)."""
+    return (set(IGNORED) | set(NEUTRAL) | set(MARKERS)) - set(TrainConfig.model_fields)
+
+
 def looks_like_sdscripts(raw: dict[str, Any]) -> bool:
     """True for an sd-scripts config: a marker key (network_module, dataset_config) at the top or
     in a table, or one of sd-scripts' table names. A lorakit TOML has none of them, so a lorakit
