@@ -240,13 +240,16 @@ def test_seed_prodigy_lokr(tmp_path):
         "min_bucket_reso": "256", "max_bucket_reso": "1024"})
 
 
-def test_strict_load_lists_every_pending_setting(tmp_path):
-    # every setting of the seeds is implemented now, so a pending one is planted next to them
-    text = PRODIGY_LOKR.replace('"LoRA_type"', '"network_weights": "x.safetensors",\n  "LoRA_type"', 1)
+def test_strict_load_lists_every_pending_setting(tmp_path, monkeypatch):
+    # every kohya setting seen so far is implemented, so a pending one is planted next to the seed's
+    from lorakit.config import kohya
+
+    monkeypatch.setitem(kohya.NEUTRAL, "future_setting", 0)
+    text = PRODIGY_LOKR.replace('"LoRA_type"', '"future_setting": 3,\n  "LoRA_type"', 1)
     p = write(tmp_path, "c.json", text)
     with pytest.raises(ConfigError) as e:
         load_config(p)
-    assert "network_weights = 'x.safetensors'" in e.value.message and e.value.key == "network_weights"
+    assert "future_setting = 3" in e.value.message and e.value.key == "future_setting"
     assert expected_pending({"multires_noise_iterations": 8, "scale_weight_norms": 1, "min_bucket_reso": 1}) == {}
 
 
@@ -406,3 +409,14 @@ def test_network_args_unknown_in_additional_parameters(tmp_path, args, guess):
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert e.value.key == "additional_parameters" and e.value.file == str(p) and guess in e.value.fix
+
+
+def test_network_weights_keys_map(tmp_path):
+    cfg = load_config(write(tmp_path, "w.json", '{"LoRA_type": "Standard", "lora_network_weights": "old/last.safetensors", '
+                            '"dim_from_weights": true}'))
+    assert (cfg.network_weights, cfg.dim_from_weights) == ("old/last.safetensors", True)
+    res = import_kohya_json(write(tmp_path, "e.json", '{"lora_network_weights": "", "dim_from_weights": false}'))
+    assert "network_weights" not in res.values and res.pending == []
+    cfg = load_config(write(tmp_path, "a.json", '{"additional_parameters": "--network_weights a.safetensors '
+                            '--dim_from_weights"}'))
+    assert (cfg.network_weights, cfg.dim_from_weights) == ("a.safetensors", True)

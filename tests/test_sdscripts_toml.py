@@ -122,6 +122,10 @@ def test_lora_module_and_defaults(tmp_path):
     p.write_text('network_module = "networks.dylora"\nnetwork_args = ["unit=4"]\n', encoding="utf-8")
     cfg = load_config(p)
     assert (cfg.network_type, cfg.network_args) == ("dylora", {"unit": 4})
+    p.write_text('network_module = "networks.lora"\nnetwork_weights = "old.safetensors"\ndim_from_weights = true\n',
+                 encoding="utf-8")
+    cfg = load_config(p)
+    assert (cfg.network_weights, cfg.dim_from_weights) == ("old.safetensors", True)
 
 
 def test_typo_gets_a_suggestion(tmp_path):

@@ -51,7 +51,7 @@ GUI_ONLY = {
 NEUTRAL: dict[str, Any] = {
     "noise_offset": 0, "adaptive_noise_scale": 0, "noise_offset_random_strength": False,
     "multires_noise_iterations": 0, "multires_noise_discount": None, "min_snr_gamma": 0,
-    "scale_weight_norms": 0, "network_weights": "",
+    "scale_weight_norms": 0,
 }
 # NEUTRAL None: only neutral while bucketing / multires is off (see _neutral).
 

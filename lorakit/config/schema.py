@@ -135,6 +135,12 @@ class TrainConfig(BaseModel):
     scale_weight_norms: Optional[float] = F(
         None, "network", "Max-norm: cap each module's ||delta W|| at this value once per optimizer step "
                          "(0 or unset = off).", ge=0)
+    network_weights: Optional[str] = F(
+        None, "network", "Start from this adapter file (.safetensors from lorakit, kohya or LyCORIS) instead of "
+                         "fresh adapters; its algorithm must be network_type. Not re-applied on --resume.")
+    dim_from_weights: bool = F(
+        False, "network", "Take network_dim/network_alpha and conv_dim/conv_alpha from the network_weights file "
+                          "instead of the config.")
     network_train_unet_only: bool = F(False, "network", "Train the UNet adapters only.")
     network_train_text_encoder_only: bool = F(False, "network", "Train the text-encoder adapters only.")
 
