@@ -223,6 +223,37 @@ def c_resume_not_state(t, m):
             "--resume", str(t / "st")]
 
 
+def adapter_file(t, name, tensors):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({k: torch.zeros(shape) for k, shape in tensors.items()}, str(t / name))
+    return str(t / name)
+
+
+Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+
+
+def c_weights_missing(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", f'network_weights="{t / "old_lora.safetensors"}"']
+
+
+def c_weights_other_algo(t, m):
+    path = adapter_file(t, "loha.safetensors", {f"{Q}.hada_w1_a": (32, 4), f"{Q}.hada_w1_b": (4, 32),
+                                                 f"{Q}.hada_w2_a": (32, 4), f"{Q}.hada_w2_b": (4, 32),
+                                                 f"{Q}.alpha": ()})
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", f'network_weights="{path}"']
+
+
+def c_weights_rank(t, m):
+    path = adapter_file(t, "r4.safetensors", {f"{Q}.lora_down.weight": (4, 32), f"{Q}.lora_up.weight": (32, 4),
+                                               f"{Q}.alpha": ()})
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", f'network_weights="{path}"', "--set", "network_dim=8"]
+
+
 def c_plot_no_metrics(t, m):
     return ["plot", str(t)]
 
@@ -269,6 +300,9 @@ CASES = [
     ("sample prompt file missing", c_prompt_file_missing, ["prompts.txt", "not found"]),
     ("--resume with no saved state", c_resume_without_state, ["save_state"]),
     ("--resume of a folder that is no state", c_resume_not_state, ["state.json"]),
+    ("network_weights file missing", c_weights_missing, ["old_lora.safetensors", "network_weights", "does not exist"]),
+    ("network_weights of another algorithm", c_weights_other_algo, ["loha", "network_type", "network_weights"]),
+    ("network_weights of another rank", c_weights_rank, [Q, "rank 4", "network_dim", "dim_from_weights"]),
     ("plot of a folder without metrics", c_plot_no_metrics, ["metrics.jsonl"]),
 ]
 

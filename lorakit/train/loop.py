@@ -157,7 +157,7 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
         state_dir = find_state(cfg.output_dir, resume)
         cfg = check_resume_config(cfg, state_dir)
     bus = EventBus(list(subscribers))
-    run = setup_run(cfg, bus, overwrite or state_dir is not None)
+    run = setup_run(cfg, bus, overwrite or state_dir is not None, state_dir=state_dir)
     bus = run.bus  # silent on every process but rank 0
     plan, ga = run.plan, cfg.gradient_accumulation_steps
     progress = load_state(run, state_dir) if state_dir else Progress()

@@ -129,6 +129,8 @@ def build_metadata(run: "Run", step: int, epoch: int) -> dict[str, str]:
         "modelspec.title": cfg.output_name,
         "modelspec.resolution": f"{cfg.resolution[0]}x{cfg.resolution[1]}",
     }
+    if cfg.network_weights:  # not in kohya's set: which file the run continued (base name only, no folders)
+        md["ss_network_weights"] = Path(cfg.network_weights).name
     return md
 
 

@@ -43,6 +43,7 @@ class Run:
     generator: torch.Generator | None = None
     weight_dtype: torch.dtype = torch.float32
     overwrite: bool = False
+    given_cfg: TrainConfig | None = None  # the config as given (cfg may take its ranks from network_weights)
     progress: Any = None  # state.Progress of the last finished step
     warnings: list[str] = field(default_factory=list)
     noise_settings: Any = None
@@ -108,24 +109,41 @@ def preflight(cfg: TrainConfig, overwrite: bool):
     return scan_config(cfg)
 
 
+def network_weights_preflight(cfg: TrainConfig, state_dir: Path | None = None):
+    """(cfg with the ranks to build, the network_weights file or None); before the model loads.
+
+    A resumed run takes its adapter from the state: network_weights is not read again, and the
+    ranks are the ones the state was saved with (dim_from_weights may have set them).
+    """
+    from ..adapters.weights import prepare
+    from .state import saved_network_dims
+
+    if state_dir is not None:
+        return saved_network_dims(cfg, state_dir), None
+    return prepare(cfg)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False) -> Run:
+def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_dir: Path | None = None) -> Run:
+    """state_dir: the state a resumed run will load (its adapter replaces network_weights)."""
     from ..adapters.network import create_network
+    from ..adapters.weights import load_into
     from ..data.dataset import TrainDataset
     from ..models.loader import load_sd_model
 
     index = preflight(cfg, overwrite)
+    given, (cfg, weights) = cfg, network_weights_preflight(cfg, state_dir)
     seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
     seed_everything(seed)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     if not accelerator.is_main_process:
         bus = EventBus()  # only rank 0 logs and writes files
-    run = Run(cfg, bus, accelerator, seed, Path(cfg.output_dir), index=index, overwrite=overwrite)
+    run = Run(cfg, bus, accelerator, seed, Path(cfg.output_dir), index=index, overwrite=overwrite, given_cfg=given)
     run.weight_dtype = DTYPES[cfg.mixed_precision]
 
     run.model = m = load_sd_model(cfg.pretrained_model_name_or_path, v2=cfg.v2 or None,
@@ -146,6 +164,7 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False) -> Run:
 
     run.network = net = create_network(cfg, m.unet, m.text_encoder)
     net.apply()
+    weights_warnings = load_into(net, weights) if weights is not None else []
     net.to(run.device)
     groups = net.param_groups(cfg.resolved_text_encoder_lr(), cfg.resolved_unet_lr())
     if cfg.gradient_checkpointing:
@@ -165,7 +184,7 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False) -> Run:
     optimizer = build_optimizer(cfg, groups)
     run.scheduler = build_scheduler(optimizer, cfg.lr_scheduler, plan.total_steps,
                                     warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps), cfg=cfg)
-    run.warnings = noise_warnings + optimizer_warnings(cfg, groups) + scheduler_warnings(cfg, plan.total_steps)
+    run.warnings = weights_warnings + noise_warnings + optimizer_warnings(cfg, groups) + scheduler_warnings(cfg, plan.total_steps)
     run.optimizer = accelerator.prepare(optimizer)
     run.generator = torch.Generator(device=run.device).manual_seed(seed)
     return run

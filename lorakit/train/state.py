@@ -35,7 +35,13 @@ RESUME_SAFE = {
     "dlr_spike_action", "logging_dir", "training_comment", "max_data_loader_n_workers",
     "persistent_data_loader_workers", "output_dir", "pretrained_model_name_or_path", "train_data_dir",
     "reg_data_dir", "vae", "cache_text_encoder_outputs", "validate_every_n_steps", "max_validation_steps",
+    "validate_every_n_epochs",
+    # the adapter comes from the state: network_weights is not read again on resume (so the file may
+    # have moved); dim_from_weights stays checked, the ranks are the state's either way
+    "network_weights",
 }
+# the ranks a run built (cfg may have taken them from network_weights), saved beside the given config
+NETWORK_DIM_KEYS = ("network_dim", "network_alpha", "conv_dim", "conv_alpha")
 
 
 @dataclass
@@ -80,7 +86,9 @@ def save_state(run: "Run", name: str) -> Path:
                    tmp / "optimizer.pt")
     np_state = np.random.get_state()
     progress = getattr(run, "progress", Progress())
-    meta = {"progress": asdict(progress), "seed": run.seed, "config": _config_dict(run.cfg),
+    given = getattr(run, "given_cfg", None) or run.cfg
+    meta = {"progress": asdict(progress), "seed": run.seed, "config": _config_dict(given),
+            "network_dims": {k: getattr(run.cfg, k) for k in NETWORK_DIM_KEYS},
             "random_state": _py_state(), "numpy_state": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
     (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
     for f in tmp.iterdir():
@@ -130,6 +138,13 @@ def check_resume_config(cfg: TrainConfig, state_dir: Path) -> TrainConfig:
                               file=str(state_dir), key=key,
                               fix="resume with the same setting, or start a new run in another output_dir")
     return cfg.model_copy(update={"seed": meta["seed"]})
+
+
+def saved_network_dims(cfg: TrainConfig, state_dir: Path) -> TrainConfig:
+    """cfg with the ranks the state's run built (states without them: cfg as is)."""
+    meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
+    dims = meta.get("network_dims")
+    return cfg.model_copy(update={k: dims[k] for k in NETWORK_DIM_KEYS if k in dims}) if dims else cfg
 
 
 def load_state(run: "Run", state_dir: Path) -> Progress:
