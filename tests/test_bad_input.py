@@ -254,6 +254,15 @@ def c_weights_rank(t, m):
             "--set", f'network_weights="{path}"', "--set", "network_dim=8"]
 
 
+def c_compile_mode(t, m):
+    return ["train", str(toml(t, 'torch_compile = true\ntorch_compile_mode = "fastest"'))]
+
+
+def c_dynamo_backend(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", "torch_compile=true", "--set", "dynamo_backend=inductr"]
+
+
 def c_plot_no_metrics(t, m):
     return ["plot", str(t)]
 
@@ -303,6 +312,8 @@ CASES = [
     ("network_weights file missing", c_weights_missing, ["old_lora.safetensors", "network_weights", "does not exist"]),
     ("network_weights of another algorithm", c_weights_other_algo, ["loha", "network_type", "network_weights"]),
     ("network_weights of another rank", c_weights_rank, [Q, "rank 4", "network_dim", "dim_from_weights"]),
+    ("unknown torch_compile_mode", c_compile_mode, ["torch_compile_mode", "reduce-overhead"]),
+    ("unknown dynamo_backend", c_dynamo_backend, ["dynamo_backend", "inductr", "aot_eager"]),
     ("plot of a folder without metrics", c_plot_no_metrics, ["metrics.jsonl"]),
 ]
 

@@ -73,6 +73,8 @@ LORA_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "LyCORIS/Native Fine-Tuning": ("full", ("conv", *LYCORIS_ARGS)),
 }
 NETWORK_ARG_KEYS = ("factor", "decompose_both", "use_cp", "use_tucker", "train_on_input", "unit")
+# the GUI's accelerate-launch dynamo settings; dynamo_backend "no" is off (see _Importer.dynamo)
+DYNAMO_KEYS = ("dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic")
 
 
 def lora_type_module(lora_type: str) -> str:
@@ -229,7 +231,7 @@ class _Importer:
                               key="noise_offset_type", fix="use Original or Multires")
         scheduler = str(raw.get("lr_scheduler", "constant"))
         for key, value in raw.items():
-            if key in ("LoRA_type", "additional_parameters"):
+            if key in ("LoRA_type", "additional_parameters") or key in DYNAMO_KEYS:
                 continue
             if key in skip_noise[noise_type]:
                 res.ignored.append((key, f"noise_offset_type is {noise_type}"))
@@ -256,6 +258,7 @@ class _Importer:
                 res.ignored.append((key, "0 means a random seed"))
             else:
                 self.set(key, value, "the JSON")
+        self.dynamo()
         if "enable_bucket" not in raw:  # the GUI's checkbox defaults to on
             res.values.setdefault("enable_bucket", True)
             res.ignored.append(("enable_bucket", "not in the file: the GUI default (on) is used"))
@@ -308,6 +311,25 @@ class _Importer:
                                        "additional_parameters select"))
             res.network_args = {}
         res.network_args.update(rest)
+
+    def dynamo(self) -> None:
+        """GUI dynamo_backend: "no" = off; any other backend compiles (torch_compile) with it."""
+        raw, res = self.raw, self.res
+        present = [k for k in DYNAMO_KEYS if k in raw]
+        backend = "no" if _blank(raw.get("dynamo_backend")) else str(raw["dynamo_backend"]).strip().lower()
+        if backend == "no":
+            res.ignored += [(k, "dynamo_backend is 'no': nothing is compiled") for k in present]
+            return
+        res.values["torch_compile"], res.values["dynamo_backend"] = True, backend
+        mode = str(raw.get("dynamo_mode") or "default").strip()
+        if mode != "default":
+            res.values["torch_compile_mode"] = mode  # checked by the schema like any mode
+        elif "dynamo_mode" in raw:
+            res.ignored.append(("dynamo_mode", "default is torch.compile's default mode"))
+        for k in ("dynamo_use_fullgraph", "dynamo_use_dynamic"):
+            if k in raw:  # how it compiles, not what it computes
+                res.ignored.append((k, "lorakit compiles one static graph per bucket shape and allows graph "
+                                       "breaks (results are the same)"))
 
     def warmup(self, value: Any, scheduler: str) -> None:
         pct = 0.0 if _blank(value) else float(value)

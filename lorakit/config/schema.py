@@ -179,6 +179,20 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["no", "fp16", "bf16"] = F("no", "training", "Autocast precision.")
     gradient_checkpointing: bool = F(False, "training", "Recompute activations in backward to save memory.")
     full_fp16: bool = F(False, "training", "Not supported: adapters always train in float32 (listed for kohya).")
+    # speed (lorakit/train/speed.py); none of these changes what is trained, only how fast
+    torch_compile: bool = F(
+        False, "training", "torch.compile the UNet in place after the adapters are applied (and the text "
+                           "encoder when it is trained); each new bucket shape compiles once.")
+    dynamo_backend: str = F(
+        "inductor", "training", "torch.compile backend (torch._dynamo.list_backends(): inductor, aot_eager, "
+                                "cudagraphs, ...); used with torch_compile. kohya GUI: 'no' = off.")
+    torch_compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune",
+                                         "max-autotune-no-cudagraphs"]] = F(
+        None, "training", "torch.compile mode (inductor only): default, reduce-overhead (CUDA graphs, for small "
+                          "batches), max-autotune, max-autotune-no-cudagraphs; unset = default.")
+    channels_last: bool = F(
+        False, "training", "UNet (and the VAE when it encodes during training) and their inputs in the "
+                           "channels_last memory format.")
     # noise and timesteps (lorakit/train/noise.py); every draw comes from the sample's own seed
     noise_offset: float = F(0.0, "training", "Add noise_offset * randn per sample and channel to the noise "
                                              "(darker/brighter images; about 0.05-0.1); 0 = off.", ge=0, le=1)
@@ -326,6 +340,11 @@ class TrainConfig(BaseModel):
                         raise ValueError(f"subset {i}: {k}: {e.errors()[0]['msg']} (got {sub[k]!r})") from None
             out.append(entry)
         return out
+
+    @field_validator("dynamo_backend", mode="before")
+    @classmethod
+    def _backend(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v  # the GUI and accelerate also write upper case
 
     @field_validator("caption_extension")
     @classmethod

@@ -54,14 +54,15 @@ def batch_latents(run: Run, batch, seeds: list[int]) -> torch.Tensor:
         latents = batch.latents.to(run.device, non_blocking=True)
     else:
         with torch.no_grad():
-            pixels = batch.pixels.to(run.device, dtype=vae.dtype, non_blocking=True)
+            pixels = batch.pixels.to(run.device, dtype=vae.dtype, non_blocking=True,
+                                     memory_format=run.memory_format)
             dist = vae.encode(pixels).latent_dist
         # mean + std * eps as DiagonalGaussianDistribution.sample, but eps from each sample's own
         # seed instead of one stream: a resumed run, or W processes, draw what a straight run does
         eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=torch.Generator().manual_seed(latent_seed(s)))
                            for s in seeds])
         latents = dist.mean + dist.std * eps.to(run.device, dist.mean.dtype)
-    return latents.float() * vae.config.scaling_factor
+    return latents.float() * vae.config.scaling_factor  # float(): no copy when already float32
 
 
 def micro_step_loss(run: Run, batch, seeds: list[int]) -> torch.Tensor:
@@ -71,13 +72,19 @@ def micro_step_loss(run: Run, batch, seeds: list[int]) -> torch.Tensor:
     latents = batch_latents(run, batch, seeds)
     d = draw_noise(latents, seeds, run.noise_settings, sched.config.num_train_timesteps)
     noisy = sched.add_noise(latents, d.input_noise, d.timesteps)
+    # host-to-device copies before the UNet is queued: a blocking copy after it would make the
+    # host wait for the whole forward before it can queue the loss and the backward
+    weights = batch.loss_weights.to(run.device, non_blocking=True)
+    mask = getattr(batch, "masks", None)
+    mask = None if mask is None else mask.to(run.device, non_blocking=True)
     with run.accelerator.autocast():
         context = encode_prompts(run, batch.captions)
-        pred = m.unet(noisy.to(run.weight_dtype), d.timesteps, context.to(run.weight_dtype)).sample
+        # .to() returns the tensor itself when dtype and memory format already match (float32)
+        pred = m.unet(noisy.to(run.weight_dtype, memory_format=run.memory_format), d.timesteps,
+                      context.to(run.weight_dtype)).sample
     tgt = target(sched, latents, d.noise, d.timesteps, m.v_parameterization)
     losses = weighted_loss(cfg, sched, pred, tgt, d.timesteps, m.v_parameterization,
-                           sample_weights=batch.loss_weights.to(run.device, non_blocking=True),
-                           mask=getattr(batch, "masks", None))
+                           sample_weights=weights, mask=mask)
     return losses.mean()
 
 

@@ -21,6 +21,7 @@ from ..optim.schedulers import build_scheduler, scheduler_warnings, warmup_steps
 from ..data.validate import validate_data_config
 from .noise import NoiseSettings, training_scheduler, validate_noise_config
 from .plan import Plan, make_plan
+from .speed import apply_speed_options, validate_speed_config
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "float": torch.float32}
@@ -51,6 +52,7 @@ class Run:
     text_cache: Any = None  # text_cache.TextCache while the text encoder is frozen
     validation: Any = None       # validation.ValidationSet, built on the first validation
     validation_last: Any = None  # (step, ValidationResult) of the last validation, reused at the same step
+    memory_format: torch.memory_format = torch.preserve_format  # of the UNet's inputs (channels_last)
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -76,6 +78,7 @@ def preflight(cfg: TrainConfig, overwrite: bool):
     resolve_optimizer(cfg.optimizer_type)
     validate_noise_config(cfg, cfg.v_parameterization or None)
     validate_data_config(cfg)
+    validate_speed_config(cfg)
     if cfg.sample_prompts:
         from ..sample.prompts import parse_prompts
         from ..sample.samplers import canonical
@@ -178,13 +181,15 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
         from .text_cache import TextCache
 
         run.text_cache = TextCache()
+    apply_speed_options(run)  # after the adapters, checkpointing and train flags: compiled in place
 
     batches = run.dataset.num_batches_per_epoch(cfg.train_batch_size)
     run.plan = plan = make_plan(cfg, len(run.dataset), batches, accelerator.num_processes)
     optimizer = build_optimizer(cfg, groups)
     run.scheduler = build_scheduler(optimizer, cfg.lr_scheduler, plan.total_steps,
                                     warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps), cfg=cfg)
-    run.warnings = weights_warnings + noise_warnings + optimizer_warnings(cfg, groups) + scheduler_warnings(cfg, plan.total_steps)
+    run.warnings = (weights_warnings + noise_warnings + validate_speed_config(cfg) + optimizer_warnings(cfg, groups)
+                    + scheduler_warnings(cfg, plan.total_steps))
     run.optimizer = accelerator.prepare(optimizer)
     run.generator = torch.Generator(device=run.device).manual_seed(seed)
     return run

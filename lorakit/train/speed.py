@@ -1,0 +1,98 @@
+"""Speed options that change how fast a step runs, never what it computes: torch.compile and channels_last.
+
+Compiling happens IN PLACE (nn.Module.compile) after the adapters are applied: the module
+objects, parameter names, state_dict keys, saved adapter files and resume state stay exactly
+as without it; only calls go through the compiled graph. Sampling and validation call the same
+UNet under no_grad / eval(); dynamo guards on grad mode and on the training flags, so those
+calls get graphs of their own instead of wrong ones.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+
+# torch.compile modes; "reduce-overhead" adds CUDA graphs (pays at small, launch-bound batches)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# shapes that are not training batches but also run through the compiled UNet: sample prompts
+# (their own --w/--h, CFG batch 2), validation batches, the last short batch of a bucket
+EXTRA_SHAPES = 16
+
+
+def known_backends() -> list[str]:
+    import torch._dynamo as dynamo
+
+    # the default list hides the "debug" backends (eager, aot_eager), which are real choices here
+    return sorted(set(dynamo.list_backends(exclude_tags=())) | {"inductor"})
+
+
+def validate_speed_config(cfg: Any) -> list[str]:
+    """Checks that need no model (preflight). Returns warnings for settings that do nothing."""
+    backend, mode = cfg.dynamo_backend, cfg.torch_compile_mode
+    warnings: list[str] = []
+    if not cfg.torch_compile:
+        if backend not in ("inductor", "no"):
+            _check_backend(backend)  # a typo is reported even before compiling is switched on
+            warnings.append(f"dynamo_backend = {backend} has no effect: torch_compile is off")
+        if mode is not None:
+            warnings.append(f"torch_compile_mode = {mode} has no effect: torch_compile is off")
+        return warnings
+    if backend == "no":
+        raise ConfigError("dynamo_backend 'no' means no compiling, but torch_compile is true", key="dynamo_backend",
+                          fix="set torch_compile = false, or a backend such as inductor")
+    _check_backend(backend)
+    if mode not in (None, "default") and backend != "inductor":
+        raise ConfigError(f"torch_compile_mode '{mode}' is an inductor mode; dynamo_backend is '{backend}'",
+                          key="torch_compile_mode", fix="unset torch_compile_mode or use dynamo_backend = inductor")
+    return warnings
+
+
+def _check_backend(backend: str) -> None:
+    names = known_backends()
+    if backend not in names:
+        raise ConfigError(f"dynamo_backend '{backend}' is not a torch.compile backend here", key="dynamo_backend",
+                          fix=f"use one of {', '.join(n for n in names if 'TESTING' not in n)}")
+
+
+def training_shapes(dataset: Any, batch_size: int) -> int:
+    """Distinct (bucket, batch size) pairs of the training batches: each is one compiled graph."""
+    return len({(dataset.placements[dataset.samples[b[0]]].bucket, len(b))
+                for b in dataset.fixed_batches(batch_size)})
+
+
+def apply_speed_options(run: Any) -> None:
+    """channels_last and torch.compile on the loaded model, after the adapters are applied."""
+    cfg, m, net = run.cfg, run.model, run.network
+    if cfg.channels_last:
+        run.memory_format = torch.channels_last
+        m.unet.to(memory_format=torch.channels_last)
+        if not run.dataset.latents_cached:  # the VAE encodes every step only without a latent cache
+            m.vae.to(memory_format=torch.channels_last)
+        # the adapters' own conv weights stay contiguous: they are small, and the saved and resumed
+        # tensors must be contiguous; the convolutions take mixed formats
+    if not cfg.torch_compile:
+        return
+    import torch._dynamo as dynamo
+
+    # graphs of an earlier run in this process (tests, the bench, a notebook) guard on other module
+    # objects: they would never run again, yet count against the recompile limit below
+    dynamo.reset()
+    # dynamic=False: one static graph per input shape. Dynamic shapes would give slower generic
+    # kernels and rule out CUDA graphs ("reduce-overhead"). Buckets and the sampler bring a
+    # bounded set of shapes, so the recompile limit (8 by default, then dynamo falls back to
+    # eager for good) is raised to cover all of them.
+    need = 2 * training_shapes(run.dataset, cfg.train_batch_size) + EXTRA_SHAPES
+    config = dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), need))
+    config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, 4 * need)
+    kw: dict[str, Any] = {"backend": cfg.dynamo_backend, "dynamic": False}
+    if cfg.torch_compile_mode not in (None, "default"):
+        kw["mode"] = cfg.torch_compile_mode
+    m.unet.compile(**kw)
+    # The text encoder runs forward and backward each step when it is trained; frozen, it runs
+    # one small no-grad forward per step, which is not worth a compile (and may be cached away).
+    if net.train_text_encoder:
+        m.text_encoder.compile(**kw)

@@ -1,0 +1,148 @@
+"""Speed options (lorakit/train/speed.py): torch.compile and channels_last change the speed, not the result.
+
+On CPU the "aot_eager" backend traces forward and backward through dynamo and AOTAutograd (what
+inductor compiles) but runs the traced ops eagerly, so it needs no C++ compiler and is quick.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from lorakit.config.kohya import import_kohya_json
+from lorakit.config.load import load_config
+from lorakit.demo import make_synthetic_dataset
+from lorakit.errors import ConfigError
+from lorakit.train.loop import train
+from lorakit.train.speed import validate_speed_config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data"), n_images=4, repeats=1)
+
+
+def make_cfg(model_dir, data_dir, out, **kw):
+    values = {"pretrained_model_name_or_path": str(model_dir), "train_data_dir": str(data_dir),
+              "output_dir": str(out), "resolution": 64, "network_dim": 4, "network_alpha": 2,
+              "learning_rate": 1e-3, "seed": 7, "save_precision": "float", "max_train_steps": 3,
+              "train_batch_size": 2, "gradient_checkpointing": True}
+    values.update(kw)
+    return load_config(None, [], values)
+
+
+def run(cfg):
+    losses: list[float] = []
+    res = train(cfg, [lambda ev: losses.append(ev.data["loss"]) if ev.kind == "step" else None], overwrite=True)
+    return res, losses
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    import torch._dynamo
+
+    torch._dynamo.reset()  # compiled graphs of one test never serve another
+    yield
+    torch._dynamo.reset()
+
+
+def compare_runs(model_dir, data_dir, tmp_path, **kw):
+    """Eager and compiled (aot_eager) runs of the same config: (eager result, compiled result, losses x2)."""
+    eager, eager_losses = run(make_cfg(model_dir, data_dir, tmp_path / "eager", **kw))
+    res, losses = run(make_cfg(model_dir, data_dir, tmp_path / "compiled", torch_compile=True,
+                               dynamo_backend="aot_eager", **kw))
+    assert len(losses) == 3
+    assert losses == pytest.approx(eager_losses, abs=1e-5, rel=0)
+    assert getattr(res.model.unet, "_compiled_call_impl", None) is not None  # compiled in place
+    a, b = load_file(eager.output_file), load_file(res.output_file)
+    assert sorted(a) == sorted(b)  # the same names: the adapters were applied before compiling
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert not any("_orig_mod" in k for k in res.model.unet.state_dict())
+    return eager, res
+
+
+def test_compiled_lora_equals_eager_and_samples(tiny_model_dir, data, tmp_path):
+    # sampling after step 2 runs the compiled UNet in eval mode under no_grad, mid-training
+    prompt = "a red circle --w 64 --h 64 --d 5 --s 2 --l 1"
+    eager, res = compare_runs(tiny_model_dir, data, tmp_path, sample_prompts=prompt, sample_every_n_steps=2)
+    assert getattr(res.model.text_encoder, "_compiled_call_impl", None) is not None  # trained: compiled too
+    a = sorted((tmp_path / "eager" / "sample").glob("*.png"))
+    b = sorted((tmp_path / "compiled" / "sample").glob("*.png"))
+    assert len(a) == len(b) == 1
+    pa, pb = (torch.tensor(list(Image.open(f).getdata()), dtype=torch.int16) for f in (a[0], b[0]))
+    assert (pa - pb).abs().max().item() <= 1  # the same image, up to rounding to 8 bits
+
+
+def test_compiled_loha_equals_eager(tiny_model_dir, data, tmp_path):
+    # LoHa runs the merged op (the base op once more with delta W); UNet only: the text encoder is
+    # frozen, so it is not compiled
+    _, res = compare_runs(tiny_model_dir, data, tmp_path, network_type="loha", conv_dim=2, conv_alpha=1,
+                          network_train_unet_only=True)
+    assert getattr(res.model.text_encoder, "_compiled_call_impl", None) is None
+
+
+def test_channels_last_equals_default(tiny_model_dir, data, tmp_path):
+    _, base = run(make_cfg(tiny_model_dir, data, tmp_path / "a", conv_dim=2))
+    res, cl = run(make_cfg(tiny_model_dir, data, tmp_path / "b", conv_dim=2, channels_last=True))
+    assert cl == pytest.approx(base, abs=1e-5, rel=0)
+    conv_in = res.model.unet.conv_in.weight
+    assert conv_in.is_contiguous(memory_format=torch.channels_last) and not conv_in.is_contiguous()
+
+
+def test_channels_last_vae_encodes_each_step(tiny_model_dir, data, tmp_path):
+    _, base = run(make_cfg(tiny_model_dir, data, tmp_path / "a", cache_latents=False, max_train_steps=2))
+    res, cl = run(make_cfg(tiny_model_dir, data, tmp_path / "b", cache_latents=False, max_train_steps=2,
+                           channels_last=True))
+    assert cl == pytest.approx(base, abs=1e-5, rel=0)
+    assert res.model.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def cfg_values(**kw):
+    return load_config(None, [], kw)
+
+
+def test_speed_config_checks():
+    assert validate_speed_config(cfg_values()) == []
+    assert validate_speed_config(cfg_values(torch_compile=True, dynamo_backend="AOT_EAGER")) == []
+    with pytest.raises(ConfigError) as e:
+        validate_speed_config(cfg_values(torch_compile=True, dynamo_backend="inductr"))
+    assert e.value.key == "dynamo_backend" and "inductor" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        validate_speed_config(cfg_values(torch_compile=True, dynamo_backend="no"))
+    assert e.value.key == "dynamo_backend"
+    with pytest.raises(ConfigError) as e:  # a mode is an inductor option
+        validate_speed_config(cfg_values(torch_compile=True, dynamo_backend="aot_eager",
+                                         torch_compile_mode="reduce-overhead"))
+    assert e.value.key == "torch_compile_mode"
+    with pytest.raises(ConfigError) as e:
+        cfg_values(torch_compile_mode="fast")
+    assert e.value.key == "torch_compile_mode" and "reduce-overhead" in str(e.value)
+    warns = validate_speed_config(cfg_values(torch_compile_mode="max-autotune"))
+    assert len(warns) == 1 and "torch_compile is off" in warns[0]
+
+
+def test_gui_dynamo_backend(tmp_path):
+    def gui(text):
+        p = tmp_path / "k.json"
+        p.write_text(text, encoding="utf-8")
+        return load_config(p)
+
+    off = gui('{"dynamo_backend": "no", "dynamo_mode": "max-autotune", "dynamo_use_fullgraph": false}')
+    assert (off.torch_compile, off.dynamo_backend, off.torch_compile_mode) == (False, "inductor", None)
+    on = gui('{"dynamo_backend": "inductor", "dynamo_mode": "reduce-overhead", "dynamo_use_dynamic": false}')
+    assert (on.torch_compile, on.dynamo_backend, on.torch_compile_mode) == (True, "inductor", "reduce-overhead")
+    eager = gui('{"dynamo_backend": "aot_eager", "dynamo_mode": "default"}')
+    assert (eager.torch_compile, eager.dynamo_backend, eager.torch_compile_mode) == (True, "aot_eager", None)
+    res = import_kohya_json(tmp_path / "k.json")
+    assert "dynamo_mode" in dict(res.ignored)
+    flag = gui('{"additional_parameters": "--torch_compile --dynamo_backend aot_eager"}')
+    assert (flag.torch_compile, flag.dynamo_backend) == (True, "aot_eager")
+
+
+def test_sdscripts_toml_compile_keys(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[training_arguments]\ntorch_compile = true\ndynamo_backend = "aot_eager"\n'
+                 '[additional_network_arguments]\nnetwork_module = "networks.lora"\n', encoding="utf-8")
+    cfg = load_config(p)
+    assert (cfg.torch_compile, cfg.dynamo_backend) == (True, "aot_eager")
