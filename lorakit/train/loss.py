@@ -57,8 +57,10 @@ def per_sample_mse(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
 
 def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """abar / (1 - abar) at each timestep, float64 on the timesteps' device."""
-    abar = alphas_cumprod.detach().double().cpu()[timesteps.detach().long().cpu()]
-    return (abar / (1.0 - abar)).to(timesteps.device)
+    # indexed where the timesteps are: a round trip through the CPU would make the host wait for
+    # the UNet's forward every step (diffusers' add_noise already keeps alphas_cumprod there)
+    abar = alphas_cumprod.detach().to(timesteps.device, torch.float64)[timesteps.detach().long()]
+    return abar / (1.0 - abar)
 
 
 def min_snr_weight(snr_t: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
@@ -121,7 +123,7 @@ def huber_c_per_sample(loss_type: str, schedule: str, huber_c: float, huber_scal
         alpha = -math.log(huber_c) / alphas_cumprod.shape[0]
         c = torch.exp(-alpha * t)
     elif schedule == "snr":
-        abar = alphas_cumprod.detach().double().cpu()[timesteps.detach().long().cpu()].to(t.device)
+        abar = alphas_cumprod.detach().to(t.device, torch.float64)[timesteps.detach().long()]
         sigma = torch.sqrt((1.0 - abar) / abar)
         c = (1.0 - huber_c) / (1.0 + sigma) ** 2 + huber_c
     else:
