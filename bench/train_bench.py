@@ -13,6 +13,12 @@ batch, and the operator count of one training step over the plain UNet's (torch 
 
     python bench/train_bench.py --cpu                 # about 2 minutes on 2 cores
     python bench/train_bench.py --configs lora_b1 seed_a_b15
+    python bench/train_bench.py --configs lora_b15 --set network_train_unet_only=true
+    python bench/train_bench.py --configs lora_b1 lora_b15 --levers   # each speed lever alone
+
+--set KEY=VALUE (repeatable) applies to every config, after everything else. --levers runs, for
+each config, the baseline and then each lever alone (LEVERS below) and prints img/s with the
+ratio to the baseline side by side.
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lorakit.config.load import load_config  # noqa: E402
+from lorakit.config.load import load_config, parse_override  # noqa: E402
+from lorakit.config.schema import TrainConfig  # noqa: E402
 from lorakit.demo import make_synthetic_dataset  # noqa: E402
 from lorakit.train.loop import train  # noqa: E402
 
@@ -45,6 +52,13 @@ CONFIGS = {  # name -> (seed JSON block name or None, overrides)
     "seed_a_b15": ("DADAPT_LOHA", {"train_batch_size": 15}),
     "seed_b_ia3_b1": ("PRODIGY_IA3", {"train_batch_size": 1, "resolution": 512}),
     "lokr_b1": ("PRODIGY_LOKR", {"train_batch_size": 1, "resolution": 512}),
+}
+# --levers: name -> values added to the config; fast_optimizer and cache_text_encoder_outputs only
+# where they apply (see levers())
+LEVERS = {
+    "torch_compile": {"torch_compile": True},
+    "compile+reduce-overhead": {"torch_compile": True, "torch_compile_mode": "reduce-overhead"},
+    "channels_last": {"channels_last": True},
 }
 TFLOP_FWD = {512: 0.677, 576: 0.859}
 PEAK_TFLOPS = 798.0  # measured H100 bf16 dense peak (performance-anchors.md)
@@ -86,7 +100,8 @@ def build_model(tmp: Path, cpu: bool) -> Path:
     return tmp / "sd15-random"
 
 
-def run_config(name: str, model: Path, data: Path, tmp: Path, cpu: bool, steps: int, warmup: int) -> dict:
+def config_values(name: str, model: Path, data: Path, tmp: Path, cpu: bool, steps: int, warmup: int,
+                  sets: dict) -> dict:
     block, overrides = CONFIGS[name]
     values = {**seed_values(block, tmp), **COMMON, **overrides,
               "pretrained_model_name_or_path": str(model), "train_data_dir": str(data),
@@ -94,6 +109,29 @@ def run_config(name: str, model: Path, data: Path, tmp: Path, cpu: bool, steps: 
     if cpu:
         values.update(resolution=64, mixed_precision="no", enable_bucket=False,
                       train_batch_size=min(values["train_batch_size"], 4))
+    return {**values, **sets}
+
+
+def levers(values: dict) -> dict[str, dict]:
+    """The levers that apply to this config: name -> the values it changes."""
+    from lorakit.optim.optimizers import resolve_optimizer
+
+    out = dict(LEVERS)
+    if values.get("dynamo_backend", "inductor") != "inductor":  # modes are inductor options
+        out.pop("compile+reduce-overhead")
+    if resolve_optimizer(values.get("optimizer_type", "AdamW"))[1].fast is not None:  # Prodigy / DAdapt*
+        out["fast_optimizer"] = {"optimizer_args": {**values.get("optimizer_args", {}), "implementation": "fast"}}
+    if "cache_text_encoder_outputs" in TrainConfig.model_fields:  # another branch adds it
+        # a cached text encoder cannot train: this row is UNet-only, unlike a baseline that trains it
+        out["cache_te_outputs (unet only)"] = {"cache_text_encoder_outputs": True, "network_train_unet_only": True,
+                                               "network_train_text_encoder_only": False}
+    return out
+
+
+def run_config(name: str, values: dict, steps: int, warmup: int) -> dict:
+    import torch._dynamo
+
+    torch._dynamo.reset()  # no compiled graph of an earlier row serves (or limits) this one
     cfg = load_config(None, [], values)
     stamps: list[float] = []
     if torch.cuda.is_available():
@@ -153,7 +191,15 @@ def main() -> int:
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config value for every config (repeatable; TOML syntax, e.g. torch_compile=true)")
+    ap.add_argument("--levers", action="store_true",
+                    help="per config: the baseline, then each speed lever alone, with the ratio to the baseline")
     args = ap.parse_args()
+    sets = dict(parse_override(item) for item in args.set)
+    for key in sets:
+        if key not in TrainConfig.model_fields:
+            ap.error(f"--set {key}: not a config key")
     cpu = args.cpu or not torch.cuda.is_available()
     steps, warmup = args.steps or (10 if cpu else 30), args.warmup or (3 if cpu else 10)
     device = "cpu: " + _cpu_name() if cpu else torch.cuda.get_device_name()
@@ -162,7 +208,11 @@ def main() -> int:
         tmp = Path(d)
         model = build_model(tmp, cpu)
         data = make_synthetic_dataset(tmp / "data", n_images=20, size=64 if cpu else 512, repeats=10)
-        rows = [run_config(n, model, data, tmp, cpu, steps, warmup) for n in args.configs]
+        if args.levers:
+            run_levers(args.configs, model, data, tmp, cpu, steps, warmup, sets)
+            return 0
+        rows = [run_config(n, config_values(n, model, data, tmp, cpu, steps, warmup, sets), steps, warmup)
+                for n in args.configs]
         print(f"{'config':15s} {'batch':>5s} {'res':>4s} {'img/s':>8s} {'med s':>7s} {'p90 s':>7s}"
               + ("" if cpu else f" {'peak GB':>8s} {'MFU':>6s}"))
         for r in rows:
@@ -178,6 +228,22 @@ def main() -> int:
             print(f"operator ratio, lorakit LoRA step / plain UNet fwd+bwd: {step_ops / plain_ops:.2f}x "
                   f"({step_ops} events)")
     return 0
+
+
+def run_levers(names: list[str], model: Path, data: Path, tmp: Path, cpu: bool, steps: int, warmup: int,
+               sets: dict) -> None:
+    print(f"{'config':15s} {'lever':30s} {'img/s':>8s} {'x base':>7s} {'med s':>7s} {'p90 s':>7s}"
+          + ("" if cpu else f" {'peak GB':>8s}"))
+    for n in names:
+        base_values = config_values(n, model, data, tmp, cpu, steps, warmup, sets)
+        base = None
+        for lever, change in [("baseline", {}), *levers(base_values).items()]:
+            r = run_config(n, {**base_values, **change}, steps, warmup)
+            base = base or r
+            print(f"{n:15s} {lever:30s} {r['img_s']:8.2f} {r['img_s'] / base['img_s']:6.2f}x {r['median_s']:7.3f} "
+                  f"{r['p90_s']:7.3f}" + ("" if cpu else f" {r['peak_gb']:8.2f}"), flush=True)
+    if cpu:
+        print("(CPU: compile timings mean little here; measure the levers on a GPU)")
 
 
 def _cpu_name() -> str:
