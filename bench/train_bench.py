@@ -121,10 +121,18 @@ def levers(values: dict) -> dict[str, dict]:
         out.pop("compile+reduce-overhead")
     if resolve_optimizer(values.get("optimizer_type", "AdamW"))[1].fast is not None:  # Prodigy / DAdapt*
         out["fast_optimizer"] = {"optimizer_args": {**values.get("optimizer_args", {}), "implementation": "fast"}}
-    if "cache_text_encoder_outputs" in TrainConfig.model_fields:  # another branch adds it
-        # a cached text encoder cannot train: this row is UNet-only, unlike a baseline that trains it
-        out["cache_te_outputs (unet only)"] = {"cache_text_encoder_outputs": True, "network_train_unet_only": True,
-                                               "network_train_text_encoder_only": False}
+    if values.get("network_type") in ("lora", "locon"):  # one op with W + dW instead of the bypass
+        out["merged_op"] = {"network_args": {**values.get("network_args", {}), "merged_op": True}}
+    # a cached text encoder cannot train: these two rows are UNet-only, so compare them with each other
+    out["unet only"] = {"network_train_unet_only": True, "network_train_text_encoder_only": False,
+                        "cache_text_encoder_outputs": False}
+    out["unet only + cached TE"] = {**out["unet only"], "cache_text_encoder_outputs": True}
+    # every lever that keeps the baseline's work (the TE still trains), together
+    together: dict = {}
+    for name in ("torch_compile", "channels_last", "fast_optimizer", "merged_op"):
+        together.update(out.get(name, {}))
+    out["together"] = together
+    return out
     return out
 
 
