@@ -16,6 +16,7 @@ from lorakit.demo import make_synthetic_dataset
 from lorakit.errors import ConfigError
 from lorakit.train.loop import train
 from lorakit.train.speed import validate_speed_config
+from train_helpers import tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +24,12 @@ def data(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("data"), n_images=4, repeats=1)
 
 
+DEFAULTS = {"network_dim": 4, "network_alpha": 2, "learning_rate": 1e-3, "seed": 7, "max_train_steps": 3,
+            "train_batch_size": 2, "gradient_checkpointing": True}
+
+
 def make_cfg(model_dir, data_dir, out, **kw):
-    values = {"pretrained_model_name_or_path": str(model_dir), "train_data_dir": str(data_dir),
-              "output_dir": str(out), "resolution": 64, "network_dim": 4, "network_alpha": 2,
-              "learning_rate": 1e-3, "seed": 7, "save_precision": "float", "max_train_steps": 3,
-              "train_batch_size": 2, "gradient_checkpointing": True}
-    values.update(kw)
-    return load_config(None, [], values)
+    return tiny_run_config(model_dir, data_dir, out, DEFAULTS, **kw)
 
 
 def run(cfg):
@@ -63,9 +63,11 @@ def compare_runs(model_dir, data_dir, tmp_path, **kw):
 
 
 def test_compiled_lora_equals_eager_and_samples(tiny_model_dir, data, tmp_path):
-    # sampling after step 2 runs the compiled UNet in eval mode under no_grad, mid-training
+    # sampling after step 2 runs the compiled UNet in eval mode under no_grad, mid-training;
+    # without gradient checkpointing here (the LoHa test has it): checkpointing doubles compile time
     prompt = "a red circle --w 64 --h 64 --d 5 --s 2 --l 1"
-    eager, res = compare_runs(tiny_model_dir, data, tmp_path, sample_prompts=prompt, sample_every_n_steps=2)
+    eager, res = compare_runs(tiny_model_dir, data, tmp_path, sample_prompts=prompt, sample_every_n_steps=2,
+                              gradient_checkpointing=False)
     assert getattr(res.model.text_encoder, "_compiled_call_impl", None) is not None  # trained: compiled too
     a = sorted((tmp_path / "eager" / "sample").glob("*.png"))
     b = sorted((tmp_path / "compiled" / "sample").glob("*.png"))

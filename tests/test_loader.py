@@ -1,19 +1,14 @@
 """Batches built when their step comes (main process or DataLoader workers): same losses, no early decoding."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from lorakit.config.load import load_config
 from lorakit.data.dataset import TrainDataset
 from lorakit.data.loader import rank_groups
 from lorakit.demo import make_synthetic_dataset
 from lorakit.train.loop import train
-
-
-class Crash(Exception):
-    pass
+from train_helpers import Crash, tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +16,15 @@ def data(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("d"), n_images=3, repeats=2)
 
 
+# uncached latents, so every batch decodes its images; flip / colour / caption shuffle make
+# each draw random (seeded by (seed, epoch, sample id))
+DEFAULTS = {"network_dim": 2, "seed": 3, "max_train_epochs": 2,
+            "train_batch_size": 2, "cache_latents": False, "flip_aug": True, "color_aug": True,
+            "shuffle_caption": True, "learning_rate": 1e-3}
+
+
 def cfg_for(model, data, out, **kw):
-    # uncached latents, so every batch decodes its images; flip / colour / caption shuffle make
-    # each draw random (seeded by (seed, epoch, sample id))
-    values = {"pretrained_model_name_or_path": str(model), "train_data_dir": str(data), "output_dir": str(out),
-              "resolution": 64, "network_dim": 2, "seed": 3, "max_train_epochs": 2, "train_batch_size": 2,
-              "save_precision": "float", "cache_latents": False, "flip_aug": True, "color_aug": True,
-              "shuffle_caption": True, "learning_rate": 1e-3}
-    values.update(kw)
-    return load_config(None, [], values)
+    return tiny_run_config(model, data, out, DEFAULTS, **kw)
 
 
 def losses_of(cfg, resume=None, extra=()):

@@ -16,6 +16,7 @@ from lorakit.errors import ConfigError
 from lorakit.events import EventBus
 from lorakit.train.loop import train
 from lorakit.train.setup import setup_run
+from train_helpers import tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +24,12 @@ def data(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("d"), n_images=2, repeats=1)
 
 
+DEFAULTS = {"network_dim": 4, "network_alpha": 2, "seed": 3, "max_train_steps": 2,
+            "learning_rate": 1e-2}
+
+
 def cfg_for(model, data, out, **kw):
-    values = {"pretrained_model_name_or_path": str(model), "train_data_dir": str(data), "output_dir": str(out),
-              "resolution": 64, "network_dim": 4, "network_alpha": 2, "seed": 3, "max_train_steps": 2,
-              "learning_rate": 1e-2, "save_precision": "float"}
-    values.update(kw)
-    return load_config(None, [], values)
+    return tiny_run_config(model, data, out, DEFAULTS, **kw)
 
 
 TYPES = {  # network_type -> extra settings of the run that writes the file

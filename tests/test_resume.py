@@ -17,10 +17,7 @@ from lorakit.demo import make_synthetic_dataset
 from lorakit.errors import ConfigError
 from lorakit.monitors import MetricsJsonl
 from lorakit.train.loop import train
-
-
-class Crash(Exception):
-    pass
+from train_helpers import Crash, tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +25,13 @@ def data(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("d"), n_images=3, repeats=1)
 
 
+DEFAULTS = {"network_dim": 2, "seed": 5, "max_train_steps": 7,
+            "save_every_n_steps": 2, "save_state": True, "optimizer_type": "Prodigy",
+            "lr_scheduler": "cosine", "learning_rate": 1.0, "network_dropout": 0.2, "shuffle_caption": True}
+
+
 def cfg_for(model, data, out, **kw):
-    values = {"pretrained_model_name_or_path": str(model), "train_data_dir": str(data), "output_dir": str(out),
-              "resolution": 64, "network_dim": 2, "seed": 5, "max_train_steps": 7, "save_every_n_steps": 2,
-              "save_state": True, "save_precision": "float", "optimizer_type": "Prodigy",
-              "lr_scheduler": "cosine", "learning_rate": 1.0, "network_dropout": 0.2, "shuffle_caption": True}
-    values.update(kw)
-    return load_config(None, [], values)
+    return tiny_run_config(model, data, out, DEFAULTS, **kw)
 
 
 def losses(out):

@@ -8,10 +8,10 @@ import pytest
 from safetensors.torch import load_file
 
 from lorakit.cli import main
-from lorakit.config.load import load_config
 from lorakit.demo import make_synthetic_dataset
 from lorakit.monitors import MetricsJsonl
 from lorakit.train.loop import train
+from train_helpers import tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +19,11 @@ def shapes_data(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("data"), n_images=4, repeats=2)
 
 
+DEFAULTS = {"network_dim": 4, "network_alpha": 2, "learning_rate": 1e-3, "seed": 7, "max_train_steps": 4}
+
+
 def make_cfg(model_dir, data_dir, out, **kw):
-    values = {"pretrained_model_name_or_path": str(model_dir), "train_data_dir": str(data_dir),
-              "output_dir": str(out), "resolution": 64, "network_dim": 4, "network_alpha": 2,
-              "learning_rate": 1e-3, "seed": 7, "save_precision": "float", "max_train_steps": 4}
-    values.update(kw)
-    return load_config(None, [], values)
+    return tiny_run_config(model_dir, data_dir, out, DEFAULTS, **kw)
 
 
 def run(cfg):
