@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from lorakit.cli import main
@@ -49,6 +50,19 @@ def test_loss_falls_and_same_seed_same_losses(tiny_model_dir, shapes_data, tmp_p
     assert [r["step"] for r in steps] == list(range(1, 41))
     assert {"epoch", "loss", "lr/unet", "lr/textencoder"} <= set(steps[0])
     assert res.output_file.name == "last.safetensors"
+
+
+def test_runs_of_another_precision_in_one_process(tiny_model_dir, shapes_data, tmp_path):
+    """train() is a library call: fp32, then bf16, then fp32 again in one process (accelerate keeps
+    one global state that would refuse the change); the third run repeats the first bit for bit."""
+    cfg = make_cfg(tiny_model_dir, shapes_data, tmp_path / "a", max_train_steps=2)
+    _, fp32 = run(cfg)
+    res, bf16 = run(cfg.model_copy(update={"output_dir": str(tmp_path / "b"), "mixed_precision": "bf16"}))
+    assert res.model.unet.dtype == torch.bfloat16
+    _, again = run(cfg.model_copy(update={"output_dir": str(tmp_path / "c")}))
+    assert [r["loss"] for r in again] == [r["loss"] for r in fp32]
+    assert [r["loss"] for r in bf16] != [r["loss"] for r in fp32]
+    assert [r["loss"] for r in bf16] == pytest.approx([r["loss"] for r in fp32], rel=0.05)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])

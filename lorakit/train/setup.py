@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from ..config.schema import TrainConfig
 from ..errors import ConfigError
@@ -143,6 +144,10 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     given, (cfg, weights) = cfg, network_weights_preflight(cfg, state_dir)
     seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
     seed_everything(seed)
+    # train() is a library call: a later run in the same process (a notebook, a UI, the bench) may use
+    # another precision, and accelerate keeps one global state that refuses a change. Forget it; the
+    # process group of a distributed launch lives in PartialState, which stays.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     if not accelerator.is_main_process:
         bus = EventBus()  # only rank 0 logs and writes files
