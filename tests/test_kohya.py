@@ -340,6 +340,13 @@ def test_sdxl_cache_text_encoder_outputs_checkbox(tmp_path):
     assert "cache_text_encoder_outputs" not in res.values and "sdxl_cache_text_encoder_outputs" in dict(res.ignored)
     flag = load_config(write(tmp_path, "c.json", '{"additional_parameters": "--cache_text_encoder_outputs"}'))
     assert flag.cache_text_encoder_outputs is True
+    # flags that change how, not what: listed as ignored, not refused; a typo still is an error
+    res = import_kohya_json(write(tmp_path, "d.json", '{"additional_parameters": '
+                                                      '"--cache_text_encoder_outputs_to_disk --sdpa"}'))
+    assert {"--cache_text_encoder_outputs_to_disk", "--sdpa"} <= set(dict(res.ignored))
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "e.json", '{"additional_parameters": "--spda"}'))
+    assert "--spda" in e.value.message and e.value.key == "additional_parameters"
 
 
 def test_step_validation_keys_map(tmp_path):

@@ -83,6 +83,16 @@ def lora_type_module(lora_type: str) -> str:
         return LYCORIS_MODULE
     return "networks.dylora" if lora_type == "Kohya DyLoRA" else "networks.lora"
 
+# sd-scripts flags in additional_parameters that change how a run computes, not what: listed as ignored
+IGNORED_FLAGS = {
+    "cache_text_encoder_outputs_to_disk": "lorakit keeps text-encoder outputs in memory (cache_text_encoder_outputs)",
+    "sdpa": "lorakit always uses PyTorch SDPA attention",
+    "xformers": "lorakit always uses PyTorch SDPA attention",
+    "mem_eff_attn": "lorakit always uses PyTorch SDPA attention",
+    "lowram": "lorakit loads the model once, to the training device",
+    "highvram": "lorakit keeps no model in system memory to spare video memory",
+}
+
 # sd-scripts command-line flags with no schema field that may appear in additional_parameters
 SD_SCRIPTS_FLAGS = set(NEUTRAL) | {"network_args", "network_module", "lr_decay_steps", "lr_scheduler_timescale",
                                    "lr_scheduler_min_lr_ratio", "debiased_estimation_loss", "ip_noise_gamma",
@@ -367,6 +377,8 @@ class _Importer:
             value = values[0] if len(values) == 1 else ",".join(values)
         if key in known:
             self.res.values[key] = _gui_number(key, value)
+        elif key in IGNORED_FLAGS:
+            self.res.ignored.append((f"--{key}", IGNORED_FLAGS[key]))
         elif key in NEUTRAL or key in SD_SCRIPTS_FLAGS:
             self.set(key, value, "additional_parameters")
         else:
