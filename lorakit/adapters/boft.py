@@ -120,14 +120,7 @@ class BOFTModule(OFTBase):
     def delta_weight(self, train: bool = False) -> torch.Tensor:  # type: ignore[override]
         w = self.org.weight.detach().to(device=self.oft_blocks.device, dtype=torch.float32)
         new = self.rotate(w)
-        if self.rescaled:
-            new = new * self.rescale
-        dw = new - w
-        if train:
-            keep = self.rank_keep(dw.shape[0], dw.device)
-            if keep is not None:
-                dw = dw * keep.view(-1, *([1] * (dw.dim() - 1)))
-        return dw
+        return self.delta_from(new, w, train)
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         t = tensors.get("oft_blocks")

@@ -52,6 +52,18 @@ class OFTBase(MergedOpModule):
                                                    dtype=torch.float32))
         self.refresh_scale()
 
+    def delta_from(self, new: torch.Tensor, w: torch.Tensor, train: bool) -> torch.Tensor:
+        """W' - W from the rotated weight W' (times the rescale when rescaled); while training with
+        rank dropout, whole output rows of it are dropped (LyCORIS's OFT rank dropout)."""
+        if self.rescaled:
+            new = new * self.rescale
+        dw = new - w
+        if train:
+            keep = self.rank_keep(dw.shape[0], dw.device)
+            if keep is not None:
+                dw = dw * keep.view(-1, *([1] * (dw.dim() - 1)))
+        return dw
+
     def refresh_scale(self) -> None:
         self.scale = 1.0
         self.constraint = float(self.alpha) * self.org.weight.shape[0]  # LyCORIS: constraint * out_dim
@@ -100,14 +112,7 @@ class DiagOFTModule(OFTBase):
         w = self.org.weight.detach().to(device=r.device, dtype=torch.float32)
         blocks = w.reshape(self.block_num, self.block_size, *w.shape[1:])
         new = torch.einsum("knm,kn...->km...", r, blocks).reshape(w.shape)
-        if self.rescaled:
-            new = new * self.rescale
-        dw = new - w
-        if train:
-            keep = self.rank_keep(dw.shape[0], dw.device)
-            if keep is not None:
-                dw = dw * keep.view(-1, *([1] * (dw.dim() - 1)))
-        return dw
+        return self.delta_from(new, w, train)
 
     def extra_repr(self) -> str:
         return (f"{self.name}, blocks={self.block_num}x{self.block_size}, constraint={float(self.alpha):g}"
