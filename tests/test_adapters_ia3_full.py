@@ -388,7 +388,10 @@ def test_glora_formula_and_lycoris(kind):
         assert torch.equal(org(x), base)  # a2, b2 start at zero
         for p in m.parameters():
             p.normal_(0, 0.3)
+        m.delta_forward = None  # one merged op: the 2-op route is not taken
         y = org(x)
+        del m.delta_forward
+        assert max_diff(y, base + m.delta_forward(x)) <= 1e-5  # the values of the 2-op route
         W = org.weight
         A = m.a1.weight.flatten(1) @ m.a2.weight.flatten(1)  # (in, in)
         if m.is_conv:

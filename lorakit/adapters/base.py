@@ -210,6 +210,24 @@ class AdapterModule(nn.Module):
             return F.conv2d(x, weight, None, org.stride, org.padding, org.dilation, org.groups)
         return F.linear(x, weight)
 
+    def plain_call(self, args: tuple, kwargs: dict) -> bool:
+        """A plain Linear/Conv2d call with the adapter active: the merged form may run."""
+        return not (args or kwargs) and self.multiplier != 0 and self.applied
+
+    def dropped(self, dw: torch.Tensor) -> torch.Tensor:
+        """network_dropout on the elements of delta W while training (scaled 1/(1-p))."""
+        if self.dropout and self.dropouts_active():
+            return F.dropout(dw, p=self.dropout, training=True)
+        return dw
+
+    def merged_call(self, x: torch.Tensor, delta: Callable[[], torch.Tensor],
+                    bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """forward in the merged form: module dropout (one draw, as in the 2-op form), then
+        op(x, W + multiplier * delta()); delta() applies any network dropout itself."""
+        if self.module_dropout and self.dropouts_active() and torch.rand(1) < self.module_dropout:
+            return self._org_forward(x)
+        return self.merged_forward(x, delta(), bias)
+
     def merged_forward(self, x: torch.Tensor, dw: torch.Tensor,
                        bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """op(x, W + multiplier * dw) with the wrapped layer's bias (or `bias`): one op where the
@@ -287,10 +305,7 @@ class AdapterModule(nn.Module):
         network_dropout on the elements of delta W while training (scaled 1/(1-p)), as the
         merged-op algorithms do.
         """
-        dw = self.delta_weight()
-        if self.dropout and self.dropouts_active():
-            dw = F.dropout(dw, p=self.dropout, training=True)
-        return self.op(x, dw.to(x.dtype))
+        return self.op(x, self.dropped(self.delta_weight()).to(x.dtype))
 
     def rank_dropouts(self, h: torch.Tensor) -> tuple[torch.Tensor, float]:
         """kohya 2.11 on a rank-structured hidden h (rank on dim 1 for convs, last dim for linears).

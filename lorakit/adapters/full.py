@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -42,17 +41,12 @@ class FullModule(AdapterModule):
         return b.view(1, -1, *([1] * (ndim - 2))) if self.is_conv else b
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if args or kwargs or self.multiplier == 0 or not self.applied:
+        if not self.plain_call(args, kwargs):
             return super().forward(x, *args, **kwargs)
-        if self.module_dropout and self.dropouts_active() and torch.rand(1) < self.module_dropout:
-            return self._org_forward(x)
-        dw = self.diff
-        if self.dropout and self.dropouts_active():
-            dw = F.dropout(dw, p=self.dropout, training=True)
         bias = self.org.bias
         if self.diff_b is not None:
             bias = bias + (self.diff_b * self.multiplier).to(bias.dtype)
-        return self.merged_forward(x, dw, bias)
+        return self.merged_call(x, lambda: self.dropped(self.diff), bias)
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().delta_forward(x)  # op(x, diff), network_dropout on diff while training

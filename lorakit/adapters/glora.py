@@ -6,8 +6,9 @@ delta W = s * (W @ A1 @ A2 + B1 @ B2), s = alpha / dim:
   W's spatial axes are kept: (W A1 A2)[o, c, k, l] = sum_ij W[o, i, k, l] a1[i, j] a2[j, c].
 - B is a LoRA: b2.weight (r, in[, k, k]) with the base conv's stride/padding, b1.weight (out, r[,1,1]).
 Init (LyCORIS): a1, b1 kaiming_uniform(a=sqrt 5), a2, b2 zero, so a fresh adapter changes nothing.
-Forward: org(x) + op(x, delta W) (one extra op). network_dropout drops elements of delta W while
-training; rank_dropout does not apply; module_dropout does. Max-norm scales a1, a2, b1, b2 by sqrt(ratio). ``use_tucker`` is accepted
+Forward: one op with W + m * delta W (the values of org(x) + op(x, delta W) with one full-size op
+instead of two). network_dropout drops elements of delta W while training; rank_dropout does not
+apply; module_dropout does. Max-norm scales a1, a2, b1, b2 by sqrt(ratio). ``use_tucker`` is accepted
 and ignored (LyCORIS 4.1.3's GLoRA never builds its Tucker form either).
 Targets as LoCon: 3x3 convs always (conv_dim / conv_alpha default to network_dim / network_alpha).
 """
@@ -52,6 +53,11 @@ class GLoRAModule(AdapterModule):
 
     def param_dtype(self) -> torch.dtype:
         return self.a1.weight.dtype
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not self.plain_call(args, kwargs):
+            return super().forward(x, *args, **kwargs)
+        return self.merged_call(x, lambda: self.dropped(self.delta_weight()))
 
     def delta_weight(self) -> torch.Tensor:
         W = self.org.weight.to(self.a1.weight.dtype)

@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterModule, fmt_arg
@@ -72,9 +71,7 @@ class MergedOpModule(AdapterModule):
 
     def training_delta(self) -> torch.Tensor:
         active = self.dropouts_active()
-        dw = self.delta_weight(train=active)
-        if active and self.dropout:
-            dw = F.dropout(dw, p=self.dropout, training=True)
+        dw = self.dropped(self.delta_weight(train=active))
         return decomposed_delta(self, dw) if self.wd else dw
 
     @torch.no_grad()
@@ -94,15 +91,9 @@ class MergedOpModule(AdapterModule):
         return {"dora_scale": self.dora_scale} if self.wd else {}
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self._org_forward is None:
-            raise RuntimeError(f"{self.name}: call apply() before running the adapter")
-        if self.multiplier == 0 or args or kwargs:
-            if args or kwargs:  # not a plain Linear/Conv2d call: keep the exact 2-op form
-                return AdapterModule.forward(self, x, *args, **kwargs)
-            return self._org_forward(x)
-        if self.module_dropout and self.dropouts_active() and torch.rand(1) < self.module_dropout:
-            return self._org_forward(x)
-        return self.merged_forward(x, self.training_delta())
+        if not self.plain_call(args, kwargs):  # extra arguments keep the exact 2-op form
+            return AdapterModule.forward(self, x, *args, **kwargs)
+        return self.merged_call(x, self.training_delta)
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x, self.training_delta().to(x.dtype))

@@ -52,12 +52,10 @@ class LoRAModule(AdapterModule):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         per_sample = self.dropouts_active() and bool(self.dropout or self.rank_dropout)
-        if (not self.args.get("merged_op") or args or kwargs or per_sample or self.multiplier == 0
-                or getattr(self, "wd", False) or not self.applied):
+        if (not self.args.get("merged_op") or per_sample or getattr(self, "wd", False)
+                or not self.plain_call(args, kwargs)):
             return super().forward(x, *args, **kwargs)
-        if self.module_dropout and self.dropouts_active() and torch.rand(1) < self.module_dropout:
-            return self._org_forward(x)
-        return self.merged_forward(x, self.delta_weight())
+        return self.merged_call(x, self.delta_weight)
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.lora_down(x)
