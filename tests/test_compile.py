@@ -84,10 +84,30 @@ def test_compiled_loha_equals_eager(tiny_model_dir, data, tmp_path):
     assert getattr(res.model.text_encoder, "_compiled_call_impl", None) is None
 
 
-def test_channels_last_equals_default(tiny_model_dir, data, tmp_path):
-    _, base = run(make_cfg(tiny_model_dir, data, tmp_path / "a", conv_dim=2))
-    res, cl = run(make_cfg(tiny_model_dir, data, tmp_path / "b", conv_dim=2, channels_last=True))
-    assert cl == pytest.approx(base, abs=1e-5, rel=0)
+def test_channels_last_equals_default(tiny_model_dir, data, tmp_path, monkeypatch):
+    # with a validation image: the held-out loss goes through the channels_last UNet too
+    from diffusers import UNet2DConditionModel
+
+    unet_forward, formats = UNet2DConditionModel.forward, []
+
+    def spy(self, sample, *a, **k):
+        formats.append(sample.is_contiguous(memory_format=torch.channels_last))
+        return unet_forward(self, sample, *a, **k)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+
+    def run_with_validation(out, **kw):
+        events = []
+        res = train(make_cfg(tiny_model_dir, data, out, conv_dim=2, validation_split=0.25, **kw),
+                    [lambda ev: events.append((ev.kind, ev.data["loss"])) if ev.kind in ("step", "validation")
+                     else None], overwrite=True)
+        return res, events
+
+    _, base = run_with_validation(tmp_path / "a")
+    formats.clear()
+    res, cl = run_with_validation(tmp_path / "b", channels_last=True)
+    assert len(formats) > 3 and all(formats)  # training steps and the validation timesteps
+    assert [k for k, _ in cl] == [k for k, _ in base] and ("validation" in [k for k, _ in cl])
+    assert [v for _, v in cl] == pytest.approx([v for _, v in base], abs=1e-5, rel=0)
     conv_in = res.model.unet.conv_in.weight
     assert conv_in.is_contiguous(memory_format=torch.channels_last) and not conv_in.is_contiguous()
 

@@ -123,6 +123,7 @@ def test_validation_loss_is_the_training_loss_at_fixed_noise(tmp_path, tiny_comp
                             tokenizer=comps["tokenizer"], noise_scheduler=comps["scheduler"], v_parameterization=False)
     run = SimpleNamespace(cfg=cfg, model=model, index=index, device=torch.device("cpu"), seed=3,
                           accelerator=SimpleNamespace(autocast=nullcontext), weight_dtype=torch.float32,
+                          memory_format=torch.preserve_format,
                           noise_settings=NoiseSettings.from_config(cfg), network=None,
                           generator=torch.Generator().manual_seed(1), bus=SimpleNamespace(emit=lambda *a, **k: None))
     torch.manual_seed(123)
@@ -191,6 +192,7 @@ def fake_run(tmp_path, tiny_components, **kw):
     bus = SimpleNamespace(emit=lambda kind, step, epoch, **data: events.append((kind, step, epoch, data)))
     return SimpleNamespace(cfg=cfg, model=model, index=index, device=torch.device("cpu"), seed=3,
                            accelerator=SimpleNamespace(autocast=nullcontext), weight_dtype=torch.float32,
+                           memory_format=torch.preserve_format,
                            noise_settings=NoiseSettings.from_config(cfg), network=None,
                            generator=torch.Generator().manual_seed(1), bus=bus), unet, events
 

@@ -224,7 +224,7 @@ def _batch_loss_sum(run: "Run", vs: ValidationSet, batch: Batch, timesteps: list
         d = draw_noise(latents, seeds, replace(settings, min_timestep=t, max_timestep=t), num_t)
         noisy = sched.add_noise(latents, d.input_noise, d.timesteps)
         with run.accelerator.autocast():
-            pred = m.unet(noisy.to(run.weight_dtype), d.timesteps, context).sample
+            pred = m.unet(noisy.to(run.weight_dtype, memory_format=run.memory_format), d.timesteps, context).sample
         tgt = target(sched, latents, d.noise, d.timesteps, m.v_parameterization)
         losses = weighted_loss(cfg, sched, pred, tgt, d.timesteps, m.v_parameterization,
                                sample_weights=batch.loss_weights.to(run.device), mask=batch.masks)
