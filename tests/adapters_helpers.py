@@ -75,3 +75,36 @@ def inputs(batch: int = 2, seed: int = 3):
 def run_models(unet, te, x, t, ids):
     enc = te(ids)[0]
     return enc, unet(x, t, enc).sample
+
+
+def seeded_oft(cls, org, dim: int, constraint: float = 0.0, rescaled: bool = False, seed: int = 2):
+    """A Diag-OFT / BOFT module (`cls`) on `org` with seeded random blocks (and rescale), in eval mode."""
+    m = cls("m", org, dim, None, args={"constraint": constraint, "rescaled": rescaled})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        m.oft_blocks.copy_(torch.randn(m.oft_blocks.shape, generator=g) * 0.2)
+        if rescaled:
+            m.rescale.copy_(1 + 0.3 * torch.randn(m.rescale.shape, generator=g))
+    return m.eval()
+
+
+def assert_oft_matches_lycoris(m, org, x, ly_org, ly, constraint: float):
+    """Apply `m` on `org`, copy its tensors into the LyCORIS module `ly` built on `ly_org` (a fresh
+    copy of the layer) and compare the outputs on `x` within 1e-5; returns our output."""
+    import pytest
+
+    m.apply()
+    got = org(x)
+    params = dict(ly.named_parameters())
+    with torch.no_grad():
+        for k, v in m.tensors_to_save().items():
+            if k != "alpha":
+                assert params[k].shape == v.shape, k
+                params[k].copy_(v)
+    assert float(ly.alpha) == float(m.alpha) == pytest.approx(constraint)
+    ly.eval()
+    ly.apply_to()
+    want = ly_org(x)
+    assert (got - ly_org._lycoris_original_forward(x)).abs().max() > 1e-2  # it does change the layer
+    assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
+    return got

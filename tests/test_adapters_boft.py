@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from adapters_helpers import cfg, tiny_models
+from adapters_helpers import assert_oft_matches_lycoris, cfg, seeded_oft, tiny_models
 from lorakit.adapters.boft import BOFTModule, power2_split
 from lorakit.adapters.network import create_network
 from lorakit.errors import ConfigError
@@ -30,13 +30,7 @@ def x_for(kind: str) -> torch.Tensor:
 
 
 def boft(org: nn.Module, dim: int, constraint: float = 0.0, rescaled: bool = False, seed: int = 2) -> BOFTModule:
-    m = BOFTModule("m", org, dim, None, args={"constraint": constraint, "rescaled": rescaled})
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        m.oft_blocks.copy_(torch.randn(m.oft_blocks.shape, generator=g) * 0.2)
-        if rescaled:
-            m.rescale.copy_(1 + 0.3 * torch.randn(m.rescale.shape, generator=g))
-    return m.eval()
+    return seeded_oft(BOFTModule, org, dim, constraint, rescaled, seed)
 
 
 @pytest.mark.parametrize("rescaled", [False, True])
@@ -51,22 +45,9 @@ def test_boft_matches_lycoris_module(kind, constraint, rescaled):
     if constraint:
         assert q.norm() > constraint * org.weight.shape[0]  # the constraint does clip here
     x = x_for(kind)
-    m.apply()
-    got = org(x)
     ly_org = layer(kind)
     ly = lmods.ButterflyOFTModule("m", ly_org, 1.0, DIM[kind], constraint=constraint, rescaled=rescaled)
-    params = dict(ly.named_parameters())
-    with torch.no_grad():
-        for k, v in m.tensors_to_save().items():
-            if k != "alpha":
-                assert params[k].shape == v.shape, k
-                params[k].copy_(v)
-    assert float(ly.alpha) == float(m.alpha) == pytest.approx(constraint)
-    ly.eval()
-    ly.apply_to()
-    want = ly_org(x)
-    assert (got - ly_org._lycoris_original_forward(x)).abs().max() > 1e-2  # it does change the layer
-    assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
+    got = assert_oft_matches_lycoris(m, org, x, ly_org, ly, constraint)
     # LyCORIS rebuilds a module from our saved tensors alone (as a loader would) and agrees
     t = {k: v.detach().clone() for k, v in m.tensors_to_save().items()}
     ly2_org = layer(kind)

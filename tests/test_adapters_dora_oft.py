@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from adapters_helpers import cfg, tiny_models
+from adapters_helpers import assert_oft_matches_lycoris, cfg, seeded_oft, tiny_models
 from lorakit.adapters.dora import column_norm
 from lorakit.adapters.lokr import LoKrModule
 from lorakit.adapters.loha import LoHaModule
@@ -162,13 +162,7 @@ def test_dora_network_file_round_trip_and_shape_guard(tmp_path):
 # --- Diag-OFT ----------------------------------------------------------------------------------
 def oft(org: nn.Module, dim: int = 4, constraint: float = 0.0, rescaled: bool = False, seed: int = 2):
     from lorakit.adapters.oft import DiagOFTModule
-    m = DiagOFTModule("m", org, dim, None, args={"constraint": constraint, "rescaled": rescaled})
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        m.oft_blocks.copy_(torch.randn(m.oft_blocks.shape, generator=g) * 0.2)
-        if rescaled:
-            m.rescale.copy_(1 + 0.3 * torch.randn(m.rescale.shape, generator=g))
-    return m.eval()
+    return seeded_oft(DiagOFTModule, org, dim, constraint, rescaled, seed)
 
 
 @pytest.mark.parametrize("rescaled", [False, True])
@@ -181,23 +175,9 @@ def test_diag_oft_matches_lycoris_module(kind, constraint, rescaled):
     q = m.oft_blocks - m.oft_blocks.transpose(1, 2)
     if constraint:
         assert q.norm() > constraint * org.weight.shape[0]  # the constraint does clip here
-    x = x_for(kind)
-    m.apply()
-    got = org(x)
     ly_org = layer(kind)
     ly = lmods.DiagOFTModule("m", ly_org, 1.0, 4, constraint=constraint, rescaled=rescaled)
-    params = dict(ly.named_parameters())
-    with torch.no_grad():
-        for k, v in m.tensors_to_save().items():
-            if k != "alpha":
-                assert params[k].shape == v.shape, k
-                params[k].copy_(v)
-    assert float(ly.alpha) == float(m.alpha) == pytest.approx(constraint)
-    ly.eval()
-    ly.apply_to()
-    want = ly_org(x)
-    assert (got - ly_org._lycoris_original_forward(x)).abs().max() > 1e-2
-    assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
+    assert_oft_matches_lycoris(m, org, x_for(kind), ly_org, ly, constraint)
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
