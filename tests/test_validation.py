@@ -125,7 +125,7 @@ def test_validation_loss_is_the_training_loss_at_fixed_noise(tmp_path, tiny_comp
                           accelerator=SimpleNamespace(autocast=nullcontext), weight_dtype=torch.float32,
                           memory_format=torch.preserve_format,
                           noise_settings=NoiseSettings.from_config(cfg), network=None,
-                          generator=torch.Generator().manual_seed(1), bus=SimpleNamespace(emit=lambda *a, **k: None))
+                          bus=SimpleNamespace(emit=lambda *a, **k: None))
     torch.manual_seed(123)
     before = torch.get_rng_state()
     loss = V.validation_loss(run)
@@ -194,7 +194,7 @@ def fake_run(tmp_path, tiny_components, **kw):
                            accelerator=SimpleNamespace(autocast=nullcontext), weight_dtype=torch.float32,
                            memory_format=torch.preserve_format,
                            noise_settings=NoiseSettings.from_config(cfg), network=None,
-                           generator=torch.Generator().manual_seed(1), bus=bus), unet, events
+                           bus=bus), unet, events
 
 
 def test_max_validation_steps_caps_the_batches(tmp_path, tiny_components):

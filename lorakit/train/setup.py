@@ -42,7 +42,6 @@ class Run:
     optimizer: Any = None
     scheduler: Any = None
     plan: Plan | None = None
-    generator: torch.Generator | None = None
     weight_dtype: torch.dtype = torch.float32
     overwrite: bool = False
     given_cfg: TrainConfig | None = None  # the config as given (cfg may take its ranks from network_weights)
@@ -196,5 +195,4 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     run.warnings = (weights_warnings + noise_warnings + validate_speed_config(cfg) + optimizer_warnings(cfg, groups)
                     + scheduler_warnings(cfg, plan.total_steps))
     run.optimizer = accelerator.prepare(optimizer)
-    run.generator = torch.Generator(device=run.device).manual_seed(seed)
     return run

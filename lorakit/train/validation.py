@@ -14,7 +14,7 @@ perturbation drawn from that seed), with the model in eval mode (no dropout) and
 gradient. The value is the mean over images x timesteps.
 
 :func:`validation_loss` leaves training untouched: every RNG (torch CPU and CUDA, Python,
-numpy, run.generator) and every module's train/eval mode is restored afterwards, so a run
+numpy) and every module's train/eval mode is restored afterwards, so a run
 with validation trains bit-identically to one without.
 """
 from __future__ import annotations
@@ -130,15 +130,14 @@ def build_validation_set(cfg: "TrainConfig", index: DatasetIndex, vae: Any, devi
 class _Preserved:
     """Saves every RNG and the train/eval mode of every module under `roots`; restores them on exit."""
 
-    def __init__(self, roots: list[Any], generator: torch.Generator | None):
-        self.roots, self.generator = [r for r in roots if isinstance(r, torch.nn.Module)], generator
+    def __init__(self, roots: list[Any]):
+        self.roots = [r for r in roots if isinstance(r, torch.nn.Module)]
 
     def __enter__(self) -> "_Preserved":
         self.modes = [(m, m.training) for r in self.roots for m in r.modules()]
         self.torch_state = torch.get_rng_state()
         self.cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         self.py_state, self.np_state = random.getstate(), np.random.get_state()
-        self.gen_state = self.generator.get_state() if self.generator is not None else None
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -149,8 +148,6 @@ class _Preserved:
             torch.cuda.set_rng_state_all(self.cuda_state)
         random.setstate(self.py_state)
         np.random.set_state(self.np_state)
-        if self.gen_state is not None:
-            self.generator.set_state(self.gen_state)
 
 
 def _optimizer_eval(run: "Run"):
@@ -191,7 +188,7 @@ def evaluate(run: "Run") -> ValidationResult:
     timesteps = validation_timesteps(m.noise_scheduler.config.num_train_timesteps, settings.min_timestep,
                                      settings.max_timestep)
     total, count, batches, images = 0.0, 0, 0, 0
-    with _Preserved([m.unet, m.text_encoder, getattr(run, "network", None)], getattr(run, "generator", None)):
+    with _Preserved([m.unet, m.text_encoder, getattr(run, "network", None)]):
         for module in (m.unet, m.text_encoder, getattr(run, "network", None)):
             if isinstance(module, torch.nn.Module):
                 module.eval()
