@@ -83,14 +83,14 @@ def lora_type_module(lora_type: str) -> str:
         return LYCORIS_MODULE
     return "networks.dylora" if lora_type == "Kohya DyLoRA" else "networks.lora"
 
-# sd-scripts flags in additional_parameters that change how a run computes, not what: listed as ignored
+# sd-scripts flags in additional_parameters that change how a run computes, not what: listed as
+# ignored (sd-scripts TOMLs ignore them too: config/sdscripts.py IGNORED starts from this table)
 IGNORED_FLAGS = {
     "cache_text_encoder_outputs_to_disk": "lorakit keeps text-encoder outputs in memory (cache_text_encoder_outputs)",
     "sdpa": "lorakit always uses PyTorch SDPA attention",
     "xformers": "lorakit always uses PyTorch SDPA attention",
     "mem_eff_attn": "lorakit always uses PyTorch SDPA attention",
-    "lowram": "lorakit loads the model once, to the training device",
-    "highvram": "lorakit keeps no model in system memory to spare video memory",
+    "lowram": "memory placement flag", "highvram": "memory placement flag",
 }
 
 # sd-scripts command-line flags with no schema field that may appear in additional_parameters

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .kohya import NEUTRAL, ImportResult, _neutral
+from .kohya import IGNORED_FLAGS, NEUTRAL, ImportResult, _neutral
 from .load import suggest
 from .netargs import apply_network_args
 from .schema import SUBSET_OPTIONS, TrainConfig, parse_kv_args
@@ -37,9 +37,7 @@ SD_SCRIPTS_TABLES = ("model_arguments", "additional_network_arguments", "optimiz
 
 # sd-scripts keys that change nothing in a lorakit run, with the reason.
 IGNORED = {
-    "xformers": "lorakit always uses PyTorch SDPA attention", "sdpa": "lorakit always uses PyTorch SDPA attention",
-    "mem_eff_attn": "lorakit always uses PyTorch SDPA attention",
-    "lowram": "memory placement flag", "highvram": "memory placement flag",
+    **IGNORED_FLAGS,  # the flags a kohya_ss GUI's additional_parameters may carry as well
     "log_with": "TensorBoard only", "log_prefix": "TensorBoard only", "log_tracker_name": "TensorBoard only",
     "log_tracker_config": "TensorBoard only", "wandb_api_key": "TensorBoard only",
     "wandb_run_name": "TensorBoard only", "log_config": "lorakit writes its config next to the adapter",
@@ -53,7 +51,6 @@ IGNORED = {
     "huggingface_repo_id": "no upload", "huggingface_repo_type": "no upload", "huggingface_path_in_repo": "no upload",
     "huggingface_token": "no upload", "huggingface_repo_visibility": "no upload", "save_state_to_huggingface": "no upload",
     "resume_from_huggingface": "no upload", "async_upload": "no upload",
-    "cache_text_encoder_outputs_to_disk": "lorakit keeps text-encoder outputs in memory (cache_text_encoder_outputs)",
 }
 
 # dataset_config
