@@ -60,7 +60,7 @@ def read_toml(path: Path, raw: dict[str, Any] | None = None) -> dict[str, Any]:
 def read_config_file(p: Path, fmt: str | None = None) -> dict[str, Any]:
     """The schema values of config file `p` read as `fmt` (see load_config)."""
     from .kohya import import_kohya_json
-    from .sdscripts import import_sdscripts_toml, looks_like_sdscripts, sdscripts_only_keys
+    from .sdscripts import import_sdscripts_toml, looks_like_sdscripts
 
     file = str(p)
     fmt = {None: "auto", "kohya-gui": "kohya"}.get(fmt, fmt)
@@ -77,10 +77,10 @@ def read_config_file(p: Path, fmt: str | None = None) -> dict[str, Any]:
         raw = _load_toml(p)
         if looks_like_sdscripts(raw):
             return import_sdscripts_toml(p, raw).values
-        foreign = [k for k in _all_keys(raw) if k in sdscripts_only_keys()]
+        foreign = _sdscripts_key(raw)
         if foreign:  # read as lorakit TOML, but written for sd-scripts
-            raise ConfigError(f"unknown key '{foreign[0]}'", file=file, key=foreign[0],
-                              fix=f"'{foreign[0]}' is an sd-scripts setting: for an sd-scripts --config_file "
+            raise ConfigError(f"unknown key '{foreign}'", file=file, key=foreign,
+                              fix=f"'{foreign}' is an sd-scripts setting: for an sd-scripts --config_file "
                                   "pass --format sd-scripts")
         return read_toml(p, raw)
     expected = FORMAT_NAMES[fmt]
@@ -97,12 +97,19 @@ def read_config_file(p: Path, fmt: str | None = None) -> dict[str, Any]:
     raw = _load_toml_as(p, expected, fmt)
     if fmt == "sd-scripts":
         return import_sdscripts_toml(p, raw).values
-    if looks_like_sdscripts(raw) or any(k in sdscripts_only_keys() for k in _all_keys(raw)):
-        marker = next((k for k in _all_keys(raw) if k in sdscripts_only_keys()), None) or \
-            next(k for k in raw if isinstance(raw[k], dict) and k not in SECTIONS)
+    marker = _sdscripts_key(raw)
+    if marker or looks_like_sdscripts(raw):
+        marker = marker or next(k for k in raw if isinstance(raw[k], dict) and k not in SECTIONS)
         raise ConfigError(f"expected {expected} (--format lorakit), but '{marker}' is sd-scripts'", file=file,
                           key=marker, fix="use --format sd-scripts (or drop --format: auto detects it)")
     return read_toml(p, raw)
+
+
+def _sdscripts_key(raw: dict[str, Any]) -> str | None:
+    """The first key of a TOML (one table level down included) that only sd-scripts has, or None."""
+    from .sdscripts import sdscripts_only_keys
+
+    return next((k for k in _all_keys(raw) if k in sdscripts_only_keys()), None)
 
 
 def _all_keys(raw: dict[str, Any]) -> list[str]:
