@@ -253,11 +253,7 @@ def scan_subsets(subsets: list[dict], check_images: bool = True, *, validation_s
         if not path.is_dir():
             raise DataError("image_dir is not a folder" if path.exists() else "image_dir does not exist",
                             file=str(path), key="dataset_subsets", fix="check image_dir in the dataset config")
-        images = list_images(path)
-        sizes: dict[Path, tuple[int, int] | None] = {}
-        if probe is not None:
-            sizes = {p: probe(p) for p in images}
-            images = [p for p in images if sizes[p] is not None]
+        images, sizes = _probed_images(path, probe)
         if not images:
             warnings.append(f"dataset_subsets: skipped '{path}': no images")
             continue
@@ -427,11 +423,7 @@ def _scan_root(root: Path, key: str, is_reg: bool, caption_extension: str,
         if repeats < 1:
             warnings.append(f"{key}: skipped '{path.name}': repeats must be 1 or more")
             continue
-        images = list_images(path)
-        sizes: dict[Path, tuple[int, int] | None] = {}
-        if probe is not None:
-            sizes = {p: probe(p) for p in images}
-            images = [p for p in images if sizes[p] is not None]
+        images, sizes = _probed_images(path, probe)
         if not images:
             empty.append(path.name)
             continue
@@ -448,6 +440,15 @@ def _scan_root(root: Path, key: str, is_reg: bool, caption_extension: str,
     if empty:
         warnings.append(f"{key}: skipped folders with no images: {', '.join(empty)}")
     return folders
+
+
+def _probed_images(path: Path, probe) -> tuple[list[Path], dict[Path, tuple[int, int] | None]]:
+    """The images of `path` and, with a `probe`, their sizes; images the probe cannot read are left out."""
+    images = list_images(path)
+    if probe is None:
+        return images, {}
+    sizes = {p: probe(p) for p in images}
+    return [p for p in images if sizes[p] is not None], sizes
 
 
 def _read_folder(path: Path, repeats: int, class_tokens: str, is_reg: bool, images: list[Path],
