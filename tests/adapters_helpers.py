@@ -108,3 +108,20 @@ def assert_oft_matches_lycoris(m, org, x, ly_org, ly, constraint: float):
     assert (got - ly_org._lycoris_original_forward(x)).abs().max() > 1e-2  # it does change the layer
     assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
     return got
+
+
+def diffusers_reload(path, x, t, ids, enc):
+    """Fresh tiny models before and after diffusers' `load_lora_weights(path)`: (enc0, out0) without
+    the adapter, (enc2, out2) with it; the UNet gets `enc` both times so it is compared on its own."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    unet2, te2 = tiny_models()
+    with torch.no_grad():
+        enc0, out0 = run_models(unet2, te2, x, t, ids)
+    # only load_lora_weights matters here: no tokenizer is needed to build the pipeline object
+    pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=te2, tokenizer=None, unet=unet2,
+                                   scheduler=DDPMScheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.load_lora_weights(str(path))
+    with torch.no_grad():
+        return enc0, out0, te2(ids)[0], unet2(x, t, enc).sample

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapters_helpers import cfg, inputs, run_models, sd15_meta, tiny_models, tiny_vae
+from adapters_helpers import cfg, diffusers_reload, inputs, run_models, sd15_meta, tiny_models
 from lorakit.adapters.dylora import DyLoRAModule
 from lorakit.adapters.file import read_adapter_file, save_adapter_file
 from lorakit.adapters.full import FullModule
@@ -241,7 +241,6 @@ def test_dylora_conv_tensors_and_kohya_args():
 
 def test_dylora_file_loads_in_diffusers_at_full_rank(tmp_path):
     pytest.importorskip("peft")
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
 
     unet, te = tiny_models()
     net = create_network(cfg(network_type="dylora", network_dim=4, network_alpha=2.0, conv_dim=4,
@@ -253,16 +252,7 @@ def test_dylora_file_loads_in_diffusers_at_full_rank(tmp_path):
         enc, out = run_models(unet, te, x, t, ids)  # eval models: full rank
     path = tmp_path / "dylora.safetensors"
     save_adapter_file(path, net.state_dict_to_save(torch.float32), {}, overwrite=True)
-    unet2, te2 = tiny_models()
-    with torch.no_grad():
-        enc0, out0 = run_models(unet2, te2, x, t, ids)
-    pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=te2, tokenizer=None, unet=unet2,
-                                   scheduler=DDPMScheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.load_lora_weights(str(path))
-    with torch.no_grad():
-        enc2 = te2(ids)[0]
-        out2 = unet2(x, t, enc).sample
+    enc0, out0, enc2, out2 = diffusers_reload(path, x, t, ids, enc)
     assert max_diff(enc, enc0) > 1e-2 and max_diff(out, out0) > 1e-2
     assert max_diff(enc2, enc) <= 1e-5 and max_diff(out2, out) <= 1e-5
 
