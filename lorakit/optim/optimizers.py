@@ -179,10 +179,12 @@ def build_optimizer(cfg: TrainConfig, param_groups: list[dict[str, Any]]) -> tor
             g.pop("lr", None)
     elif is_adaptive(cls) and len({g["lr"] for g in groups if g["lr"] > 0}) > 1:
         if cls.__name__ not in SCALABLE:
+            lrs = ", ".join(f"{g.get('name', i)} {g['lr']:g}" for i, g in enumerate(groups))
             raise ConfigError(
-                f"{cfg.optimizer_type} cannot give the text encoder and the UNet different lrs (its update is not "
+                f"{cfg.optimizer_type} cannot train parameter groups at different lrs ({lrs}; its update is not "
                 "a step of adjustable size)", key="text_encoder_lr",
-                fix=f"set text_encoder_lr = unet_lr, or use one of {', '.join(sorted(SCALABLE))}")
+                fix=f"set text_encoder_lr = unet_lr and leave out loraplus_* and the block lr weights, or use one "
+                    f"of {', '.join(sorted(SCALABLE))}")
         cls = scaled_class(cls)
     try:
         opt = cls(groups, lr=lr, **kwargs)
