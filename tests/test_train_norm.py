@@ -148,3 +148,7 @@ def test_train_two_steps_with_train_norm(tiny_model_dir, tmp_path):
     assert w.shape == (64,) and 1e-4 < w.abs().max().item() < 3e-3  # two Adam steps of about lr from 0
     assert len([k for k in tensors if k.endswith(".w_norm")]) == 32
     assert json.loads(meta["ss_network_args"])["train_norm"] == "True"
+    from lorakit.inspect import inspect_file
+
+    report = inspect_file(res.output_file)
+    assert report.algorithms()["norm"] == 32 and not report.unknown_keys
