@@ -157,8 +157,8 @@ def optimizer_warnings(cfg: TrainConfig, param_groups: list[dict[str, Any]]) -> 
         out.append(f"{cfg.optimizer_type} adapts its step size and expects lrs around 1.0; the largest here is "
                    f"{max(lrs):g}, which scales every step down by that factor")
     if adafactor_relative_step(cfg) and len(set(lrs)) > 1:
-        out.append("Adafactor with relative_step=True computes its own lr: unet_lr and text_encoder_lr are "
-                   "ignored (set optimizer_args relative_step=False to use them)")
+        out.append("Adafactor with relative_step=True computes its own lr: unet_lr, text_encoder_lr, the LoRA+ "
+                   "ratios and the block lr weights are ignored (set optimizer_args relative_step=False to use them)")
     out += schedule_free_warnings(cfg.optimizer_type, cls, optimizer_kwargs(cfg, spec), lrs, cfg.lr_scheduler,
                                   cfg.lr_scheduler_type, cfg.lr_warmup_steps, cfg.max_grad_norm)
     return out
