@@ -185,3 +185,10 @@ def test_train_two_steps_with_block_settings(tiny_model_dir, tmp_path):
     step = [r for r in rows if "loss" in r][0]
     assert step["lr/unet_block1"] == pytest.approx(1e-3 / 11) and step["lr/unet_block12"] == pytest.approx(5e-4)
     assert step["lr/unet_block3"] == pytest.approx(1e-3 * 3 / 11)  # IN03: the downsampler conv
+
+
+def test_network_args_spelling_points_to_the_config_key():
+    """sd-scripts passes these as --network_args; in lorakit they are keys of their own."""
+    with pytest.raises(ConfigError) as e:
+        create_network(cfg(network_args={"block_dims": DIMS}), *tiny_models())
+    assert "config key of its own" in e.value.message and "set block_dims" in e.value.fix

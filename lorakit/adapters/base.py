@@ -84,7 +84,11 @@ def fmt_arg(v: Any) -> str:
 ARG_ALIASES = {"use_cp": "use_tucker"}
 # Settings that are config keys of their own: in network_args they would be ambiguous.
 ARG_CONFIG_KEYS = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "dropout": "network_dropout",
-                   "rank_dropout": "rank_dropout", "module_dropout": "module_dropout", "algo": "network_type"}
+                   "rank_dropout": "rank_dropout", "module_dropout": "module_dropout", "algo": "network_type",
+                   **{k: k for k in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
+                                     "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold",
+                                     "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
+                                     "loraplus_text_encoder_lr_ratio", "train_norm")}}
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "none", "")
 
 
