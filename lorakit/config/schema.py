@@ -171,7 +171,7 @@ class TrainConfig(BaseModel):
     # LoRA+ (sd-scripts and LyCORIS: the lora_up matrices learn at lr x ratio)
     loraplus_lr_ratio: Optional[float] = F(
         None, "network", "LoRA+: the up (B) matrices train at lr x this ratio (about 16), in groups of their own "
-        "('unet plus', 'textencoder plus'); 0 or unset = off. LoRA-form algorithms only (lora, locon, dylora).",
+        "('unet plus', 'textencoder plus'); 0 or unset = off. network_type lora or locon (the ones with lora_up matrices).",
         ge=0, le=1024)
     loraplus_unet_lr_ratio: Optional[float] = F(
         None, "network", "LoRA+ ratio for the UNet; replaces loraplus_lr_ratio there (0 or unset = that value).",
@@ -181,7 +181,8 @@ class TrainConfig(BaseModel):
         "value).", ge=0, le=1024)
     train_norm: bool = F(
         False, "network", "LyCORIS: also train the LayerNorm / GroupNorm layers inside the adapted UNet blocks "
-        "(W + w_norm, b + b_norm, saved as <name>.w_norm / .b_norm). LyCORIS algorithms only (not lora, ia3).")
+        "(W + w_norm, b + b_norm, saved as <name>.w_norm / .b_norm). Any network_type but lora (kohya's networks.lora "
+        "has no train_norm; use locon).")
     network_train_unet_only: bool = F(False, "network", "Train the UNet adapters only.")
     network_train_text_encoder_only: bool = F(False, "network", "Train the text-encoder adapters only.")
 
