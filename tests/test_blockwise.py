@@ -39,7 +39,8 @@ def test_block_dims_give_each_sd15_module_its_blocks_rank():
     m = net.unet_modules
     assert len(m) == 192 and len(net.text_encoder_modules) == 72  # kohya's targets, none at dim 0
     expect = {"down_blocks_0_attentions_0_proj_in": 2, "down_blocks_1_attentions_1_transformer_blocks_0_attn2_to_k": 4,
-              "down_blocks_2_attentions_0_proj_out": 4, "down_blocks_2_attentions_1_proj_out": 6, "mid_block_attentions_0_transformer_blocks_0_ff_net_2": 8,
+              "down_blocks_2_attentions_0_proj_out": 4, "down_blocks_2_attentions_1_proj_out": 6,
+              "mid_block_attentions_0_transformer_blocks_0_ff_net_2": 8,
               "up_blocks_1_attentions_0_proj_in": 6, "up_blocks_2_attentions_2_proj_in": 2,
               "up_blocks_3_attentions_2_transformer_blocks_0_attn1_to_out_0": 2}
     assert {k: m[P + k].dim for k in expect} == expect

@@ -171,7 +171,8 @@ class TrainConfig(BaseModel):
     # LoRA+ (sd-scripts and LyCORIS: the lora_up matrices learn at lr x ratio)
     loraplus_lr_ratio: Optional[float] = F(
         None, "network", "LoRA+: the up (B) matrices train at lr x this ratio (about 16), in groups of their own "
-        "('unet plus', 'textencoder plus'); 0 or unset = off. network_type lora or locon (the ones with lora_up matrices).",
+        "('unet plus', 'textencoder plus'); 0 or unset = off. network_type lora or locon (the ones with lora_up "
+        "matrices).",
         ge=0, le=1024)
     loraplus_unet_lr_ratio: Optional[float] = F(
         None, "network", "LoRA+ ratio for the UNet; replaces loraplus_lr_ratio there (0 or unset = that value).",
