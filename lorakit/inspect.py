@@ -106,6 +106,8 @@ def classify(tensors: dict[str, Any]) -> tuple[str, Optional[int]]:
         return "glora", _shape(tensors["a2.weight"])[0] if "a2.weight" in keys else None
     if "oft_blocks" in keys:
         return ("boft" if len(_shape(tensors["oft_blocks"])) == 4 else "diag-oft"), None
+    if "w_norm" in keys:  # LyCORIS train_norm: offsets of a LayerNorm / GroupNorm
+        return "norm", None
     return "unknown", None
 
 

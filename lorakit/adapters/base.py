@@ -84,7 +84,11 @@ def fmt_arg(v: Any) -> str:
 ARG_ALIASES = {"use_cp": "use_tucker"}
 # Settings that are config keys of their own: in network_args they would be ambiguous.
 ARG_CONFIG_KEYS = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "dropout": "network_dropout",
-                   "rank_dropout": "rank_dropout", "module_dropout": "module_dropout", "algo": "network_type"}
+                   "rank_dropout": "rank_dropout", "module_dropout": "module_dropout", "algo": "network_type",
+                   **{k: k for k in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
+                                     "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold",
+                                     "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
+                                     "loraplus_text_encoder_lr_ratio", "train_norm")}}
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "none", "")
 
 
@@ -157,6 +161,10 @@ class AdapterModule(nn.Module):
     LYCORIS_CONV_DEFAULTS: ClassVar[bool] = False  # unset conv_dim/conv_alpha take network_dim/alpha
     # network_args this algorithm accepts, with their defaults (the default's type parses strings)
     ARGS: ClassVar[dict[str, Any]] = {}
+    # kohya settings the algorithm takes (network.check_network_config refuses the others by name)
+    BLOCKWISE: ClassVar[bool] = False   # block_dims / *_lr_weight: sd-scripts networks.lora only
+    LORAPLUS: ClassVar[bool] = False    # loraplus_*: parameters named lora_up (sd-scripts and LyCORIS)
+    TRAIN_NORM: ClassVar[bool] = True   # train_norm: LyCORIS adds norm modules beside any algorithm
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], *,
                  multiplier: float = 1.0, dropout: Optional[float] = None,
@@ -165,10 +173,7 @@ class AdapterModule(nn.Module):
         super().__init__()
         # the validated network_args (create_network passes them); defaults for keys not given
         self.args: dict[str, Any] = {**type(self).ARGS, **(args or {})}
-        if not isinstance(org, (nn.Linear, nn.Conv2d)):
-            raise TypeError(f"{name}: {type(org).__name__} is not a Linear or Conv2d")
-        if isinstance(org, nn.Conv2d) and org.groups != 1:
-            raise TypeError(f"{name}: grouped convolutions are not supported")
+        self.check_target(name, org)
         if dim < 1:
             raise ConfigError(f"{name}: rank {dim} must be at least 1", key="network_dim")
         self.name = name
@@ -183,6 +188,14 @@ class AdapterModule(nn.Module):
         self._org = [org]  # a list keeps the frozen module out of parameters() and state_dict()
         self._org_forward: Optional[Callable[..., torch.Tensor]] = None
         self._forward_was_instance_attr = False
+
+    @classmethod
+    def check_target(cls, name: str, org: nn.Module) -> None:
+        """TypeError unless this class can wrap `org` (here: a Linear or an ungrouped Conv2d)."""
+        if not isinstance(org, (nn.Linear, nn.Conv2d)):
+            raise TypeError(f"{name}: {type(org).__name__} is not a Linear or Conv2d")
+        if isinstance(org, nn.Conv2d) and org.groups != 1:
+            raise TypeError(f"{name}: grouped convolutions are not supported")
 
     # --- the wrapped module -------------------------------------------------------
     @property

@@ -31,6 +31,10 @@ class DyLoRAModule(LoRAModule):
     network_module = "networks.dylora"
     # use_tucker: LyCORIS/DyLoRA configs carry it; DyLoRA has no Tucker form (ignored, as LyCORIS does)
     ARGS: dict[str, Any] = {"unit": 1, "block_size": 0, "use_tucker": False}
+    # sd-scripts' networks.dylora and LyCORIS's DyLoRA take neither (LyCORIS's has no lora_up parameters)
+    BLOCKWISE = False
+    LORAPLUS = False
+    TRAIN_NORM = True
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)

@@ -32,6 +32,9 @@ from .registry import register
 class LoRAModule(AdapterModule):
     network_module = "networks.lora"
     ARGS: dict[str, Any] = {"merged_op": False}  # a runtime choice: not written to the file
+    BLOCKWISE = True
+    LORAPLUS = True
+    TRAIN_NORM = False  # sd-scripts' networks.lora has no train_norm (LyCORIS LoCon: network_type locon)
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
@@ -96,6 +99,8 @@ class LoConModule(LoRAModule):
     """
     LYCORIS_CONV_DEFAULTS = True
     ARGS: dict[str, Any] = {**LoRAModule.ARGS, "use_tucker": False, **DORA_ARGS}
+    BLOCKWISE = False  # LyCORIS has no block_dims / block lr weights
+    TRAIN_NORM = True
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)

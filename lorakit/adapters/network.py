@@ -13,17 +13,24 @@ no ``.text_model`` submodule; A1111 and ComfyUI only load the text_model names).
 
 The adapters are children of the network under their kohya names, so
 ``network.state_dict()`` has the file's key names (alpha in float32).
+
+kohya settings that change what is built or how it learns (each checked against the
+algorithm by check_network_config before the model loads): block_dims & co. and the block
+lr weights (blockwise.py), LoRA+ (param_groups), train_norm (norm.py).
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Optional
+from dataclasses import replace
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import CONV1X1, CONV3X3, LINEAR, AdapterModule, TargetRules
+from .base import CONV1X1, CONV3X3, LINEAR, UNET_CONV_PARENTS, AdapterModule, TargetRules, fmt_num
+from .blockwise import block_index, block_lr_weights, block_network_args, block_ranks, blockwise_on
+from .norm import NormModule, build_norm_modules
 from .presets import apply_preset
 from .registry import get_algorithm
 
@@ -93,8 +100,12 @@ class AdapterNetwork(nn.Module):
 
     def __init__(self, algo_cls: type[AdapterModule], unet_modules: dict[str, AdapterModule],
                  text_encoder_modules: dict[str, AdapterModule], *, train_unet: bool, train_text_encoder: bool,
-                 network_args: Optional[dict[str, str]] = None, multiplier: float = 1.0):
+                 network_args: Optional[dict[str, str]] = None, multiplier: float = 1.0,
+                 block_lr_weights: Optional[list[float]] = None,
+                 loraplus_ratios: tuple[Optional[float], Optional[float]] = (None, None)):
         super().__init__()
+        self.block_lr_weights = block_lr_weights  # 25 UNet lr multipliers (blockwise.py) or None
+        self.loraplus_ratios = loraplus_ratios    # (text encoder, UNet): lora_up lr = lr x ratio
         self.algo = algo_cls.algo
         self.network_module_name = algo_cls.network_module
         self.network_args: dict[str, str] = dict(network_args or {})
@@ -144,18 +155,38 @@ class AdapterNetwork(nn.Module):
 
     # --- optimizer ---------------------------------------------------------------------
     def param_groups(self, text_encoder_lr: float, unet_lr: float) -> list[dict[str, Any]]:
-        """kohya 2.16: TE group first, then UNet; a group with lr 0 is dropped and frozen."""
+        """kohya 2.16: TE group first, then UNet; a group with lr 0 is dropped and frozen.
+
+        sd-scripts' splits on top: with block lr weights one UNet group per block, in module order,
+        named unet_block<b> at unet_lr x weight; with LoRA+ each group's lora_up parameters go to a
+        group of their own, '<name> plus', at its lr x ratio (right after it).
+        """
+        te_ratio, unet_ratio = self.loraplus_ratios
+        parts: list[tuple[str, list[AdapterModule], float, Optional[float]]] = [
+            ("textencoder", list(self.text_encoder_modules.values()), text_encoder_lr, te_ratio)]
+        if self.block_lr_weights is None:
+            parts.append(("unet", list(self.unet_modules.values()), unet_lr, unet_ratio))
+        else:
+            by_block: dict[int, list[AdapterModule]] = {}
+            for name, m in self.unet_modules.items():
+                by_block.setdefault(block_index(name), []).append(m)
+            parts += [(f"unet_block{b}", ms, unet_lr * self.block_lr_weights[b], unet_ratio)
+                      for b, ms in by_block.items()]
         groups = []
-        for name, modules, lr in (("textencoder", self.text_encoder_modules, text_encoder_lr),
-                                  ("unet", self.unet_modules, unet_lr)):
-            params = [p for m in modules.values() for p in m.parameters()]
-            if not params:
-                continue
-            trainable = lr is not None and lr > 0
-            for p in params:
-                p.requires_grad_(trainable)
-            if trainable:
-                groups.append({"params": params, "lr": float(lr), "name": name})
+        for name, modules, lr, ratio in parts:
+            base: list[torch.nn.Parameter] = []
+            plus: list[torch.nn.Parameter] = []
+            for m in modules:
+                for pname, p in m.named_parameters():
+                    (plus if ratio and pname.startswith("lora_up") else base).append(p)
+            for gname, params, glr in ((name, base, lr), (f"{name} plus", plus, lr * (ratio or 0.0))):
+                if not params:
+                    continue
+                trainable = glr is not None and glr > 0
+                for p in params:
+                    p.requires_grad_(trainable)
+                if trainable:
+                    groups.append({"params": params, "lr": float(glr), "name": gname})
         return groups
 
     # --- saving / loading -------------------------------------------------------------
@@ -210,6 +241,8 @@ class AdapterNetwork(nn.Module):
         norms: list[float] = []
         scaled = 0
         for m in self.all_modules():
+            if isinstance(m, NormModule):  # LyCORIS leaves the norm offsets out of max-norm
+                continue
             dw = m.delta_weight()
             if device is not None:
                 dw = dw.to(device)
@@ -225,18 +258,84 @@ class AdapterNetwork(nn.Module):
         return scaled, sum(norms) / len(norms), max(norms)
 
 
+RankOf = Callable[[str, str], Optional[tuple[int, Optional[float]]]]
+
+
 def build_modules(algo_cls: type[AdapterModule], root: nn.Module, prefix: str, parent_match,
-                  rules: TargetRules, by_kind: dict[str, tuple[int, Optional[float]]], path_fn,
-                  module_kwargs: dict[str, Any]) -> dict[str, AdapterModule]:
+                  rules: TargetRules, rank_of: RankOf, path_fn, module_kwargs: dict[str, Any]
+                  ) -> dict[str, AdapterModule]:
+    """One module per target; rank_of(name, kind) gives its (dim, alpha), None = not adapted."""
     out: dict[str, AdapterModule] = {}
     for path, child, kind in find_targets(root, parent_match, rules):
-        if kind not in by_kind:
-            continue
-        dim, alpha = by_kind[kind]
         name = prefix + path_fn(path).replace(".", "_")
+        rank = rank_of(name, kind)
+        if rank is None:
+            continue
         if name in out:
             raise ValueError(f"duplicated adapter name: {name}")
-        out[name] = algo_cls(name, child, dim, alpha, **module_kwargs)
+        out[name] = algo_cls(name, child, rank[0], rank[1], **module_kwargs)
+    return out
+
+
+def loraplus_ratios(cfg: Any) -> tuple[Optional[float], Optional[float]]:
+    """(text encoder, UNet) LoRA+ ratio: the part's own ratio, else loraplus_lr_ratio (sd-scripts' `or`)."""
+    return (cfg.loraplus_text_encoder_lr_ratio or cfg.loraplus_lr_ratio,
+            cfg.loraplus_unet_lr_ratio or cfg.loraplus_lr_ratio)
+
+
+def check_network_config(cfg: Any) -> None:
+    """The kohya network settings the algorithm cannot take, all in one ConfigError (before the model
+    loads; create_network checks again). An unknown network_type fails here too."""
+    algo_cls = get_algorithm(cfg.network_type)
+    algo = cfg.network_type
+    problems: list[tuple[str, str, str]] = []  # (key, what, fix)
+    if blockwise_on(cfg):
+        key = "block_dims" if cfg.block_dims is not None else "down_lr_weight"
+        if not algo_cls.BLOCKWISE:
+            problems.append((key, f"block-wise dims / lr weights are settings of kohya's networks.lora; network_type "
+                                  f"{algo} has none", "use network_type lora (kohya LoRA / LoCon) or remove the "
+                                                       "block_* and *_lr_weight keys"))
+        if cfg.network_preset == "full":
+            problems.append((key, "network_preset full adapts conv_in, conv_out and the time embedding, which "
+                                  "lie outside the 25 blocks", "use network_preset kohya with block settings"))
+        if cfg.dim_from_weights:
+            problems.append(("dim_from_weights", "dim_from_weights takes one rank per layer kind from the file; "
+                             "block_dims gives each block its own", "remove dim_from_weights and set block_dims "
+                                                                     "to the file's ranks"))
+    if any(loraplus_ratios(cfg)) and not algo_cls.LORAPLUS:
+        problems.append(("loraplus_lr_ratio", f"LoRA+ scales the lr of lora_up matrices; network_type {algo} "
+                                              "has none (kohya and LyCORIS would ignore the ratio)",
+                         "use network_type lora or locon, or remove the loraplus_* keys"))
+    if cfg.train_norm:
+        if not algo_cls.TRAIN_NORM:
+            problems.append(("train_norm", f"train_norm is a LyCORIS option; kohya's networks.lora ({algo}) has "
+                                           "none", "use network_type locon (LyCORIS LoCon) or remove train_norm"))
+        if cfg.network_preset in ("attn-mlp", "attn-only"):
+            problems.append(("train_norm", f"network_preset {cfg.network_preset} adapts no block that holds a "
+                                           "norm layer", "use network_preset kohya or full, or remove train_norm"))
+    if (blockwise_on(cfg) or cfg.train_norm) and cfg.network_weights:
+        problems.append(("network_weights", "continuing from network_weights is not implemented with "
+                                            "block_dims / block lr weights / train_norm",
+                         "resume from a saved state (--resume), or remove network_weights"))
+    if problems:
+        key, what, fix = problems[0]
+        if len(problems) > 1:
+            what = "\n  - ".join([f"{len(problems)} network settings conflict:"]
+                                 + [f"{k}: {w} (fix: {f})" for k, w, f in problems])
+            fix = "see each line"
+        raise ConfigError(what, key=key, fix=fix)
+
+
+def extra_network_args(cfg: Any) -> dict[str, str]:
+    """ss_network_args entries of the block, LoRA+ and train_norm settings (sd-scripts/LyCORIS spellings)."""
+    out = block_network_args(cfg)
+    for key, value in (("loraplus_lr_ratio", cfg.loraplus_lr_ratio),
+                       ("loraplus_unet_lr_ratio", cfg.loraplus_unet_lr_ratio),
+                       ("loraplus_text_encoder_lr_ratio", cfg.loraplus_text_encoder_lr_ratio)):
+        if value:
+            out[key] = fmt_num(value)
+    if cfg.train_norm:
+        out["train_norm"] = "True"
     return out
 
 
@@ -249,10 +348,16 @@ def create_network(cfg: Any, unet: Optional[nn.Module], text_encoder: Optional[n
     nothing but the file size.
     """
     algo_cls = get_algorithm(cfg.network_type)
+    check_network_config(cfg)
     args = algo_cls.parse_args(cfg)  # unknown network_args keys fail here, before any module is built
     rules = algo_cls.target_rules(cfg)
     ranks = algo_cls.rank_settings(cfg)
-    unet_rules, te_rules, by_kind = apply_preset(getattr(cfg, "network_preset", "kohya"), rules, ranks.by_kind, cfg)
+    blocks = block_ranks(cfg)
+    if blocks is not None and blocks.conv_dims is not None and not rules.conv3x3:
+        # conv_block_dims adapts the conv blocks as conv_dim does (sd-scripts: its target list)
+        rules = replace(rules, unet_parents=rules.unet_parents + UNET_CONV_PARENTS, conv3x3=True)
+        ranks.by_kind[CONV3X3] = (cfg.network_dim, cfg.conv_alpha)  # kind enabled; blocks give the ranks
+    unet_rules, te_rules, by_kind = apply_preset(cfg.network_preset, rules, ranks.by_kind, cfg)
     kw = dict(multiplier=multiplier, dropout=cfg.network_dropout, rank_dropout=cfg.rank_dropout,
               module_dropout=cfg.module_dropout, args=args, **ranks.extra)
     train_unet = unet is not None and not cfg.network_train_text_encoder_only and cfg.resolved_unet_lr() > 0
@@ -261,11 +366,27 @@ def create_network(cfg: Any, unet: Optional[nn.Module], text_encoder: Optional[n
     if not (train_unet or train_te):
         raise ConfigError("nothing to train: the UNet and the text encoder both have learning rate 0",
                         key="unet_lr", fix="set unet_lr or text_encoder_lr above 0")
-    te_modules = build_modules(algo_cls, text_encoder, TE_PREFIX, te_rules.te_match, te_rules, by_kind,
+
+    def by_kind_rank(name: str, kind: str) -> Optional[tuple[int, Optional[float]]]:
+        return by_kind.get(kind)
+
+    te_modules = build_modules(algo_cls, text_encoder, TE_PREFIX, te_rules.te_match, te_rules, by_kind_rank,
                                te_path, kw) if train_te else {}
     parents = set(unet_rules.unet_parents)
-    unet_modules = build_modules(algo_cls, unet, UNET_PREFIX, lambda names: bool(names & parents), unet_rules,
-                                 by_kind, lambda p: p, kw) if train_unet else {}
+
+    def unet_match(names: set[str]) -> bool:
+        return bool(names & parents)
+
+    unet_rank = blocks.rank if blocks is not None else by_kind_rank
+    unet_modules = build_modules(algo_cls, unet, UNET_PREFIX, unet_match, unet_rules, unet_rank,
+                                 lambda p: p, kw) if train_unet else {}
+    if cfg.train_norm:
+        if train_te:
+            te_modules.update(build_norm_modules(text_encoder, TE_PREFIX, te_rules.te_match, te_path, kw))
+        if train_unet:
+            unet_modules.update(build_norm_modules(unet, UNET_PREFIX, unet_match, lambda p: p, kw))
     return AdapterNetwork(algo_cls, unet_modules, te_modules, train_unet=train_unet,
-                          train_text_encoder=train_te, network_args=algo_cls.network_args(cfg),
-                          multiplier=multiplier)
+                          train_text_encoder=train_te,
+                          network_args={**algo_cls.network_args(cfg), **extra_network_args(cfg)},
+                          multiplier=multiplier, block_lr_weights=block_lr_weights(cfg),
+                          loraplus_ratios=loraplus_ratios(cfg))

@@ -141,6 +141,49 @@ class TrainConfig(BaseModel):
     dim_from_weights: bool = F(
         False, "network", "Take network_dim/network_alpha and conv_dim/conv_alpha from the network_weights file "
                           "instead of the config.")
+    # block-wise settings (sd-scripts networks.lora; adapters/blockwise.py): the SD1/SD2 UNet in 25 blocks
+    # IN00-IN11, MID, OUT00-OUT11 as sd-scripts counts them (IN00 and the text encoder have no block value)
+    block_dims: Optional[list[int]] = F(
+        None, "network", "Rank of the Linear / 1x1 adapters of each of the 25 UNet blocks (IN00-IN11, MID, "
+        "OUT00-OUT11), e.g. '2,2,2,2,4,4,4,4,6,6,6,6,8,6,6,6,6,4,4,4,4,2,2,2,2'; a block with 0 gets no adapters; "
+        "the text encoder keeps network_dim. '' or unset = network_dim everywhere. network_type lora only.")
+    block_alphas: Optional[list[float]] = F(
+        None, "network", "Alpha of each of the 25 blocks (with block_dims or block lr weights); unset = "
+        "network_alpha (unset network_alpha: each block's dim).")
+    conv_block_dims: Optional[list[int]] = F(
+        None, "network", "Rank of the 3x3-conv adapters of each of the 25 blocks (adds the ResNet/Down-/Upsample "
+        "convs as conv_dim does; 0 = none in that block); unset = conv_dim in every block. Needs block_dims or "
+        "block lr weights.")
+    conv_block_alphas: Optional[list[float]] = F(
+        None, "network", "Alpha of the 3x3-conv adapters of each block (with conv_block_dims); unset = conv_alpha "
+        "(unset conv_alpha: each block's conv dim).")
+    down_lr_weight: Optional[str | list[float]] = F(
+        None, "network", "UNet lr multiplier of the 12 down blocks IN00-IN11 (shallow -> deep): up to 12 numbers "
+        "(missing ones are 1, an empty entry 0) or a preset sine, cosine, linear, reverse_linear, zeros with an "
+        "optional '+number' added to each (e.g. 'sine+0.5'). A block at or below block_lr_zero_threshold gets "
+        "no adapters. network_type lora only.")
+    mid_lr_weight: Optional[list[float]] = F(
+        None, "network", "UNet lr multiplier of the MID block (one number).", max_length=1)
+    up_lr_weight: Optional[str | list[float]] = F(
+        None, "network", "UNet lr multiplier of the 12 up blocks OUT00-OUT11 (deep -> shallow); as down_lr_weight.")
+    block_lr_zero_threshold: float = F(
+        0.0, "network", "A block lr weight not above this becomes 0: that block gets no adapters.", ge=0)
+    # LoRA+ (sd-scripts and LyCORIS: the lora_up matrices learn at lr x ratio)
+    loraplus_lr_ratio: Optional[float] = F(
+        None, "network", "LoRA+: the up (B) matrices train at lr x this ratio (about 16), in groups of their own "
+        "('unet plus', 'textencoder plus'); 0 or unset = off. network_type lora or locon (the ones with lora_up "
+        "matrices).",
+        ge=0, le=1024)
+    loraplus_unet_lr_ratio: Optional[float] = F(
+        None, "network", "LoRA+ ratio for the UNet; replaces loraplus_lr_ratio there (0 or unset = that value).",
+        ge=0, le=1024)
+    loraplus_text_encoder_lr_ratio: Optional[float] = F(
+        None, "network", "LoRA+ ratio for the text encoder; replaces loraplus_lr_ratio there (0 or unset = that "
+        "value).", ge=0, le=1024)
+    train_norm: bool = F(
+        False, "network", "LyCORIS: also train the LayerNorm / GroupNorm layers inside the adapted UNet blocks "
+        "(W + w_norm, b + b_norm, saved as <name>.w_norm / .b_norm). Any network_type but lora (kohya's networks.lora "
+        "has no train_norm; use locon).")
     network_train_unet_only: bool = F(False, "network", "Train the UNet adapters only.")
     network_train_text_encoder_only: bool = F(False, "network", "Train the text-encoder adapters only.")
 
@@ -351,6 +394,67 @@ class TrainConfig(BaseModel):
     def _caption_ext(cls, v: str) -> str:
         return v if v.startswith(".") or v == "" else "." + v
 
+    @field_validator("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", mode="before")
+    @classmethod
+    def _block_list(cls, v: Any) -> Any:
+        # the GUI writes "2,2,...,2" and "" for unset; sd-scripts network_args the same string
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",")] if v.strip() else None
+        return v
+
+    @field_validator("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas")
+    @classmethod
+    def _block_list_values(cls, v: Optional[list]) -> Optional[list]:
+        if v is not None and len(v) != 25:
+            raise ValueError(f"{len(v)} values; give 25, one per UNet block (IN00-IN11, MID, OUT00-OUT11)")
+        if v is not None and any(d < 0 for d in v):
+            raise ValueError(f"a value is negative ({min(v)}); a block without adapters has dim 0")
+        return v
+
+    @field_validator("down_lr_weight", "up_lr_weight", mode="before")
+    @classmethod
+    def _lr_weight(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return [float(v)]
+        if not isinstance(v, str):
+            return v
+        text = v.strip()
+        if not text:
+            return None
+        if "," in text or _is_number(text):  # sd-scripts: an empty entry is 0
+            return [float(p) if p.strip() else 0.0 for p in text.split(",")]
+        name, _, plus = text.partition("+")
+        if name not in LR_WEIGHT_PRESETS or (plus and not _is_number(plus)):
+            raise ValueError(f"'{v}' is neither up to 12 comma-separated numbers nor a preset "
+                             f"({', '.join(LR_WEIGHT_PRESETS)}, optionally '+number', e.g. 'sine+0.5')")
+        return text
+
+    @field_validator("down_lr_weight", "up_lr_weight")
+    @classmethod
+    def _lr_weight_len(cls, v: Any) -> Any:
+        if isinstance(v, list) and len(v) > 12:
+            raise ValueError(f"{len(v)} values; the SD1/SD2 UNet has 12 down and 12 up blocks")
+        return v
+
+    @field_validator("mid_lr_weight", mode="before")
+    @classmethod
+    def _mid_lr_weight(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return [float(v)]
+        if isinstance(v, str):
+            return [float(p) if p.strip() else 0.0 for p in v.split(",")] if v.strip() else None
+        return v
+
+    @field_validator("block_lr_zero_threshold", mode="before")
+    @classmethod
+    def _threshold(cls, v: Any) -> Any:
+        return 0.0 if isinstance(v, str) and not v.strip() else v  # the GUI's empty text box
+
+    @field_validator("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
+    @classmethod
+    def _loraplus(cls, v: Optional[float]) -> Optional[float]:
+        return None if v == 0 else v  # the GUI writes 0 for off; sd-scripts gets no argument then
+
     @field_validator("network_alpha", "conv_alpha")
     @classmethod
     def _alpha(cls, v: Optional[float]) -> Optional[float]:
@@ -361,6 +465,9 @@ class TrainConfig(BaseModel):
         if self.network_train_unet_only and self.network_train_text_encoder_only:
             raise ValueError("network_train_unet_only and network_train_text_encoder_only are both set; "
                              "set at most one")
+        problems = block_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     # ---- derived values ------------------------------------------------------------
@@ -395,3 +502,32 @@ def parse_kv_args(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
 def field_section(name: str) -> str:
     extra = TrainConfig.model_fields[name].json_schema_extra or {}
     return extra.get("section", "training")  # type: ignore[union-attr]
+
+
+LR_WEIGHT_PRESETS = ("sine", "cosine", "linear", "reverse_linear", "zeros")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def block_problems(cfg: "TrainConfig") -> list[str]:
+    """Block settings that sd-scripts would ignore without a word: each a problem with its fix."""
+    out = []
+    lr_weights = any(v is not None for v in (cfg.down_lr_weight, cfg.mid_lr_weight, cfg.up_lr_weight))
+    if not (cfg.block_dims is not None or lr_weights):
+        for key, value in (("block_alphas", cfg.block_alphas), ("conv_block_dims", cfg.conv_block_dims)):
+            if value is not None:
+                out.append(f"{key} is set but block_dims and the block lr weights are not (sd-scripts would ignore "
+                           f"it); also set block_dims (e.g. network_dim 25 times) or remove {key}")
+    if cfg.conv_block_alphas is not None and cfg.conv_block_dims is None:
+        out.append("conv_block_alphas is set but conv_block_dims is not (sd-scripts would ignore it); set "
+                   "conv_block_dims or remove conv_block_alphas")
+    if cfg.block_lr_zero_threshold and not lr_weights:
+        out.append("block_lr_zero_threshold is set but no block lr weight (down_lr_weight, mid_lr_weight, "
+                   "up_lr_weight); set one or remove block_lr_zero_threshold")
+    return out

@@ -157,8 +157,8 @@ def optimizer_warnings(cfg: TrainConfig, param_groups: list[dict[str, Any]]) -> 
         out.append(f"{cfg.optimizer_type} adapts its step size and expects lrs around 1.0; the largest here is "
                    f"{max(lrs):g}, which scales every step down by that factor")
     if adafactor_relative_step(cfg) and len(set(lrs)) > 1:
-        out.append("Adafactor with relative_step=True computes its own lr: unet_lr and text_encoder_lr are "
-                   "ignored (set optimizer_args relative_step=False to use them)")
+        out.append("Adafactor with relative_step=True computes its own lr: unet_lr, text_encoder_lr, the LoRA+ "
+                   "ratios and the block lr weights are ignored (set optimizer_args relative_step=False to use them)")
     out += schedule_free_warnings(cfg.optimizer_type, cls, optimizer_kwargs(cfg, spec), lrs, cfg.lr_scheduler,
                                   cfg.lr_scheduler_type, cfg.lr_warmup_steps, cfg.max_grad_norm)
     return out
@@ -179,10 +179,12 @@ def build_optimizer(cfg: TrainConfig, param_groups: list[dict[str, Any]]) -> tor
             g.pop("lr", None)
     elif is_adaptive(cls) and len({g["lr"] for g in groups if g["lr"] > 0}) > 1:
         if cls.__name__ not in SCALABLE:
+            lrs = ", ".join(f"{g.get('name', i)} {g['lr']:g}" for i, g in enumerate(groups))
             raise ConfigError(
-                f"{cfg.optimizer_type} cannot give the text encoder and the UNet different lrs (its update is not "
+                f"{cfg.optimizer_type} cannot train parameter groups at different lrs ({lrs}; its update is not "
                 "a step of adjustable size)", key="text_encoder_lr",
-                fix=f"set text_encoder_lr = unet_lr, or use one of {', '.join(sorted(SCALABLE))}")
+                fix=f"set text_encoder_lr = unet_lr and leave out loraplus_* and the block lr weights, or use one "
+                    f"of {', '.join(sorted(SCALABLE))}")
         cls = scaled_class(cls)
     try:
         opt = cls(groups, lr=lr, **kwargs)

@@ -14,6 +14,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
+from ..adapters.network import check_network_config
 from ..config.schema import TrainConfig
 from ..errors import ConfigError
 from ..events import EventBus
@@ -76,6 +77,7 @@ def preflight(cfg: TrainConfig, overwrite: bool):
     if not cfg.output_dir:
         raise ConfigError("no output folder given", key="output_dir", fix="pass --output DIR")
     resolve_optimizer(cfg.optimizer_type)
+    check_network_config(cfg)
     validate_noise_config(cfg, cfg.v_parameterization or None)
     validate_data_config(cfg)
     validate_speed_config(cfg)
