@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .declare import LYCORIS_MODULE, FileFormat, GuiLoraType
 
 # A layer kind decides which rank/alpha a target gets (kohya: 3x3 convs use conv_dim).
 LINEAR, CONV1X1, CONV3X3 = "linear", "conv1x1", "conv3x3"
@@ -152,11 +153,19 @@ def validate_network_args(algo_cls: type, raw: Optional[dict[str, Any]]) -> dict
 class AdapterModule(nn.Module):
     """One adapter on one Linear/Conv2d. Subclasses register themselves with a name."""
 
-    algo: ClassVar[str] = "base"
-    network_module: ClassVar[str] = "networks.lora"  # ss_network_module in the metadata
+    algo: ClassVar[str] = "base"  # network_type (set by @register)
+    # --- the declaration (declare.py; the registry answers every lookup from it) ---
+    network_module: ClassVar[str] = "networks.lora"  # sd-scripts' --network_module, ss_network_module
+    lycoris_algos: ClassVar[tuple[str, ...]] = ()  # LyCORIS algo= names; the first is written
+    gui_lora_types: ClassVar[dict[str, GuiLoraType]] = {}  # kohya_ss GUI LoRA_type -> what it passes
+    file_formats: ClassVar[tuple[FileFormat, ...]] = ()  # how its modules look in a file
+    metadata_label: ClassVar[Optional[str]] = None  # a label for its files that only the metadata gives
+    has_rank: ClassVar[bool] = True  # False: network_dim / alpha mean nothing (ss_network_dim "None")
     LYCORIS_CONV_DEFAULTS: ClassVar[bool] = False  # unset conv_dim/conv_alpha take network_dim/alpha
     # network_args this algorithm accepts, with their defaults (the default's type parses strings)
     ARGS: ClassVar[dict[str, Any]] = {}
+    # network_args not written to ss_network_args: runtime choices, or options that mean nothing here
+    UNWRITTEN_ARGS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], *,
                  multiplier: float = 1.0, dropout: Optional[float] = None,
@@ -396,10 +405,18 @@ class AdapterModule(nn.Module):
         return RankSettings(kinds)
 
     @classmethod
+    def module_for(cls, cfg: Any) -> str:
+        """ss_network_module for the network `cfg` builds: the sd-scripts module that rebuilds it."""
+        return cls.network_module
+
+    @classmethod
     def network_args(cls, cfg: Any) -> dict[str, str]:
-        """The ss_network_args dict (kohya writes the --network_args strings)."""
-        out: dict[str, str] = {}
-        conv = cls.rank_settings(cfg).by_kind.get(CONV3X3)
+        """The ss_network_args dict, the --network_args strings that rebuild this network in
+        sd-scripts: conv_dim/conv_alpha (with a rank), the dropouts, and for lycoris.kohya its algo
+        and the algorithm's options (all of them, as LyCORIS files carry them)."""
+        lycoris = cls.module_for(cfg) == LYCORIS_MODULE
+        out: dict[str, str] = {"algo": cls.lycoris_algos[0]} if lycoris else {}
+        conv = cls.rank_settings(cfg).by_kind.get(CONV3X3) if cls.has_rank else None
         if conv is not None:
             out["conv_dim"] = fmt_num(conv[0])
             out["conv_alpha"] = fmt_num(conv[0] if conv[1] is None else conv[1])
@@ -407,7 +424,17 @@ class AdapterModule(nn.Module):
             out["rank_dropout"] = fmt_num(cfg.rank_dropout)
         if cfg.module_dropout:
             out["module_dropout"] = fmt_num(cfg.module_dropout)
+        if lycoris:
+            out.update((k, fmt_arg(v)) for k, v in cls.parse_args(cfg).items() if k not in cls.UNWRITTEN_ARGS)
         return out
+
+    @classmethod
+    def metadata_dims(cls, cfg: Any) -> tuple[str, str]:
+        """(ss_network_dim, ss_network_alpha): "None" for both where the type has no rank, as
+        sd-scripts writes an unset network_dim."""
+        if not cls.has_rank:
+            return "None", "None"
+        return str(cfg.network_dim), str(cfg.network_alpha if cfg.network_alpha is not None else cfg.network_dim)
 
     # --- merging -------------------------------------------------------------------
     @torch.no_grad()
@@ -415,7 +442,11 @@ class AdapterModule(nn.Module):
         """Add multiplier * delta W into the wrapped weight (restore() first to avoid doubling)."""
         m = self.multiplier if multiplier is None else multiplier
         w = self.org.weight
-        w.copy_((w.float() + m * self.delta_weight().float().to(w.device)).to(w.dtype))
+        w.copy_((w.float() + m * self.merge_delta().to(w.device)).to(w.dtype))
+
+    def merge_delta(self) -> torch.Tensor:
+        """The float32 delta merge() adds (scaled by the multiplier): delta W, or W' - W for DoRA."""
+        return self.delta_weight().float()
 
     def extra_repr(self) -> str:
         return f"{self.name}, dim={self.dim}, alpha={float(self.alpha):g}, kind={self.kind}"

@@ -20,13 +20,22 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import CONV3X3, AdapterModule, RankSettings
+from .declare import LOADERS, LOADS, LYCORIS_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat, GuiLoraType, Loads, has_all
 from .registry import register
+
+FULL = FileFormat("full", has_all("diff"), {**{ui: LOADS for ui in LOADERS}, "diffusers": Loads(NO)},
+                  kernel_key="diff", rankless=lambda ts: "no rank (full matrices)")
 
 
 @register("full")
 class FullModule(AdapterModule):
-    network_module = "lycoris.kohya"
+    network_module = LYCORIS_MODULE
+    lycoris_algos = ("full",)
+    gui_lora_types = {"LyCORIS/Native Fine-Tuning": GuiLoraType(LYCORIS_MODULE, LYCORIS_GUI_ARGS)}
+    file_formats = (FULL,)
+    has_rank = False
     ARGS: dict[str, Any] = {"use_tucker": False}  # LyCORIS configs carry it; no meaning here
+    UNWRITTEN_ARGS = ("use_tucker",)
 
     def __init__(self, name: str, org: nn.Module, dim: int = 1, alpha: Optional[float] = None, **kw: Any):
         super().__init__(name, org, 1, None, **kw)  # no rank, no alpha
@@ -107,11 +116,3 @@ class FullModule(AdapterModule):
         rs = super().rank_settings(cfg)
         rs.by_kind.setdefault(CONV3X3, (1, None))  # LoCon's targets: 3x3 convs always
         return rs
-
-    @classmethod
-    def network_args(cls, cfg: Any) -> dict[str, str]:
-        out = super().network_args(cfg)
-        for k in ("conv_dim", "conv_alpha", "use_tucker"):  # no rank, and Tucker means nothing here
-            out.pop(k, None)
-        out["algo"] = "full"
-        return out

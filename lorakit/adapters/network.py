@@ -93,10 +93,11 @@ class AdapterNetwork(nn.Module):
 
     def __init__(self, algo_cls: type[AdapterModule], unet_modules: dict[str, AdapterModule],
                  text_encoder_modules: dict[str, AdapterModule], *, train_unet: bool, train_text_encoder: bool,
-                 network_args: Optional[dict[str, str]] = None, multiplier: float = 1.0):
+                 network_args: Optional[dict[str, str]] = None, multiplier: float = 1.0,
+                 network_module: Optional[str] = None):
         super().__init__()
         self.algo = algo_cls.algo
-        self.network_module_name = algo_cls.network_module
+        self.network_module_name = network_module or algo_cls.network_module
         self.network_args: dict[str, str] = dict(network_args or {})
         self.train_unet = train_unet
         self.train_text_encoder = train_text_encoder
@@ -268,4 +269,4 @@ def create_network(cfg: Any, unet: Optional[nn.Module], text_encoder: Optional[n
                                  by_kind, lambda p: p, kw) if train_unet else {}
     return AdapterNetwork(algo_cls, unet_modules, te_modules, train_unet=train_unet,
                           train_text_encoder=train_te, network_args=algo_cls.network_args(cfg),
-                          multiplier=multiplier)
+                          multiplier=multiplier, network_module=algo_cls.module_for(cfg))
