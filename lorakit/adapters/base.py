@@ -12,7 +12,7 @@ AdapterModule and provides at least :meth:`delta_weight` and
 once more with delta W. Rank-structured algorithms override delta_forward with a
 cheaper bypass (LoRA: up(down(x))) and use :meth:`rank_dropouts`.
 
-Dropouts (kohya-semantics 2.11) act only while both this module and the wrapped
+Dropouts (docs/adapters.md "Dropouts") act only while both this module and the wrapped
 module are in training mode; sampling with ``unet.eval()`` or ``network.eval()``
 never drops anything. They do not depend on ``torch.is_grad_enabled()``:
 reentrant gradient checkpointing runs the first forward without grad, and the
@@ -64,6 +64,13 @@ class RankSettings:
     """dim/alpha per layer kind; a kind missing from `by_kind` is not adapted."""
     by_kind: dict[str, tuple[int, Optional[float]]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # algorithm keyword arguments
+
+
+def lycoris_conv_rank(cfg: Any) -> tuple[int, Optional[float]]:
+    """(dim, alpha) of the 3x3 convs by LyCORIS's rule: conv_dim defaults to network_dim and
+    conv_alpha to network_alpha (kohya's networks.lora instead adapts no 3x3 conv without conv_dim)."""
+    return (cfg.network_dim if cfg.conv_dim is None else cfg.conv_dim,
+            cfg.network_alpha if cfg.conv_alpha is None else cfg.conv_alpha)
 
 
 def fmt_num(v: float | int) -> str:
@@ -240,7 +247,7 @@ class AdapterModule(nn.Module):
     def merged_forward(self, x: torch.Tensor, dw: torch.Tensor,
                        bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """op(x, W + multiplier * dw) with the wrapped layer's bias (or `bias`): one op where the
-        bypass runs two or three (adapter-format.md "Speed facts"). No per-sample dropout can act
+        bypass runs two or three (docs/adapters.md "Speed"). No per-sample dropout can act
         in this form."""
         org = self.org
         w = org.weight
@@ -350,23 +357,29 @@ class AdapterModule(nn.Module):
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Load this module's tensors from a file (names as tensors_to_save)."""
         own = self.state_dict()
-        missing = sorted(set(own) - set(tensors) - {"alpha"})
-        unexpected = sorted(set(tensors) - set(own))
-        if missing or unexpected:
-            raise ConfigError(f"{self.name}: the file has tensors {sorted(tensors)}, a {self.algo} module needs "
-                              f"{sorted(own)}", key="network_type",
-                              fix="load the file with the network_type it was trained with")
+        if set(own) - set(tensors) - {"alpha"} or set(tensors) - set(own):
+            raise self.other_tensors(tensors, own)
         with torch.no_grad():
             for k, v in tensors.items():
-                dst = own[k]
-                if v.numel() != dst.numel():
-                    raise ConfigError(f"{self.name}.{k}: shape {tuple(v.shape)} in the file, "
-                                      f"{tuple(dst.shape)} here", key="network_dim",
-                                      fix="set network_dim / conv_dim to the values the file was trained with")
-                dst.copy_(v.reshape(dst.shape))
+                self.copy_in(k, v, own[k])
             if "alpha" in own and "alpha" not in tensors:
                 self.alpha.fill_(self.dim)  # loaders read a file without alpha as alpha = dim
         self.refresh_scale()
+
+    def other_tensors(self, tensors: dict[str, Any], need: Any) -> ConfigError:
+        """The error for a file whose module has other tensors than this module's `need`."""
+        article = "an" if self.algo[:1] in "aeiou" else "a"
+        return ConfigError(f"{self.name}: the file has tensors {sorted(tensors)}, {article} {self.algo} module needs "
+                           f"{sorted(need)}", key="network_type",
+                           fix="load the file with the network_type it was trained with")
+
+    def copy_in(self, k: str, v: torch.Tensor, dst: torch.Tensor, key: str = "network_dim",
+                fix: str = "set network_dim / conv_dim to the values the file was trained with") -> None:
+        """Copy the file's tensor `k` into `dst` (same number of elements, else a ConfigError)."""
+        if v.numel() != dst.numel():
+            raise ConfigError(f"{self.name}.{k}: shape {tuple(v.shape)} in the file, {tuple(dst.shape)} here",
+                              key=key, fix=fix)
+        dst.copy_(v.reshape(dst.shape))
 
     def refresh_scale(self) -> None:
         alpha = float(self.alpha)
@@ -395,13 +408,10 @@ class AdapterModule(nn.Module):
         """kohya networks/lora.py: Linear and 1x1 conv get network_dim/alpha, 3x3 convs conv_dim/alpha."""
         kinds: dict[str, tuple[int, Optional[float]]] = {
             LINEAR: (cfg.network_dim, cfg.network_alpha), CONV1X1: (cfg.network_dim, cfg.network_alpha)}
-        if cfg.conv_dim is not None:
+        if cls.LYCORIS_CONV_DEFAULTS:
+            kinds[CONV3X3] = lycoris_conv_rank(cfg)
+        elif cfg.conv_dim is not None:
             kinds[CONV3X3] = (cfg.conv_dim, cfg.conv_alpha)
-        if cls.LYCORIS_CONV_DEFAULTS:  # LyCORIS: conv_dim = network_dim, conv_alpha = network_alpha when unset
-            if cfg.conv_dim is None:
-                kinds[CONV3X3] = (cfg.network_dim, cfg.network_alpha)
-            elif cfg.conv_alpha is None:
-                kinds[CONV3X3] = (cfg.conv_dim, cfg.network_alpha)
         return RankSettings(kinds)
 
     @classmethod

@@ -1,7 +1,7 @@
 """BOFT: butterfly orthogonal fine-tuning (LyCORIS "boft").
 
 EXPERIMENTAL: of the common loaders only ComfyUI reads it; A1111, Forge and diffusers do not
-(adapter-format.md, "Who loads what").
+(docs/adapters.md "Who loads what").
 
 The out output channels are factored as out = b * N with b even and N = 2^p a power of two,
 b the largest even number <= dim (network_dim / conv_dim) that allows it (LyCORIS's

@@ -18,7 +18,6 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..errors import ConfigError
 from .base import CONV3X3, AdapterModule, RankSettings
 from .declare import LOADERS, LOADS, LYCORIS_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat, GuiLoraType, Loads, has_all
 from .registry import register
@@ -89,21 +88,14 @@ class FullModule(AdapterModule):
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         need = {"diff"} | ({"diff_b"} if self.diff_b is not None else set())
         if "diff" not in tensors or set(tensors) - need:
-            raise ConfigError(f"{self.name}: the file has tensors {sorted(tensors)}, a full module needs "
-                              f"{sorted(need)}", key="network_type",
-                              fix="load the file with the network_type it was trained with")
+            raise self.other_tensors(tensors, need)
         with torch.no_grad():
             for k in need:
                 dst = getattr(self, k)
                 if k not in tensors:  # a file without diff_b leaves the bias unchanged
                     dst.zero_()
                     continue
-                v = tensors[k]
-                if v.numel() != dst.numel():
-                    raise ConfigError(f"{self.name}.{k}: shape {tuple(v.shape)} in the file, "
-                                      f"{tuple(dst.shape)} here", key="network_type",
-                                      fix="load the file into the model it was trained on")
-                dst.copy_(v.reshape(dst.shape))
+                self.copy_in(k, tensors[k], dst, "network_type", "load the file into the model it was trained on")
 
     def refresh_scale(self) -> None:
         self.scale = 1.0

@@ -1,5 +1,5 @@
 """GLoRA (LyCORIS "glora", file format of LyCORIS >= 3). EXPERIMENTAL: ComfyUI loads it,
-Forge partly, A1111 and diffusers not (adapter-format.md "Who loads what").
+Forge partly, A1111 and diffusers not (docs/adapters.md "Who loads what").
 
 delta W = s * (W @ A1 @ A2 + B1 @ B2), s = alpha / dim:
 - A acts on the input channels: a2.weight (r, in[,1,1]), a1.weight (in, r[,1,1]); for a conv,

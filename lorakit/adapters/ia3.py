@@ -2,7 +2,7 @@
 
 - w has one value per output channel (the layer's output scaled, bias untouched), or per
   input channel when the module trains on its input (the input scaled: x * (1 + w)).
-- Targets (adapter-format.md): to_k, to_v, ff.net.2 in the UNet's Transformer2DModel blocks,
+- Targets (docs/adapters.md "Default targets"): to_k, to_v, ff.net.2 in the UNet's Transformer2DModel blocks,
   k_proj, v_proj, mlp.fc2 in the text encoder (80 + 36 modules on SD1.5).
 - ``train_on_input`` (network arg, default False) applies to ff.net.2 / mlp.fc2 only, as in
   LyCORIS's own iA3 preset; LyCORIS never read it from network args, lorakit honours it.
@@ -134,9 +134,7 @@ class IA3Module(AdapterModule):
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         if "weight" not in tensors or set(tensors) - {"weight", "on_input"}:
-            raise ConfigError(f"{self.name}: the file has tensors {sorted(tensors)}, an ia3 module needs "
-                              "['on_input', 'weight']", key="network_type",
-                              fix="load the file with the network_type it was trained with")
+            raise self.other_tensors(tensors, ("on_input", "weight"))
         on_input = bool(tensors["on_input"].item()) if "on_input" in tensors else False
         v = tensors["weight"]
         if on_input != self.on_input or v.numel() != self.weight.numel():

@@ -1,4 +1,4 @@
-"""LoHa: the Hadamard product of two low-rank matrices (LyCORIS "loha"; adapter-format.md).
+"""LoHa: the Hadamard product of two low-rank matrices (LyCORIS "loha"; docs/adapters.md).
 
 delta W = (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / dim, in the wrapped weight's shape.
 - Linear / 1x1 conv / 3x3 conv without Tucker: w_a (out, r), w_b (r, in*k*k).
@@ -10,7 +10,7 @@ nothing); t1, t2 ~ N(0, 0.1). Tensors: hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_
 
 Forward: one merged op (merged.py).
 
-Dropouts (only while training, kohya-semantics 2.11; LyCORIS ignores plain dropout here):
+Dropouts (only while training, docs/adapters.md "Dropouts"; LyCORIS ignores plain dropout here):
 - network_dropout: dropout on the elements of delta W (scaled 1/(1-p)), one mask per forward.
 - rank_dropout: each rank of each low-rank factor dropped with p, the factor scaled 1/(1-p),
   one mask per forward (the merged op shares one weight across the batch, so the mask is not
@@ -47,10 +47,8 @@ class LoHaModule(MergedOpModule):
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
-        w = org.weight
-        dev, r, param = w.device, self.dim, self.new_param
-        out_ch, in_ch = w.shape[0], w.shape[1]
-        ksize = tuple(w.shape[2:])
+        (out_ch, in_ch, ksize), r, param = self.layout(), self.dim, self.new_param
+        dev = org.weight.device
         self.tucker = bool(self.args.get("use_tucker")) and self.is_conv and ksize != (1, 1)
 
         if self.tucker:
@@ -60,7 +58,7 @@ class LoHaModule(MergedOpModule):
             _normal_(self.hada_t1, 0.1)
             _normal_(self.hada_t2, 0.1)
         else:
-            flat_in = w[0].numel()  # in * k * k
+            flat_in = org.weight[0].numel()  # in * k * k
             self.hada_w1_a, self.hada_w1_b = param(out_ch, r), param(r, flat_in)
             self.hada_w2_a, self.hada_w2_b = param(out_ch, r), param(r, flat_in)
         _normal_(self.hada_w1_b, 1.0)

@@ -1,4 +1,4 @@
-"""LoKr: a Kronecker product of a small and a large factor (LyCORIS "lokr"; adapter-format.md).
+"""LoKr: a Kronecker product of a small and a large factor (LyCORIS "lokr"; docs/adapters.md).
 
 (a, b) = factorization(out, factor), (c, d) = factorization(in, factor), a <= b, c <= d;
 delta W = kron(W1, W2) * scale reshaped to the wrapped weight, where
@@ -68,10 +68,8 @@ class LoKrModule(MergedOpModule):
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
-        w = org.weight
-        dev, r, param = w.device, self.dim, self.new_param
-        out_ch, in_ch = w.shape[0], w.shape[1]
-        ksize = tuple(w.shape[2:])
+        (out_ch, in_ch, ksize), r, param = self.layout(), self.dim, self.new_param
+        dev = org.weight.device
         factor = int(self.args.get("factor", -1))
         a, b = factorization(out_ch, factor)
         c, d = factorization(in_ch, factor)

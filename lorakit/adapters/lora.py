@@ -1,4 +1,4 @@
-"""LoRA and LoCon (kohya-ss/sd-scripts networks/lora.py semantics; adapter-format.md).
+"""LoRA and LoCon (kohya-ss/sd-scripts networks/lora.py semantics; docs/adapters.md).
 
 delta W = up @ down * alpha / dim.
 - Linear: down (r, in), up (out, r).
@@ -7,7 +7,7 @@ delta W = up @ down * alpha / dim.
 Init: down kaiming_uniform(a=sqrt(5)), up zeros, so a fresh adapter changes nothing.
 Forward is the bypass x -> down -> [network/rank dropout] -> up, the cheapest form for small ranks
 on the CPU and for small layers. network_args merged_op=true runs one op with W + delta W instead
-(faster on an H100 for the 64x64 3x3 convs and the feed-forward, adapter-format.md "Speed facts");
+(faster on an H100 for the 64x64 3x3 convs and the feed-forward, docs/adapters.md "Speed");
 it falls back to the bypass while network/rank dropout act, since their per-sample masks have no
 merged form. Same values either way, to float rounding.
 

@@ -37,6 +37,11 @@ class MergedOpModule(DoRA, AdapterModule):
         super().__init__(name, org, dim, alpha, **kw)
         self.init_dora()
 
+    def layout(self) -> tuple[int, int, tuple[int, ...]]:
+        """(output channels, input channels, kernel size) of the wrapped weight."""
+        w = self.org.weight
+        return w.shape[0], w.shape[1], tuple(w.shape[2:])
+
     def new_param(self, *shape: int) -> nn.Parameter:
         """An uninitialised float32 parameter beside the wrapped weight (meta included)."""
         return nn.Parameter(torch.empty(*shape, device=self.org.weight.device, dtype=torch.float32))

@@ -1,6 +1,6 @@
 """Find the targets in the UNet and text encoder, attach one adapter module to each.
 
-kohya's default targets (adapter-format.md "Default targets"): every Linear and 1x1
+kohya's default targets (docs/adapters.md "Default targets"): every Linear and 1x1
 Conv inside Transformer2DModel blocks (192 modules in SD1.5) and the text encoder's
 CLIPAttention + CLIPMLP linears (72). With conv_dim also ResnetBlock2D, Downsample2D
 and Upsample2D: their 3x3 convs get conv_dim/conv_alpha, time_emb_proj and the 1x1
@@ -202,7 +202,7 @@ class AdapterNetwork(nn.Module):
     @torch.no_grad()
     def apply_max_norm(self, max_norm: float, device: Optional[torch.device | str] = None
                        ) -> tuple[int, float, float]:
-        """kohya-semantics 2.12: cap ||delta W||_F (scale included, multiplier not) at max_norm.
+        """kohya's max-norm regularization (scale_weight_norms): cap ||delta W||_F (scale included, multiplier not) at max_norm.
 
         n = max(||dW||, max_norm/2); ratio = min(n, max_norm)/n; modules with ratio != 1
         are scaled (LoRA: up and down by sqrt(ratio)). Returns (keys_scaled, average

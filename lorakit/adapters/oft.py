@@ -1,7 +1,7 @@
 """Diag-OFT: orthogonal fine-tuning with block-diagonal rotations (LyCORIS "diag-oft").
 
 EXPERIMENTAL: A1111 loads it only with a non-zero constraint, ComfyUI in part, Forge and
-diffusers not at all (adapter-format.md; ``lorakit inspect`` says so for a file).
+diffusers not at all (docs/adapters.md; ``lorakit inspect`` says so for a file).
 
 The output channels are split into blocks: (block_size, block_num) = factorization(out, dim)
 (block_size <= block_num; dim is network_dim / conv_dim). Each block k has a free matrix
