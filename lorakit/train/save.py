@@ -1,4 +1,4 @@
-"""Writing adapter files with kohya's names and ss_* metadata (kohya-semantics.md 2.18-2.19)."""
+"""Writing adapter files with kohya's names and ss_* metadata (sd-scripts' set, docs/adapters.md)."""
 from __future__ import annotations
 
 import datetime
