@@ -110,3 +110,44 @@ def test_tucker_locon_metadata_rebuilds_it_in_lycoris(tmp_path):
     assert len(mids) == sum(k.endswith("lora_mid.weight") for k in sd) == 18
     assert torch.equal(ly.state_dict()[next(k for k in sd if k.endswith("lora_mid.weight"))],
                        sd[next(k for k in sd if k.endswith("lora_mid.weight"))])
+
+
+def test_a_new_type_plugs_in_by_its_declaration(tmp_path):
+    """A type declared in one place reaches classify, inspect's loaders, the importers' lookups and
+    network_weights' format check, with no table elsewhere to edit."""
+    from lorakit.adapters.base import AdapterModule
+    from lorakit.adapters.declare import LOADERS, FileFormat, Loads, has_all
+    from lorakit.adapters.file import save_adapter_file
+    from lorakit.adapters.weights import read_weights_file
+    from lorakit.inspect import inspect_file
+
+    toy = FileFormat("toy", has_all("toy_scale"), {**{ui: Loads("no") for ui in LOADERS},
+                                                   "ComfyUI": Loads("at strength 1 only", "a test's claim")},
+                     rank=lambda ts: int(ts["toy_scale"].shape[0]))
+
+    class ToyModule(AdapterModule):
+        network_module = LYCORIS_MODULE
+        lycoris_algos = ("toy",)
+        gui_lora_types = {"LyCORIS/Toy": GuiLoraType(LYCORIS_MODULE, ("conv",))}
+        file_formats = (toy,)
+
+    registry.available()  # the built-in types first
+    registry.register("toy")(ToyModule)
+    try:
+        assert registry.classify({"toy_scale": torch.zeros(3)}) is toy
+        assert registry.builders(toy) == ["toy"]
+        assert registry.by_lycoris_algo("toy") is ToyModule and registry.lycoris_algos()["toy"] == "toy"
+        assert registry.by_gui_lora_type("LyCORIS/Toy") == (ToyModule, GuiLoraType(LYCORIS_MODULE, ("conv",)))
+        path = tmp_path / "toy.safetensors"
+        save_adapter_file(path, {"lora_unet_mid_block_attentions_0_proj_in.toy_scale": torch.zeros(3),
+                                 "lora_unet_mid_block_attentions_0_proj_in.alpha": torch.tensor(1.5)},
+                          {"ss_network_module": LYCORIS_MODULE, "ss_network_args": '{"algo": "toy"}'}, overwrite=True)
+        report = inspect_file(path)
+        assert [(m.algo, m.dim, m.alpha) for m in report.modules] == [("toy", 3, 1.5)]
+        assert report.loaders()["ComfyUI"] == "at strength 1 only (a test's claim)"
+        assert report.loaders()["A1111"] == "no"
+        wf = read_weights_file(str(path))
+        assert wf.algos == {"lora_unet_mid_block_attentions_0_proj_in": "toy"}
+    finally:
+        registry._ALGORITHMS.pop("toy")
+    assert registry.by_lycoris_algo("toy") is None

@@ -59,8 +59,8 @@ def _a1111(ctx: FileContext) -> Loads:
 def _comfyui(ctx: FileContext) -> Loads:
     if all(constraint_of(ts) == 0 for ts in ctx.modules.values()):
         return COMFY_STRENGTH
-    return Loads("partial", "at strength 1 only (ComfyUI applies the strength twice), and ComfyUI caps the "
-                            "rotation at the raw constraint, not constraint x output channels")
+    return Loads("partial", "at strength 1 only: ComfyUI applies the strength twice; and it caps the rotation "
+                            "at the raw constraint, not constraint x output channels")
 
 
 def _diag_fits(ts: dict[str, torch.Tensor], dim: int) -> bool:
