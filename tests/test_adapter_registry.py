@@ -67,6 +67,9 @@ def test_registry_agrees_with_the_importers_tables():
     (delete this test then)."""
     kohya = pytest.importorskip("lorakit.config.kohya")
     netargs = pytest.importorskip("lorakit.config.netargs")
+    tables = ("LORA_TYPES", "lora_type_module"), ("LYCORIS_ALGOS", "NETWORK_MODULES")
+    if not all(hasattr(mod, n) for mod, names in zip((kohya, netargs), tables) for n in names):
+        pytest.skip("the importers no longer keep their own tables")
     assert registry.lycoris_algos() == netargs.LYCORIS_ALGOS
     assert registry.network_modules() == netargs.NETWORK_MODULES
     types = registry.gui_lora_types()
