@@ -1,40 +1,26 @@
 """`lorakit inspect FILE`: what an adapter file holds and which UIs load it.
 
-Per module the algorithm is read from the tensor names (adapter-format.md "Math and
-tensors"); the rank from the tensor the loaders read it from (lora_down.shape[0],
-hada_w1_b.shape[0], lokr_w1_b/lokr_w2_b.shape[0], a2.weight.shape[0] for GLoRA), alpha from
-the ``alpha`` tensor (rank when absent). DyLoRA files are LoRA files: only the metadata
-(networks.dylora / algo dylora) tells them apart. Loader support is the "Who loads what"
-table; a file loads in a UI only when every algorithm in it does.
+Per module the algorithm is the file format its tensor names show, and the rank is read where the
+loaders read it; both come from the adapter types' declarations (adapters/declare.py, through the
+registry), as do the loaders' answers: a file loads in a UI only as well as its weakest format
+does, and a conditional answer says its condition. DyLoRA files are LoRA files: only the metadata
+(networks.dylora / algo dylora) tells them apart. docs/adapters.md has the table.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
+from .adapters import registry
+from .adapters.declare import LOADERS, NO, YES, FileContext, FileFormat
 from .errors import UserError
 
-UIS = ("A1111", "Forge", "ComfyUI", "diffusers")
-Y, N = "yes", "no"
-# algorithm -> support in A1111, Forge, ComfyUI, diffusers 0.42 (adapter-format.md)
-LOADERS: dict[str, tuple[str, str, str, str]] = {
-    "lora": (Y, Y, Y, Y),
-    "locon": (Y, Y, Y, Y),
-    "locon-tucker": (Y, Y, Y, N),
-    "loha": (Y, Y, Y, N),
-    "lokr": (Y, Y, Y, N),
-    "ia3": (Y, N, N, N),
-    "dylora": (Y, Y, Y, Y),
-    "full": (Y, Y, Y, N),
-    "glora": (N, "partial", Y, N),
-    "diag-oft": ("broken with constraint 0", N, "partial", N),
-    "boft": (N, N, Y, N),
-}
-EXPERIMENTAL = {"glora", "diag-oft", "boft"}
+UIS = LOADERS
 SCALAR_TENSORS = ("alpha", "on_input")
+MODULE_PREFIXES = ("lora_unet_", "lora_te", "lycoris_")
 
 
 @dataclass
@@ -42,9 +28,9 @@ class ModuleInfo:
     name: str
     algo: str
     dim: Optional[int]  # None: no rank (iA3, full, full-matrix LoKr, OFT)
-    alpha: Optional[float]
+    alpha: Optional[float]  # None where there is no rank
     params: int
-    note: str = ""  # iA3: which side it scales
+    note: str = ""  # what a module without rank is (its format's words)
 
 
 @dataclass
@@ -54,6 +40,8 @@ class Report:
     modules: list[ModuleInfo]
     metadata: dict[str, str]
     unknown_keys: list[str] = field(default_factory=list)
+    formats: dict[str, FileFormat] = field(default_factory=dict)  # module name -> its format
+    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)  # module name -> its tensors
 
     @property
     def params(self) -> int:
@@ -62,83 +50,72 @@ class Report:
     def algorithms(self) -> Counter:
         return Counter(m.algo for m in self.modules)
 
+    def format_set(self) -> list[FileFormat]:
+        return list({f.name: f for f in self.formats.values()}.values())
+
     def loaders(self) -> dict[str, str]:
-        """UI -> 'yes' / 'no' / a qualified answer, for the whole file."""
+        """UI -> "yes", "no (why)" or the conditions it loads the file under, for the whole file."""
         out = {}
-        for i, ui in enumerate(UIS):
-            answers = {LOADERS[a][i] if a in LOADERS else "unknown" for a in self.algorithms()}
-            if answers == {Y}:
-                out[ui] = Y
-            elif N in answers:
-                out[ui] = N
+        for ui in UIS:
+            answers = []
+            for fmt in self.format_set():
+                mods = {n: self.tensors[n] for n, f in self.formats.items() if f is fmt}
+                answers.append(fmt.support(ui, FileContext(mods, self.metadata)))
+            refused = [a for a in answers if a.answer == NO]
+            if refused:
+                whys = sorted({a.why for a in refused if a.why})
+                out[ui] = NO + (f" ({'; '.join(whys)})" if whys else "")
+            elif all(a.answer == YES for a in answers):
+                out[ui] = YES
             else:
-                out[ui] = ", ".join(sorted(answers - {Y}))
+                out[ui] = "; ".join(sorted({str(a) for a in answers if a.answer != YES}))
         return out
-
-
-def _shape(t) -> tuple[int, ...]:
-    return tuple(t.shape)
 
 
 def classify(tensors: dict[str, Any]) -> tuple[str, Optional[int]]:
     """(algorithm, rank) of one module from its tensors (names without the module prefix)."""
-    keys = set(tensors)
-    if "lora_down.weight" in keys and "lora_up.weight" in keys:
-        down = tensors["lora_down.weight"]
-        dim = _shape(down)[0]
-        if "lora_mid.weight" in keys:
-            return "locon-tucker", dim
-        if len(_shape(down)) == 4 and _shape(down)[2:] != (1, 1):
-            return "locon", dim
-        return "lora", dim
-    if "hada_w1_a" in keys:
-        return "loha", _shape(tensors["hada_w1_b"])[0] if "hada_w1_b" in keys else None
-    if "lokr_w1" in keys or "lokr_w1_a" in keys:
-        for k in ("lokr_w1_b", "lokr_w2_b"):
-            if k in keys:
-                return "lokr", _shape(tensors[k])[0]
-        return "lokr", None
-    if "diff" in keys:
-        return "full", None
-    if "weight" in keys and ("on_input" in keys or len(_shape(tensors["weight"])) in (1, 4)):
-        return "ia3", None
-    if "a1.weight" in keys and "b1.weight" in keys:
-        return "glora", _shape(tensors["a2.weight"])[0] if "a2.weight" in keys else None
-    if "oft_blocks" in keys:
-        return ("boft" if len(_shape(tensors["oft_blocks"])) == 4 else "diag-oft"), None
-    if "w_norm" in keys:  # LyCORIS train_norm: offsets of a LayerNorm / GroupNorm
-        return "norm", None
-    return "unknown", None
+    fmt = registry.classify(tensors)
+    return ("unknown", None) if fmt is None else (fmt.name, fmt.rank(tensors))
+
+
+def _not_a_file(path: Path) -> UserError:
+    if not path.is_dir():
+        return UserError("adapter file not found", file=str(path), fix="check the path")
+    files = sorted(p.name for p in path.iterdir() if p.suffix.lower() == ".safetensors" and p.is_file())
+    if not files:
+        return UserError("a folder, not an adapter file; it holds no .safetensors files", file=str(path),
+                         fix="give the path of one adapter .safetensors file")
+    shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+    return UserError(f"a folder, not an adapter file; it holds {len(files)} .safetensors files: {shown}",
+                     file=str(path), fix=f"give one of them, e.g. lorakit inspect {path / files[0]}")
 
 
 def inspect_file(path: str | os.PathLike) -> Report:
     """Read `path` and describe it; UserError (exit 2) when it is not an adapter file."""
     from .adapters.file import read_adapter_file
 
+    if not Path(path).is_file():
+        raise _not_a_file(Path(path))
     tensors, metadata = read_adapter_file(path)
     by_module: dict[str, dict[str, Any]] = {}
     for key, t in tensors.items():
         name, dot, sub = key.partition(".")
-        if dot and name.startswith(("lora_unet_", "lora_te", "lycoris_")):
+        if dot and name.startswith(MODULE_PREFIXES):
             by_module.setdefault(name, {})[sub] = t
-    dylora = (metadata.get("ss_network_module") == "networks.dylora"
-              or _network_args(metadata).get("algo") == "dylora")
-    modules, unknown = [], []
+    modules, unknown, formats = [], [], {}
     for name, ts in by_module.items():
-        algo, dim = classify(ts)
-        if algo == "unknown":
+        fmt = registry.classify(ts)
+        if fmt is None:
             unknown.extend(f"{name}.{k}" for k in ts)
             continue
-        if dylora and algo in ("lora", "locon"):
-            algo = "dylora"
-        alpha = float(ts["alpha"].float().item()) if "alpha" in ts and algo not in ("ia3", "full") else None
-        if alpha is None and dim is not None:
-            alpha = float(dim)  # the loaders' rule: no alpha -> scale 1
+        formats[name] = fmt
+        dim = fmt.rank(ts)
+        alpha = None
+        if dim is not None:  # the loaders' rule: no alpha -> alpha = rank, scale 1
+            alpha = float(ts["alpha"].float().item()) if "alpha" in ts else float(dim)
         params = sum(t.numel() for k, t in ts.items() if k not in SCALAR_TENSORS)
-        note = ""
-        if algo == "ia3":
-            note = "inputs" if "on_input" in ts and bool(ts["on_input"].item()) else "outputs"
-        modules.append(ModuleInfo(name, algo, dim, alpha, params, note))
+        note = "" if dim is not None else fmt.rankless(ts)
+        modules.append(ModuleInfo(name, registry.label(fmt, metadata), dim, alpha, params, note))
     if not modules:
         sample = ", ".join(sorted(tensors)[:3]) or "no tensors"
         if any("lora_A" in k or ".lora.down." in k or "lora_linear_layer" in k for k in tensors):
@@ -147,15 +124,8 @@ def inspect_file(path: str | os.PathLike) -> Report:
         raise UserError(f"not a LoRA/LyCORIS adapter file: no adapter tensors ({len(tensors)} tensors, e.g. {sample})",
                         file=str(path), fix="give a kohya/LyCORIS adapter .safetensors (keys like "
                         "lora_unet_..._to_q.lora_down.weight); a full checkpoint is not an adapter")
-    return Report(str(path), os.path.getsize(path), modules, metadata, sorted(unknown))
-
-
-def _network_args(md: dict[str, str]) -> dict[str, Any]:
-    try:
-        v = json.loads(md.get("ss_network_args") or "{}")
-        return v if isinstance(v, dict) else {}
-    except ValueError:
-        return {}
+    return Report(str(path), os.path.getsize(path), modules, metadata, sorted(unknown), formats,
+                  {n: by_module[n] for n in formats})
 
 
 def _size(n: int) -> str:
@@ -186,9 +156,7 @@ def format_report(r: Report) -> str:
     lines.append("dim / alpha:")
     for (part, algo, dim, alpha, note), n in sorted(dist.items(), key=lambda kv: (
             kv[0][0], kv[0][1], kv[0][2] or 0, kv[0][3] or 0, kv[0][4])):
-        what = (f"dim {_fmt(dim)}, alpha {_fmt(alpha)}, scale {_fmt(alpha / dim)}" if dim else
-                f"no rank (scales {note} per channel)" if algo == "ia3" else
-                "full-matrix factors" if algo == "lokr" else "no rank (full matrices)")
+        what = f"dim {_fmt(dim)}, alpha {_fmt(alpha)}, scale {_fmt(alpha / dim)}" if dim else note
         lines.append(f"  {part:12s} {algo:12s} {what}: {n} modules")
     te = [m.name for m in r.modules if m.name.startswith("lora_te_") and not m.name.startswith("lora_te_text_model_")]
     if te:
@@ -200,13 +168,12 @@ def format_report(r: Report) -> str:
     lines += ["", "loads in:"]
     for ui, ans in r.loaders().items():
         lines.append(f"  {ui:10s} {ans}")
-    if "ia3" in algos:
-        lines.append("  note: iA3 files load only in A1111 (not Forge, ComfyUI or diffusers)")
-    exp = sorted(EXPERIMENTAL & set(algos))
+    formats = r.format_set()
+    for note in dict.fromkeys(n for f in formats for n in f.notes):
+        lines.append(f"  note: {note}")
+    exp = sorted(f.name for f in formats if f.experimental)
     if exp:
         lines.append(f"  note: {', '.join(exp)} support in the UIs is experimental")
-    if "locon-tucker" in algos:
-        lines.append("  note: Tucker (lora_mid) convs do not load in diffusers")
     return "\n".join(lines)
 
 

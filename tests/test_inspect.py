@@ -140,3 +140,56 @@ def test_not_an_adapter_exits_2(tmp_path, capsys):
     assert code == 2 and "not found" in err
     with pytest.raises(Exception):
         inspect_file(ckpt)
+
+
+def loads_line(out: str, ui: str) -> str:
+    return next(line for line in out.splitlines() if line.strip().startswith(ui + " ")).split(None, 1)[1]
+
+
+def test_inspect_on_a_folder_lists_its_files(tmp_path, models, capsys):
+    code, out, err = run_cli(capsys, tmp_path)
+    assert code == 2 and out == "" and "a folder, not an adapter file; it holds no .safetensors files" in err
+    write(tmp_path, models, "b")
+    write(tmp_path, models, "a")
+    code, _, err = run_cli(capsys, tmp_path)
+    assert code == 2 and "it holds 2 .safetensors files: a.safetensors, b.safetensors" in err
+    assert f"lorakit inspect {tmp_path / 'a.safetensors'}" in err
+
+
+def test_ia3_loaders_state_their_conditions(tmp_path, models, capsys):
+    path, _, _ = write(tmp_path, models, "ia3", network_type="ia3")
+    _, out, _ = run_cli(capsys, path)
+    assert loads_line(out, "A1111") == "yes"
+    assert loads_line(out, "ComfyUI") == "no (ComfyUI takes none of iA3's keys)"
+    assert loads_line(out, "LyCORIS").startswith("no (")
+    # SD2: A1111 loads the text encoder's attention only as q/k/v/out sets (2 layers x k, v here)
+    path, _, _ = write(tmp_path, models, "ia3-v2", {"ss_base_model_version": "sd_v2"}, network_type="ia3")
+    _, out, _ = run_cli(capsys, path)
+    assert loads_line(out, "A1111").startswith("partial (on SD2 A1111 skips the 4 text-encoder k_proj/v_proj")
+
+
+def test_oft_loaders_depend_on_the_constraint_and_strength(tmp_path, models, capsys):
+    path, _, _ = write(tmp_path, models, "oft0", network_type="diag-oft")
+    _, out, _ = run_cli(capsys, path)
+    assert loads_line(out, "A1111").startswith("no (A1111 applies Diag-OFT only with a non-zero constraint")
+    assert loads_line(out, "ComfyUI") == "at strength 1 only (ComfyUI applies the strength of OFT/BOFT twice)"
+    assert re.search(r"UNet\s+diag-oft\s+no rank \(block rotations, constraint 0\): \d+ modules", out)
+    path, _, _ = write(tmp_path, models, "oft3", network_type="diag-oft", network_args={"constraint": 1e-3})
+    _, out, _ = run_cli(capsys, path)
+    assert loads_line(out, "A1111") == "yes"  # A1111 applies a non-zero constraint exactly
+    assert loads_line(out, "ComfyUI").startswith("partial (at strength 1 only")
+    assert "caps the rotation at the raw constraint" in loads_line(out, "ComfyUI")
+    assert re.search(r"constraint 0.001\): \d+ modules", out)
+    path, _, _ = write(tmp_path, models, "boft", network_type="boft", network_train_unet_only=True)
+    _, out, _ = run_cli(capsys, path)
+    assert loads_line(out, "ComfyUI") == "at strength 1 only (ComfyUI applies the strength of OFT/BOFT twice)"
+    assert loads_line(out, "A1111") == "no"
+
+
+def test_full_matrix_lokr_is_one_line(tmp_path, models, capsys):
+    """Full-matrix LoKr modules store alpha = their dim (16 linear, 8 conv): no rank, one line."""
+    path, _, _ = write(tmp_path, models, "lokr", network_type="lokr", network_dim=16, conv_dim=8,
+                       network_train_unet_only=True)
+    _, out, _ = run_cli(capsys, path)
+    lines = [line for line in out.splitlines() if "full-matrix factors" in line]
+    assert len(lines) == 1 and re.search(r"UNet\s+lokr\s+full-matrix factors: \d+ modules", lines[0])

@@ -12,7 +12,7 @@ AdapterModule and provides at least :meth:`delta_weight` and
 once more with delta W. Rank-structured algorithms override delta_forward with a
 cheaper bypass (LoRA: up(down(x))) and use :meth:`rank_dropouts`.
 
-Dropouts (kohya-semantics 2.11) act only while both this module and the wrapped
+Dropouts (docs/adapters.md "Dropouts") act only while both this module and the wrapped
 module are in training mode; sampling with ``unet.eval()`` or ``network.eval()``
 never drops anything. They do not depend on ``torch.is_grad_enabled()``:
 reentrant gradient checkpointing runs the first forward without grad, and the
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .declare import LYCORIS_MODULE, FileFormat, GuiLoraType
 
 # A layer kind decides which rank/alpha a target gets (kohya: 3x3 convs use conv_dim).
 LINEAR, CONV1X1, CONV3X3 = "linear", "conv1x1", "conv3x3"
@@ -63,6 +64,13 @@ class RankSettings:
     """dim/alpha per layer kind; a kind missing from `by_kind` is not adapted."""
     by_kind: dict[str, tuple[int, Optional[float]]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # algorithm keyword arguments
+
+
+def lycoris_conv_rank(cfg: Any) -> tuple[int, Optional[float]]:
+    """(dim, alpha) of the 3x3 convs by LyCORIS's rule: conv_dim defaults to network_dim and
+    conv_alpha to network_alpha (kohya's networks.lora instead adapts no 3x3 conv without conv_dim)."""
+    return (cfg.network_dim if cfg.conv_dim is None else cfg.conv_dim,
+            cfg.network_alpha if cfg.conv_alpha is None else cfg.conv_alpha)
 
 
 def fmt_num(v: float | int) -> str:
@@ -156,8 +164,14 @@ def validate_network_args(algo_cls: type, raw: Optional[dict[str, Any]]) -> dict
 class AdapterModule(nn.Module):
     """One adapter on one Linear/Conv2d. Subclasses register themselves with a name."""
 
-    algo: ClassVar[str] = "base"
-    network_module: ClassVar[str] = "networks.lora"  # ss_network_module in the metadata
+    algo: ClassVar[str] = "base"  # network_type (set by @register)
+    # --- the declaration (declare.py; the registry answers every lookup from it) ---
+    network_module: ClassVar[str] = "networks.lora"  # sd-scripts' --network_module, ss_network_module
+    lycoris_algos: ClassVar[tuple[str, ...]] = ()  # LyCORIS algo= names; the first is written
+    gui_lora_types: ClassVar[dict[str, GuiLoraType]] = {}  # kohya_ss GUI LoRA_type -> what it passes
+    file_formats: ClassVar[tuple[FileFormat, ...]] = ()  # how its modules look in a file
+    metadata_label: ClassVar[Optional[str]] = None  # a label for its files that only the metadata gives
+    has_rank: ClassVar[bool] = True  # False: network_dim / alpha mean nothing (ss_network_dim "None")
     LYCORIS_CONV_DEFAULTS: ClassVar[bool] = False  # unset conv_dim/conv_alpha take network_dim/alpha
     # network_args this algorithm accepts, with their defaults (the default's type parses strings)
     ARGS: ClassVar[dict[str, Any]] = {}
@@ -165,6 +179,8 @@ class AdapterModule(nn.Module):
     BLOCKWISE: ClassVar[bool] = False   # block_dims / *_lr_weight: sd-scripts networks.lora only
     LORAPLUS: ClassVar[bool] = False    # loraplus_*: parameters named lora_up (sd-scripts and LyCORIS)
     TRAIN_NORM: ClassVar[bool] = True   # train_norm: LyCORIS adds norm modules beside any algorithm
+    # network_args not written to ss_network_args: runtime choices, or options that mean nothing here
+    UNWRITTEN_ARGS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], *,
                  multiplier: float = 1.0, dropout: Optional[float] = None,
@@ -244,7 +260,7 @@ class AdapterModule(nn.Module):
     def merged_forward(self, x: torch.Tensor, dw: torch.Tensor,
                        bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """op(x, W + multiplier * dw) with the wrapped layer's bias (or `bias`): one op where the
-        bypass runs two or three (adapter-format.md "Speed facts"). No per-sample dropout can act
+        bypass runs two or three (docs/adapters.md "Speed"). No per-sample dropout can act
         in this form."""
         org = self.org
         w = org.weight
@@ -354,23 +370,29 @@ class AdapterModule(nn.Module):
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Load this module's tensors from a file (names as tensors_to_save)."""
         own = self.state_dict()
-        missing = sorted(set(own) - set(tensors) - {"alpha"})
-        unexpected = sorted(set(tensors) - set(own))
-        if missing or unexpected:
-            raise ConfigError(f"{self.name}: the file has tensors {sorted(tensors)}, a {self.algo} module needs "
-                              f"{sorted(own)}", key="network_type",
-                              fix="load the file with the network_type it was trained with")
+        if set(own) - set(tensors) - {"alpha"} or set(tensors) - set(own):
+            raise self.other_tensors(tensors, own)
         with torch.no_grad():
             for k, v in tensors.items():
-                dst = own[k]
-                if v.numel() != dst.numel():
-                    raise ConfigError(f"{self.name}.{k}: shape {tuple(v.shape)} in the file, "
-                                      f"{tuple(dst.shape)} here", key="network_dim",
-                                      fix="set network_dim / conv_dim to the values the file was trained with")
-                dst.copy_(v.reshape(dst.shape))
+                self.copy_in(k, v, own[k])
             if "alpha" in own and "alpha" not in tensors:
                 self.alpha.fill_(self.dim)  # loaders read a file without alpha as alpha = dim
         self.refresh_scale()
+
+    def other_tensors(self, tensors: dict[str, Any], need: Any) -> ConfigError:
+        """The error for a file whose module has other tensors than this module's `need`."""
+        article = "an" if self.algo[:1] in "aeiou" else "a"
+        return ConfigError(f"{self.name}: the file has tensors {sorted(tensors)}, {article} {self.algo} module needs "
+                           f"{sorted(need)}", key="network_type",
+                           fix="load the file with the network_type it was trained with")
+
+    def copy_in(self, k: str, v: torch.Tensor, dst: torch.Tensor, key: str = "network_dim",
+                fix: str = "set network_dim / conv_dim to the values the file was trained with") -> None:
+        """Copy the file's tensor `k` into `dst` (same number of elements, else a ConfigError)."""
+        if v.numel() != dst.numel():
+            raise ConfigError(f"{self.name}.{k}: shape {tuple(v.shape)} in the file, {tuple(dst.shape)} here",
+                              key=key, fix=fix)
+        dst.copy_(v.reshape(dst.shape))
 
     def refresh_scale(self) -> None:
         alpha = float(self.alpha)
@@ -399,20 +421,25 @@ class AdapterModule(nn.Module):
         """kohya networks/lora.py: Linear and 1x1 conv get network_dim/alpha, 3x3 convs conv_dim/alpha."""
         kinds: dict[str, tuple[int, Optional[float]]] = {
             LINEAR: (cfg.network_dim, cfg.network_alpha), CONV1X1: (cfg.network_dim, cfg.network_alpha)}
-        if cfg.conv_dim is not None:
+        if cls.LYCORIS_CONV_DEFAULTS:
+            kinds[CONV3X3] = lycoris_conv_rank(cfg)
+        elif cfg.conv_dim is not None:
             kinds[CONV3X3] = (cfg.conv_dim, cfg.conv_alpha)
-        if cls.LYCORIS_CONV_DEFAULTS:  # LyCORIS: conv_dim = network_dim, conv_alpha = network_alpha when unset
-            if cfg.conv_dim is None:
-                kinds[CONV3X3] = (cfg.network_dim, cfg.network_alpha)
-            elif cfg.conv_alpha is None:
-                kinds[CONV3X3] = (cfg.conv_dim, cfg.network_alpha)
         return RankSettings(kinds)
 
     @classmethod
+    def module_for(cls, cfg: Any) -> str:
+        """ss_network_module for the network `cfg` builds: the sd-scripts module that rebuilds it."""
+        return cls.network_module
+
+    @classmethod
     def network_args(cls, cfg: Any) -> dict[str, str]:
-        """The ss_network_args dict (kohya writes the --network_args strings)."""
-        out: dict[str, str] = {}
-        conv = cls.rank_settings(cfg).by_kind.get(CONV3X3)
+        """The ss_network_args dict, the --network_args strings that rebuild this network in
+        sd-scripts: conv_dim/conv_alpha (with a rank), the dropouts, and for lycoris.kohya its algo
+        and the algorithm's options (all of them, as LyCORIS files carry them)."""
+        lycoris = cls.module_for(cfg) == LYCORIS_MODULE
+        out: dict[str, str] = {"algo": cls.lycoris_algos[0]} if lycoris else {}
+        conv = cls.rank_settings(cfg).by_kind.get(CONV3X3) if cls.has_rank else None
         if conv is not None:
             out["conv_dim"] = fmt_num(conv[0])
             out["conv_alpha"] = fmt_num(conv[0] if conv[1] is None else conv[1])
@@ -420,7 +447,17 @@ class AdapterModule(nn.Module):
             out["rank_dropout"] = fmt_num(cfg.rank_dropout)
         if cfg.module_dropout:
             out["module_dropout"] = fmt_num(cfg.module_dropout)
+        if lycoris:
+            out.update((k, fmt_arg(v)) for k, v in cls.parse_args(cfg).items() if k not in cls.UNWRITTEN_ARGS)
         return out
+
+    @classmethod
+    def metadata_dims(cls, cfg: Any) -> tuple[str, str]:
+        """(ss_network_dim, ss_network_alpha): "None" for both where the type has no rank, as
+        sd-scripts writes an unset network_dim."""
+        if not cls.has_rank:
+            return "None", "None"
+        return str(cfg.network_dim), str(cfg.network_alpha if cfg.network_alpha is not None else cfg.network_dim)
 
     # --- merging -------------------------------------------------------------------
     @torch.no_grad()
@@ -428,7 +465,11 @@ class AdapterModule(nn.Module):
         """Add multiplier * delta W into the wrapped weight (restore() first to avoid doubling)."""
         m = self.multiplier if multiplier is None else multiplier
         w = self.org.weight
-        w.copy_((w.float() + m * self.delta_weight().float().to(w.device)).to(w.dtype))
+        w.copy_((w.float() + m * self.merge_delta().to(w.device)).to(w.dtype))
+
+    def merge_delta(self) -> torch.Tensor:
+        """The float32 delta merge() adds (scaled by the multiplier): delta W, or W' - W for DoRA."""
+        return self.delta_weight().float()
 
     def extra_repr(self) -> str:
         return f"{self.name}, dim={self.dim}, alpha={float(self.alpha):g}, kind={self.kind}"

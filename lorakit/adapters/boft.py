@@ -1,7 +1,7 @@
 """BOFT: butterfly orthogonal fine-tuning (LyCORIS "boft").
 
 EXPERIMENTAL: of the common loaders only ComfyUI reads it; A1111, Forge and diffusers do not
-(adapter-format.md, "Who loads what").
+(docs/adapters.md "Who loads what").
 
 The out output channels are factored as out = b * N with b even and N = 2^p a power of two,
 b the largest even number <= dim (network_dim / conv_dim) that allows it (LyCORIS's
@@ -23,7 +23,7 @@ The applied delta is W' - W: a strength s gives W + s (W' - W) (LyCORIS instead 
 stage toward the identity; the two agree at s = 1, the training strength). B = 0 is O = I:
 a fresh adapter changes nothing.
 
-Forward: one merged op (loha.MergedOpModule). Dropouts while training as Diag-OFT
+Forward: one merged op (merged.MergedOpModule). Dropouts while training as Diag-OFT
 (oft.py): network_dropout on the elements of the delta, rank_dropout on its output rows.
 Max-norm scales oft_blocks by the ratio, as LyCORIS does (approximate: the delta is not
 linear in B).
@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .oft import OFTBase
+from .declare import LYCORIS_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat, GuiLoraType, Loads, LOADS
+from .oft import COMFY_STRENGTH, OFTBase, oft_options, oft_rankless
 from .registry import register
 
 
@@ -69,9 +70,24 @@ def smallest_dim(out: int) -> Optional[int]:
     return None
 
 
+def _boft_fits(ts: dict[str, torch.Tensor], dim: int) -> bool:
+    n, b = ts["oft_blocks"].shape[1], ts["oft_blocks"].shape[-1]
+    return power2_split(n * b, dim) == (b, n)
+
+
+BOFT = FileFormat(
+    "boft", lambda ts: "oft_blocks" in ts and ts["oft_blocks"].dim() == 4,
+    {"A1111": Loads(NO), "Forge": Loads(NO), "ComfyUI": COMFY_STRENGTH, "diffusers": Loads(NO), "LyCORIS": LOADS},
+    rank_hint=lambda ts: int(ts["oft_blocks"].shape[-1]), dim_fits=_boft_fits, options=oft_options,
+    rankless=oft_rankless, experimental=True)
+
+
 @register("boft")
 class BOFTModule(OFTBase):
     """BOFT (experimental: only ComfyUI loads it; see the module docstring)."""
+    lycoris_algos = ("boft",)
+    gui_lora_types = {"LyCORIS/BOFT": GuiLoraType(LYCORIS_MODULE, LYCORIS_GUI_ARGS)}
+    file_formats = (BOFT,)
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)

@@ -20,6 +20,8 @@ Strength (multiplier) as the loaders apply it: W + multiplier * (W' - W), so the
 module's applied delta is W' - W (:func:`decomposed_delta`). The low-rank delta
 itself (``delta_weight()``) stays what max-norm measures and scales, as LyCORIS's
 apply_max_norm does.
+
+LoCon (lora.py) and the merged-op algorithms LoHa and LoKr (merged.py) take the variant.
 """
 from __future__ import annotations
 
@@ -43,38 +45,56 @@ def column_norm(w: torch.Tensor, on_output: bool) -> torch.Tensor:
     return norm.reshape(1, w.shape[1], *rest[1:])
 
 
-def init_dora(module: nn.Module) -> None:
-    """Give `module` a ``dora_scale`` parameter (= ||W||) when its args have dora_wd; sets module.wd."""
-    module.wd = bool(module.args.get("dora_wd", False))
-    module.wd_on_output = bool(module.args.get("wd_on_output", False))
-    if not module.wd:
-        return
-    w = module.org.weight
-    if w.device.type == "meta":
-        shape = (w.shape[0], *[1] * (w.dim() - 1)) if module.wd_on_output else (1, w.shape[1], *[1] * (w.dim() - 2))
-        m = torch.empty(shape, device=w.device, dtype=torch.float32)
-    else:
-        with torch.no_grad():
-            m = column_norm(w.detach().float(), module.wd_on_output)
-    module.dora_scale = nn.Parameter(m)
+class DoRA:
+    """The DoRA variant of an algorithm, as a mixin listed before the algorithm's base class
+    (``class LoConModule(DoRA, LoRAModule)``). With network_args ``dora_wd`` the module gets a
+    trained magnitude ``dora_scale``, its applied delta becomes W' - W (:meth:`applied_delta`),
+    merging bakes that in, files carry ``dora_scale`` and loading checks its shape. Without it the
+    algorithm is unchanged. The algorithm calls :meth:`init_dora` at the end of ``__init__``.
+    """
+    wd: bool = False
 
+    def init_dora(self) -> None:
+        """Give the module a ``dora_scale`` parameter (= ||W||) when its args have dora_wd."""
+        self.wd = bool(self.args.get("dora_wd", False))
+        self.wd_on_output = bool(self.args.get("wd_on_output", False))
+        if not self.wd:
+            return
+        w = self.org.weight
+        if w.device.type == "meta":
+            shape = ((w.shape[0], *[1] * (w.dim() - 1)) if self.wd_on_output
+                     else (1, w.shape[1], *[1] * (w.dim() - 2)))
+            m = torch.empty(shape, device=w.device, dtype=torch.float32)
+        else:
+            with torch.no_grad():
+                m = column_norm(w.detach().float(), self.wd_on_output)
+        self.dora_scale = nn.Parameter(m)
 
-def decomposed_delta(module: nn.Module, dw: torch.Tensor) -> torch.Tensor:
-    """W' - W with W' = m * (W + dw) / ||W + dw|| (float32; W is the wrapped module's weight)."""
-    m = module.dora_scale
-    w = module.org.weight.detach().to(device=m.device, dtype=torch.float32)
-    merged = w + dw.to(device=m.device, dtype=torch.float32)
-    norm = column_norm(merged, module.wd_on_output) + torch.finfo(torch.float32).eps
-    return merged * (m / norm) - w
+    def applied_delta(self, dw: torch.Tensor) -> torch.Tensor:
+        """The delta the module applies for the algorithm's delta `dw`: W' - W with DoRA, else dw."""
+        return self.decomposed(dw) if self.wd else dw
 
+    def decomposed(self, dw: torch.Tensor) -> torch.Tensor:
+        """W' - W with W' = m * (W + dw) / ||W + dw|| (float32; W is the wrapped module's weight)."""
+        m = self.dora_scale
+        w = self.org.weight.detach().to(device=m.device, dtype=torch.float32)
+        merged = w + dw.to(device=m.device, dtype=torch.float32)
+        norm = column_norm(merged, self.wd_on_output) + torch.finfo(torch.float32).eps
+        return merged * (m / norm) - w
 
-def check_dora_tensors(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """A file's dora_scale must have this module's exact shape (row and column forms of a square
-    weight have the same size but mean different things)."""
-    if not getattr(module, "wd", False) or "dora_scale" not in tensors:
-        return
-    got, want = tuple(tensors["dora_scale"].shape), tuple(module.dora_scale.shape)
-    if got != want:
-        flip = "wd_on_output=True" if not module.wd_on_output else "wd_on_output=False"
-        raise ConfigError(f"{module.name}.dora_scale: shape {got} in the file, {want} here", key="network_args",
-                          fix=f"load the file with network_args {flip}")
+    def merge_delta(self) -> torch.Tensor:
+        return self.applied_delta(super().merge_delta())  # type: ignore[misc]
+
+    def dora_tensors(self) -> dict[str, torch.Tensor]:
+        return {"dora_scale": self.dora_scale} if self.wd else {}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """A file's dora_scale must have this module's exact shape (row and column forms of a square
+        weight have the same size but mean different things)."""
+        if self.wd and "dora_scale" in tensors:
+            got, want = tuple(tensors["dora_scale"].shape), tuple(self.dora_scale.shape)
+            if got != want:
+                flip = "wd_on_output=True" if not self.wd_on_output else "wd_on_output=False"
+                raise ConfigError(f"{self.name}.dora_scale: shape {got} in the file, {want} here",
+                                  key="network_args", fix=f"load the file with network_args {flip}")
+        super().load_tensors(tensors)  # type: ignore[misc]

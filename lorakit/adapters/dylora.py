@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .declare import LYCORIS_GUI_ARGS, LYCORIS_MODULE, GuiLoraType
 from .lora import LoRAModule
 from .registry import register
 
@@ -29,6 +30,10 @@ from .registry import register
 @register("dylora")
 class DyLoRAModule(LoRAModule):
     network_module = "networks.dylora"
+    lycoris_algos = ("dylora",)
+    gui_lora_types = {"Kohya DyLoRA": GuiLoraType("networks.dylora", ("conv", "unit")),
+                      "LyCORIS/DyLoRA": GuiLoraType(LYCORIS_MODULE, (*LYCORIS_GUI_ARGS, "unit"))}
+    metadata_label = "dylora"  # its files are LoRA files; only ss_network_module / algo tell them apart
     # use_tucker: LyCORIS/DyLoRA configs carry it; DyLoRA has no Tucker form (ignored, as LyCORIS does)
     ARGS: dict[str, Any] = {"unit": 1, "block_size": 0, "use_tucker": False}
     # sd-scripts' networks.dylora and LyCORIS's DyLoRA take neither (LyCORIS's has no lora_up parameters)
@@ -67,11 +72,7 @@ class DyLoRAModule(LoRAModule):
     @classmethod
     def network_args(cls, cfg: Any) -> dict[str, str]:
         """kohya's networks.dylora args: conv_dim/conv_alpha and unit (block_size folded in)."""
-        out = super().network_args(cfg)
-        for k in ("block_size", "use_tucker"):
-            out.pop(k, None)
-        out["unit"] = str(unit_of(cls.parse_args(cfg)))
-        return out
+        return {**super().network_args(cfg), "unit": str(unit_of(cls.parse_args(cfg)))}
 
 
 def unit_of(opts: dict[str, Any]) -> int:

@@ -18,15 +18,23 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..errors import ConfigError
 from .base import CONV3X3, AdapterModule, RankSettings
+from .declare import LOADERS, LOADS, LYCORIS_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat, GuiLoraType, Loads, has_all
 from .registry import register
+
+FULL = FileFormat("full", has_all("diff"), {**{ui: LOADS for ui in LOADERS}, "diffusers": Loads(NO)},
+                  kernel_key="diff", rankless=lambda ts: "no rank (full matrices)")
 
 
 @register("full")
 class FullModule(AdapterModule):
-    network_module = "lycoris.kohya"
+    network_module = LYCORIS_MODULE
+    lycoris_algos = ("full",)
+    gui_lora_types = {"LyCORIS/Native Fine-Tuning": GuiLoraType(LYCORIS_MODULE, LYCORIS_GUI_ARGS)}
+    file_formats = (FULL,)
+    has_rank = False
     ARGS: dict[str, Any] = {"use_tucker": False}  # LyCORIS configs carry it; no meaning here
+    UNWRITTEN_ARGS = ("use_tucker",)
 
     def __init__(self, name: str, org: nn.Module, dim: int = 1, alpha: Optional[float] = None, **kw: Any):
         super().__init__(name, org, 1, None, **kw)  # no rank, no alpha
@@ -80,21 +88,14 @@ class FullModule(AdapterModule):
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         need = {"diff"} | ({"diff_b"} if self.diff_b is not None else set())
         if "diff" not in tensors or set(tensors) - need:
-            raise ConfigError(f"{self.name}: the file has tensors {sorted(tensors)}, a full module needs "
-                              f"{sorted(need)}", key="network_type",
-                              fix="load the file with the network_type it was trained with")
+            raise self.other_tensors(tensors, need)
         with torch.no_grad():
             for k in need:
                 dst = getattr(self, k)
                 if k not in tensors:  # a file without diff_b leaves the bias unchanged
                     dst.zero_()
                     continue
-                v = tensors[k]
-                if v.numel() != dst.numel():
-                    raise ConfigError(f"{self.name}.{k}: shape {tuple(v.shape)} in the file, "
-                                      f"{tuple(dst.shape)} here", key="network_type",
-                                      fix="load the file into the model it was trained on")
-                dst.copy_(v.reshape(dst.shape))
+                self.copy_in(k, tensors[k], dst, "network_type", "load the file into the model it was trained on")
 
     def refresh_scale(self) -> None:
         self.scale = 1.0
@@ -107,11 +108,3 @@ class FullModule(AdapterModule):
         rs = super().rank_settings(cfg)
         rs.by_kind.setdefault(CONV3X3, (1, None))  # LoCon's targets: 3x3 convs always
         return rs
-
-    @classmethod
-    def network_args(cls, cfg: Any) -> dict[str, str]:
-        out = super().network_args(cfg)
-        for k in ("conv_dim", "conv_alpha", "use_tucker"):  # no rank, and Tucker means nothing here
-            out.pop(k, None)
-        out["algo"] = "full"
-        return out

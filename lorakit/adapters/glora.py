@@ -1,5 +1,5 @@
 """GLoRA (LyCORIS "glora", file format of LyCORIS >= 3). EXPERIMENTAL: ComfyUI loads it,
-Forge partly, A1111 and diffusers not (adapter-format.md "Who loads what").
+Forge partly, A1111 and diffusers not (docs/adapters.md "Who loads what").
 
 delta W = s * (W @ A1 @ A2 + B1 @ B2), s = alpha / dim:
 - A acts on the input channels: a2.weight (r, in[,1,1]), a1.weight (in, r[,1,1]); for a conv,
@@ -20,15 +20,24 @@ import torch
 from torch import nn
 
 from .base import AdapterModule, kaiming_down_
+from .declare import LYCORIS_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat, GuiLoraType, Loads, LOADS, has_all, shape0
 from .registry import register
+
+GLORA = FileFormat("glora", has_all("a1.weight", "b1.weight"),
+                   {"A1111": Loads(NO), "Forge": Loads("partial"), "ComfyUI": LOADS, "diffusers": Loads(NO),
+                    "LyCORIS": LOADS}, rank=shape0("a2.weight"), kernel_key="b2.weight", experimental=True)
 
 
 @register("glora")
 class GLoRAModule(AdapterModule):
     LYCORIS_CONV_DEFAULTS = True
-    network_module = "lycoris.kohya"
+    network_module = LYCORIS_MODULE
+    lycoris_algos = ("glora",)
+    gui_lora_types = {"LyCORIS/GLoRA": GuiLoraType(LYCORIS_MODULE, LYCORIS_GUI_ARGS)}
+    file_formats = (GLORA,)
     experimental = True
     ARGS: dict[str, Any] = {"use_tucker": False}
+    UNWRITTEN_ARGS = ("use_tucker",)
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
@@ -75,10 +84,3 @@ class GLoRAModule(AdapterModule):
     def tensors_to_save(self) -> dict[str, torch.Tensor]:
         return {"a1.weight": self.a1.weight, "a2.weight": self.a2.weight, "b1.weight": self.b1.weight,
                 "b2.weight": self.b2.weight, "alpha": self.alpha}
-
-    @classmethod
-    def network_args(cls, cfg: Any) -> dict[str, str]:
-        out = super().network_args(cfg)
-        out.pop("use_tucker", None)
-        out["algo"] = "glora"
-        return out

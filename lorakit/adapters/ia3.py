@@ -2,7 +2,7 @@
 
 - w has one value per output channel (the layer's output scaled, bias untouched), or per
   input channel when the module trains on its input (the input scaled: x * (1 + w)).
-- Targets (adapter-format.md): to_k, to_v, ff.net.2 in the UNet's Transformer2DModel blocks,
+- Targets (docs/adapters.md "Default targets"): to_k, to_v, ff.net.2 in the UNet's Transformer2DModel blocks,
   k_proj, v_proj, mlp.fc2 in the text encoder (80 + 36 modules on SD1.5).
 - ``train_on_input`` (network arg, default False) applies to ff.net.2 / mlp.fc2 only, as in
   LyCORIS's own iA3 preset; LyCORIS never read it from network args, lorakit honours it.
@@ -23,11 +23,34 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import CONV1X1, LINEAR, AdapterModule, RankSettings, TargetRules
+from .declare import LYCORIS_MODULE, NO, FileContext, FileFormat, GuiLoraType, Loads, has_all
 from .registry import register
 
 UNET_TARGETS = ("to_k", "to_v")
 TE_TARGETS = ("k_proj", "v_proj", "fc2")
 INPUT_SIDE_SUFFIXES = ("_ff_net_2", "_mlp_fc2")  # kohya names of the layers train_on_input acts on
+
+
+def _on_input(ts: dict[str, torch.Tensor]) -> bool:
+    return "on_input" in ts and bool(ts["on_input"].item())
+
+
+def _a1111(ctx: FileContext) -> Loads:
+    """A1111 loads SD2's text-encoder attention only as whole q/k/v/out sets: iA3's k/v go unused."""
+    kv = [n for n in ctx.modules if n.startswith("lora_te_") and n.endswith(("_k_proj", "_v_proj"))]
+    if not (kv and ctx.sd2()):
+        return Loads("yes")
+    return Loads("partial", f"on SD2 A1111 skips the {len(kv)} text-encoder k_proj/v_proj modules: it takes SD2's "
+                            "text-encoder attention only with q and out")
+
+
+IA3 = FileFormat(
+    "ia3", lambda ts: "weight" in ts and ("on_input" in ts or ts["weight"].dim() in (1, 4)),
+    {"A1111": _a1111, "Forge": Loads(NO), "ComfyUI": Loads(NO, "ComfyUI takes none of iA3's keys"),
+     "diffusers": Loads(NO), "LyCORIS": Loads(NO, "lycoris-lora 4.1.3 cannot rebuild iA3 modules from a file")},
+    options=lambda ts: {"train_on_input": True} if _on_input(ts) else {},
+    rankless=lambda ts: f"no rank (scales {'inputs' if _on_input(ts) else 'outputs'} per channel)",
+    notes=("iA3 files load only in A1111 (not Forge, ComfyUI or diffusers)",))
 
 
 def ia3_child(path: str, module: nn.Module) -> bool:
@@ -38,7 +61,11 @@ def ia3_child(path: str, module: nn.Module) -> bool:
 
 @register("ia3")
 class IA3Module(AdapterModule):
-    network_module = "lycoris.kohya"
+    network_module = LYCORIS_MODULE
+    lycoris_algos = ("ia3",)
+    gui_lora_types = {"LyCORIS/iA3": GuiLoraType(LYCORIS_MODULE, ("train_on_input",))}
+    file_formats = (IA3,)
+    has_rank = False
     ARGS: dict[str, Any] = {"train_on_input": False}
 
     def __init__(self, name: str, org: nn.Module, dim: int = 1, alpha: Optional[float] = None, **kw: Any):
@@ -107,9 +134,7 @@ class IA3Module(AdapterModule):
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         if "weight" not in tensors or set(tensors) - {"weight", "on_input"}:
-            raise ConfigError(f"{self.name}: the file has tensors {sorted(tensors)}, an ia3 module needs "
-                              "['on_input', 'weight']", key="network_type",
-                              fix="load the file with the network_type it was trained with")
+            raise self.other_tensors(tensors, ("on_input", "weight"))
         on_input = bool(tensors["on_input"].item()) if "on_input" in tensors else False
         v = tensors["weight"]
         if on_input != self.on_input or v.numel() != self.weight.numel():
@@ -134,11 +159,4 @@ class IA3Module(AdapterModule):
     @classmethod
     def rank_settings(cls, cfg: Any) -> RankSettings:
         return RankSettings({LINEAR: (1, None), CONV1X1: (1, None)})
-
-    @classmethod
-    def network_args(cls, cfg: Any) -> dict[str, str]:
-        out = super().network_args(cfg)
-        out["algo"] = "ia3"
-        out["train_on_input"] = str(bool(cls.parse_args(cfg)["train_on_input"]))
-        return out
 

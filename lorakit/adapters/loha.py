@@ -1,4 +1,4 @@
-"""LoHa: the Hadamard product of two low-rank matrices (LyCORIS "loha"; adapter-format.md).
+"""LoHa: the Hadamard product of two low-rank matrices (LyCORIS "loha"; docs/adapters.md).
 
 delta W = (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / dim, in the wrapped weight's shape.
 - Linear / 1x1 conv / 3x3 conv without Tucker: w_a (out, r), w_b (r, in*k*k).
@@ -8,14 +8,9 @@ Init (LyCORIS): w1_b, w2_b ~ N(0, 1); w1_a ~ N(0, 0.1); w2_a = 0 (a fresh adapte
 nothing); t1, t2 ~ N(0, 0.1). Tensors: hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b, alpha,
 [hada_t1, hada_t2]. Loaders: scale = alpha / hada_w1_b.shape[0].
 
-Forward (both LoHa and LoKr, :class:`MergedOpModule`): one op of the wrapped layer with
-W + multiplier * delta W, instead of the base op plus a second full-size op with delta W
-(adapter-format.md "Speed facts"; bench/adapter_ops.py measures it: on the CPU the merged op
-costs 0.6x the 2-op path on the 320-channel conv and the feed-forward, bench/RESULTS.md); the same
-function of x. Under fp16/bf16 base weights the
-sum is rounded to the weight's precision, as LyCORIS's default (non-bypass) path does.
+Forward: one merged op (merged.py).
 
-Dropouts (only while training, kohya-semantics 2.11; LyCORIS ignores plain dropout here):
+Dropouts (only while training, docs/adapters.md "Dropouts"; LyCORIS ignores plain dropout here):
 - network_dropout: dropout on the elements of delta W (scaled 1/(1-p)), one mask per forward.
 - rank_dropout: each rank of each low-rank factor dropped with p, the factor scaled 1/(1-p),
   one mask per forward (the merged op shares one weight across the batch, so the mask is not
@@ -29,74 +24,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .base import AdapterModule, fmt_arg
-from .dora import DORA_ARGS, check_dora_tensors, decomposed_delta, init_dora
+from .declare import LOADERS, LOADS, LYCORIS_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat, GuiLoraType, Loads, has_all, shape0
+from .dora import DORA_ARGS
+from .merged import MergedOpModule
 from .registry import register
 
-
-class MergedOpModule(AdapterModule):
-    """Base for algorithms that rebuild delta W: forward = op(x, W + m * delta W) + bias.
-
-    Subclasses implement ``delta_weight(train=False)``; with train=True they apply the
-    rank dropout (the network dropout is applied here) while dropouts are active.
-    """
-    LYCORIS_CONV_DEFAULTS = True
-
-    network_module = "lycoris.kohya"
-
-    def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
-        super().__init__(name, org, dim, alpha, **kw)
-        init_dora(self)  # dora_wd: a trained magnitude dora_scale (dora.py)
-
-    @classmethod
-    def network_args(cls, cfg: Any) -> dict[str, str]:
-        """As LyCORIS files carry them: algo, conv_dim/conv_alpha, dropouts, the algorithm's options."""
-        out = {"algo": cls.algo, **super().network_args(cfg)}
-        for k, v in cls.parse_args(cfg).items():
-            out[k] = fmt_arg(v)
-        return out
-
-    def param_dtype(self) -> torch.dtype:
-        return torch.float32
-
-    def delta_weight(self, train: bool = False) -> torch.Tensor:  # type: ignore[override]
-        raise NotImplementedError
-
-    def rank_keep(self, r: int, device: torch.device) -> Optional[torch.Tensor]:
-        """A (r,) 0/(1/(1-p)) rank mask while rank dropout is active, else None."""
-        if not (self.rank_dropout and self.dropouts_active()):
-            return None
-        keep = (torch.rand(r, device=device) > self.rank_dropout).float()
-        return keep / (1.0 - self.rank_dropout)
-
-    def training_delta(self) -> torch.Tensor:
-        active = self.dropouts_active()
-        dw = self.dropped(self.delta_weight(train=active))
-        return decomposed_delta(self, dw) if self.wd else dw
-
-    @torch.no_grad()
-    def merge(self, multiplier: Optional[float] = None) -> None:
-        m = self.multiplier if multiplier is None else multiplier
-        w = self.org.weight
-        dw = self.delta_weight().float()
-        if self.wd:
-            dw = decomposed_delta(self, dw)
-        w.copy_((w.float() + m * dw.to(w.device)).to(w.dtype))
-
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        check_dora_tensors(self, tensors)
-        super().load_tensors(tensors)
-
-    def dora_tensors(self) -> dict[str, torch.Tensor]:
-        return {"dora_scale": self.dora_scale} if self.wd else {}
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if not self.plain_call(args, kwargs):  # extra arguments keep the exact 2-op form
-            return AdapterModule.forward(self, x, *args, **kwargs)
-        return self.merged_call(x, self.training_delta)
-
-    def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x, self.training_delta().to(x.dtype))
+LOHA = FileFormat("loha", has_all("hada_w1_a"), {**{ui: LOADS for ui in LOADERS}, "diffusers": Loads(NO)},
+                  rank=shape0("hada_w1_b"), tucker_key="hada_t1")
 
 
 def _normal_(t: torch.Tensor, std: float) -> None:
@@ -106,18 +40,16 @@ def _normal_(t: torch.Tensor, std: float) -> None:
 
 @register("loha")
 class LoHaModule(MergedOpModule):
+    lycoris_algos = ("loha",)
+    gui_lora_types = {"LyCORIS/LoHa": GuiLoraType(LYCORIS_MODULE, LYCORIS_GUI_ARGS)}
+    file_formats = (LOHA,)
     ARGS = {"use_tucker": False, **DORA_ARGS}
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
-        w = org.weight
-        dev, r = w.device, self.dim
-        out_ch, in_ch = w.shape[0], w.shape[1]
-        ksize = tuple(w.shape[2:])
+        (out_ch, in_ch, ksize), r, param = self.layout(), self.dim, self.new_param
+        dev = org.weight.device
         self.tucker = bool(self.args.get("use_tucker")) and self.is_conv and ksize != (1, 1)
-
-        def param(*shape: int) -> nn.Parameter:
-            return nn.Parameter(torch.empty(*shape, device=dev, dtype=torch.float32))
 
         if self.tucker:
             self.hada_w1_a, self.hada_w1_b = param(r, out_ch), param(r, in_ch)
@@ -126,7 +58,7 @@ class LoHaModule(MergedOpModule):
             _normal_(self.hada_t1, 0.1)
             _normal_(self.hada_t2, 0.1)
         else:
-            flat_in = w[0].numel()  # in * k * k
+            flat_in = org.weight[0].numel()  # in * k * k
             self.hada_w1_a, self.hada_w1_b = param(out_ch, r), param(r, flat_in)
             self.hada_w2_a, self.hada_w2_b = param(out_ch, r), param(r, flat_in)
         _normal_(self.hada_w1_b, 1.0)

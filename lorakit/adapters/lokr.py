@@ -1,4 +1,4 @@
-"""LoKr: a Kronecker product of a small and a large factor (LyCORIS "lokr"; adapter-format.md).
+"""LoKr: a Kronecker product of a small and a large factor (LyCORIS "lokr"; docs/adapters.md).
 
 (a, b) = factorization(out, factor), (c, d) = factorization(in, factor), a <= b, c <= d;
 delta W = kron(W1, W2) * scale reshaped to the wrapped weight, where
@@ -12,7 +12,7 @@ stored alpha is r (LyCORIS), which every loader reads as scale 1 (no lokr_w1_b /
 Init (LyCORIS): lokr_w2 or lokr_w2_b zero (a fresh adapter changes nothing); every other
 factor kaiming_uniform(a=sqrt 5).
 
-Forward: one merged op (loha.MergedOpModule). Dropouts while training, one mask per forward:
+Forward: one merged op (merged.MergedOpModule). Dropouts while training, one mask per forward:
 network_dropout on the elements of delta W; rank_dropout on the ranks of each decomposed
 factor (scaled 1/(1-p)), or on delta W's output rows when both factors are full (no ranks).
 """
@@ -25,32 +25,33 @@ import torch
 from torch import nn
 
 from .base import kaiming_down_
+from .declare import LOADERS, LOADS, LYCORIS_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat, GuiLoraType, Loads, shape0
 from .dora import DORA_ARGS
-from .loha import MergedOpModule
+from .factorization import factorization
+from .merged import MergedOpModule
 from .registry import register
 
+_rank = shape0("lokr_w1_b", "lokr_w2_b")
 
-def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
-    """(m, n), m <= n, m * n = dimension, as LyCORIS splits a LoKr dimension.
 
-    A positive factor that divides the dimension is used as is. Otherwise m grows
-    through the divisors of `dimension` while m < n and m <= factor (no limit for -1),
-    so factor -1 gives the most balanced split (e.g. 320 -> (16, 20), 768 -> (24, 32)).
-    """
-    if factor > 0 and dimension % factor == 0:
-        m, n = factor, dimension // factor
-        return (m, n) if m <= n else (n, m)
-    limit = dimension if factor < 0 else factor
-    m, n = 1, dimension
-    cand = 2
-    while m < n:
-        while dimension % cand:
-            cand += 1
-        if cand > limit:
-            break
-        m, n = cand, dimension // cand
-        cand += 1
-    return (m, n) if m <= n else (n, m)
+def _rank_hint(ts: dict[str, torch.Tensor]) -> Optional[int]:
+    """The rank, or for a module of full factors the alpha, which LyCORIS and lorakit store as dim."""
+    r = _rank(ts)
+    return r if r is not None or "alpha" not in ts else int(round(float(ts["alpha"])))
+
+
+def _dim_fits(ts: dict[str, torch.Tensor], dim: int) -> bool:
+    if _rank(ts) is None:
+        b, d = ts["lokr_w2"].shape[:2]  # W2 is full exactly when dim >= max(b, d) / 2
+        return dim >= max(b, d) / 2
+    return _rank_hint(ts) == dim
+
+
+LOKR = FileFormat("lokr", lambda ts: "lokr_w1" in ts or "lokr_w1_a" in ts,
+                  {**{ui: LOADS for ui in LOADERS}, "diffusers": Loads(NO)},
+                  rank=_rank, rank_hint=_rank_hint, dim_fits=_dim_fits, tucker_key="lokr_t2", kernel_key="lokr_w2",
+                  options=lambda ts: {"decompose_both": True} if "lokr_w1_a" in ts else {},
+                  rankless=lambda ts: "full-matrix factors")
 
 
 def _kaiming_(t: torch.Tensor) -> None:
@@ -60,22 +61,20 @@ def _kaiming_(t: torch.Tensor) -> None:
 
 @register("lokr")
 class LoKrModule(MergedOpModule):
+    lycoris_algos = ("lokr",)
+    gui_lora_types = {"LyCORIS/LoKr": GuiLoraType(LYCORIS_MODULE, (*LYCORIS_GUI_ARGS, "factor", "decompose_both"))}
+    file_formats = (LOKR,)
     ARGS = {"factor": -1, "decompose_both": False, "use_tucker": False, **DORA_ARGS}
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
-        w = org.weight
-        dev, r = w.device, self.dim
-        out_ch, in_ch = w.shape[0], w.shape[1]
-        ksize = tuple(w.shape[2:])
+        (out_ch, in_ch, ksize), r, param = self.layout(), self.dim, self.new_param
+        dev = org.weight.device
         factor = int(self.args.get("factor", -1))
         a, b = factorization(out_ch, factor)
         c, d = factorization(in_ch, factor)
         self.shapes = ((a, b), (c, d))
         kk = math.prod(ksize) if ksize else 1
-
-        def param(*shape: int) -> nn.Parameter:
-            return nn.Parameter(torch.empty(*shape, device=dev, dtype=torch.float32))
 
         self.full_w1 = not (self.args.get("decompose_both") and r < max(a, c) / 2)
         if self.full_w1:

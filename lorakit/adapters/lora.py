@@ -1,4 +1,4 @@
-"""LoRA and LoCon (kohya-ss/sd-scripts networks/lora.py semantics; adapter-format.md).
+"""LoRA and LoCon (kohya-ss/sd-scripts networks/lora.py semantics; docs/adapters.md).
 
 delta W = up @ down * alpha / dim.
 - Linear: down (r, in), up (out, r).
@@ -7,13 +7,14 @@ delta W = up @ down * alpha / dim.
 Init: down kaiming_uniform(a=sqrt(5)), up zeros, so a fresh adapter changes nothing.
 Forward is the bypass x -> down -> [network/rank dropout] -> up, the cheapest form for small ranks
 on the CPU and for small layers. network_args merged_op=true runs one op with W + delta W instead
-(faster on an H100 for the 64x64 3x3 convs and the feed-forward, adapter-format.md "Speed facts");
+(faster on an H100 for the 64x64 3x3 convs and the feed-forward, docs/adapters.md "Speed");
 it falls back to the bypass while network/rank dropout act, since their per-sample masks have no
 merged form. Same values either way, to float rounding.
 
 "lora" is kohya's networks.lora (3x3 convs only with conv_dim: kohya LoCon).
-"locon" is the same module with LyCORIS's defaults: conv_dim defaults to network_dim and
-conv_alpha to network_alpha, so 3x3 convs are always adapted. Both write the same file format.
+"locon" is LyCORIS's LoCon (lycoris.kohya, algo=locon): conv_dim defaults to network_dim and
+conv_alpha to network_alpha, so 3x3 convs are always adapted; it adds the Tucker form and DoRA.
+Without those both write the same tensors.
 """
 from __future__ import annotations
 
@@ -24,14 +25,39 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import CONV3X3, AdapterModule, kaiming_down_
-from .dora import DORA_ARGS, check_dora_tensors, decomposed_delta, init_dora
+from .declare import (LOADERS, LOADS, LYCORIS_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat, GuiLoraType, Loads,
+                      has_all, shape0)
+from .dora import DORA_ARGS, DoRA
 from .registry import register
+
+DOWN, UP, MID = "lora_down.weight", "lora_up.weight", "lora_mid.weight"
+
+
+def _kernel_down(ts: dict[str, torch.Tensor]) -> bool:
+    down = ts[DOWN]
+    return down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
+
+
+_LORA_KEYS = has_all(DOWN, UP)
+# every loader reads the LoRA format (kohya LoCon's k x k down included)
+LORA = FileFormat("lora", lambda ts: _LORA_KEYS(ts) and MID not in ts and not _kernel_down(ts),
+                  {ui: LOADS for ui in LOADERS}, rank=shape0(DOWN), kernel_key=DOWN)
+LOCON = FileFormat("locon", lambda ts: _LORA_KEYS(ts) and MID not in ts and _kernel_down(ts),
+                   {ui: LOADS for ui in LOADERS}, rank=shape0(DOWN), kernel_key=DOWN)
+LOCON_TUCKER = FileFormat(
+    "locon-tucker", has_all(DOWN, UP, MID),
+    {**{ui: LOADS for ui in LOADERS}, "diffusers": Loads(NO, "diffusers does not load lora_mid")},
+    rank=shape0(DOWN), tucker_key=MID, notes=("Tucker (lora_mid) convs do not load in diffusers",))
 
 
 @register("lora")
 class LoRAModule(AdapterModule):
     network_module = "networks.lora"
-    ARGS: dict[str, Any] = {"merged_op": False}  # a runtime choice: not written to the file
+    gui_lora_types = {"Standard": GuiLoraType("networks.lora"),
+                      "Kohya LoCon": GuiLoraType("networks.lora", ("conv",))}
+    file_formats = (LORA, LOCON)
+    ARGS: dict[str, Any] = {"merged_op": False}
+    UNWRITTEN_ARGS = ("merged_op",)  # a runtime choice
     BLOCKWISE = True
     LORAPLUS = True
     TRAIN_NORM = False  # sd-scripts' networks.lora has no train_norm (LyCORIS LoCon: network_type locon)
@@ -55,7 +81,7 @@ class LoRAModule(AdapterModule):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         per_sample = self.dropouts_active() and bool(self.dropout or self.rank_dropout)
-        if (not self.args.get("merged_op") or per_sample or getattr(self, "wd", False)
+        if (not self.args.get("merged_op") or per_sample or self.args.get("dora_wd")
                 or not self.plain_call(args, kwargs)):
             return super().forward(x, *args, **kwargs)
         return self.merged_call(x, self.delta_weight)
@@ -85,7 +111,7 @@ class LoRAModule(AdapterModule):
 
 
 @register("locon")
-class LoConModule(LoRAModule):
+class LoConModule(DoRA, LoRAModule):
     """LyCORIS-style LoCon defaults on kohya's targets (same tensors as kohya LoCon).
 
     ``use_tucker`` (``use_cp``): a 3x3 conv gets the Tucker form, down (r, in, 1, 1) ->
@@ -98,9 +124,22 @@ class LoConModule(LoRAModule):
     forward and network dropout the elements of delta W.
     """
     LYCORIS_CONV_DEFAULTS = True
+    network_module = LYCORIS_MODULE  # LyCORIS's name for it; module_for() writes networks.lora where it can
+    lycoris_algos = ("locon", "lora")
+    gui_lora_types = {"LyCORIS/LoCon": GuiLoraType(LYCORIS_MODULE, LYCORIS_GUI_ARGS),
+                      "LoCon": GuiLoraType(LYCORIS_MODULE, LYCORIS_GUI_ARGS)}  # the GUI's older name
+    file_formats = (LORA, LOCON, LOCON_TUCKER)
     ARGS: dict[str, Any] = {**LoRAModule.ARGS, "use_tucker": False, **DORA_ARGS}
     BLOCKWISE = False  # LyCORIS has no block_dims / block lr weights
     TRAIN_NORM = True
+
+    @classmethod
+    def module_for(cls, cfg: Any) -> str:
+        """networks.lora while it rebuilds the network exactly (it needs no LyCORIS install);
+        lycoris.kohya (algo=locon) once the Tucker form or DoRA is on: networks.lora has neither
+        lora_mid nor dora_scale."""
+        args = cls.parse_args(cfg)
+        return LYCORIS_MODULE if args["use_tucker"] or args["dora_wd"] else "networks.lora"
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
@@ -113,7 +152,7 @@ class LoConModule(LoRAModule):
             if dev.type != "meta":
                 kaiming_down_(self.lora_down.weight)
                 kaiming_down_(self.lora_mid.weight)
-        init_dora(self)
+        self.init_dora()
 
     def dora_delta(self) -> torch.Tensor:
         """W' - W of DoRA, with this forward's dropouts while training."""
@@ -125,7 +164,7 @@ class LoConModule(LoRAModule):
         dw = self.delta_weight(up)
         if active and self.dropout:
             dw = F.dropout(dw, p=self.dropout, training=True)
-        return decomposed_delta(self, dw)
+        return self.decomposed(dw)
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.wd:
@@ -142,24 +181,10 @@ class LoConModule(LoRAModule):
         mid, down = self.lora_mid.weight, self.lora_down.weight.flatten(1)
         return torch.einsum("oi,ijkl,jc->ockl", up, mid, down) * self.scale
 
-    @torch.no_grad()
-    def merge(self, multiplier: Optional[float] = None) -> None:
-        if not self.wd:
-            return super().merge(multiplier)
-        m = self.multiplier if multiplier is None else multiplier
-        w = self.org.weight
-        dw = decomposed_delta(self, self.delta_weight().float())
-        w.copy_((w.float() + m * dw.to(w.device)).to(w.dtype))
-
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        check_dora_tensors(self, tensors)
-        super().load_tensors(tensors)
-
     def tensors_to_save(self) -> dict[str, torch.Tensor]:
         out = super().tensors_to_save()
         if self.tucker:
             out["lora_mid.weight"] = self.lora_mid.weight
-        if self.wd:
-            out["dora_scale"] = self.dora_scale
+        out.update(self.dora_tensors())
         return out
 

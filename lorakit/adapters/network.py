@@ -1,6 +1,6 @@
 """Find the targets in the UNet and text encoder, attach one adapter module to each.
 
-kohya's default targets (adapter-format.md "Default targets"): every Linear and 1x1
+kohya's default targets (docs/adapters.md "Default targets"): every Linear and 1x1
 Conv inside Transformer2DModel blocks (192 modules in SD1.5) and the text encoder's
 CLIPAttention + CLIPMLP linears (72). With conv_dim also ResnetBlock2D, Downsample2D
 and Upsample2D: their 3x3 convs get conv_dim/conv_alpha, time_emb_proj and the 1x1
@@ -102,12 +102,13 @@ class AdapterNetwork(nn.Module):
                  text_encoder_modules: dict[str, AdapterModule], *, train_unet: bool, train_text_encoder: bool,
                  network_args: Optional[dict[str, str]] = None, multiplier: float = 1.0,
                  block_lr_weights: Optional[list[float]] = None,
-                 loraplus_ratios: tuple[Optional[float], Optional[float]] = (None, None)):
+                 loraplus_ratios: tuple[Optional[float], Optional[float]] = (None, None),
+                 network_module: Optional[str] = None):
         super().__init__()
         self.block_lr_weights = block_lr_weights  # 25 UNet lr multipliers (blockwise.py) or None
         self.loraplus_ratios = loraplus_ratios    # (text encoder, UNet): lora_up lr = lr x ratio
         self.algo = algo_cls.algo
-        self.network_module_name = algo_cls.network_module
+        self.network_module_name = network_module or algo_cls.network_module
         self.network_args: dict[str, str] = dict(network_args or {})
         self.train_unet = train_unet
         self.train_text_encoder = train_text_encoder
@@ -232,7 +233,7 @@ class AdapterNetwork(nn.Module):
     @torch.no_grad()
     def apply_max_norm(self, max_norm: float, device: Optional[torch.device | str] = None
                        ) -> tuple[int, float, float]:
-        """kohya-semantics 2.12: cap ||delta W||_F (scale included, multiplier not) at max_norm.
+        """kohya's max-norm regularization (scale_weight_norms): cap ||delta W||_F (scale included, multiplier not) at max_norm.
 
         n = max(||dW||, max_norm/2); ratio = min(n, max_norm)/n; modules with ratio != 1
         are scaled (LoRA: up and down by sqrt(ratio)). Returns (keys_scaled, average
@@ -389,4 +390,4 @@ def create_network(cfg: Any, unet: Optional[nn.Module], text_encoder: Optional[n
                           train_text_encoder=train_te,
                           network_args={**algo_cls.network_args(cfg), **extra_network_args(cfg)},
                           multiplier=multiplier, block_lr_weights=block_lr_weights(cfg),
-                          loraplus_ratios=loraplus_ratios(cfg))
+                          loraplus_ratios=loraplus_ratios(cfg), network_module=algo_cls.module_for(cfg))

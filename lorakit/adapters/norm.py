@@ -23,8 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterModule
+from .declare import LOADS, FileFormat, has_all
+from .registry import register_format
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm)
+# The other loaders' handling of w_norm / b_norm is not verified: inspect says "unknown" for them.
+NORM = register_format(FileFormat("norm", has_all("w_norm"), {"LyCORIS": LOADS},
+                                  rankless=lambda ts: "no rank (norm offsets)"))
 
 
 class NormModule(AdapterModule):

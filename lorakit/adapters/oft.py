@@ -1,7 +1,7 @@
 """Diag-OFT: orthogonal fine-tuning with block-diagonal rotations (LyCORIS "diag-oft").
 
 EXPERIMENTAL: A1111 loads it only with a non-zero constraint, ComfyUI in part, Forge and
-diffusers not at all (adapter-format.md; ``lorakit inspect`` says so for a file).
+diffusers not at all (docs/adapters.md; ``lorakit inspect`` says so for a file).
 
 The output channels are split into blocks: (block_size, block_num) = factorization(out, dim)
 (block_size <= block_num; dim is network_dim / conv_dim). Each block k has a free matrix
@@ -16,7 +16,7 @@ trained per-output-channel factor ``rescale`` (out, 1, ...) multiplies W' (init 
 The applied delta is W' - W, so a strength s gives W + s (W' - W). B = 0 is R = I: a fresh
 adapter changes nothing.
 
-Forward: one merged op with W + multiplier (W' - W) (loha.MergedOpModule). Dropouts while
+Forward: one merged op with W + multiplier (W' - W) (merged.MergedOpModule). Dropouts while
 training: network_dropout on the elements of the delta, rank_dropout on its output rows
 (scaled 1/(1-p)), one mask per forward. Max-norm scales oft_blocks by the ratio, as LyCORIS
 does (the delta is not linear in B, so the cap is approximate for large rotations).
@@ -29,9 +29,50 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .lokr import factorization
-from .loha import MergedOpModule
+from .declare import LYCORIS_GUI_ARGS, LYCORIS_MODULE, NO, FileContext, FileFormat, GuiLoraType, Loads, LOADS
+from .factorization import factorization
+from .merged import MergedOpModule
 from .registry import register
+
+COMFY_STRENGTH = Loads("at strength 1 only", "ComfyUI applies the strength of OFT/BOFT twice")
+
+
+def constraint_of(ts: dict[str, torch.Tensor]) -> float:
+    """The constraint an OFT module's file stores as alpha (none: 0)."""
+    return float(f"{float(ts['alpha']):.7g}") if "alpha" in ts else 0.0
+
+
+def oft_options(ts: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return {"constraint": constraint_of(ts), "rescaled": "rescale" in ts}
+
+
+def oft_rankless(ts: dict[str, torch.Tensor]) -> str:
+    return f"no rank (block rotations, constraint {constraint_of(ts):g})"
+
+
+def _a1111(ctx: FileContext) -> Loads:
+    if all(constraint_of(ts) != 0 for ts in ctx.modules.values()):
+        return LOADS
+    return Loads(NO, "A1111 applies Diag-OFT only with a non-zero constraint; this file has constraint 0")
+
+
+def _comfyui(ctx: FileContext) -> Loads:
+    if all(constraint_of(ts) == 0 for ts in ctx.modules.values()):
+        return COMFY_STRENGTH
+    return Loads("partial", "at strength 1 only: ComfyUI applies the strength twice; and it caps the rotation "
+                            "at the raw constraint, not constraint x output channels")
+
+
+def _diag_fits(ts: dict[str, torch.Tensor], dim: int) -> bool:
+    n, b = ts["oft_blocks"].shape[0], ts["oft_blocks"].shape[-1]
+    return factorization(n * b, dim) == (b, n)
+
+
+DIAG_OFT = FileFormat(
+    "diag-oft", lambda ts: "oft_blocks" in ts and ts["oft_blocks"].dim() != 4,
+    {"A1111": _a1111, "Forge": Loads(NO), "ComfyUI": _comfyui, "diffusers": Loads(NO), "LyCORIS": LOADS},
+    rank_hint=lambda ts: int(ts["oft_blocks"].shape[-1]), dim_fits=_diag_fits, options=oft_options,
+    rankless=oft_rankless, experimental=True)
 
 
 class OFTBase(MergedOpModule):
@@ -39,6 +80,12 @@ class OFTBase(MergedOpModule):
     optional per-output-channel rescale, and their tensors (oft_blocks, [rescale], alpha)."""
     # LyCORIS's options; use_tucker is accepted (kohya_ss passes it) and, as in LyCORIS, unused
     ARGS: dict[str, Any] = {"constraint": 0.0, "rescaled": False, "use_tucker": False}
+
+    @classmethod
+    def metadata_dims(cls, cfg: Any) -> tuple[str, str]:
+        """(ss_network_dim, ss_network_alpha): the block size and the constraint, which the file's
+        alpha tensors hold (OFT has no LoRA alpha)."""
+        return str(cfg.network_dim), str(cls.parse_args(cfg)["constraint"])
 
     def init_oft(self, blocks_shape: tuple[int, ...]) -> None:
         """Call from __init__ once the block layout is known."""
@@ -90,6 +137,9 @@ class OFTBase(MergedOpModule):
 @register("diag-oft")
 class DiagOFTModule(OFTBase):
     """Diag-OFT (experimental: few loaders read it; see the module docstring)."""
+    lycoris_algos = ("diag-oft",)
+    gui_lora_types = {"LyCORIS/Diag-OFT": GuiLoraType(LYCORIS_MODULE, LYCORIS_GUI_ARGS)}
+    file_formats = (DIAG_OFT,)
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)

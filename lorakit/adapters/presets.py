@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .base import CONV3X3, UNET_ATTENTION_PARENTS, UNET_CONV_PARENTS, TargetRules
+from .base import CONV3X3, UNET_ATTENTION_PARENTS, UNET_CONV_PARENTS, TargetRules, lycoris_conv_rank
 
 PRESETS = ("kohya", "attn-mlp", "attn-only", "full")
 FULL_EXTRA = ("conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2")
@@ -41,7 +41,7 @@ def apply_preset(preset: str, rules: TargetRules, by_kind: dict[str, tuple[int, 
         return rules, rules, by_kind
     if preset == "full":
         kinds = dict(by_kind)
-        kinds.setdefault(CONV3X3, (cfg.network_dim, cfg.network_alpha))
+        kinds.setdefault(CONV3X3, lycoris_conv_rank(cfg))  # conv_dim is unset here
         unet = replace(rules, unet_parents=UNET_ATTENTION_PARENTS + UNET_CONV_PARENTS, conv3x3=True,
                        extra_paths=FULL_EXTRA)
         return unet, rules, kinds

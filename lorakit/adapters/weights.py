@@ -7,16 +7,18 @@ file's alpha, and modules on one side only are dropped or left fresh without a w
 
 Before the model loads (:func:`read_weights_file`, :func:`resolve_dims`):
 - the file is a readable .safetensors adapter (kohya / LyCORIS / lorakit key layout, not a
-  checkpoint nor a diffusers/peft LoRA) and every module's algorithm (read from its tensor
-  names, as ``lorakit inspect``) is one network_type builds: lora / locon / dylora share
-  the LoRA format; Tucker LoCon needs locon; the others need their own name;
-- options visible in the tensors (use_tucker, decompose_both, dora_wd, train_on_input,
-  the OFT constraint and rescale) must be set in network_args as the file was trained;
-- the rank of each module comes from its tensors (lora_down / hada_w1_b / lokr_w*_b /
-  a2 shape[0]; OFT: the block layout), its alpha from ``alpha`` (rank when absent). Layer
-  kinds: 3x3 convs (conv_dim / conv_alpha) are told by a 4-D kernel where the tensors show
-  one, else by the module name (resnets' conv1/conv2, down/upsamplers, conv_in/conv_out);
-  every other module takes network_dim / network_alpha.
+  checkpoint nor a diffusers/peft LoRA) and every module's file format (read from its tensor
+  names, as ``lorakit inspect``) is one that network_type writes (each type declares its
+  formats, adapters/declare.py): lora / locon / dylora share the LoRA format; Tucker LoCon
+  needs locon; the others need their own name;
+- options visible in the tensors (use_tucker, dora_wd, and what the format declares:
+  decompose_both, train_on_input, the OFT constraint and rescale) must be set in network_args
+  as the file was trained;
+- the rank of each module comes from its tensors, where its format says (lora_down /
+  hada_w1_b / lokr_w*_b / a2 shape[0]; OFT: the block layout), its alpha from ``alpha`` (rank
+  when absent). Layer kinds: 3x3 convs (conv_dim / conv_alpha) are told by a Tucker tensor or a
+  4-D kernel where the format has one, else by the module name (resnets' conv1/conv2,
+  down/upsamplers, conv_in/conv_out); every other module takes network_dim / network_alpha.
 - dim_from_weights: network_dim / network_alpha (and conv_dim / conv_alpha, unset when the
   file adapts no 3x3 conv) become the file's; all modules of one kind must agree, since a
   lorakit network has one rank per kind. Without it, a module whose rank or alpha differs
@@ -38,13 +40,12 @@ from typing import Any, Optional
 import torch
 
 from ..errors import ConfigError, UserError
+from . import registry
 from .base import CONV3X3, LINEAR
+from .declare import FileFormat
 from .network import TE_PREFIX, UNET_PREFIX, normalise_te_key
 
 KEY = "network_weights"
-# file algorithm (inspect.classify) -> the network_types that build modules of that format
-COMPATIBLE = {"lora": {"lora", "locon", "dylora"}, "locon": {"lora", "locon", "dylora"},
-              "dylora": {"lora", "locon", "dylora"}, "locon-tucker": {"locon"}}
 # names of the 3x3 convs of SD1/2's UNet in kohya's diffusers-layout names
 CONV3X3_NAME = re.compile(r"(_resnets_\d+_conv[12]|_(down|up)samplers_\d+_conv|^lora_unet_conv_(in|out))$")
 DIM_KEYS = ("network_dim", "network_alpha", "conv_dim", "conv_alpha")
@@ -54,14 +55,13 @@ DIM_KEYS = ("network_dim", "network_alpha", "conv_dim", "conv_alpha")
 class WeightsFile:
     path: str
     modules: dict[str, dict[str, torch.Tensor]]  # module name (TE names normalised) -> tensors
-    algos: dict[str, str]                        # module name -> file algorithm
+    algos: dict[str, str]                        # module name -> algorithm label (inspect's)
     metadata: dict[str, str] = field(default_factory=dict)
+    formats: dict[str, FileFormat] = field(default_factory=dict)  # module name -> file format
 
 
 def read_weights_file(path: str) -> WeightsFile:
     """The adapter file's tensors grouped per module; ConfigError(key network_weights) if it is none."""
-    from ..inspect import classify
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError("the network_weights file does not exist", file=str(p), key=KEY,
@@ -85,85 +85,41 @@ def read_weights_file(path: str) -> WeightsFile:
                           else f"not an adapter file: no lora_unet_* / lora_te_* tensors ({len(tensors)} tensors)",
                           file=str(p), key=KEY,
                           fix="give a kohya/LyCORIS/lorakit adapter file; a model checkpoint is not an adapter")
-    dylora = metadata.get("ss_network_module") == "networks.dylora" or '"algo": "dylora"' in metadata.get(
-        "ss_network_args", "")
-    algos = {}
+    algos, formats = {}, {}
     for name, ts in modules.items():
-        algo = classify(ts)[0]
-        if algo == "unknown":
+        fmt = registry.classify(ts)
+        if fmt is None:
             raise ConfigError(f"module {name} has tensors of no known algorithm: {sorted(ts)}", file=str(p),
                               key=KEY, fix="give an adapter file written by lorakit, kohya or LyCORIS")
-        algos[name] = "dylora" if dylora and algo in ("lora", "locon") else algo
-    return WeightsFile(str(p), modules, algos, metadata)
+        formats[name], algos[name] = fmt, registry.label(fmt, metadata)
+    return WeightsFile(str(p), modules, algos, metadata, formats)
 
 
-# ---- what a module's tensors say -------------------------------------------------------------
-def is_conv3x3(name: str, ts: dict[str, torch.Tensor]) -> bool:
-    if any(k in ts for k in ("lora_mid.weight", "hada_t1", "lokr_t2")):  # Tucker: only 3x3 convs have it
-        return True  # (its lora_down is 1x1, so this comes first)
-    for k in ("lora_down.weight", "b2.weight", "diff", "lokr_w2"):
-        if k in ts and ts[k].dim() == 4:
-            return tuple(ts[k].shape[2:]) != (1, 1)
+# ---- what a module's tensors say (its format's declaration) -----------------------------------
+def is_conv3x3(name: str, fmt: FileFormat, ts: dict[str, torch.Tensor]) -> bool:
+    if fmt.tucker_key is not None and fmt.tucker_key in ts:  # only 3x3 convs have the Tucker form
+        return True  # (its down is 1x1, so this comes first)
+    if fmt.kernel_key is not None and fmt.kernel_key in ts and ts[fmt.kernel_key].dim() == 4:
+        return tuple(ts[fmt.kernel_key].shape[2:]) != (1, 1)
     return bool(CONV3X3_NAME.search(name))
 
 
-def rank_hint(algo: str, ts: dict[str, torch.Tensor]) -> Optional[int]:
-    """The rank the tensors show (a candidate for dim_from_weights); None for rank-less modules."""
-    from ..inspect import classify
-
-    dim = classify(ts)[1]
-    if dim is not None:
-        return dim
-    if algo == "lokr" and "alpha" in ts:  # both factors full: LyCORIS and lorakit store alpha = dim
-        return int(round(float(ts["alpha"])))
-    if algo in ("diag-oft", "boft"):
-        return int(ts["oft_blocks"].shape[-1])  # the block size
-    return None
-
-
-def dim_fits(algo: str, ts: dict[str, torch.Tensor], dim: int) -> bool:
-    """Would a module of rank `dim` have this module's tensor layout?"""
-    from ..inspect import classify
-
-    if algo == "lokr" and classify(ts)[1] is None:
-        b, d = ts["lokr_w2"].shape[:2]  # full W2 exactly when dim >= max(b, d) / 2
-        return dim >= max(b, d) / 2
-    if algo == "diag-oft":
-        from .lokr import factorization
-        n, b = ts["oft_blocks"].shape[0], ts["oft_blocks"].shape[-1]
-        return factorization(n * b, dim) == (b, n)
-    if algo == "boft":
-        from .boft import power2_split
-        n, b = ts["oft_blocks"].shape[1], ts["oft_blocks"].shape[-1]
-        return power2_split(n * b, dim) == (b, n)
-    hint = rank_hint(algo, ts)
-    return hint is None or hint == dim
-
-
-def file_alpha(algo: str, ts: dict[str, torch.Tensor]) -> Optional[float]:
+def file_alpha(fmt: FileFormat, ts: dict[str, torch.Tensor]) -> Optional[float]:
     """The module's alpha as the loaders read it (rank when absent); None where alpha is no LoRA alpha."""
-    from ..inspect import classify
-
-    dim = classify(ts)[1]
+    dim = fmt.rank(ts)
     if dim is None:  # iA3, full, full-matrix LoKr (scale 1), OFT (alpha is the constraint)
         return None
     return float(f"{float(ts['alpha']):.7g}") if "alpha" in ts else float(dim)  # float32 -> short decimal
 
 
-def file_args(algo: str, ts: dict[str, torch.Tensor]) -> dict[str, Any]:
+def file_args(fmt: FileFormat, ts: dict[str, torch.Tensor]) -> dict[str, Any]:
     """network_args the tensors prove the file was trained with."""
     out: dict[str, Any] = {}
-    if "lora_mid.weight" in ts or "hada_t1" in ts or "lokr_t2" in ts:
+    if fmt.tucker_key is not None and fmt.tucker_key in ts:
         out["use_tucker"] = True
-    if "lokr_w1_a" in ts:
-        out["decompose_both"] = True
     if "dora_scale" in ts:
         out["dora_wd"] = True
-    if algo == "ia3" and "on_input" in ts and bool(ts["on_input"].item()):
-        out["train_on_input"] = True
-    if algo in ("diag-oft", "boft"):
-        out["constraint"] = float(f"{float(ts['alpha']):.7g}") if "alpha" in ts else 0.0
-        out["rescaled"] = "rescale" in ts
+    out.update(fmt.options(ts))
     return out
 
 
@@ -184,14 +140,15 @@ def check_algorithm(cfg: Any, wf: WeightsFile) -> None:
 
     ntype = get_algorithm(cfg.network_type).algo
     for name, algo in wf.algos.items():
-        if ntype not in COMPATIBLE.get(algo, {algo}):
-            want = "locon" if algo == "locon-tucker" else "lora" if algo in COMPATIBLE else algo
+        can = registry.builders(wf.formats[name])
+        if ntype not in can:
+            want = can[0]
             raise ConfigError(f"the file is a {algo} adapter (e.g. {name}); network_type is {cfg.network_type}",
                               file=wf.path, key=KEY, fix=f"set network_type = {want!r} to continue this file, or "
                                                          "give a file of the network_type you train")
     args = get_algorithm(cfg.network_type).parse_args(cfg)
     for name, algo in wf.algos.items():
-        for k, v in file_args(algo, wf.modules[name]).items():
+        for k, v in file_args(wf.formats[name], wf.modules[name]).items():
             if k in args and args[k] != v:
                 raise ConfigError(f"the file was trained with network_args {k}={v} (e.g. {name}); the config has "
                                   f"{k}={args[k]}", file=wf.path, key="network_args",
@@ -203,20 +160,20 @@ def resolve_dims(cfg: Any, wf: WeightsFile) -> Any:
     check_algorithm(cfg, wf)
     groups: dict[str, list[str]] = {"network": [], "conv": []}
     for name in wf.modules:
-        groups["conv" if is_conv3x3(name, wf.modules[name]) else "network"].append(name)
+        groups["conv" if is_conv3x3(name, wf.formats[name], wf.modules[name]) else "network"].append(name)
     expected = _expected_dims(cfg)
     update: dict[str, Any] = {}
     for kind, names in groups.items():
         dim_key, alpha_key = ("conv_dim", "conv_alpha") if kind == "conv" else ("network_dim", "network_alpha")
-        hints = {n: rank_hint(wf.algos[n], wf.modules[n]) for n in names}
+        hints = {n: wf.formats[n].hint(wf.modules[n]) for n in names}
         if not names or all(h is None for h in hints.values()):
             if kind == "conv" and not names and cfg.dim_from_weights:
                 update.update(conv_dim=None, conv_alpha=None)  # the file adapts no 3x3 conv
             continue  # no rank to read (iA3, full)
-        alphas = {n: file_alpha(wf.algos[n], wf.modules[n]) for n in names}
+        alphas = {n: file_alpha(wf.formats[n], wf.modules[n]) for n in names}
         if cfg.dim_from_weights:
             dim = next((d for d in sorted({h for h in hints.values() if h is not None})
-                        if all(dim_fits(wf.algos[n], wf.modules[n], d) for n in names)), None)
+                        if all(wf.formats[n].fits(wf.modules[n], d) for n in names)), None)
             if dim is None:
                 a, b = _two_different(hints)
                 raise ConfigError(f"the file's {kind} modules have different ranks ({a}: {hints[a]}, {b}: "
@@ -240,7 +197,7 @@ def resolve_dims(cfg: Any, wf: WeightsFile) -> Any:
                               fix=f"set {dim_key} = {hints[first]} (and {alpha_key}), or dim_from_weights = true")
         dim, alpha = want
         for n in names:
-            if not dim_fits(wf.algos[n], wf.modules[n], dim):
+            if not wf.formats[n].fits(wf.modules[n], dim):
                 raise ConfigError(f"module {n} has rank {hints[n]} in the file, {dim_key} is {dim}", file=wf.path,
                                   key=dim_key, fix=f"set {dim_key} = {hints[n]}, or dim_from_weights = true to take "
                                                    "the ranks from the file")

@@ -1,12 +1,14 @@
-"""Writing adapter files with kohya's names and ss_* metadata (kohya-semantics.md 2.18-2.19)."""
+"""Writing adapter files with kohya's names and ss_* metadata (sd-scripts' set, docs/adapters.md)."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..adapters.registry import get_algorithm
 from ..optim.optimizers import describe_optimizer, eval_mode
 from .setup import DTYPES
 
@@ -48,6 +50,7 @@ def base_model_version(run: "Run") -> str:
 def build_metadata(run: "Run", step: int, epoch: int) -> dict[str, str]:
     cfg, plan, net, index = run.cfg, run.plan, run.network, run.index
     legacy, full = model_hashes(run)
+    dim, alpha = get_algorithm(cfg.network_type).metadata_dims(cfg)  # "None" for iA3/full; OFT: the constraint
     md = {
         "ss_session_id": str(run.seed),
         "ss_training_started_at": str(run.started_at),
@@ -66,8 +69,8 @@ def build_metadata(run: "Run", step: int, epoch: int) -> dict[str, str]:
         "ss_lr_warmup_steps": str(cfg.lr_warmup_steps),
         "ss_lr_scheduler": cfg.lr_scheduler,
         "ss_network_module": net.network_module_name,
-        "ss_network_dim": str(cfg.network_dim),
-        "ss_network_alpha": str(cfg.network_alpha if cfg.network_alpha is not None else cfg.network_dim),
+        "ss_network_dim": dim,
+        "ss_network_alpha": alpha,
         "ss_network_args": json.dumps(net.network_args),
         "ss_network_dropout": str(cfg.network_dropout),
         "ss_mixed_precision": cfg.mixed_precision,
@@ -121,14 +124,21 @@ def build_metadata(run: "Run", step: int, epoch: int) -> dict[str, str]:
         "ss_alpha_mask": str(cfg.alpha_mask),
         "ss_steps": str(step),
         "ss_epoch": str(epoch),
-        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": ("stable-diffusion-v2-768-v" if base_model_version(run) == "sd_v2_v"
                                    else "stable-diffusion-v2-512" if run.model.v2
                                    else "stable-diffusion-v1") + "/lora",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
         "modelspec.title": cfg.output_name,
         "modelspec.resolution": f"{cfg.resolution[0]}x{cfg.resolution[1]}",
+        # sd-scripts: the start time in local ISO-8601 without microseconds; clip skip as the encoder layer
+        "modelspec.date": datetime.datetime.fromtimestamp(int(run.started_at)).isoformat(),
+        "modelspec.prediction_type": "v" if run.model.v_parameterization else "epsilon",
+        "modelspec.encoder_layer": str(cfg.clip_skip),
     }
+    if cfg.min_timestep is not None or cfg.max_timestep is not None:
+        high = 1000 if cfg.max_timestep is None else cfg.max_timestep
+        md["modelspec.timestep_range"] = f"{cfg.min_timestep or 0},{high}"
     if cfg.network_weights:  # not in kohya's set: which file the run continued (base name only, no folders)
         md["ss_network_weights"] = Path(cfg.network_weights).name
     return md
