@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from .setup import Run
 
 FP8 = "float8_e4m3fn"
+FP16_TINY = 2.0 ** -24  # the smallest float16 above 0: a smaller Adam eps rounds to 0
+TORCH_ADAM = ("adamw", "adam")  # torch's Adam keeps its state in the parameters' dtype
 
 
 def check_train_settings(cfg: "TrainConfig") -> list[str]:
@@ -26,13 +28,19 @@ def check_train_settings(cfg: "TrainConfig") -> list[str]:
     warnings: list[str] = []
     mp = cfg.mixed_precision
     if cfg.full_fp16 and cfg.full_bf16:
-        problems.append(("full_bf16", "full_fp16 and full_bf16 are both set", "set at most one of them"))
+        problems.append(("full_bf16", "full_fp16 and full_bf16 are both set",
+                         "set at most one: full_fp16 with mixed_precision 'fp16', full_bf16 with 'bf16'"))
     elif cfg.full_fp16 and mp != "fp16":
         problems.append(("full_fp16", f"full_fp16 needs mixed_precision = 'fp16' (it is '{mp}')",
                          "set mixed_precision = 'fp16', or remove full_fp16"))
     elif cfg.full_bf16 and mp != "bf16":
         problems.append(("full_bf16", f"full_bf16 needs mixed_precision = 'bf16' (it is '{mp}')",
                          "set mixed_precision = 'bf16', or remove full_bf16"))
+    eps = cfg.optimizer_args.get("eps", 1e-8)
+    if cfg.full_fp16 and cfg.optimizer_type.lower() in TORCH_ADAM and isinstance(eps, float) and eps < FP16_TINY:
+        problems.append(("optimizer_args", f"full_fp16 with {cfg.optimizer_type}: eps {eps:g} is 0 in float16, so "
+                         "an adapter weight whose gradient is 0 (all of them at the first step) becomes NaN",
+                         "add eps=1e-4 to optimizer_args, or use full_bf16 with mixed_precision = 'bf16'"))
     if cfg.fp8_base:
         if not hasattr(torch, FP8):
             problems.append(("fp8_base", f"this torch ({torch.__version__}) has no {FP8} type",
