@@ -347,3 +347,16 @@ def test_masked_loss_from_a_mask_folder_trains_two_steps(tiny_model_dir, tmp_pat
     _, plain, _ = run(tiny_model_dir, img_dir, tmp_path / "p", dataset_subsets=[
         {k: v for k, v in sub.items() if k != "conditioning_data_dir"}], train_data_dir=None)
     assert len(losses) == 2 and all(np.isfinite(losses)) and losses != plain
+
+
+# ---- save_last_n_epochs / save_last_n_epochs_state ------------------------------------------------
+
+def test_last_n_epochs_keep_the_newest_files_and_states(tiny_model_dir, data, tmp_path):
+    """4 images, batch 4: one step per epoch; epochs 1-3 save (epoch 4 is the final file). With
+    save_last_n_epochs 2 the files of epochs 2 and 3 stay (sd-scripts removes epoch - every * N),
+    with save_last_n_epochs_state 1 the state of epoch 3."""
+    run(tiny_model_dir, data, tmp_path, max_train_steps=None, max_train_epochs=4, train_batch_size=4,
+        save_every_n_epochs=1, save_state=True, save_last_n_epochs=2, save_last_n_epochs_state=1)
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("last"))
+    assert names == ["last-000002.safetensors", "last-000003-state", "last-000003.safetensors", "last-state",
+                     "last.safetensors"]

@@ -154,3 +154,14 @@ def apply_token_weights(states: torch.Tensor, weights: torch.Tensor) -> torch.Te
     body = torch.cat([w[:, c, 1:-1] for c in range(w.shape[1])], dim=1)
     ones = torch.ones_like(body[:, :1])
     return states * torch.cat([ones, body, ones], dim=1)[..., None]
+
+
+def encode_captions(tokenizer, text_encoder, captions: list[str], max_token_length: int | None,
+                    clip_skip: int = 1, weighted: bool = False, device=None) -> torch.Tensor:
+    """States (B, n*75+2, D) of caption strings; weighted: kohya's (word:1.2) syntax applied."""
+    if weighted:
+        ids, weights = tokenize_weighted(tokenizer, captions, max_token_length)
+    else:
+        ids, weights = tokenize(tokenizer, captions, max_token_length), None
+    states = encode(text_encoder, ids.to(device or text_encoder.device), clip_skip=clip_skip)
+    return states if weights is None else apply_token_weights(states, weights)

@@ -36,18 +36,14 @@ class TrainResult:
 
 
 def encode_prompts(run: Run, captions: list[str]) -> torch.Tensor:
-    from ..models.text import apply_token_weights, encode, tokenize, tokenize_weighted
+    from ..models.text import encode_captions
 
     m, cfg = run.model, run.cfg
 
     def forward(strings: list[str]) -> torch.Tensor:
-        if cfg.weighted_captions:  # kohya's (word:1.2) syntax: states scaled per token
-            ids, weights = tokenize_weighted(m.tokenizer, strings, cfg.max_token_length)
-        else:
-            ids, weights = tokenize(m.tokenizer, strings, cfg.max_token_length), None
         with torch.set_grad_enabled(run.te_training):
-            states = encode(m.text_encoder, ids.to(run.device), clip_skip=cfg.clip_skip)
-            return states if weights is None else apply_token_weights(states, weights)
+            return encode_captions(m.tokenizer, m.text_encoder, strings, cfg.max_token_length, cfg.clip_skip,
+                                   cfg.weighted_captions, run.device)
 
     # frozen TE: rows by caption string, only the batch's new strings go through the encoder
     return forward(captions) if run.text_cache is None else run.text_cache.encode(captions, forward)
