@@ -207,5 +207,5 @@ def loggers_for(cfg, output_dir: str | Path) -> list:
     if cfg.log_with in (None, "tensorboard", "all"):
         out.append(TensorBoard(logdir))
     if cfg.log_with in ("wandb", "all"):
-        out.append(Wandb(logdir, cfg.log_tracker_name, cfg.wandb_run_name))
+        out.append(Wandb(logdir, cfg.log_tracker_name, cfg.wandb_run_name or cfg.output_name))  # the GUI's default name
     return out

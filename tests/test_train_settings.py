@@ -207,6 +207,13 @@ def test_precision_settings_need_their_mixed_precision(kw, key):
     assert e.value.key == key and "mixed_precision" in e.value.message + (e.value.fix or "")
 
 
+@pytest.mark.parametrize("kw", [{"network_type": "loha"}, {"network_type": "locon", "network_args": {"dora_wd": True}}])
+def test_fp8_base_refuses_adapters_that_read_the_base_weight(kw):
+    with pytest.raises(ConfigError, match="fp8_base stores in float8") as e:
+        check_train_settings(TrainConfig(fp8_base=True, mixed_precision="bf16", **kw))
+    assert e.value.key == "fp8_base" and "lora, locon, dylora, ia3" in e.value.fix
+
+
 def test_all_problems_listed_at_once():
     with pytest.raises(ConfigError) as e:
         check_train_settings(TrainConfig(full_bf16=True, fp8_base=True, log_with="wandb"))
@@ -218,7 +225,9 @@ def test_all_problems_listed_at_once():
 
 @pytest.mark.skipif(not hasattr(torch, "float8_e4m3fn"), reason="torch without float8")
 def test_fp8_base_stores_linear_and_conv_weights_in_float8(tiny_model_dir, data, tmp_path):
-    res, losses, _ = run(tiny_model_dir, data, tmp_path, mixed_precision="bf16", fp8_base=True)
+    res, losses, _ = run(tiny_model_dir, data, tmp_path, mixed_precision="bf16", fp8_base=True,
+                         sample_prompts="a cat --w 64 --h 64 --s 2", sample_every_n_steps=2)
+    assert len(list((tmp_path / "sample").glob("*.png"))) == 1  # sampling under autocast reads float8 too
     unet = res.model.unet
     lin = [m for m in unet.modules() if type(m) is torch.nn.Linear]
     assert lin and {m.weight.dtype for m in lin} == {torch.float8_e4m3fn}

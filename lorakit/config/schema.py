@@ -283,7 +283,8 @@ class TrainConfig(BaseModel):
         "the wandb package; project log_tracker_name), or all (both).")
     log_tracker_name: Optional[str] = F(None, "output", "wandb project name (unset = 'network_train', as "
                                                         "sd-scripts).")
-    wandb_run_name: Optional[str] = F(None, "output", "wandb run name (unset = wandb's own).")
+    wandb_run_name: Optional[str] = F(None, "output", "wandb run name (unset = output_name, as the kohya GUI "
+                                                      "passes it).")
     training_comment: Optional[str] = F(None, "output", "Stored as ss_training_comment in the file.")
 
     # ---- sample ------------------------------------------------------------------

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 FP8 = "float8_e4m3fn"
 FP16_TINY = 2.0 ** -24  # the smallest float16 above 0: a smaller Adam eps rounds to 0
+# adapters that add their output to the base layer's output; the others merge into its weight
+FP8_TYPES = ("lora", "locon", "dylora", "ia3")
 TORCH_ADAM = ("adamw", "adam")  # torch's Adam keeps its state in the parameters' dtype
 
 
@@ -45,6 +47,11 @@ def check_train_settings(cfg: "TrainConfig") -> list[str]:
         if not hasattr(torch, FP8):
             problems.append(("fp8_base", f"this torch ({torch.__version__}) has no {FP8} type",
                              "install torch 2.1 or later, or remove fp8_base"))
+        if cfg.network_type not in FP8_TYPES or cfg.network_args.get("dora_wd"):
+            what = "DoRA (dora_wd)" if cfg.network_type in FP8_TYPES else f"network_type '{cfg.network_type}'"
+            problems.append(("fp8_base", f"{what} computes with the base weights themselves, which fp8_base "
+                             "stores in float8 (only matmuls and convolutions can read them)",
+                             f"use network_type {', '.join(FP8_TYPES)} without dora_wd, or remove fp8_base"))
         if mp == "no":
             problems.append(("fp8_base", "fp8_base computes in the autocast dtype, but mixed_precision is 'no'",
                              "set mixed_precision = 'bf16' (or 'fp16'), or remove fp8_base"))
