@@ -369,3 +369,33 @@ def test_last_n_epochs_keep_the_newest_files_and_states(tiny_model_dir, data, tm
     names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("last"))
     assert names == ["last-000002.safetensors", "last-000003-state", "last-000003.safetensors", "last-state",
                      "last.safetensors"]
+
+
+# ---- settings lorakit had before: each trains 2 steps on the tiny model ---------------------------
+
+@pytest.fixture(scope="module")
+def plain_losses(tiny_model_dir, data, tmp_path_factory):
+    return run(tiny_model_dir, data, tmp_path_factory.mktemp("plain"))[1]
+
+
+@pytest.mark.parametrize("kw,changes", [
+    ({"ip_noise_gamma": 0.1, "ip_noise_gamma_random_strength": True}, True),
+    ({"noise_offset": 0.1, "noise_offset_random_strength": True}, True),
+    ({"vae_batch_size": 3}, False),  # the same latents, encoded 3 at a time
+    ({"log_with": "tensorboard"}, False),
+])
+def test_existing_settings_train_two_steps(tiny_model_dir, data, tmp_path, plain_losses, kw, changes):
+    _, losses, steps = run(tiny_model_dir, data, tmp_path, **kw)
+    assert steps == [1, 2] and all(np.isfinite(losses))
+    if changes:
+        assert losses != plain_losses
+    else:
+        assert losses == pytest.approx(plain_losses, abs=1e-6)
+
+
+def test_lr_scheduler_type_with_args_trains_two_steps(tiny_model_dir, data, tmp_path):
+    rows = []
+    cfg = tiny_run_config(tiny_model_dir, data, tmp_path, DEFAULTS, lr_scheduler_type="StepLR",
+                          lr_scheduler_args=["step_size=1", "gamma=0.5"])
+    train(cfg, [lambda ev: rows.append(ev.data["lrs"]["unet"]) if ev.kind == "step" else None], overwrite=True)
+    assert rows == pytest.approx([1e-3, 5e-4])  # halved after each optimizer step
