@@ -235,6 +235,9 @@ def test_fp8_base_stores_linear_and_conv_weights_in_float8(tiny_model_dir, data,
     assert res.model.text_encoder.get_input_embeddings().weight.dtype == torch.bfloat16
     assert all(np.isfinite(losses))
     assert {p.dtype for p in res.network.parameters()} == {torch.float32}  # the adapters stay float32
+    frozen_te, _, _ = run(tiny_model_dir, data, tmp_path / "u", mixed_precision="bf16", fp8_base=True,
+                          network_train_unet_only=True)
+    assert {p.dtype for p in frozen_te.network.parameters()} == {torch.float32}  # also untrained ones
     with safe_open(str(res.output_file), "pt") as f:
         assert f.metadata()["ss_fp8_base"] == "True"
 

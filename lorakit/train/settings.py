@@ -98,16 +98,17 @@ def allow_fp16_gradients(accelerator) -> None:
     scaler._unscale_grads_ = lambda opt, inv_scale, found_inf, allow_fp16: unscale(opt, inv_scale, found_inf, True)
 
 
-def store_base_in_fp8(*modules: nn.Module) -> int:
-    """fp8_base: the weight of every frozen nn.Linear / nn.Conv2d of `modules` stored as
-    float8_e4m3fn; autocast casts it to the compute dtype at each use. Biases, norms and
-    embeddings keep their dtype, so no op outside autocast's cast lists sees a float8 tensor
-    (sd-scripts casts whole models and keeps the text encoder's embeddings). Returns the count."""
+def store_base_in_fp8(network: nn.Module, *models: nn.Module) -> int:
+    """fp8_base: the weight of every nn.Linear / nn.Conv2d of `models` that is not the adapter
+    network's stored as float8_e4m3fn; autocast casts it to the compute dtype at each use. Biases,
+    norms and embeddings keep their dtype, so no op outside autocast's cast lists sees a float8
+    tensor (sd-scripts casts whole models and keeps the text encoder's embeddings). Returns the count."""
     n = 0
     fp8 = getattr(torch, FP8)
-    for root in modules:
+    adapter = {id(p) for p in network.parameters()}  # also an untrained text encoder's adapters
+    for root in models:
         for m in root.modules():
-            if type(m) in (nn.Linear, nn.Conv2d) and not m.weight.requires_grad:
+            if type(m) in (nn.Linear, nn.Conv2d) and id(m.weight) not in adapter:
                 m.weight.data = m.weight.data.to(fp8)
                 n += 1
     return n

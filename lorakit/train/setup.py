@@ -179,7 +179,7 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     weights_warnings = load_into(net, weights) if weights is not None else []
     net.to(run.device, adapter_dtype(cfg))
     if cfg.fp8_base:  # after the adapters are applied: they wrap the modules whose weights become float8
-        store_base_in_fp8(m.unet, m.text_encoder)
+        store_base_in_fp8(net, m.unet, m.text_encoder)
     run.te_training = net.train_text_encoder
     groups = net.param_groups(cfg.resolved_text_encoder_lr(), cfg.resolved_unet_lr())
     if cfg.gradient_checkpointing:
@@ -201,8 +201,8 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     run.scheduler = build_scheduler(optimizer, cfg.lr_scheduler, plan.total_steps,
                                     warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps), cfg=cfg)
     run.te_stop_step = text_encoder_stop_step(cfg, plan.total_steps) if net.train_text_encoder else None
-    run.warnings = (weights_warnings + noise_warnings + check_train_settings(cfg) + validate_speed_config(cfg) + optimizer_warnings(cfg, groups)
-                    + scheduler_warnings(cfg, plan.total_steps))
+    run.warnings = (weights_warnings + noise_warnings + check_train_settings(cfg) + validate_speed_config(cfg)
+                    + optimizer_warnings(cfg, groups) + scheduler_warnings(cfg, plan.total_steps))
     run.optimizer = accelerator.prepare(optimizer)
     if cfg.full_fp16:
         allow_fp16_gradients(accelerator)
