@@ -402,3 +402,11 @@ def test_lr_scheduler_type_with_args_trains_two_steps(tiny_model_dir, data, tmp_
                           lr_scheduler_args=["step_size=1", "gamma=0.5"])
     train(cfg, [lambda ev: rows.append(ev.data["lrs"]["unet"]) if ev.kind == "step" else None], overwrite=True)
     assert rows == pytest.approx([1e-3, 5e-4])  # halved after each optimizer step
+
+
+def test_plan_shows_where_the_text_encoder_stops(data):
+    from lorakit.train.plan import plan_for_config
+
+    cfg = TrainConfig(train_data_dir=str(data), resolution=64, max_train_steps=10, stop_text_encoder_training=25)
+    lines = plan_for_config(cfg).lines(cfg)
+    assert "text encoder trained for the first 3 of 10 steps (stop_text_encoder_training 25%)" in lines
