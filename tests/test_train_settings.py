@@ -410,3 +410,14 @@ def test_plan_shows_where_the_text_encoder_stops(data):
     cfg = TrainConfig(train_data_dir=str(data), resolution=64, max_train_steps=10, stop_text_encoder_training=25)
     lines = plan_for_config(cfg).lines(cfg)
     assert "text encoder trained for the first 3 of 10 steps (stop_text_encoder_training 25%)" in lines
+
+
+def test_bad_combinations_are_refused_before_the_model_loads(tiny_model_dir, data, tmp_path, monkeypatch):
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("lorakit.models.loader.load_sd_model", no_load)
+    cfg = tiny_run_config(tiny_model_dir, data, tmp_path, DEFAULTS, full_bf16=True, fp8_base=True)
+    with pytest.raises(ConfigError) as e:
+        train(cfg, overwrite=True)
+    assert e.value.message.startswith("2 settings") and "full_bf16" in e.value.message
