@@ -23,14 +23,14 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .monitors import MetricsJsonl, Plots, ProgressBar, TensorBoard
+    from .monitors import MetricsJsonl, Plots, ProgressBar, loggers_for
     from .train.loop import train
 
     cfg = _config_from_args(args)
     if not cfg.output_dir:
         raise UserError("no output folder given", key="output_dir", fix="pass --output DIR")
     out = Path(cfg.output_dir)
-    subs = [MetricsJsonl(out / "metrics.jsonl"), TensorBoard(cfg.logging_dir or out / "logs"), Plots(out)]
+    subs = [MetricsJsonl(out / "metrics.jsonl"), *loggers_for(cfg, out), Plots(out)]
     if not args.quiet:
         subs.append(ProgressBar())
     result = train(cfg, subs, overwrite=args.overwrite, resume=args.resume)

@@ -1,4 +1,4 @@
-"""Subscribers to training events: metrics.jsonl, TensorBoard, the progress bar."""
+"""Subscribers to training events: metrics.jsonl, TensorBoard, wandb, the progress bar."""
 from __future__ import annotations
 
 import json
@@ -165,3 +165,47 @@ class Plots:
             from .plot import plot_run
 
             plot_run(self.output_dir)
+
+
+class Wandb:
+    """log_with = "wandb" / "all": the step metrics under TensorBoard's tag names, in a wandb run
+    (project log_tracker_name, default "network_train" as sd-scripts; files under logdir)."""
+
+    def __init__(self, logdir: str | Path, project: str | None = None, name: str | None = None):
+        self.logdir, self.project, self.name = str(logdir), project or "network_train", name
+        self.run = None
+
+    def __call__(self, ev: Event) -> None:
+        if ev.kind == "start":
+            import wandb
+
+            Path(self.logdir).mkdir(parents=True, exist_ok=True)
+            self.run = wandb.init(project=self.project, name=self.name, dir=self.logdir,
+                                  config=ev.data["config"].model_dump(mode="json"))
+        if self.run is None:
+            return
+        if ev.kind == "step":
+            row = {"loss/current": ev.data["loss"], "loss/average": ev.data["loss_avg"]}
+            row.update({f"lr/{k}": v for k, v in ev.data["lrs"].items()})
+            row.update({f"lr/d*lr/{k}": v for k, v in ev.data.get("dlr", {}).items()})
+            row.update(ev.data.get("stats", {}))
+            self.run.log(row, step=ev.step)
+        elif ev.kind == "epoch":
+            self.run.log({"loss/epoch": ev.data["loss"]}, step=ev.step)
+        elif ev.kind == "validation":
+            self.run.log({"loss/validation": ev.data["loss"]}, step=ev.step)
+        elif ev.kind == "end":
+            self.run.finish()
+            self.run = None
+
+
+def loggers_for(cfg, output_dir: str | Path) -> list:
+    """The metric loggers log_with asks for: TensorBoard (unset, "tensorboard", "all") and
+    wandb ("wandb", "all"); logs under logging_dir, else <output_dir>/logs."""
+    logdir = Path(cfg.logging_dir or Path(output_dir) / "logs")
+    out: list = []
+    if cfg.log_with in (None, "tensorboard", "all"):
+        out.append(TensorBoard(logdir))
+    if cfg.log_with in ("wandb", "all"):
+        out.append(Wandb(logdir, cfg.log_tracker_name, cfg.wandb_run_name or cfg.output_name))  # the GUI's default name
+    return out

@@ -21,7 +21,8 @@ SECTIONS = ("model", "data", "network", "optimizer", "training", "output", "samp
 SUBSET_OPTIONS = ("shuffle_caption", "keep_tokens", "keep_tokens_separator", "caption_prefix", "caption_suffix",
                   "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
                   "flip_aug", "color_aug", "random_crop")
-SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg") + SUBSET_OPTIONS
+SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg",
+               "conditioning_data_dir") + SUBSET_OPTIONS
 
 
 def F(default: Any, section: str, help: str, **kw: Any) -> Any:  # noqa: N802
@@ -85,8 +86,14 @@ class TrainConfig(BaseModel):
     alpha_mask: bool = F(
         False, "data", "Use each image's alpha channel as a loss mask (transparent pixels do not count; the RGB "
         "is not composited on white); images without alpha count everywhere.")
-    masked_loss: bool = F(False, "data", "kohya's masked loss; here the mask is the alpha channel, so it needs "
-                                         "alpha_mask.")
+    masked_loss: bool = F(
+        False, "data", "kohya's masked loss: the loss counts each latent pixel by its mask value. The mask is the "
+        "red channel of the same-named image in the subset's conditioning_data_dir (dataset_subsets), else the "
+        "alpha channel (alpha_mask); needs one of them.")
+    weighted_captions: bool = F(
+        False, "data", "Read kohya's attention syntax in captions: (word) x1.1, [word] /1.1, (word:1.3) x1.3, "
+        "nested ones multiply, \\( \\) \\[ \\] literal; the text-encoder output of each token is scaled by "
+        "its weight. No commas inside brackets when captions are shuffled or dropped.")
     validation_split: float = F(
         0.0, "data", "Fraction of each train folder's images held out of training for a validation loss "
         "(chosen by validation_seed); 0 = off.", ge=0, lt=1)
@@ -108,7 +115,8 @@ class TrainConfig(BaseModel):
         "dataset_config gives): each {image_dir, num_repeats, class_tokens, caption_extension, is_reg} and "
         "optionally its own caption/augmentation keys (shuffle_caption, keep_tokens, keep_tokens_separator, "
         "caption_prefix, caption_suffix, caption_dropout_rate, caption_dropout_every_n_epochs, "
-        "caption_tag_dropout_rate, flip_aug, color_aug, random_crop; unset = the run's value).")
+        "caption_tag_dropout_rate, flip_aug, color_aug, random_crop; unset = the run's value) and "
+        "conditioning_data_dir (the masked_loss masks of its images).")
 
     # ---- network -----------------------------------------------------------------
     network_type: str = F(
@@ -221,7 +229,19 @@ class TrainConfig(BaseModel):
                             ge=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = F("no", "training", "Autocast precision.")
     gradient_checkpointing: bool = F(False, "training", "Recompute activations in backward to save memory.")
-    full_fp16: bool = F(False, "training", "Not supported: adapters always train in float32 (listed for kohya).")
+    full_fp16: bool = F(
+        False, "training", "Adapter weights, gradients and optimizer state in float16 (needs mixed_precision = "
+        "'fp16'; the gradient scaler still guards overflow). Saves memory, loses precision.")
+    full_bf16: bool = F(
+        False, "training", "Adapter weights, gradients and optimizer state in bfloat16 (needs mixed_precision = "
+        "'bf16'). Saves memory, loses precision.")
+    fp8_base: bool = F(
+        False, "training", "Store the frozen UNet and text-encoder weights in float8_e4m3fn and compute in the "
+        "autocast dtype (needs CUDA and mixed_precision fp16/bf16). Saves memory, changes results slightly.")
+    stop_text_encoder_training: int = F(
+        0, "training", "kohya GUI 'Stop TE (% of total steps)': the text encoder trains for the first "
+        "ceil(total_steps * N / 100) optimizer steps, then its adapters are frozen (no gradient, no update, "
+        "the UNet keeps training); -1 = the text encoder is not trained at all; 0 = no stop.", ge=-1, le=100)
     # speed (lorakit/train/speed.py); none of these changes what is trained, only how fast
     torch_compile: bool = F(
         False, "training", "torch.compile the UNet in place after the adapters are applied (and the text "
@@ -264,6 +284,9 @@ class TrainConfig(BaseModel):
         ge=0)
     debiased_estimation_loss: bool = F(
         False, "training", "Weight the loss by 1/sqrt(snr) (eps) or 1/(snr+1) (v-pred), snr capped at 1000.")
+    v_pred_like_loss: float = F(
+        0.0, "training", "Add a v-prediction-like loss: loss * (1 + v_pred_like_loss * (snr + 1) / snr), snr capped "
+        "at 1000 (sd-scripts' add_v_prediction_like_loss); 0 = off.", ge=0)
     scale_v_pred_loss_like_noise_pred: bool = F(
         False, "training", "v-prediction only: weight the loss by snr/(snr+1), like an eps loss.")
     loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = F(
@@ -284,6 +307,12 @@ class TrainConfig(BaseModel):
                                           ge=1)
     save_state: bool = F(False, "output", "Also save the full training state (for --resume) at each save "
                                           "and at the end, as <name>-...-state folders.")
+    save_state_on_train_end: bool = F(
+        False, "output", "Save the training state as <name>-state at the end only (save_state saves it at "
+        "every save too).")
+    resume: Optional[str] = F(
+        None, "output", "Resume from this lorakit state folder (or 'auto': the newest in output_dir); the "
+        "command line's --resume wins.")
     save_last_n_epochs: Optional[int] = F(
         None, "output", "Keep only the newest N per-epoch files (the final file is always kept).", ge=1)
     save_last_n_steps: Optional[int] = F(
@@ -292,6 +321,13 @@ class TrainConfig(BaseModel):
                                                 ge=1)
     save_last_n_steps_state: Optional[int] = F(None, "output", "As save_last_n_steps, for state folders.", ge=1)
     logging_dir: Optional[str] = F(None, "output", "TensorBoard folder (unset = <output_dir>/logs).")
+    log_with: Optional[Literal["tensorboard", "wandb", "all"]] = F(
+        None, "output", "Where step metrics go besides metrics.jsonl: tensorboard (also when unset), wandb (needs "
+        "the wandb package; project log_tracker_name), or all (both).")
+    log_tracker_name: Optional[str] = F(None, "output", "wandb project name (unset = 'network_train', as "
+                                                        "sd-scripts).")
+    wandb_run_name: Optional[str] = F(None, "output", "wandb run name (unset = output_name, as the kohya GUI "
+                                                      "passes it).")
     training_comment: Optional[str] = F(None, "output", "Stored as ss_training_comment in the file.")
 
     # ---- sample ------------------------------------------------------------------
@@ -370,10 +406,13 @@ class TrainConfig(BaseModel):
             if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
                 raise ValueError(f"subset {i}: num_repeats must be an integer of 1 or more (got {reps!r})")
             ext = str(sub.get("caption_extension", ".caption"))
+            cond = sub.get("conditioning_data_dir")
             entry = {"image_dir": str(sub["image_dir"]), "num_repeats": reps,
                      "class_tokens": str(sub.get("class_tokens") or ""),
                      "caption_extension": ext if ext.startswith(".") or ext == "" else "." + ext,
                      "is_reg": bool(sub.get("is_reg", False))}
+            if cond:  # masked_loss masks, one per image, same file name (sd-scripts' ControlNet subset key)
+                entry["conditioning_data_dir"] = str(cond)
             for k in SUBSET_OPTIONS:  # checked against the run-level field: same type and range
                 if k in sub:
                     field = cls.model_fields[k]
@@ -477,7 +516,7 @@ class TrainConfig(BaseModel):
         return self.learning_rate if self.unet_lr is None else self.unet_lr
 
     def resolved_text_encoder_lr(self) -> float:
-        if self.network_train_unet_only:
+        if self.network_train_unet_only or self.stop_text_encoder_training == -1:  # -1: kohya's "never train"
             return 0.0
         return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
 

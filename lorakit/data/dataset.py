@@ -28,8 +28,8 @@ from .augment import AugmentOptions, Draw, apply_pixels, draw_augmentation
 from .buckets import BucketSet, Placement, bucket_info
 from .captions import CaptionOptions
 from .folders import DatasetIndex, ImageItem, scan_config, scan_folders
-from .images import (center_offset, latent_mask, load_image_rgb, load_image_rgb_alpha, probe_image, resize_crop,
-                     resize_crop_alpha, to_tensor)
+from .images import (center_offset, latent_mask, load_image_rgb, load_image_rgb_alpha, load_mask_plane, probe_image,
+                     resize_crop, resize_crop_alpha, to_tensor)
 from .latent_cache import (Moments, disk_path, entry_key, file_sha256, load_entry, sample, save_entry,
                            vae_identity)
 from .validate import validate_data_config
@@ -83,6 +83,8 @@ class TrainDataset:
         self.item_augment = [self.augment.override(it.settings) for it in self.items]
         self.cache_to_disk = cache_to_disk
         self.alpha_mask = bool(alpha_mask)
+        # loss masks: alpha channels, or mask files of subsets with a conditioning_data_dir
+        self.masked = self.alpha_mask or any(it.mask_path is not None for it in self.items)
         self.buckets = buckets or BucketSet(self.resolution, enable=False)
         self.placements: list[Placement] = [self.buckets.place(it.size or probe_image(it.path))
                                             for it in self.items]
@@ -186,7 +188,7 @@ class TrainDataset:
             group = todo[bucket]
             for start in range(0, len(group), batch_size):
                 chunk = group[start:start + batch_size]
-                pms = [self._pixels_and_mask(by_path[p][0], Draw()) for p in chunk]
+                pms = [self._pixels_and_alpha(by_path[p][0], Draw()) for p in chunk]
                 arrs = [a for a, _ in pms]
                 mean, std = self._encode(vae, [to_tensor(a) for a in arrs], device, dtype)
                 mirrored = [j for j, p in enumerate(chunk) if flips[p]]
@@ -213,10 +215,11 @@ class TrainDataset:
             z = sample(m.mean, m.std, seed, hashes[p], False)
             zf = sample(m.mean_flipped, m.std_flipped, seed, hashes[p], True) if flips[p] else None
             for i in ids:
-                latents[i], flipped[i], masks[i] = z, zf, m.mask
+                latents[i], flipped[i] = z, zf
+                masks[i] = self._mask(i, Draw(), m.mask) if self.masked else None
         self._latents = latents
         self._latents_flipped = flipped if any(flips.values()) else None
-        self._masks = masks if self.alpha_mask else None
+        self._masks = masks if self.masked else None
 
     @staticmethod
     def _encode(vae, xs: list[torch.Tensor], device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,10 +277,25 @@ class TrainDataset:
             yield self.make_batch(sample_ids, epoch, seed)
 
     def _pixels_array(self, item: int, draw: Draw):
-        return self._pixels_and_mask(item, draw)[0]
+        return self._pixels_and_alpha(item, draw)[0]
 
     def _pixels_and_mask(self, item: int, draw: Draw):
-        """The drawn uint8 (H, W, 3) pixels and, with alpha_mask, the loss mask (1, H/8, W/8)
+        """The drawn pixels and the item's loss mask (see _mask), None when nothing is masked."""
+        pixels, alpha = self._pixels_and_alpha(item, draw)
+        return pixels, (self._mask(item, draw, alpha) if self.masked else None)
+
+    def _mask(self, item: int, draw: Draw, alpha: torch.Tensor | None) -> torch.Tensor:
+        """The loss mask (1, H/8, W/8) of one draw: its mask file (conditioning_data_dir) cropped
+        and flipped as the image, else its alpha mask, else ones (the image counts everywhere)."""
+        path, pl = self.items[item].mask_path, self.placements[item]
+        if path is None:
+            return alpha if alpha is not None else latent_mask(None, pl.bucket, VAE_DOWNSAMPLE)
+        plane = resize_crop_alpha(load_mask_plane(path), pl.resized, pl.bucket, draw.crop)
+        mask = latent_mask(plane, pl.bucket, VAE_DOWNSAMPLE)
+        return mask.flip(-1).contiguous() if draw.flip else mask
+
+    def _pixels_and_alpha(self, item: int, draw: Draw):
+        """The drawn uint8 (H, W, 3) pixels and, with alpha_mask, the alpha loss mask (1, H/8, W/8)
         of the same crop and flip (None without alpha_mask). With alpha_mask the RGB channels
         are used as stored (not composited on white), as sd-scripts."""
         pl = self.placements[item]
@@ -308,7 +326,7 @@ class TrainDataset:
                          flipped=flips, bucket=bucket, masks=masks)
         pms = [self._pixels_and_mask(i, d) for i, d in zip(item_ids, draws)]
         pixels = torch.stack([to_tensor(a) for a, _ in pms])
-        masks = torch.stack([m for _, m in pms]) if self.alpha_mask else None
+        masks = torch.stack([m for _, m in pms]) if self.masked else None
         return Batch(captions, weights, is_reg, pixels=pixels, item_indices=item_ids, flipped=flips, bucket=bucket,
                      masks=masks)
 

@@ -39,6 +39,7 @@ class ImageItem:
     # the subset's own caption/augmentation values (dataset_subsets keys such as flip_aug);
     # a key not here takes the run's value
     settings: dict[str, Any] = field(default_factory=dict)
+    mask_path: Path | None = None  # masked_loss: its mask from the subset's conditioning_data_dir
 
 
 @dataclass
@@ -263,11 +264,40 @@ def scan_subsets(subsets: list[dict], check_images: bool = True, *, validation_s
         for it in folder.items:
             it.size = sizes.get(it.path)
             it.settings = folder.settings
+        if sub.get("conditioning_data_dir"):
+            pair_masks(folder.items, Path(sub["conditioning_data_dir"]), check_images)
         (reg if folder.is_reg else train).append(folder)
     if not train:
         raise DataError("no train images in dataset_subsets", key="dataset_subsets",
                         fix="give at least one subset with is_reg = false and images in its image_dir")
     return _finish(train, reg, warnings, skipped, validation_split, validation_seed)
+
+
+def pair_masks(items: list[ImageItem], mask_dir: Path, check_sizes: bool = True) -> None:
+    """Give each item the image of the same file stem in `mask_dir` as its loss mask (sd-scripts'
+    conditioning_data_dir). As sd-scripts, an image without a mask and a mask without an image are
+    errors; ours: a mask must have its image's size (it is cropped and flipped with it)."""
+    from .images import probe_image
+
+    where = dict(file=str(mask_dir), key="dataset_subsets")
+    if not mask_dir.is_dir():
+        raise DataError("conditioning_data_dir is not a folder", fix="check conditioning_data_dir in the dataset "
+                        "config: the folder of masks named as their images", **where)
+    masks = {p.stem: p for p in list_images(mask_dir)}
+    missing = [it.path.name for it in items if it.path.stem not in masks]
+    extra = sorted(set(masks) - {it.path.stem for it in items})
+    wrong = []
+    for it in items:
+        it.mask_path = masks.get(it.path.stem)
+        if check_sizes and it.mask_path is not None and it.size and probe_image(it.mask_path) != it.size:
+            wrong.append(f"{it.mask_path.name} is {probe_image(it.mask_path)}, its image {it.size}")
+    problems = ([f"no mask for {len(missing)} image(s): {', '.join(missing[:10])}"] if missing else []) + \
+        ([f"{len(extra)} mask(s) without an image: {', '.join(extra[:10])}"] if extra else []) + \
+        ([f"{len(wrong)} mask(s) of another size than their image: {'; '.join(wrong[:10])}"] if wrong else [])
+    if problems:
+        raise DataError("; ".join(problems), fix="give every image of the subset's image_dir one mask of the "
+                        "same size and file name (any image type) in conditioning_data_dir, and nothing else",
+                        **where)
 
 
 def _finish(train: list, reg: list, warnings: list[str], skipped: list[tuple[Path, str]],

@@ -70,6 +70,12 @@ def load_image_rgb_alpha(path: str | Path) -> tuple[Image.Image, Image.Image | N
     return Image.merge("RGB", (r, g, b)), a
 
 
+def load_mask_plane(path: str | Path) -> Image.Image:
+    """A masked_loss mask file (conditioning_data_dir) as an 'L' plane: the red channel of the image
+    read as RGB (sd-scripts' conditioning image, R / 255 in [0, 1]); grayscale files give their value."""
+    return _open_upright(path).convert("RGB").getchannel("R")
+
+
 def _open_upright(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as im:

@@ -12,12 +12,18 @@ if TYPE_CHECKING:
 def validate_data_config(cfg: "TrainConfig") -> None:
     """Raise ConfigError for data settings that cannot work together."""
     g = lambda k, d=None: getattr(cfg, k, d)  # noqa: E731
-    if g("masked_loss", False) and not g("alpha_mask", False):
-        raise ConfigError("masked_loss is on but there is no mask: lorakit takes the loss mask from the "
-                          "images' alpha channel (alpha_mask); sd-scripts' conditioning_data_dir masks are "
-                          "not supported", key="masked_loss",
-                          fix="set alpha_mask = true (transparent pixels then do not count in the loss), "
-                              "or remove masked_loss")
+    mask_dirs = [s for s in g("dataset_subsets", None) or [] if s.get("conditioning_data_dir")]
+    if g("masked_loss", False) and not g("alpha_mask", False) and not mask_dirs:
+        raise ConfigError("masked_loss is on but there is no mask: the loss mask is the images' alpha channel "
+                          "(alpha_mask) or a mask folder per dataset subset (conditioning_data_dir)",
+                          key="masked_loss",
+                          fix="set alpha_mask = true (transparent pixels then do not count in the loss), give the "
+                              "subsets a conditioning_data_dir of masks named as their images, or remove "
+                              "masked_loss")
+    if mask_dirs and not g("masked_loss", False):
+        raise ConfigError(f"dataset subset '{mask_dirs[0]['image_dir']}' has a conditioning_data_dir (loss masks) "
+                          "but masked_loss is off", key="masked_loss",
+                          fix="set masked_loss = true to train with those masks, or remove conditioning_data_dir")
     if g("validation_split", 0.0) and g("validation_data_dir", None):
         raise ConfigError("validation_split and validation_data_dir are both set", key="validation_split",
                           fix="hold images out of train_data_dir with validation_split, or give a separate "

@@ -58,7 +58,8 @@ def embed(model, texts: list[str], max_token_length: int, clip_skip: int, dtype:
 def generate(model, sp: SamplePrompt, *, sampler: str = "euler_a", max_token_length: int = 75,
              clip_skip: int = 1, seed: int = 0):
     """One PIL image for one prompt. The seed is sp.seed when given."""
-    dtype = next(model.unet.parameters()).dtype
+    # the compute dtype: fp8_base stores layer weights in float8 (1 byte), the rest keeps it
+    dtype = next(p.dtype for p in model.unet.parameters() if p.dtype.itemsize > 1)
     device = next(model.unet.parameters()).device
     pipe = make_pipeline(model, sp.sampler or sampler)
     with preserved_training_state(model.unet, model.text_encoder):

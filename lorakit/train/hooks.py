@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,8 @@ class RunHooks:
         if not self.prompts:
             return
         cfg, run = self.run.cfg, self.run
-        with eval_mode(run.optimizer):  # schedule-free optimizers: sample the evaluated weights
+        # autocast for fp8_base: only autocast casts float8 weights to the compute dtype
+        with eval_mode(run.optimizer), (run.accelerator.autocast() if cfg.fp8_base else nullcontext()):
             written = sample_prompts(run.model, self.prompts, run.output_dir / "sample", cfg.output_name,
                                      epoch=epoch, step=step, sampler=cfg.sample_sampler,
                                      max_token_length=cfg.max_token_length, clip_skip=cfg.clip_skip,

@@ -18,6 +18,7 @@ from .loss import latent_seed, sample_seed, target, weighted_loss
 from .noise import draw_noise
 from .hooks import RunHooks
 from .save import save_adapter
+from .settings import freeze_text_encoder
 from .setup import Run, setup_run
 from .validation import maybe_validate
 from .state import Diverged, Progress, check_resume_config, find_state, load_state, save_state
@@ -35,14 +36,14 @@ class TrainResult:
 
 
 def encode_prompts(run: Run, captions: list[str]) -> torch.Tensor:
-    from ..models.text import encode, tokenize
+    from ..models.text import encode_captions
 
     m, cfg = run.model, run.cfg
 
     def forward(strings: list[str]) -> torch.Tensor:
-        ids = tokenize(m.tokenizer, strings, cfg.max_token_length).to(run.device)
-        with torch.set_grad_enabled(run.network.train_text_encoder):
-            return encode(m.text_encoder, ids, clip_skip=cfg.clip_skip)
+        with torch.set_grad_enabled(run.te_training):
+            return encode_captions(m.tokenizer, m.text_encoder, strings, cfg.max_token_length, cfg.clip_skip,
+                                   cfg.weighted_captions, run.device)
 
     # frozen TE: rows by caption string, only the batch's new strings go through the encoder
     return forward(captions) if run.text_cache is None else run.text_cache.encode(captions, forward)
@@ -144,7 +145,8 @@ def sum_gradients(run: Run) -> None:
     """All-reduce the adapter gradients (each process already scaled its share by 1/images)."""
     import torch.distributed as dist
 
-    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+    # frozen parameters (stop_text_encoder_training) keep no gradient, so the optimizer skips them
+    params = [p for g in run.optimizer.param_groups for p in g["params"] if p.requires_grad]
     for p in params:  # a process without a micro-batch in this step still joins the reduction
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -159,7 +161,7 @@ def sum_gradients(run: Run) -> None:
 
 def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite: bool = False,
           resume: str | None = None) -> TrainResult:
-    state_dir = None
+    state_dir, resume = None, resume or cfg.resume  # the command line's --resume wins over the config's
     if resume:  # checked before any model is loaded
         state_dir = find_state(cfg.output_dir, resume)
         cfg = check_resume_config(cfg, state_dir)
@@ -192,6 +194,8 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
             feed = loader.batches(epoch, [ids[k] for g in groups for k in g])
             epoch_losses: list[float] = []
             for j, mine in zip(range(done, n_groups), groups):
+                if run.te_stop_step is not None and step >= run.te_stop_step:
+                    freeze_text_encoder(run)  # stop_text_encoder_training
                 lrs = group_lrs(run)  # the lr this step uses, before the scheduler moves on
                 t0 = time.perf_counter()
                 n_images = sum(map(len, ids[j * per_step:(j + 1) * per_step]))
@@ -225,7 +229,7 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
     finally:
         loader.close()  # persistent workers end with the run
     path = save_adapter(run, step, epoch, cfg.output_name)
-    if cfg.save_state:
+    if cfg.save_state or cfg.save_state_on_train_end:
         save_state(run, f"{cfg.output_name}-state")
     bus.emit("end", step, epoch, output_file=str(path), loss=loss_value)
     return TrainResult(path, step, epoch, loss_value, run.seed, run.model, run.network)

@@ -1,7 +1,7 @@
 """Noise, timesteps, targets and the per-sample loss (kohya-semantics.md 2.9-2.10).
 
 Per sample: elementwise loss (l2, l1, huber, smooth_l1) -> optional mask -> mean -> (B,);
-then the timestep weights (min-SNR, v-pred-like-eps scaling, debiased estimation) and the
+then the timestep weights (min-SNR, v-pred-like-eps scaling, v_pred_like_loss, debiased estimation) and the
 sample weights (prior_loss_weight) multiply it, in sd-scripts' order.
 """
 from __future__ import annotations
@@ -81,6 +81,15 @@ def v_pred_like_noise_pred_scale(snr_t: torch.Tensor) -> torch.Tensor:
     return s / (s + 1.0)
 
 
+def v_pred_like_loss_weight(snr_t: torch.Tensor, amount: float) -> torch.Tensor:
+    """v_pred_like_loss (sd-scripts add_v_prediction_like_loss): loss + loss / scale * amount with
+    scale = snr / (snr + 1), i.e. the weight 1 + amount * (snr + 1) / snr; snr capped at 1000 as
+    sd-scripts (floored at 1e-3, ours, so a zero-terminal-SNR last step stays finite). Between
+    min-SNR / v-pred scaling and debiased estimation in sd-scripts' order; all are factors."""
+    scale = v_pred_like_noise_pred_scale(torch.clamp(snr_t, min=SNR_MIN))
+    return 1.0 + amount / scale
+
+
 def debiased_weight(snr_t: torch.Tensor, v_prediction: bool) -> torch.Tensor:
     """Debiased estimation: 1/sqrt(snr) (eps) or 1/(snr+1) (v); snr capped at 1000 as sd-scripts
     (and floored at 1e-3, ours, for a zero-terminal-SNR schedule)."""
@@ -98,6 +107,9 @@ def timestep_weights(cfg: Any, alphas_cumprod: torch.Tensor, timesteps: torch.Te
         w = w * min_snr_weight(s, float(gamma), v_prediction)
     if getattr(cfg, "scale_v_pred_loss_like_noise_pred", False) and v_prediction:
         w = w * v_pred_like_noise_pred_scale(s)
+    v_like = getattr(cfg, "v_pred_like_loss", 0.0)
+    if v_like:
+        w = w * v_pred_like_loss_weight(s, float(v_like))
     if getattr(cfg, "debiased_estimation_loss", False):
         w = w * debiased_weight(s, v_prediction)
     return w.float()

@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 
 from ..config.schema import TrainConfig
+from .settings import text_encoder_stop_step
 
 DEFAULT_STEPS = 1600  # sd-scripts' default when neither steps nor epochs are given
 
@@ -68,6 +69,10 @@ class PlanReport:
             + (f" {cfg.lr_scheduler_args}" if cfg.lr_scheduler_type else ""),
             f"T_max for one cosine decay over the run (CosineAnnealingLR): {self.t_max_suggestion}",
         ]
+        stop = text_encoder_stop_step(cfg, p.total_steps)
+        if stop is not None and cfg.resolved_text_encoder_lr() > 0:
+            out.append(f"text encoder trained for the first {stop} of {p.total_steps} steps "
+                       f"(stop_text_encoder_training {cfg.stop_text_encoder_training}%)")
         out += [f"warning: {w}" for w in self.warnings]
         return out
 

@@ -23,6 +23,8 @@ from ..optim.schedulers import build_scheduler, scheduler_warnings, warmup_steps
 from ..data.validate import validate_data_config
 from .noise import NoiseSettings, training_scheduler, validate_noise_config
 from .plan import Plan, make_plan
+from .settings import (adapter_dtype, allow_fp16_gradients, check_train_settings, store_base_in_fp8,
+                       text_encoder_stop_step)
 from .speed import apply_speed_options, validate_speed_config
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
@@ -54,6 +56,8 @@ class Run:
     validation: Any = None       # validation.ValidationSet, built on the first validation
     validation_last: Any = None  # (step, ValidationResult) of the last validation, reused at the same step
     memory_format: torch.memory_format = torch.preserve_format  # of the UNet's inputs (channels_last)
+    te_training: bool = False        # the text encoder's adapters train in this step
+    te_stop_step: int | None = None  # stop_text_encoder_training: the step from which they no longer do
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -81,6 +85,7 @@ def preflight(cfg: TrainConfig, overwrite: bool):
     validate_noise_config(cfg, cfg.v_parameterization or None)
     validate_data_config(cfg)
     validate_speed_config(cfg)
+    check_train_settings(cfg)
     if cfg.sample_prompts:
         from ..sample.prompts import parse_prompts
         from ..sample.samplers import canonical
@@ -174,7 +179,10 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     run.network = net = create_network(cfg, m.unet, m.text_encoder)
     net.apply()
     weights_warnings = load_into(net, weights) if weights is not None else []
-    net.to(run.device)
+    net.to(run.device, adapter_dtype(cfg))
+    if cfg.fp8_base:  # after the adapters are applied: they wrap the modules whose weights become float8
+        store_base_in_fp8(net, m.unet, m.text_encoder)
+    run.te_training = net.train_text_encoder
     groups = net.param_groups(cfg.resolved_text_encoder_lr(), cfg.resolved_unet_lr())
     if cfg.gradient_checkpointing:
         m.unet.enable_gradient_checkpointing()
@@ -194,7 +202,10 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     optimizer = build_optimizer(cfg, groups)
     run.scheduler = build_scheduler(optimizer, cfg.lr_scheduler, plan.total_steps,
                                     warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps), cfg=cfg)
-    run.warnings = (weights_warnings + noise_warnings + validate_speed_config(cfg) + optimizer_warnings(cfg, groups)
-                    + scheduler_warnings(cfg, plan.total_steps))
+    run.te_stop_step = text_encoder_stop_step(cfg, plan.total_steps) if net.train_text_encoder else None
+    run.warnings = (weights_warnings + noise_warnings + check_train_settings(cfg) + validate_speed_config(cfg)
+                    + optimizer_warnings(cfg, groups) + scheduler_warnings(cfg, plan.total_steps))
     run.optimizer = accelerator.prepare(optimizer)
+    if cfg.full_fp16:
+        allow_fp16_gradients(accelerator)
     return run

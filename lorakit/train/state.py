@@ -33,7 +33,8 @@ RESUME_SAFE = {
     "sample_prompts", "sample_every_n_epochs",
     "sample_every_n_steps", "sample_at_first", "sample_sampler", "dlr_spike_factor", "dlr_spike_window",
     "dlr_spike_action", "logging_dir", "training_comment", "max_data_loader_n_workers",
-    "persistent_data_loader_workers", "output_dir", "pretrained_model_name_or_path", "train_data_dir",
+    "persistent_data_loader_workers", "output_dir", "resume", "save_state_on_train_end", "log_with",
+    "log_tracker_name", "wandb_run_name", "pretrained_model_name_or_path", "train_data_dir",
     "reg_data_dir", "vae", "cache_text_encoder_outputs", "validate_every_n_steps", "max_validation_steps",
     "validate_every_n_epochs",
     # the adapter comes from the state: network_weights is not read again on resume (so the file may

@@ -205,16 +205,16 @@ def evaluate(run: "Run") -> ValidationResult:
 def _batch_loss_sum(run: "Run", vs: ValidationSet, batch: Batch, timesteps: list[int],
                     settings: NoiseSettings) -> float:
     """Sum over the batch's images x `timesteps` of the per-sample training loss (weighted_loss)."""
-    from ..models.text import encode, tokenize
+    from ..models.text import encode_captions
 
     cfg, m = run.cfg, run.model
     sched = m.noise_scheduler
     num_t = sched.config.num_train_timesteps
     latents = batch.latents.to(run.device).float() * m.vae.config.scaling_factor
     hashes = [vs.hashes[i] for i in batch.item_indices]
-    ids = tokenize(m.tokenizer, batch.captions, cfg.max_token_length).to(run.device)
     with run.accelerator.autocast():  # the captions are encoded once for every timestep
-        context = encode(m.text_encoder, ids, clip_skip=cfg.clip_skip).to(run.weight_dtype)
+        context = encode_captions(m.tokenizer, m.text_encoder, batch.captions, cfg.max_token_length,
+                                  cfg.clip_skip, cfg.weighted_captions, run.device).to(run.weight_dtype)
     total = 0.0
     for t in timesteps:
         seeds = [validation_noise_seed(vs.seed, h, t) for h in hashes]
