@@ -216,5 +216,6 @@ def test_a_run_starts_lists_refuses_a_second_and_finishes(client, root, tiny_mod
     assert "event: metrics" in events and events.rstrip().split("\n\n")[-1].startswith("event: end")
     r = post(client, f"/api/runs/{rid}/stop", {})
     assert r.status_code == 409 and "not running" in r.json()["error"]
-    assert post(client, f"/api/runs/{rid}/resume", {}).status_code == 409  # finished without state
+    r = post(client, f"/api/runs/{rid}/resume", {})
+    assert r.status_code == 409 and "only a stopped or failed run resumes" in r.json()["error"]
     assert os.path.getsize(root / "out" / "lorakit-ui.log") > 0

@@ -139,7 +139,7 @@ class UI:
             make_synthetic_dataset(data)
         values = {"pretrained_model_name_or_path": str(model), "train_data_dir": str(data), "resolution": "64,64",
                   "output_dir": str(self.demo_dir / "run"), "sample_prompts": DEMO_PROMPTS,
-                  "max_train_steps": 60, "max_train_epochs": ""}
+                  "max_train_steps": 60, "max_train_epochs": "", "min_bucket_reso": 64}
         return JSONResponse({"values": values})
 
     # ---- files ---------------------------------------------------------------------

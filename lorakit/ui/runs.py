@@ -139,8 +139,9 @@ class RunManager:
 
     def resume(self, rid: str) -> Run:
         run = self.get(rid)
-        if run.status in ("running", "stopping"):
-            raise Conflict("the run is still active", file=run.output_dir, fix="wait for it to stop")
+        if run.status not in ("stopped", "failed"):
+            raise Conflict(f"the run is {run.status}; only a stopped or failed run resumes", file=run.output_dir,
+                           fix="start a new run (a finished run's folder: tick 'replace existing files')")
         if not any((p / "state.json").is_file() for p in Path(run.output_dir).glob("*-state")):
             raise Conflict("no saved state to resume from", file=run.output_dir,
                            fix="stop a run (it saves its state) or train with save_state = true")

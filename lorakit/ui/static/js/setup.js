@@ -85,6 +85,7 @@ const Setup = {
       else if (f.kind === "choice") input.value = has ? String(v) : f.default;
       else input.value = has ? (typeof v === "string" ? v : JSON.stringify(v)) : "";
       $("row-" + f.name).classList.toggle("set", has);
+      if (has) $("row-" + f.name).closest("details").open = true;  // what the file sets is in view
     }
     this.scheduleCheck();
   },

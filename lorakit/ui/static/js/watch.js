@@ -155,7 +155,7 @@ const Watch = {
     $("run-status").textContent = run.status;
     $("run-status").className = "badge " + run.status;
     $("stop-btn").disabled = run.status !== "running";
-    $("resume-btn").disabled = ["running", "stopping", "past"].includes(run.status);
+    $("resume-btn").disabled = !["stopped", "failed"].includes(run.status);
     $("run-log").textContent = (run.log_tail || []).join("\n");
     if (run.status === "failed") toast("the run failed: " + (run.log_tail || []).slice(-3).join(" "), true);
     for (const li of $("runs").children) {
@@ -167,8 +167,8 @@ const Watch = {
   async action(what) {
     try {
       const run = await api(`/api/runs/${this.runId}/${what}`, {});
+      if (what === "resume") { this.runId = null; this.open(run.id); }  // the stream starts from the top
       this.status(run);
-      if (what === "resume" && !this.source) this.connect();
       toast(what === "stop" ? "stopping: the adapter and state are being saved" : "resumed");
     } catch (e) { toast(e.message, true); }
   },
