@@ -219,3 +219,35 @@ def test_a_run_starts_lists_refuses_a_second_and_finishes(client, root, tiny_mod
     r = post(client, f"/api/runs/{rid}/resume", {})
     assert r.status_code == 409 and "only a stopped or failed run resumes" in r.json()["error"]
     assert os.path.getsize(root / "out" / "lorakit-ui.log") > 0
+
+
+def test_cli_ui_with_a_missing_root_is_exit_2(tmp_path, capsys):
+    from lorakit.cli import main
+
+    assert main(["ui", "--root", str(tmp_path / "missing"), "--state-dir", str(tmp_path / "s")]) == 2
+    assert "missing is not a folder" in capsys.readouterr().err
+
+
+def test_runs_of_an_earlier_ui_are_read_from_their_files(tmp_path):
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    from lorakit.ui.runs import Run, RunManager
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    started = time.time() - 60
+    runs = []
+    for name, make in (("done", lambda o: (o / "a.safetensors").write_bytes(b"")),
+                       ("stopped", lambda o: (o / "a-step00000003-state").mkdir()),
+                       ("crashed", lambda o: None)):
+        out = tmp_path / name
+        out.mkdir()
+        make(out)
+        runs.append(asdict(Run(name, str(out), "a", "", status="running", pid=dead.pid, started=started)))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "runs.json").write_text(json.dumps(runs))
+    manager = RunManager(tmp_path / "state")
+    assert {r.id: (r.status, r.returncode) for r in manager.all()} == {
+        "done": ("finished", 0), "stopped": ("stopped", 130), "crashed": ("failed", 1)}

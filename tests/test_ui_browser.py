@@ -129,11 +129,17 @@ def test_set_up_run_watch_stop_resume_inspect(server, page):
     page.wait_for_selector("#problems li.ok")
     assert cell(page, "total steps") == "30"
 
-    # doctor: the demo's drawn shapes differ in colour only, which dHash (grayscale) calls near duplicates
+    # doctor: a copied image is flagged (exact duplicate, no caption) with its thumbnail
+    data = root / "lorakit-ui-demo" / "data" / "5_shapes"
+    shutil.copy(data / "img_00.png", data / "img_00_copy.png")
     page.click("#doctor-btn")
     page.wait_for_selector("#doctor-thumbs img", timeout=WAIT)
-    assert "near duplicates" in page.inner_text("#doctor")
-    assert "near duplicate" in page.inner_text("#doctor-thumbs")
+    assert "exact duplicates" in page.inner_text("#doctor")
+    assert "img_00_copy.png: exact duplicate, no caption" in page.inner_text("#doctor-thumbs")
+    page.evaluate("document.getElementById('side').scrollTop = document.getElementById('doctor-card').offsetTop - 200")
+    shot(page, "doctor")
+    (data / "img_00_copy.png").unlink()
+    page.evaluate("document.getElementById('side').scrollTop = 0")
     shot(page, "setup")
 
     # run: start, charts gain points, a sample appears, stop
@@ -159,6 +165,7 @@ def test_set_up_run_watch_stop_resume_inspect(server, page):
     page.wait_for_selector("#run-status:text-is('finished')")
     page.wait_for_function("Number(document.getElementById('chart-loss').dataset.points) === 30", timeout=WAIT)
     assert page.inner_text("#progress-text").startswith("step 30 / 30")
+    assert page.locator("#warnings li").count() == 1  # the T_max warning, once (the resume repeats it)
     shot(page, "run", full=True)
 
     # results: files, downloads and the finished file's inspect view

@@ -97,7 +97,9 @@ class UI:
 
     async def check(self, request: Request) -> Response:
         cfg, problems = self.checked(await self.body(request))
-        plan = forms.plan(cfg) if cfg is not None else {"error": "fix the problems above to see the plan"}
+        # the folder scan runs off the event loop, so that the run streams keep flowing meanwhile
+        plan = await asyncio.to_thread(forms.plan, cfg) if cfg is not None else {
+            "error": "fix the problems above to see the plan"}
         return JSONResponse({"problems": problems, "plan": plan,
                              "needs_model": cfg is not None and not cfg.pretrained_model_name_or_path})
 
@@ -105,7 +107,7 @@ class UI:
         cfg, problems = self.checked(await self.body(request))
         if cfg is None:
             raise UserError("the config has problems: " + "; ".join(p["message"] for p in problems))
-        return JSONResponse(forms.doctor(cfg))
+        return JSONResponse(await asyncio.to_thread(forms.doctor, cfg))
 
     async def save(self, request: Request) -> Response:
         from ..io import atomic_write_bytes
@@ -207,7 +209,7 @@ class UI:
                             fix="choose a checkpoint, or use the shipped tiny model (first-run button)")
         if not cfg.output_dir:
             raise UserError("no output folder", key="output_dir", fix="set output_dir")
-        plan = forms.plan(cfg)
+        plan = await asyncio.to_thread(forms.plan, cfg)
         if "error" in plan:
             raise UserError(plan["error"])
         out = self.roots.check(cfg.output_dir, "output_dir")

@@ -80,6 +80,17 @@ def _alive(pid: int) -> bool:
     return not cmdline.exists() or b"lorakit" in cmdline.read_bytes()
 
 
+def orphan_outcome(run: Run) -> int:
+    """The exit code a run started by an earlier `lorakit ui` most likely had, read from what it wrote:
+    0 with the final adapter, 130 with a state saved after it started, else 1."""
+    out = Path(run.output_dir)
+    newer = [p for p in (out / f"{run.output_name}.safetensors", *out.glob("*-state"))
+             if p.exists() and p.stat().st_mtime >= run.started]
+    if any(p.suffix == ".safetensors" for p in newer):
+        return 0
+    return 130 if newer else 1
+
+
 class RunManager:
     def __init__(self, state_dir: Path):
         self.state_file = state_dir / "runs.json"
@@ -101,7 +112,7 @@ class RunManager:
         if run.status not in ("running", "stopping") or run.pid is None:
             return run
         proc = self.procs.get(run.id)
-        code = proc.poll() if proc is not None else (None if _alive(run.pid) else -1)
+        code = proc.poll() if proc is not None else (None if _alive(run.pid) else orphan_outcome(run))
         if code is None:
             return run
         run.returncode, run.ended = code, time.time()

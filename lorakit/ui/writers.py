@@ -13,11 +13,14 @@ import math
 import re
 from typing import Any
 
-from ..config.kohya import LORA_TYPES, RENAMED
+from ..config.kohya import LORA_TYPES
 from ..config.schema import SECTIONS, TrainConfig, field_section
 from ..errors import ConfigError
 
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+# schema key -> the kohya_ss GUI's own name for it (the importer maps these back)
+GUI_NAMES = {"resolution": "max_resolution", "max_train_epochs": "epoch", "optimizer_type": "optimizer",
+             "network_weights": "lora_network_weights"}
 
 
 def toml_value(v: Any) -> str:
@@ -80,7 +83,6 @@ def _kv(key: str, args: dict[str, Any]) -> str:
 def to_kohya_json(cfg: TrainConfig) -> str:
     """A kohya_ss GUI JSON of every setting (the GUI loads it; lorakit reads it back the same)."""
     data = cfg.model_dump(mode="json")
-    gui_name = {schema: gui for gui, schema in RENAMED.items()}
     out: dict[str, Any] = {"LoRA_type": _lora_type(cfg)}
     out["noise_offset_type"] = "Multires" if cfg.multires_noise_iterations else "Original"
     # the GUI's accelerate dynamo settings: backend "no" = off
@@ -95,10 +97,10 @@ def to_kohya_json(cfg: TrainConfig) -> str:
         if k == "resolution":
             v = f"{v[0]},{v[1]}"
         elif k in ("optimizer_args", "network_args"):
-            v = _kv(k, getattr(cfg, k))
+            v = _kv(k, cfg.optimizer_args if k == "optimizer_args" else cfg.network_args)
         elif k == "dataset_subsets" and v:
             raise ConfigError("dataset_subsets has no kohya_ss GUI field", key=k, fix="save as lorakit TOML")
-        out[gui_name.get(k, k)] = "" if v is None else v
+        out[GUI_NAMES.get(k, k)] = "" if v is None else v
     if "conv" in _network_uses(out["LoRA_type"]) and cfg.conv_dim is None and out["LoRA_type"].startswith("LyCORIS"):
         raise ConfigError("the GUI gives LyCORIS types conv_dim = network_dim when it is empty", key="conv_dim",
                           fix="set conv_dim (and conv_alpha), or save as lorakit TOML")

@@ -81,7 +81,7 @@ const Setup = {
     }
     for (const f of this.schema.fields) {
       const input = this.inputs[f.name], has = f.name in this.values, v = this.values[f.name];
-      if (f.kind === "bool") input.checked = has ? v === true || v === "true" : f.default === true;
+      if (f.kind === "bool") input.checked = has ? ["true", "1"].includes(String(v).toLowerCase()) : f.default === true;
       else if (f.kind === "choice") input.value = has ? String(v) : f.default;
       else input.value = has ? (typeof v === "string" ? v : JSON.stringify(v)) : "";
       $("row-" + f.name).classList.toggle("set", has);

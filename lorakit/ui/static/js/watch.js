@@ -104,6 +104,8 @@ const Watch = {
   },
 
   addWarning(r) {
+    // a resumed run repeats its start-up warnings at step 0: show each once
+    if (this.warnings.some((w) => w.step === r.step && w.warning === r.warning)) return;
     if (!this.warnings.length) $("warnings").textContent = "";
     this.warnings.push(r);
     $("warnings").append(el("li", {}, `step ${r.step}: ${r.warning}`));
