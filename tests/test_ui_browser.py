@@ -125,7 +125,7 @@ def test_set_up_run_watch_stop_resume_inspect(server, page):
     page.fill("#extra", "")
     page.fill("#f-train_batch_size", "4")
     page.fill("#f-max_train_steps", "30")
-    page.fill("#f-sample_every_n_steps", "5")
+    page.fill("#f-sample_every_n_steps", "10")
     page.wait_for_selector("#problems li.ok")
     assert cell(page, "total steps") == "30"
 
@@ -178,3 +178,39 @@ def test_set_up_run_watch_stop_resume_inspect(server, page):
     assert "A1111" in page.inner_text("#loaders")
     page.wait_for_function("Number(document.getElementById('history-chart').dataset.points) === 30")
     shot(page, "results")
+
+
+def test_a_past_run_shows_its_charts_spike_mark_validation_and_samples(server, page):
+    """No training: a run folder written by hand, opened as a past run (charts, marks and gallery from files)."""
+    import json
+
+    from PIL import Image
+
+    base, root, app = server
+    out = root / "past"
+    (out / "sample").mkdir(parents=True)
+    rows = []
+    for step in range(1, 21):
+        rows.append({"step": step, "epoch": 1 + (step > 10), "loss": 0.2 - step / 200, "loss_avg": 0.15, "time": step,
+                     "lr/unet": 1.0, "dlr/unet": 1e-4 * (30 if step >= 12 else 1), "max_norm/keys_scaled": step % 3})
+        if step == 12:
+            rows.append({"warning": "d*lr spiked at step 12: more than x3 within 20 steps (now 0.003).", "step": 12})
+        if step % 10 == 0:
+            rows.append({"epoch_end": step // 10, "step": step, "loss_epoch": 0.15})
+            rows.append({"validation_loss": 0.3 - step / 100, "epoch": step // 10, "step": step,
+                         "validation_images": 2, "validation_batches": 1, "validation_trigger": "epoch"})
+            for i in range(2):
+                Image.new("RGB", (64, 64), (40 * i, 100, 200)).save(out / "sample" / f"p_{step:06d}_{i:02d}_20261128120000.png")
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page.goto(base + "/#results")
+    page.fill("#past-path", str(out))
+    page.click("#past-btn")
+    page.wait_for_function("Number(document.getElementById('history-chart').dataset.points) === 20")
+    assert "20 steps; last loss 0.1000" in page.inner_text("#history-text")
+    page.goto(base + "/#run/" + page.url.rsplit("/", 1)[1])
+    page.wait_for_function("Number(document.getElementById('chart-loss').dataset.points) === 20")
+    assert points(page, "dlr") == 20 and points(page, "grad") == 20 and points(page, "val") == 2
+    assert page.eval_on_selector("#chart-dlr", "e => e.dataset.marks") == "1"  # the spike, marked at its step
+    assert page.locator("#warnings li").count() == 1
+    assert page.locator("#samples tr").count() == 3 and page.locator("#samples img.sample").count() == 4
+    assert page.inner_text("#run-status") == "past"

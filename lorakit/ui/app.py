@@ -29,8 +29,8 @@ HERE = Path(__file__).parent
 PRESETS = HERE / "presets"
 PATH_KEYS = ("pretrained_model_name_or_path", "vae", "train_data_dir", "reg_data_dir", "validation_data_dir",
              "network_weights", "output_dir", "logging_dir")
-DEMO_PROMPTS = ("lkshape, red circle, simple background --w 64 --h 64 --d 1 --s 20\n"
-                "lkshape, blue square, simple background --w 64 --h 64 --d 2 --s 20")
+DEMO_PROMPTS = ("lkshape, red circle, simple background --w 64 --h 64 --d 1 --s 10\n"
+                "lkshape, blue square, simple background --w 64 --h 64 --d 2 --s 10")
 FILE_KINDS = (".json", ".toml", ".safetensors", ".txt", ".png", ".jpg", ".jpeg", ".webp", ".jsonl", ".ckpt")
 
 

@@ -25,9 +25,16 @@ class LineChart {
     if (Object.keys(row).length) this.points.set(x, row);
   }
 
-  mark(x, label) { this.marks.push({ x, label }); }
+  mark(x, label) {
+    this.marks.push({ x, label });
+    this.container.dataset.marks = String(this.marks.length);
+  }
 
-  clear() { this.points.clear(); this.marks = []; this.names = []; this.destroy(); this.container.textContent = ""; }
+  clear() {
+    this.points.clear(); this.marks = []; this.names = []; this.destroy();
+    this.container.textContent = "";
+    this.container.dataset.marks = "0";
+  }
 
   destroy() { if (this.plot) { this.plot.destroy(); this.plot = null; } }
 
