@@ -53,13 +53,16 @@ def test_schema_groups_every_key():
     assert fields["resolution"]["default"] == "512,512"
 
 
-def test_open_seed_preset_and_plan_numbers(client, root):
+def test_open_presets_and_plan_numbers(client, root):
     r = post(client, "/api/config/open", {"preset": "seed-prodigy-lokr.json"})
     assert r.status_code == 200, r.text
     values = r.json()["values"]
     assert values["network_type"] == "lokr" and values["max_train_epochs"] == 160
+    values = post(client, "/api/config/open", {"preset": "first-run-lora.toml"}).json()["values"]
+    assert (values["lr_scheduler"], values["max_train_steps"]) == ("cosine", 60)
     data = make_synthetic_dataset(root / "data", n_images=8, repeats=5)
-    values.update(train_data_dir=str(data), train_batch_size="2", max_train_epochs="3", lr_warmup_steps="0.1")
+    values.update(train_data_dir=str(data), train_batch_size="2", max_train_epochs="3", max_train_steps="",
+                  lr_warmup_steps="0.1")
     r = post(client, "/api/config/check", {"values": values})
     body = r.json()
     assert body["problems"] == [] and body["needs_model"] is True
@@ -214,6 +217,8 @@ def test_a_run_starts_lists_refuses_a_second_and_finishes(client, root, tiny_mod
     assert insp["algorithms"] == {"lora": insp["modules"]} and insp["loaders"]["diffusers"] == "yes"
     events = client.get(f"/api/runs/{rid}/events").text  # a finished run's stream: history, then end
     assert "event: metrics" in events and events.rstrip().split("\n\n")[-1].startswith("event: end")
+    r = post(client, "/api/runs", {"values": values})
+    assert r.status_code == 409 and "t.safetensors exists" in r.json()["error"]  # never replaced unasked
     r = post(client, f"/api/runs/{rid}/stop", {})
     assert r.status_code == 409 and "not running" in r.json()["error"]
     r = post(client, f"/api/runs/{rid}/resume", {})

@@ -213,6 +213,9 @@ class UI:
         if "error" in plan:
             raise UserError(plan["error"])
         out = self.roots.check(cfg.output_dir, "output_dir")
+        if (out / f"{cfg.output_name}.safetensors").exists() and not data.get("overwrite"):
+            raise Conflict(f"{cfg.output_name}.safetensors exists in the output folder", file=str(out),
+                           fix="tick 'replace existing files', or change output_name or output_dir")
         run = self.runs.start(cfg, out, bool(data.get("overwrite")), plan["total_steps"])
         return JSONResponse(run.public(), status_code=201)
 
