@@ -99,6 +99,10 @@ def test_paths_outside_the_roots_are_problems_and_403(client, root, tmp_path):
     assert post(client, "/api/config/open", {"path": str(root / "link" / "a.json")}).status_code == 403
     assert client.get("/api/fs", params={"path": str(root / "link")}).status_code == 403
     assert client.get("/api/file", params={"path": "/etc/passwd"}).status_code == 403
+    (root / ".ssh").mkdir()
+    (root / ".ssh" / "id_ed25519").write_text("secret")
+    r = client.get("/api/file", params={"path": str(root / ".ssh" / "id_ed25519")})
+    assert r.status_code == 403 and "hidden" in r.json()["error"]
     assert client.get("/api/file", params={"path": str(root) + "/\x00x"}).status_code == 403
     assert client.get("/api/thumb", params={"path": "../../etc/hostname"}).status_code == 403
     assert post(client, "/api/config/save", {"values": {}, "path": str(outside / "b.toml")}).status_code == 403

@@ -163,6 +163,10 @@ class UI:
 
     def existing_file(self, request: Request) -> Path:
         path = self.roots.check(request.query_params.get("path"), "file")
+        root = next(r for r in self.roots.folders if path == r or path.is_relative_to(r))
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            # home is a root by default: ~/.ssh, ~/.aws and the like are never served
+            raise Forbidden(f"{path} is hidden (a name starting with '.'); the UI does not serve hidden files")
         if not path.is_file():
             raise NotFound("no such file", file=str(path))
         return path
