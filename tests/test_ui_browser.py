@@ -103,7 +103,10 @@ def test_set_up_run_watch_stop_resume_inspect(server, page):
     page.goto(base + "/")
 
     # set up: a seed JSON, then the first-run offer (no base model in the seed)
-    page.fill("#open-path", str(seed))
+    page.click("#browse-btn")  # the file chooser lists the roots, then the folder
+    page.click(f"#browser-list li:text-is('{root.resolve()}/')")
+    page.click("#browser-list li:text-is('seed-prodigy-ia3.json')")
+    assert page.input_value("#open-path") == str(seed.resolve())
     page.click("#open-btn")
     page.wait_for_function("document.getElementById('f-network_type').value === 'ia3'")
     page.wait_for_selector("#first-run:not(.hidden)")
