@@ -1,10 +1,10 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` and `make test` (`make ui` starts the web app).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test ui venv clean
 
 $(STAMP): pyproject.toml requirements-test.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,8 +21,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m lorakit.demo --output demo-out
 
+ui: $(STAMP)
+	$(BIN)/python -m lorakit.cli ui
+
+# The browser tests of `lorakit ui` need Debian's Chromium (.ci/run installs it); without it they are
+# skipped, and said so loudly.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	@test -x /usr/bin/chromium || echo "*** lorakit ui BROWSER TESTS WILL BE SKIPPED: /usr/bin/chromium is missing (apt-get install chromium) ***"
+	$(BIN)/python -m pytest -rs
+	@test -x /usr/bin/chromium || echo "*** lorakit ui BROWSER TESTS WERE SKIPPED: /usr/bin/chromium is missing (apt-get install chromium) ***"
 
 clean:
 	rm -rf $(VENV) demo-out

@@ -125,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("file", help="adapter .safetensors")
     ins.set_defaults(fn=cmd_inspect)
 
+    ui = sub.add_parser("ui", help="a local web app to set up, run and watch training (docs/ui.md)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback needs a token)")
+    ui.add_argument("--port", type=int, default=7860)
+    ui.add_argument("--root", action="append", default=[], metavar="DIR",
+                    help="a folder the UI may browse and write under (repeatable; default: . and ~)")
+    ui.add_argument("--token", default=None, help="access token (generated and printed for a non-loopback host)")
+    ui.add_argument("--state-dir", default=None, help="where the run list is kept (default ~/.cache/lorakit/ui)")
+    ui.set_defaults(fn=cmd_ui)
+
     c = sub.add_parser("config", help="show the resolved config or list keys")
     csub = c.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="print the resolved config")
@@ -133,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     keys = csub.add_parser("keys", help="list every config key with its default and help")
     keys.set_defaults(fn=cmd_config_keys)
     return p
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .ui.app import serve
+
+    return serve(args.host, args.port, args.root or [".", str(Path.home())], args.token, args.state_dir)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
