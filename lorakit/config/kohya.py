@@ -348,6 +348,14 @@ class _Importer:
                 self.ignore(k, lookup(k).why)  # type: ignore[union-attr]
 
     def warmup(self, value: Any, scheduler: str) -> None:
+        """The GUI's lr_warmup percent, unless lr_warmup_steps > 0 overrides it (common_gui's
+        resolve_lr_warmup_steps)."""
+        try:
+            if float(self.raw.get("lr_warmup_steps") or 0) > 0:
+                self.ignore("lr_warmup", "lr_warmup_steps > 0 overrides it (as in the GUI)")
+                return
+        except (TypeError, ValueError):
+            pass  # reported with lr_warmup_steps
         try:
             pct = 0.0 if blank(value) else float(value)
         except (TypeError, ValueError):
@@ -387,8 +395,11 @@ class _Importer:
         value = True if not values else values[0] if len(values) == 1 else ",".join(values)
         if key in FIELDS:
             self.res.values[key] = gui_number(key, value)
-        elif key in SD_SCRIPTS_ARGS or key in NETWORK_ARGS:
+        elif key in SD_SCRIPTS_ARGS:
             self.set(key, value, source="additional_parameters")
+        elif key in NETWORK_ARGS:
+            self.problems.add("additional_parameters", f"--{key} is an sd-scripts network arg, not a flag",
+                              f'write --network_args "{key}=..."')
         else:
             guess = suggest(key, set(FIELDS) | set(SD_SCRIPTS_ARGS))
             self.problems.add("additional_parameters", f"unknown flag --{key}",
