@@ -452,9 +452,6 @@ class Problems:
     def add(self, key: Optional[str], message: str, fix: str = "") -> None:
         self.items.append((key, message, fix))
 
-    def extend(self, other: "Problems") -> None:
-        self.items += other.items
-
     def raise_all(self) -> None:
         if not self.items:
             return
