@@ -207,3 +207,14 @@ def test_gui_defaults_json_trains_two_steps(tmp_path, tiny_model_dir, capsys):
     assert "lorakit: ignored xformers" in capsys.readouterr().err
     _, meta = read_adapter_file(tmp_path / "o" / "last.safetensors")
     assert meta["ss_steps"] == "2" and meta["ss_network_dim"] == "8"
+
+
+def test_block_keys_are_read_for_networks_lora_types_only(tmp_path):
+    """The GUI passes block_dims & co. only for Standard / Kohya LoCon (networks.lora)."""
+    dims = ",".join(["4"] * 25)
+    res = load(_write(tmp_path, "l.json", {"LoRA_type": "LyCORIS/LoHa", "block_dims": dims}))
+    assert dict(res.ignored)["block_dims"] == "not a network arg of LoRA_type 'LyCORIS/LoHa'"
+    if "block_dims" not in TrainConfig.model_fields:
+        with pytest.raises(ConfigError) as e:
+            load_config(_write(tmp_path, "s.json", {"LoRA_type": "Standard", "block_dims": dims}))
+        assert e.value.key == "block_dims" and "block-wise" in e.value.message

@@ -23,9 +23,12 @@ from .schema import parse_kv_args
 # LoRA_type -> (network_type, the GUI keys it passes as network args)
 _LYCORIS = ("use_tucker", "rank_dropout", "module_dropout", "rank_dropout_scale", "train_norm")
 _LYCORIS_LINEAR = ("conv", *_LYCORIS, "bypass_mode", "dora_wd", "use_scalar")
+# block-wise dims / lr weights: the GUI passes them for networks.lora only (Standard, Kohya LoCon)
+_BLOCKS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
+           "block_alphas", "conv_block_dims", "conv_block_alphas")
 LORA_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "Standard": ("lora", ()),
-    "Kohya LoCon": ("lora", ("conv",)),
+    "Standard": ("lora", _BLOCKS),
+    "Kohya LoCon": ("lora", ("conv", *_BLOCKS)),
     "LoCon": ("locon", _LYCORIS_LINEAR),  # the GUI renamed "LoCon" to "LyCORIS/LoCon"
     "LyCORIS/LoCon": ("locon", _LYCORIS_LINEAR),
     "LyCORIS/LoHa": ("loha", _LYCORIS_LINEAR),
@@ -52,7 +55,7 @@ NETWORK_ARG_KEYS = {"factor": "factor", "decompose_both": "decompose_both", "use
                     "use_tucker": "use_tucker", "train_on_input": "train_on_input", "unit": "unit",
                     "dora_wd": "dora_wd", "constrain": "constraint", "rescaled": "rescaled"}
 # network-arg keys the table decides (neutral-only until implemented); read only for the types passing them
-TABLE_ARG_KEYS = ("rank_dropout_scale", "train_norm", "bypass_mode", "use_scalar")
+TABLE_ARG_KEYS = ("rank_dropout_scale", "train_norm", "bypass_mode", "use_scalar", *_BLOCKS)
 DYNAMO_KEYS = ("dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic")
 
 

@@ -4,8 +4,9 @@ sd-scripts reads a --config_file by flattening every table one level deep; the k
 its argparse names. Most of them are TrainConfig keys already; network_module +
 network_args become network_type + network_args (netargs.py, shared with the GUI importer:
 conv_dim, conv_alpha, dropout, rank_dropout, module_dropout and preset become schema keys);
-keys that change nothing in lorakit are listed as ignored with the reason; an unknown key is
-an error with a "did you mean".
+every other key goes through the key table (kohya_keys.py): ignored with the reason, or refused
+by name unless at its neutral value; all problems are raised together; only a key no kohya version
+knows gets a "did you mean".
 
 `dataset_config = "file.toml"` names sd-scripts' dataset TOML ([general], [[datasets]],
 [[datasets.subsets]]). Its subsets become `dataset_subsets`; dataset-level settings apply
