@@ -96,7 +96,7 @@ def test_family_switch_is_refused_by_name(tmp_path, switch, capsys):
 def test_all_problems_at_once(tmp_path, capsys):
     text = json.dumps({**GUI_DEFAULTS, "network_dim": "eight", "netwrok_alpha": 4, "train_norm": True,
                        "LoRA_type": "LyCORIS/LoCon", "use_scalar": True, "resume": "out/last-state",
-                       "down_lr_weight": "1,1,1,1,1,1,1,1,1,1,1,1", "vae_batch_size": 0})
+                       "loraplus_lr_ratio": 16, "vae_batch_size": 0})
     p = tmp_path / "bad.json"
     p.write_text(text[:-1] + ', "seed": 1, "seed": 2}', encoding="utf-8")
     with pytest.raises(ConfigError) as e:
@@ -107,8 +107,8 @@ def test_all_problems_at_once(tmp_path, capsys):
         assert part in msg, part
     if "train_norm" not in TrainConfig.model_fields:
         assert "train_norm = True" in msg
-    if "down_lr_weight" not in TrainConfig.model_fields:
-        assert "down_lr_weight" in msg
+    if "loraplus_lr_ratio" not in TrainConfig.model_fields:
+        assert "loraplus_lr_ratio = 16" in msg
     # a key some kohya version knows is named, never "did you mean"-ed into another key
     assert msg.count("did you mean") == 1
     assert main(["plan", str(p)]) == 2
