@@ -121,7 +121,8 @@ def to_kohya_json(cfg: TrainConfig) -> str:
         elif value == defaults[name] or (name == "cache_text_encoder_outputs" and value is None):
             continue
         elif name in SD_SCRIPTS_ARGS:
-            flags.append(f"--{name}" if value is True else f"--{name} {json.dumps(value) if isinstance(value, str) else value}")
+            text = json.dumps(value) if isinstance(value, str) else value
+            flags.append(f"--{name}" if value is True else f"--{name} {text}")
         else:
             problems.append(name)
     if problems:

@@ -179,13 +179,14 @@ class _Importer:
             self.problems.add(key, msg.replace(f"'{key}'", f"'{where}'") if source else msg, fix)
         elif entry.kind == MAPPED:
             if entry.field not in FIELDS:  # a key of sd-scripts' TOML / dataset config, not of the GUI
-                self.problems.add(key, f"'{where}' is an sd-scripts {'dataset_config ' if key in ('image_dir', 'num_repeats', 'class_tokens', 'is_reg', 'batch_size') else ''}key; a kohya_ss GUI JSON cannot set it",
+                self.problems.add(key, f"'{where}' is an sd-scripts key; a kohya_ss GUI JSON cannot set it",
                                   "remove it, or give it in an sd-scripts TOML (--format sd-scripts)")
             elif not _unset(entry.field, value):
                 name = entry.field
                 if name in ("optimizer_args", "lr_scheduler_args") and isinstance(value, str):
                     try:
-                        value = parse_optimizer_args(value) if name == "optimizer_args" else parse_kv_args(shlex.split(value))
+                        value = (parse_optimizer_args(value) if name == "optimizer_args"
+                                 else parse_kv_args(shlex.split(value)))
                     except ValueError as e:
                         self.problems.add(key, f"{key}: {e}", 'write "key=value" items, e.g. "betas=0.9,0.99"')
                         return

@@ -29,7 +29,8 @@ from .schema import TrainConfig
 MAPPED, RUNTIME, NEUTRAL, REFUSED = "mapped", "runtime-only", "neutral-only", "refused"
 KINDS = (MAPPED, RUNTIME, NEUTRAL, REFUSED)
 
-# kohya_ss GUI v26 (kohya_gui/lora_gui.py FIELD_REGISTRY, bmaltais/kohya_ss HEAD 45088f04): the save list, in order
+# the kohya_ss GUI's save list, in order (kohya_gui/lora_gui.py FIELD_REGISTRY, bmaltais/kohya_ss HEAD
+# 45088f04; v26.0.0 lacks model_type)
 GUI_KEYS = tuple("""
 pretrained_model_name_or_path v2 v_parameterization sdxl flux1_checkbox dataset_config save_model_as
 save_precision train_data_dir output_name model_list training_comment logging_dir reg_data_dir output_dir
@@ -84,12 +85,14 @@ lumina_model_prediction_type lumina_timestep_sampling lumina_sigmoid_scale lumin
 lumina_system_prompt lumina_use_flash_attn lumina_use_sage_attn lumina_checkbox
 """.split())
 
-# keys of older GUI save lists (save_configuration's parameters, v21.1 .. v25.2) the current one dropped
+# keys of older GUI save lists (save_configuration's parameters, every third tag v21.1 .. v25.2) that
+# the current one dropped
 GUI_OLD_KEYS = tuple("""
 no_token_padding use_8bit_adam lora_network_weights locon conv_dims conv_alphas use_wandb
 """.split())
 
-# sd-scripts train_network.py / sdxl_train_network.py arguments (setup_parser and the add_*_arguments helpers it calls), v0.6.0 .. HEAD 48d368fa
+# sd-scripts train_network.py / sdxl_train_network.py arguments (setup_parser and the add_*_arguments
+# helpers it calls), union over v0.6.0, v0.6.6, v0.7.1, v0.8.7, v0.9.1 and HEAD 48d368fa
 SD_SCRIPTS_ARGS = tuple("""
 adaptive_noise_scale alpha_mask async_upload base_weights base_weights_multiplier bucket_no_upscale
 bucket_reso_steps cache_info cache_latents cache_latents_to_disk cache_text_encoder_outputs
