@@ -218,3 +218,17 @@ def test_block_keys_are_read_for_networks_lora_types_only(tmp_path):
         with pytest.raises(ConfigError) as e:
             load_config(_write(tmp_path, "s.json", {"LoRA_type": "Standard", "block_dims": dims}))
         assert e.value.key == "block_dims" and "block-wise" in e.value.message
+
+
+def test_gui_dataset_config_is_read(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "ds.toml").write_text('[general]\nbatch_size = 2\n[[datasets]]\nresolution = 512\n'
+                                      '[[datasets.subsets]]\nimage_dir = "imgs"\nnum_repeats = 3\n', encoding="utf-8")
+    loaded = load(gui_json(tmp_path, dataset_config="ds.toml", train_data_dir="elsewhere", optimizer="AdamW"))
+    cfg = loaded.cfg
+    assert cfg.train_batch_size == 2 and cfg.train_data_dir is None
+    assert [(s["image_dir"], s["num_repeats"]) for s in cfg.dataset_subsets] == [("imgs", 3)]
+    assert "train_data_dir" in dict(loaded.ignored)
+    with pytest.raises(ConfigError) as e:
+        load_config(gui_json(tmp_path, "m.json", dataset_config="missing.toml", network_dim="x"))
+    assert "dataset_config file not found" in e.value.message and "network_dim" in e.value.message

@@ -19,6 +19,7 @@ from .kohya_keys import (FIELDS, GUI_UNSET, MAPPED, NETWORK_ARGS, RUNTIME, SD_SC
                          as_bool, blank, is_neutral, lookup, refusal, suggest, unknown_key)
 from .netargs import LYCORIS_MODULE, apply_network_args
 from .schema import parse_kv_args
+from .sdscripts import read_dataset_config
 
 # LoRA_type -> (network_type, the GUI keys it passes as network args)
 _LYCORIS = ("use_tucker", "rank_dropout", "module_dropout", "rank_dropout_scale", "train_norm")
@@ -250,13 +251,12 @@ class _Importer:
                     self.ignore(key, "off: lorakit caches on its own while the text encoder is frozen (same results)")
             elif key == "seed" and _is_zero(value):
                 self.ignore(key, "0 means a random seed")
-            elif key == "dataset_config" and not blank(value):
-                self.problems.add(key, f"dataset_config = {value!r}: a GUI JSON with a dataset TOML is not read yet",
-                                  "use train_data_dir, or run the dataset TOML through an sd-scripts config "
-                                  "(--format sd-scripts)")
+            elif key == "dataset_config":
+                continue  # read after the other keys (its values override them): dataset_toml()
             else:
                 self.set(key, value)
         self.dynamo()
+        self.dataset_toml()
         if "enable_bucket" not in raw:  # the GUI's checkbox defaults to on
             res.values.setdefault("enable_bucket", True)
             self.ignore("enable_bucket", "not in the file: the GUI default (on) is used")
@@ -276,6 +276,21 @@ class _Importer:
         if res.network_args:
             res.values["network_args"] = {**res.values.get("network_args", {}), **res.network_args}
         return res
+
+    def dataset_toml(self) -> None:
+        """The GUI's dataset_config: an sd-scripts dataset TOML, read as sdscripts.py reads it (a path as
+        written, else relative to the JSON's folder); its folders replace train_data_dir / reg_data_dir."""
+        value = self.raw.get("dataset_config")
+        if blank(value):
+            return
+        path = Path(str(value))
+        if not path.is_absolute() and not path.is_file() and self.file:
+            path = Path(self.file).parent / path
+        try:
+            read_dataset_config(path, self.res)
+        except ConfigError as e:
+            self.problems.add(e.key or "dataset_config", f"{e.file}: {e.message}" if e.file else e.message,
+                              e.fix or "")
 
     def preset(self, value: Any, lora_type: str) -> None:
         """LyCORIS presets apply to the LyCORIS types only (kohya_ss passes them to lycoris.kohya)."""
