@@ -11,7 +11,8 @@ from .errors import UserError
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .config.load import load_config
+    """The validated config; the keys its file had that lorakit ignores are printed, one line each."""
+    from .config.load import load
 
     cli_values = {
         "pretrained_model_name_or_path": getattr(args, "model", None),
@@ -19,7 +20,10 @@ def _config_from_args(args: argparse.Namespace):
         "reg_data_dir": getattr(args, "reg_data", None),
         "output_dir": getattr(args, "output", None),
     }
-    return load_config(args.config, args.set, cli_values, fmt=getattr(args, "format", "auto"))
+    loaded = load(args.config, args.set, cli_values, fmt=getattr(args, "format", "auto"))
+    for key, why in loaded.ignored:
+        print(f"lorakit: ignored {key}: {why}", file=sys.stderr)
+    return loaded.cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -39,17 +43,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from .config.schema import field_section
+    from .config.export import to_kohya_json, to_toml
 
     cfg = _config_from_args(args)
-    data = cfg.model_dump(mode="json")
-    by_section: dict[str, list[str]] = {}
-    for key, value in data.items():
-        by_section.setdefault(field_section(key), []).append(f"{key} = {json.dumps(value)}")
-    for section, lines in by_section.items():
-        print(f"[{section}]")
-        print("\n".join(lines))
-        print()
+    print(to_kohya_json(cfg) if args.as_ == "kohya-json" else to_toml(cfg), end="")
     return 0
 
 
@@ -136,8 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="show the resolved config or list keys")
     csub = c.add_subparsers(dest="config_command", required=True)
-    show = csub.add_parser("show", help="print the resolved config")
+    show = csub.add_parser("show", help="print the resolved config (ignored keys of the file go to stderr)")
     config_args(show)
+    show.add_argument("--as", dest="as_", default="toml", choices=("toml", "kohya-json"),
+                      help="toml (default): a lorakit TOML that `lorakit train` reads; kohya-json: a kohya_ss "
+                           "GUI JSON (settings without a GUI field go into additional_parameters)")
     show.set_defaults(fn=cmd_config_show)
     keys = csub.add_parser("keys", help="list every config key with its default and help")
     keys.set_defaults(fn=cmd_config_keys)

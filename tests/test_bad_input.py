@@ -263,6 +263,19 @@ def c_dynamo_backend(t, m):
             "--set", "torch_compile=true", "--set", "dynamo_backend=inductr"]
 
 
+def c_json_many_problems(t, m):
+    p = t / "k.json"
+    p.write_text('{"network_dim": "eight", "netwrok_alpha": 4, "seed": 1, "seed": 2, "flux1_checkbox": true}',
+                 encoding="utf-8")
+    return ["train", str(p)]
+
+
+def c_json_sdxl(t, m):
+    p = t / "k.json"
+    p.write_text('{"sdxl": true, "LoRA_type": "Standard"}', encoding="utf-8")
+    return ["train", str(p)]
+
+
 def c_plot_no_metrics(t, m):
     return ["plot", str(t)]
 
@@ -304,6 +317,9 @@ CASES = [
     ("--set of an unknown key", c_set_unknown, ["did you mean 'max_train_steps'"]),
     ("kohya JSON not parseable", c_json_invalid, ["k.json", "not valid JSON"]),
     ("kohya JSON with an unknown key", c_json_unknown_key, ["netwrok_dim", "network_dim"]),
+    ("kohya JSON: wrong type, typo, key twice, family switch", c_json_many_problems,
+     ["4 problems", "'eight'", "did you mean 'network_alpha'", "'seed' is set twice", "flux1_checkbox"]),
+    ("kohya JSON with sdxl true", c_json_sdxl, ["sdxl", "SDXL is not supported yet"]),
     ("unknown sample prompt option", c_sample_option, ["--zz"]),
     ("unknown sampler", c_sampler_name, ["euler_b", "euler_a"]),
     ("sample prompt file missing", c_prompt_file_missing, ["prompts.txt", "not found"]),

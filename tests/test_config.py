@@ -105,9 +105,9 @@ def test_kohya_json_first_cut(tmp_path):
 def test_kohya_json_unsupported_value_is_an_error(tmp_path, monkeypatch):
     # a kohya setting lorakit does not implement yet (planted: every kohya setting seen so far is
     # implemented), at a value that would change training
-    from lorakit.config import kohya
+    from lorakit.config import kohya_keys
 
-    monkeypatch.setitem(kohya.NEUTRAL, "future_setting", 0)
+    monkeypatch.setitem(kohya_keys.TABLE, "future_setting", kohya_keys._neutral("a planted setting", 0))
     p = write(tmp_path, "k.json", '{"future_setting": 2, "max_validation_steps": 5}')
     with pytest.raises(ConfigError) as e:
         load_config(p)

@@ -36,7 +36,7 @@ def show(capsys, *argv):
     ("sd-scripts", "sd.toml", ['network_type = "lora"', "network_dim = 6", 'caption_extension = ".caption"',
                                "learning_rate = 0.0002"]),
     ("auto", "sdt.toml", ["network_dim = 6", 'caption_extension = ".caption"']),
-    ("kohya", "gui.json", ['network_type = "lokr"', "network_dim = 12", 'network_args = {"factor": 4}']),
+    ("kohya", "gui.json", ['network_type = "lokr"', "network_dim = 12", 'network_args = {factor = 4}']),
     ("kohya", "gui.txt", ['network_type = "lokr"', "network_dim = 12"]),  # forced: the suffix does not matter
 ])
 def test_forced_format_reads_a_matching_file(files, capsys, fmt, name, expect):

@@ -95,7 +95,7 @@ def test_kohya_gui_lokr_json_builds(tmp_path):
     path.write_text(json.dumps({"LoRA_type": "LyCORIS/LoKr", "network_dim": 16, "network_alpha": 16,
                                 "conv_dim": 8, "conv_alpha": 8, "factor": "-1", "decompose_both": False,
                                 "use_cp": "true"}))
-    res = import_kohya_json(path, strict=False)
+    res = import_kohya_json(path)
     assert res.values["network_type"] == "lokr"
     values = {k: v for k, v in res.values.items() if k in cfg().model_fields}
     net = create_network(cfg(**values), *tiny_models())

@@ -1,79 +1,62 @@
 """kohya_ss GUI JSON -> our schema (kohya-semantics.md section 1; docs/kohya.md).
 
-GUI exports are loose JSON (trailing commas, numbers as strings such as "1.0",
-"576,576", "31337"); they are accepted as written. Keys map onto TrainConfig; GUI-only
-keys are listed as ignored with the reason; `additional_parameters` is parsed as the
-sd-scripts command line it is and overrides the JSON, as in the GUI. kohya settings
-that lorakit does not implement yet are accepted at a value that changes nothing;
-at any other value they are "pending": `import_kohya_json` (strict) refuses the config
-listing all of them, so that a config never trains differently from what it says.
-A key that is none of these is an error with a "did you mean".
+GUI exports are loose JSON (trailing commas, numbers as strings such as "1.0", "576,576", "31337");
+they are accepted as written. Every key goes through the one key table (kohya_keys.py): mapped onto
+the schema, ignored with the reason, or -- at a value lorakit cannot train as written -- a problem.
+`additional_parameters` is parsed as the sd-scripts command line it is and overrides the JSON, as in
+the GUI. All problems of a file (refused values, unknown keys, duplicate keys, bad values) are
+collected in ImportResult.problems and raised together.
 """
 from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .load import suggest, unknown_key_error
+from .kohya_keys import (FIELDS, GUI_UNSET, MAPPED, NETWORK_ARGS, RUNTIME, SD_SCRIPTS_ARGS, ImportResult, Problems,
+                         as_bool, blank, is_neutral, lookup, refusal, suggest, unknown_key)
 from .netargs import LYCORIS_MODULE, apply_network_args
-from .schema import TrainConfig, parse_kv_args
+from .schema import parse_kv_args
+from .sdscripts import read_dataset_config
 
-# GUI key -> schema key, where only the name differs.
-RENAMED = {
-    "max_resolution": "resolution",
-    "epoch": "max_train_epochs",  # GUI: epoch counts epochs (the current GUI's 1600-step default ignores it)
-    "optimizer": "optimizer_type",
-    "lora_network_weights": "network_weights",
-}
-
-# Keys the GUI writes that do not change a LoRA run, with the reason.
-GUI_ONLY = {
-    "model_list": "GUI model picker; the path in pretrained_model_name_or_path is used",
-    "no_token_padding": "DreamBooth script only; no effect on adapter training",
-    "save_model_as": "lorakit writes .safetensors",
-    "xformers": "lorakit always uses PyTorch SDPA attention",
-    "mem_eff_attn": "lorakit always uses PyTorch SDPA attention",
-    "use_wandb": "TensorBoard only",
-    "wandb_api_key": "TensorBoard only",
-    "noise_offset_type": "selects which noise keys apply (Original: noise_offset; Multires: multires_*)",
-    "unit": "read as the DyLoRA block size (network arg)",
-    "factor": "read as a LoKr network arg", "decompose_both": "read as a LoKr network arg",
-    "use_cp": "read as a LyCORIS network arg", "use_tucker": "read as a LyCORIS network arg",
-    "train_on_input": "read as an iA3 network arg",
-}
-
-# kohya settings without a schema field yet -> the value that changes nothing.
-# A key here that gets a schema field (added by its feature) is mapped instead.
-NEUTRAL: dict[str, Any] = {
-    "noise_offset": 0, "adaptive_noise_scale": 0, "noise_offset_random_strength": False,
-    "multires_noise_iterations": 0, "multires_noise_discount": None, "min_snr_gamma": 0,
-    "scale_weight_norms": 0,
-}
-# NEUTRAL None: only neutral while bucketing / multires is off (see _neutral).
-
-# LoRA_type -> (network_type, network args read from the GUI keys)
-LYCORIS_ARGS = ("use_tucker", "rank_dropout", "module_dropout")
+# LoRA_type -> (network_type, the GUI keys it passes as network args)
+_LYCORIS = ("use_tucker", "rank_dropout", "module_dropout", "rank_dropout_scale", "train_norm")
+_LYCORIS_LINEAR = ("conv", *_LYCORIS, "bypass_mode", "dora_wd", "use_scalar")
+# block-wise dims / lr weights: the GUI passes them for networks.lora only (Standard, Kohya LoCon)
+_BLOCKS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
+           "block_alphas", "conv_block_dims", "conv_block_alphas")
 LORA_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "Standard": ("lora", ()),
-    "Kohya LoCon": ("lora", ("conv",)),
-    "LoCon": ("locon", ("conv", *LYCORIS_ARGS)),  # the GUI renames "LoCon" to "LyCORIS/LoCon"
-    "LyCORIS/LoCon": ("locon", ("conv", *LYCORIS_ARGS)),
-    "LyCORIS/LoHa": ("loha", ("conv", *LYCORIS_ARGS)),
-    "LyCORIS/LoKr": ("lokr", ("conv", *LYCORIS_ARGS, "factor", "decompose_both")),
+    "Standard": ("lora", _BLOCKS),
+    "Kohya LoCon": ("lora", ("conv", *_BLOCKS)),
+    "LoCon": ("locon", _LYCORIS_LINEAR),  # the GUI renamed "LoCon" to "LyCORIS/LoCon"
+    "LyCORIS/LoCon": ("locon", _LYCORIS_LINEAR),
+    "LyCORIS/LoHa": ("loha", _LYCORIS_LINEAR),
+    "LyCORIS/LoKr": ("lokr", (*_LYCORIS_LINEAR, "factor", "use_cp", "decompose_both")),
     "LyCORIS/iA3": ("ia3", ("train_on_input",)),
-    "LyCORIS/DyLoRA": ("dylora", ("conv", *LYCORIS_ARGS, "unit")),
+    "LyCORIS/DyLoRA": ("dylora", ("conv", *_LYCORIS, "unit")),
     "Kohya DyLoRA": ("dylora", ("conv", "unit")),
-    "LyCORIS/GLoRA": ("glora", ("conv", *LYCORIS_ARGS)),
-    "LyCORIS/BOFT": ("boft", ("conv", *LYCORIS_ARGS)),
-    "LyCORIS/Diag-OFT": ("diag-oft", ("conv", *LYCORIS_ARGS)),
-    "LyCORIS/Native Fine-Tuning": ("full", ("conv", *LYCORIS_ARGS)),
+    "LyCORIS/GLoRA": ("glora", ("conv", *_LYCORIS)),
+    "LyCORIS/BOFT": ("boft", ("conv", *_LYCORIS)),
+    "LyCORIS/Diag-OFT": ("diag-oft", ("conv", *_LYCORIS, "constrain", "rescaled")),
+    "LyCORIS/Native Fine-Tuning": ("full", ("conv", *_LYCORIS)),
 }
-NETWORK_ARG_KEYS = ("factor", "decompose_both", "use_cp", "use_tucker", "train_on_input", "unit")
-# the GUI's accelerate-launch dynamo settings; dynamo_backend "no" is off (see _Importer.dynamo)
+# LoRA_types of the GUI that lorakit refuses, with the reason
+REFUSED_LORA_TYPES = {
+    "Kohya LoHa": "sd-scripts' own LoHa module (networks.loha) is not supported: use LyCORIS/LoHa",
+    "Kohya LoKr": "sd-scripts' own LoKr module (networks.lokr) is not supported: use LyCORIS/LoKr",
+    "LoRA-FA": "LoRA-FA (networks.lora_fa) is not supported",
+    "Flux1": "FLUX.1 models are not supported", "Flux1 OFT": "FLUX.1 models are not supported",
+    "Anima": "Anima models are not supported", "HunyuanImage-2.1": "HunyuanImage models are not supported",
+    "Lumina": "Lumina models are not supported",
+}
+# GUI keys that are network args of some LoRA_type; their schema name in network_args
+NETWORK_ARG_KEYS = {"factor": "factor", "decompose_both": "decompose_both", "use_cp": "use_tucker",
+                    "use_tucker": "use_tucker", "train_on_input": "train_on_input", "unit": "unit",
+                    "dora_wd": "dora_wd", "constrain": "constraint", "rescaled": "rescaled"}
+# network-arg keys the table decides (neutral-only until implemented); read only for the types passing them
+TABLE_ARG_KEYS = ("rank_dropout_scale", "train_norm", "bypass_mode", "use_scalar", *_BLOCKS)
 DYNAMO_KEYS = ("dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic")
 
 
@@ -82,29 +65,6 @@ def lora_type_module(lora_type: str) -> str:
     if lora_type.startswith("LyCORIS/") or lora_type == "LoCon":
         return LYCORIS_MODULE
     return "networks.dylora" if lora_type == "Kohya DyLoRA" else "networks.lora"
-
-# sd-scripts flags in additional_parameters that change how a run computes, not what: listed as
-# ignored (sd-scripts TOMLs ignore them too: config/sdscripts.py IGNORED starts from this table)
-IGNORED_FLAGS = {
-    "cache_text_encoder_outputs_to_disk": "lorakit keeps text-encoder outputs in memory (cache_text_encoder_outputs)",
-    "sdpa": "lorakit always uses PyTorch SDPA attention",
-    "xformers": "lorakit always uses PyTorch SDPA attention",
-    "mem_eff_attn": "lorakit always uses PyTorch SDPA attention",
-    "lowram": "memory placement flag", "highvram": "memory placement flag",
-}
-
-# sd-scripts command-line flags with no schema field that may appear in additional_parameters
-SD_SCRIPTS_FLAGS = set(NEUTRAL) | {"network_args", "network_module", "lr_decay_steps", "lr_scheduler_timescale",
-                                   "lr_scheduler_min_lr_ratio", "debiased_estimation_loss", "ip_noise_gamma",
-                                   "zero_terminal_snr", "loss_type", "huber_c", "masked_loss"}
-
-
-@dataclass
-class ImportResult:
-    values: dict[str, Any]
-    ignored: list[tuple[str, str]] = field(default_factory=list)           # (key, reason)
-    pending: list[tuple[str, Any, str]] = field(default_factory=list)      # (key, value, why): not implemented
-    network_args: dict[str, Any] = field(default_factory=dict)
 
 
 def strip_trailing_commas(text: str) -> str:
@@ -150,9 +110,9 @@ def parse_additional_parameters(text: str) -> list[tuple[str, list[str]]]:
     return out
 
 
-def _gui_number(key: str, value: Any) -> Any:
-    """The GUI stores numbers as strings ("1.0", "31337"); convert them for non-text keys."""
-    if not isinstance(value, str) or "str" in str(TrainConfig.model_fields[key].annotation):
+def gui_number(key: str, value: Any) -> Any:
+    """The GUI stores numbers as strings ("1.0", "31337"); convert them for non-text fields."""
+    if not isinstance(value, str) or "str" in str(FIELDS[key].annotation):
         return value
     for conv in (int, float):
         try:
@@ -162,10 +122,6 @@ def _gui_number(key: str, value: Any) -> Any:
     return value
 
 
-def _blank(v: Any) -> bool:
-    return v is None or (isinstance(v, str) and v.strip() == "")
-
-
 def _is_zero(v: Any) -> bool:
     try:
         return not isinstance(v, bool) and float(v) == 0.0
@@ -173,129 +129,193 @@ def _is_zero(v: Any) -> bool:
         return False
 
 
-def _neutral(key: str, value: Any, raw: dict[str, Any]) -> bool:
-    want = NEUTRAL[key]
-    if _blank(value) or value is False or _is_zero(value) and want is not None:
+def _unset(name: str, value: Any) -> bool:
+    """The GUI's "not set" for schema field `name`: blank, a 0 where the schema's default is unset, or the
+    GUI-only unset values (vae_batch_size 0, bucket_reso_steps 1, ...): the GUI passes nothing then."""
+    if blank(value) or (_is_zero(value) and (FIELDS[name].default is None or name == "clip_skip")):
         return True
-    if want is None:  # only matters when its feature is on
-        if key == "multires_noise_discount":
-            return _neutral("multires_noise_iterations", raw.get("multires_noise_iterations", 0), raw)
-        return "enable_bucket" in raw and not _bool(raw["enable_bucket"])  # GUI default: buckets on
-    return value == want
+    try:
+        return not isinstance(value, bool) and float(value) in GUI_UNSET.get(name, ())
+    except (TypeError, ValueError):
+        return False
 
 
-def _bool(v: Any) -> bool:
-    return str(v).strip().lower() not in ("false", "0", "", "none")  # LyCORIS: str(v).lower() != "false"
+def read_json_object(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The top-level object of a (loose) JSON file and the keys it sets more than once."""
+    dups: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in items:
+            if k in out and k not in dups:
+                dups.append(k)
+            out[k] = v
+        return out
+    file = str(path)
+    try:
+        raw = json.loads(strip_trailing_commas(Path(path).read_text(encoding="utf-8-sig")), object_pairs_hook=pairs)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"not valid JSON: {e}", file=file, fix="check quotes and commas") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a JSON object of settings", file=file)
+    return raw, dups
 
 
 class _Importer:
     def __init__(self, raw: dict[str, Any], file: str | None):
         self.raw, self.file = raw, file
-        self.res = ImportResult({})
-        self.known = TrainConfig.model_fields
+        self.res = ImportResult({}, problems=Problems(file))
+        self.problems = self.res.problems
         self.cli_network: dict[str, Any] = {}  # --network_module / --network_args of additional_parameters
 
-    def set(self, key: str, value: Any, source: str) -> None:
-        """Map one kohya setting onto the schema, or record it as ignored / pending."""
-        res, known = self.res, self.known
-        name = RENAMED.get(key, key)
-        if name in known:
-            if _blank(value) or (_is_zero(value) and (known[name].default is None or name == "clip_skip")):
-                return  # the GUI never passes "", 0 or False: the default applies
-            if name in ("optimizer_args", "lr_scheduler_args", "network_args") and isinstance(value, str):
-                value = parse_optimizer_args(value) if name == "optimizer_args" else parse_kv_args(shlex.split(value))
-            res.values[name] = _gui_number(name, value)
-        elif key in GUI_ONLY:
-            res.ignored.append((key, GUI_ONLY[key]))
-        elif key in NEUTRAL:
-            if _neutral(key, value, self.raw):
-                res.ignored.append((key, f"no effect at {value!r}"))
-            else:
-                res.pending.append((key, value, f"{source}: lorakit does not implement '{key}' yet"))
-        else:
-            raise unknown_key_error(key, self.file, list(known) + list(GUI_ONLY) + list(RENAMED) + list(NEUTRAL))
+    def ignore(self, key: str, why: str) -> None:
+        self.res.ignored.append((key, why))
 
-    def preset(self, value: str, lora_type: str) -> None:
-        """LyCORIS presets apply to the LyCORIS types only (kohya_ss passes them to lycoris.kohya)."""
-        if not lora_type.startswith("LyCORIS/"):
-            self.res.ignored.append(("LyCORIS_preset", f"LoRA_type '{lora_type}' is not a LyCORIS type"))
-        elif value in ("full", "attn-mlp", "attn-only"):
-            self.res.values["network_preset"] = value
-        elif not _blank(value):
-            raise ConfigError(f"LyCORIS_preset '{value}' is not supported yet", file=self.file,
-                              key="LyCORIS_preset", fix="use full, attn-mlp or attn-only")
+    def set(self, key: str, value: Any, source: str = "") -> None:
+        """One kohya key through the table: mapped, ignored, or a problem."""
+        entry = lookup(key)
+        where = f"--{key}" if source else key
+        if entry is None:
+            msg, fix = unknown_key(key)
+            self.problems.add(key, msg.replace(f"'{key}'", f"'{where}'") if source else msg, fix)
+        elif entry.kind == MAPPED:
+            if entry.field not in FIELDS:  # a key of sd-scripts' TOML / dataset config, not of the GUI
+                self.problems.add(key, f"'{where}' is an sd-scripts key; a kohya_ss GUI JSON cannot set it",
+                                  "remove it, or give it in an sd-scripts TOML (--format sd-scripts)")
+            elif not _unset(entry.field, value):
+                name = entry.field
+                if name in ("optimizer_args", "lr_scheduler_args") and isinstance(value, str):
+                    try:
+                        value = (parse_optimizer_args(value) if name == "optimizer_args"
+                                 else parse_kv_args(shlex.split(value)))
+                    except ValueError as e:
+                        self.problems.add(key, f"{key}: {e}", 'write "key=value" items, e.g. "betas=0.9,0.99"')
+                        return
+                self.res.values[name] = gui_number(name, value)
+        elif entry.kind == RUNTIME:
+            self.ignore(where, entry.why)
+        elif is_neutral(entry, value, self.raw):
+            self.ignore(where, f"{value!r} changes nothing ({entry.why})")
+        elif key == "sdxl":
+            self.problems.add(key, "sdxl = true: SDXL is not supported yet", "train an SD1.x/2.x checkpoint "
+                                                                              "(set sdxl to false)")
+        else:
+            self.problems.add(key, *refusal(where, entry, value))
 
     def run(self) -> ImportResult:
         raw, res = self.raw, self.res
         lora_type = str(raw.get("LoRA_type", "Standard"))
-        if lora_type not in LORA_TYPES:
+        if lora_type in REFUSED_LORA_TYPES:
+            self.problems.add("LoRA_type", f"LoRA_type '{lora_type}': {REFUSED_LORA_TYPES[lora_type]}",
+                              "choose an SD1.x/2.x LoRA_type (Standard, LyCORIS/...)")
+            lora_type = "Standard"
+        elif lora_type not in LORA_TYPES:
             guess = suggest(lora_type, LORA_TYPES)
-            raise ConfigError(f"LoRA_type '{lora_type}' is unknown", file=self.file, key="LoRA_type",
-                              fix=f"did you mean '{guess}'?" if guess else f"use one of {', '.join(LORA_TYPES)}")
+            self.problems.add("LoRA_type", f"LoRA_type '{lora_type}' is unknown",
+                              f"did you mean '{guess}'?" if guess else f"use one of {', '.join(LORA_TYPES)}")
+            lora_type = "Standard"
         res.values["network_type"], uses = LORA_TYPES[lora_type]
         noise_type = str(raw.get("noise_offset_type", "Original"))
         skip_noise = {"Original": ("multires_noise_iterations", "multires_noise_discount"),
                       "Multires": ("noise_offset", "adaptive_noise_scale", "noise_offset_random_strength")}
         if noise_type not in skip_noise:
-            raise ConfigError(f"noise_offset_type '{noise_type}' is unknown", file=self.file,
-                              key="noise_offset_type", fix="use Original or Multires")
+            self.problems.add("noise_offset_type", f"noise_offset_type '{noise_type}' is unknown",
+                              "use Original or Multires")
+            noise_type = "Original"
         scheduler = str(raw.get("lr_scheduler", "constant"))
         for key, value in raw.items():
-            if key in ("LoRA_type", "additional_parameters") or key in DYNAMO_KEYS:
+            if key in ("LoRA_type", "additional_parameters", "noise_offset_type") or key in DYNAMO_KEYS:
                 continue
             if key in skip_noise[noise_type]:
-                res.ignored.append((key, f"noise_offset_type is {noise_type}"))
+                self.ignore(key, f"noise_offset_type is {noise_type}")
             elif key in ("conv_dim", "conv_alpha") and "conv" not in uses:
-                res.ignored.append((key, f"LoRA_type '{lora_type}' adapts no 3x3 convs"))
-            elif key in NETWORK_ARG_KEYS:
-                self.network_arg(key, value, uses, lora_type)
+                self.ignore(key, f"LoRA_type '{lora_type}' adapts no 3x3 convs")
+            elif key in NETWORK_ARG_KEYS or key in TABLE_ARG_KEYS:
+                if key not in uses:
+                    self.ignore(key, f"not a network arg of LoRA_type '{lora_type}'")
+                elif key in TABLE_ARG_KEYS:
+                    self.set(key, value)
+                else:
+                    self.network_arg(key, value)
             elif key == "LyCORIS_preset":
-                self.preset(str(value), lora_type)
-            elif key == "optimizer_args":
-                res.values["optimizer_args"] = parse_optimizer_args(value) if isinstance(value, str) else value
+                self.preset(value, lora_type)
             elif key == "lr_warmup":
                 self.warmup(value, scheduler)
-            elif key == "lr_scheduler_num_cycles" and _blank(value):
-                if scheduler == "cosine_with_restarts" and not _blank(raw.get("epoch")):
-                    res.values["lr_scheduler_num_cycles"] = int(raw["epoch"])  # GUI: blank -> epoch
+            elif key == "lr_scheduler_num_cycles" and blank(value):
+                if scheduler == "cosine_with_restarts" and not blank(raw.get("epoch")):
+                    res.values["lr_scheduler_num_cycles"] = raw["epoch"]  # GUI: blank -> epoch
             elif key == "sdxl_cache_text_encoder_outputs":  # the GUI's checkbox for --cache_text_encoder_outputs
-                if _bool(value):
+                if as_bool(value):
                     res.values["cache_text_encoder_outputs"] = True
                 else:
-                    res.ignored.append((key, "off: lorakit caches on its own while the text encoder is frozen "
-                                             "(same results)"))
+                    self.ignore(key, "off: lorakit caches on its own while the text encoder is frozen (same results)")
             elif key == "seed" and _is_zero(value):
-                res.ignored.append((key, "0 means a random seed"))
+                self.ignore(key, "0 means a random seed")
+            elif key == "dataset_config":
+                continue  # read after the other keys (its values override them): dataset_toml()
             else:
-                self.set(key, value, "the JSON")
+                self.set(key, value)
         self.dynamo()
+        self.dataset_toml()
         if "enable_bucket" not in raw:  # the GUI's checkbox defaults to on
             res.values.setdefault("enable_bucket", True)
-            res.ignored.append(("enable_bucket", "not in the file: the GUI default (on) is used"))
+            self.ignore("enable_bucket", "not in the file: the GUI default (on) is used")
         if "conv" in uses and lora_type.startswith("LyCORIS/") or lora_type == "LoCon":
             res.values.setdefault("conv_dim", res.values.get("network_dim", 8))  # LyCORIS default
             res.values.setdefault("conv_alpha", res.values.get("network_alpha", 1))
-        for key, values in parse_additional_parameters(str(raw.get("additional_parameters") or "")):
+        try:
+            flags = parse_additional_parameters(str(raw.get("additional_parameters") or ""))
+        except (ConfigError, ValueError) as e:
+            self.problems.add("additional_parameters", getattr(e, "message", str(e)), "write sd-scripts flags: "
+                                                                                      "--name value ...")
+            flags = []
+        for key, values in flags:
             self.flag(key, values)
         if self.cli_network:
             self.cli_network_args(lora_type)
         if res.network_args:
-            if "network_args" in self.known:
-                res.values["network_args"] = {**res.values.get("network_args", {}), **res.network_args}
-            else:
-                res.pending.append(("network_args", res.network_args, f"LoRA_type '{lora_type}' network args; "
-                                    "the schema has no network_args yet"))
+            res.values["network_args"] = {**res.values.get("network_args", {}), **res.network_args}
         return res
 
-    def network_arg(self, key: str, value: Any, uses: tuple[str, ...], lora_type: str) -> None:
-        name = {"use_cp": "use_tucker"}.get(key, key)
-        if name not in uses or _blank(value):
-            self.res.ignored.append((key, f"not a network arg of LoRA_type '{lora_type}'"))
+    def dataset_toml(self) -> None:
+        """The GUI's dataset_config: an sd-scripts dataset TOML, read as sdscripts.py reads it (a path as
+        written, else relative to the JSON's folder); its folders replace train_data_dir / reg_data_dir."""
+        value = self.raw.get("dataset_config")
+        if blank(value):
             return
-        if name in ("use_tucker", "decompose_both", "train_on_input"):
-            value = _bool(value)
-        elif name in ("factor", "unit"):
-            value = int(float(value))
+        path = Path(str(value))
+        if not path.is_absolute() and not path.is_file() and self.file:
+            path = Path(self.file).parent / path
+        try:
+            read_dataset_config(path, self.res)
+        except ConfigError as e:
+            self.problems.add(e.key or "dataset_config", f"{e.file}: {e.message}" if e.file else e.message,
+                              e.fix or "")
+
+    def preset(self, value: Any, lora_type: str) -> None:
+        """LyCORIS presets apply to the LyCORIS types only (kohya_ss passes them to lycoris.kohya)."""
+        if not lora_type.startswith("LyCORIS/"):
+            self.ignore("LyCORIS_preset", f"LoRA_type '{lora_type}' is not a LyCORIS type")
+        elif value in ("full", "attn-mlp", "attn-only"):
+            self.res.values["network_preset"] = value
+        elif not blank(value):
+            self.problems.add("LyCORIS_preset", f"LyCORIS_preset '{value}' is not supported yet",
+                              "use full, attn-mlp or attn-only")
+
+    def network_arg(self, key: str, value: Any) -> None:
+        name = NETWORK_ARG_KEYS[key]
+        if blank(value):
+            return
+        try:
+            if name in ("use_tucker", "decompose_both", "train_on_input", "dora_wd", "rescaled"):
+                value = as_bool(value)
+            elif name in ("factor", "unit"):
+                value = int(float(value))
+            elif name == "constraint":
+                value = float(value)
+        except (TypeError, ValueError):
+            self.problems.add(key, f"{key} = {value!r} is not a number", "write a number, e.g. -1")
+            return
         self.res.network_args[name] = value
 
     def cli_network_args(self, lora_type: str) -> None:
@@ -312,13 +332,18 @@ class _Importer:
         before = res.values["network_type"]
         if module == LYCORIS_MODULE and lora_type_module(lora_type) == LYCORIS_MODULE:
             args.setdefault("algo", before)  # every LyCORIS network_type is also its algo name
-        rest = apply_network_args(module, args, res.values, self.file, key="additional_parameters")
+        try:
+            rest = apply_network_args(module, args, res.values, self.file, key="additional_parameters",
+                                      problems=self.problems, raw=self.raw, ignored=res.ignored)
+        except ConfigError as e:
+            self.problems.add("additional_parameters", e.message, e.fix or "")
+            return
         if res.values["network_type"] != before:
-            res.ignored.append(("LoRA_type", f"additional_parameters select network_type "
-                                             f"'{res.values['network_type']}' instead of '{before}'"))
+            self.ignore("LoRA_type", f"additional_parameters select network_type '{res.values['network_type']}' "
+                                     f"instead of '{before}'")
             for k in res.network_args:
-                res.ignored.append((k, f"a network arg of LoRA_type '{lora_type}', not of the algorithm "
-                                       "additional_parameters select"))
+                self.ignore(k, f"a network arg of LoRA_type '{lora_type}', not of the algorithm "
+                               "additional_parameters select")
             res.network_args = {}
         res.network_args.update(rest)
 
@@ -326,81 +351,88 @@ class _Importer:
         """GUI dynamo_backend: "no" = off; any other backend compiles (torch_compile) with it."""
         raw, res = self.raw, self.res
         present = [k for k in DYNAMO_KEYS if k in raw]
-        backend = "no" if _blank(raw.get("dynamo_backend")) else str(raw["dynamo_backend"]).strip().lower()
+        backend = "no" if blank(raw.get("dynamo_backend")) else str(raw["dynamo_backend"]).strip().lower()
         if backend == "no":
-            res.ignored += [(k, "dynamo_backend is 'no': nothing is compiled") for k in present]
+            for k in present:
+                self.ignore(k, "dynamo_backend is 'no': nothing is compiled")
             return
         res.values["torch_compile"], res.values["dynamo_backend"] = True, backend
         mode = str(raw.get("dynamo_mode") or "default").strip()
         if mode != "default":
             res.values["torch_compile_mode"] = mode  # checked by the schema like any mode
         elif "dynamo_mode" in raw:
-            res.ignored.append(("dynamo_mode", "default is torch.compile's default mode"))
+            self.ignore("dynamo_mode", "default is torch.compile's default mode")
         for k in ("dynamo_use_fullgraph", "dynamo_use_dynamic"):
             if k in raw:  # how it compiles, not what it computes
-                res.ignored.append((k, "lorakit compiles one static graph per bucket shape and allows graph "
-                                       "breaks (results are the same)"))
+                self.ignore(k, lookup(k).why)  # type: ignore[union-attr]
 
     def warmup(self, value: Any, scheduler: str) -> None:
-        pct = 0.0 if _blank(value) else float(value)
+        """The GUI's lr_warmup percent, unless lr_warmup_steps > 0 overrides it (common_gui's
+        resolve_lr_warmup_steps)."""
+        try:
+            if float(self.raw.get("lr_warmup_steps") or 0) > 0:
+                self.ignore("lr_warmup", "lr_warmup_steps > 0 overrides it (as in the GUI)")
+                return
+        except (TypeError, ValueError):
+            pass  # reported with lr_warmup_steps
+        try:
+            pct = 0.0 if blank(value) else float(value)
+        except (TypeError, ValueError):
+            self.problems.add("lr_warmup", f"lr_warmup = {value!r} is not a number", "use a percent such as 10")
+            return
         if pct == 0:
             return
         if not 0 < pct < 100:
-            raise ConfigError(f"lr_warmup is a percent of the total steps; {pct:g} is not below 100",
-                              file=self.file, key="lr_warmup", fix="use a percent such as 10")
+            self.problems.add("lr_warmup", f"lr_warmup is a percent of the total steps; {pct:g} is not below 100",
+                              "use a percent such as 10")
         else:
             self.res.values["lr_warmup_steps"] = pct / 100.0
             if scheduler == "constant":
-                self.res.ignored.append(("lr_warmup", "no effect with the constant schedule (the GUI drops it)"))
+                self.ignore("lr_warmup", "no effect with the constant schedule (the GUI drops it)")
 
     def flag(self, key: str, values: list[str]) -> None:
         """One `--key values...` of additional_parameters; it overrides the JSON (sd-scripts' command line)."""
-        known = self.known
         if key == "network_module":
             if len(values) != 1:
-                raise ConfigError("additional_parameters: --network_module takes one module name", file=self.file,
-                                  key="additional_parameters", fix="write e.g. --network_module lycoris.kohya")
-            self.cli_network["module"] = values[0]
+                self.problems.add("additional_parameters", "--network_module takes one module name",
+                                  "write e.g. --network_module lycoris.kohya")
+            else:
+                self.cli_network["module"] = values[0]
             return
         if key in ("optimizer_args", "lr_scheduler_args", "network_args"):
             try:
                 value: Any = parse_kv_args(values)
             except ValueError as e:
-                raise ConfigError(f"additional_parameters: --{key}: {e}", file=self.file, key="additional_parameters",
-                                  fix='write "key=value" items, e.g. --network_args "conv_dim=8"') from None
+                self.problems.add("additional_parameters", f"--{key}: {e}",
+                                  'write "key=value" items, e.g. --network_args "conv_dim=8"')
+                return
             if key == "network_args":  # the last --network_args of the line, as argparse keeps
                 self.cli_network["args"] = value
                 return
-        elif not values:
-            value = True  # a store_true flag
+            self.res.values[key] = value
+            return
+        value = True if not values else values[0] if len(values) == 1 else ",".join(values)
+        if key in FIELDS:
+            self.res.values[key] = gui_number(key, value)
+        elif key in SD_SCRIPTS_ARGS:
+            self.set(key, value, source="additional_parameters")
+        elif key in NETWORK_ARGS:
+            self.problems.add("additional_parameters", f"--{key} is an sd-scripts network arg, not a flag",
+                              f'write --network_args "{key}=..."')
         else:
-            value = values[0] if len(values) == 1 else ",".join(values)
-        if key in known:
-            self.res.values[key] = _gui_number(key, value)
-        elif key in IGNORED_FLAGS:
-            self.res.ignored.append((f"--{key}", IGNORED_FLAGS[key]))
-        elif key in NEUTRAL or key in SD_SCRIPTS_FLAGS:
-            self.set(key, value, "additional_parameters")
-        else:
-            guess = suggest(key, list(known) + sorted(SD_SCRIPTS_FLAGS))
-            raise ConfigError(f"additional_parameters: unknown flag --{key}", file=self.file,
-                              key="additional_parameters",
-                              fix=f"did you mean --{guess}?" if guess else "remove it; see docs/kohya.md")
+            guess = suggest(key, set(FIELDS) | set(SD_SCRIPTS_ARGS))
+            self.problems.add("additional_parameters", f"unknown flag --{key}",
+                              f"did you mean --{guess}?" if guess else "remove it; see docs/kohya.md")
 
 
-def import_kohya_json(path: Path, strict: bool = True) -> ImportResult:
-    """Read a kohya_ss GUI JSON. strict: refuse settings lorakit does not implement yet (all listed)."""
-    file = str(path)
-    try:
-        raw = json.loads(strip_trailing_commas(Path(path).read_text(encoding="utf-8-sig")))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"not valid JSON: {e}", file=file, fix="check quotes and commas") from None
-    if not isinstance(raw, dict):
-        raise ConfigError("expected a JSON object of settings", file=file)
-    res = _Importer(raw, file).run()
-    if strict and res.pending:
-        listed = "; ".join(f"{k} = {v!r}" for k, v, _ in res.pending)
-        raise ConfigError(f"kohya settings lorakit does not implement yet: {listed}", file=file,
-                          key=res.pending[0][0], fix="remove them or set them to 0/off; docs/kohya.md lists "
-                                                     "what is supported")
+def import_kohya_json(path: Path, raise_problems: bool = True) -> ImportResult:
+    """Read a kohya_ss GUI JSON. Every problem is in the result's problems; raise_problems raises them
+    (load.py raises them together with the schema's own validation errors instead)."""
+    raw, dups = read_json_object(Path(path))
+    res = _Importer(raw, str(path)).run()
+    for k in dups:
+        res.problems.add(k, f"key '{k}' is set twice in the JSON (the GUI would keep the last)",
+                         "keep one of the two settings")
+    if raise_problems:
+        res.problems.raise_all()
     return res

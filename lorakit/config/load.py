@@ -4,27 +4,29 @@ Every problem becomes a ConfigError that names the file, the key and the fix.
 """
 from __future__ import annotations
 
-import difflib
 import tomllib
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from pydantic import ValidationError
 
 from ..errors import ConfigError
+from .kohya import import_kohya_json, strip_trailing_commas
+from .kohya_keys import ImportResult, Problems, suggest
 from .schema import SECTIONS, TrainConfig
+from .sdscripts import import_sdscripts_toml, looks_like_sdscripts, sdscripts_only_keys
 
 
-def suggest(key: str, known: Iterable[str]) -> str | None:
-    """Closest known key, for a "did you mean"."""
-    matches = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    return matches[0] if matches else None
+def _unknown_key(key: str, known: Iterable[str]) -> tuple[str, str]:
+    guess = suggest(key, known)
+    return f"unknown key '{key}'", (f"did you mean '{guess}'?" if guess else
+                                    "remove it; `lorakit config keys` lists every key")
 
 
 def unknown_key_error(key: str, file: str | None, known: Iterable[str]) -> ConfigError:
-    guess = suggest(key, known)
-    fix = f"did you mean '{guess}'?" if guess else "remove it; `lorakit config keys` lists every key"
-    return ConfigError(f"unknown key '{key}'", file=file, key=key, fix=fix)
+    message, fix = _unknown_key(key, known)
+    return ConfigError(message, file=file, key=key, fix=fix)
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
@@ -57,11 +59,9 @@ def read_toml(path: Path, raw: dict[str, Any] | None = None) -> dict[str, Any]:
     return flat
 
 
-def read_config_file(p: Path, fmt: str | None = None) -> dict[str, Any]:
-    """The schema values of config file `p` read as `fmt` (see load_config)."""
-    from .kohya import import_kohya_json
-    from .sdscripts import import_sdscripts_toml, looks_like_sdscripts
-
+def read_config_file(p: Path, fmt: str | None = None) -> ImportResult:
+    """Config file `p` read as `fmt` (see load_config): its schema values, the keys ignored with the
+    reason, and (kohya JSON) the problems found, to be raised with the schema's own (build_config)."""
     file = str(p)
     fmt = {None: "auto", "kohya-gui": "kohya"}.get(fmt, fmt)
     if fmt not in FORMATS:
@@ -69,24 +69,24 @@ def read_config_file(p: Path, fmt: str | None = None) -> dict[str, Any]:
     suffix = p.suffix.lower()
     if fmt == "auto":
         if suffix == ".json":
-            return import_kohya_json(p).values
+            return import_kohya_json(p, raise_problems=False)
         if suffix != ".toml":
             raise ConfigError(f"unknown config type '{suffix}'", file=file,
                               fix="use a .toml file (lorakit or sd-scripts) or a .json file (kohya_ss GUI), "
                                   "or name the format with --format")
         raw = _load_toml(p)
         if looks_like_sdscripts(raw):
-            return import_sdscripts_toml(p, raw).values
+            return import_sdscripts_toml(p, raw)
         foreign = _sdscripts_key(raw)
         if foreign:  # read as lorakit TOML, but written for sd-scripts
             raise ConfigError(f"unknown key '{foreign}'", file=file, key=foreign,
                               fix=f"'{foreign}' is an sd-scripts setting: for an sd-scripts --config_file "
                                   "pass --format sd-scripts")
-        return read_toml(p, raw)
+        return ImportResult(read_toml(p, raw))
     expected = FORMAT_NAMES[fmt]
     if fmt == "kohya":
         try:
-            return import_kohya_json(p).values
+            return import_kohya_json(p, raise_problems=False)
         except ConfigError as e:
             if "not valid JSON" not in e.message and "expected a JSON object" not in e.message:
                 raise
@@ -96,19 +96,17 @@ def read_config_file(p: Path, fmt: str | None = None) -> dict[str, Any]:
                                   "or drop --format (auto)") from None
     raw = _load_toml_as(p, expected, fmt)
     if fmt == "sd-scripts":
-        return import_sdscripts_toml(p, raw).values
+        return import_sdscripts_toml(p, raw)
     marker = _sdscripts_key(raw)
     if marker or looks_like_sdscripts(raw):
         marker = marker or next(k for k in raw if isinstance(raw[k], dict) and k not in SECTIONS)
         raise ConfigError(f"expected {expected} (--format lorakit), but '{marker}' is sd-scripts'", file=file,
                           key=marker, fix="use --format sd-scripts (or drop --format: auto detects it)")
-    return read_toml(p, raw)
+    return ImportResult(read_toml(p, raw))
 
 
 def _sdscripts_key(raw: dict[str, Any]) -> str | None:
     """The first key of a TOML (one table level down included) that only sd-scripts has, or None."""
-    from .sdscripts import sdscripts_only_keys
-
     return next((k for k in _all_keys(raw) if k in sdscripts_only_keys()), None)
 
 
@@ -123,7 +121,6 @@ def _all_keys(raw: dict[str, Any]) -> list[str]:
 def _parses_as_json(p: Path) -> bool:
     import json
 
-    from .kohya import strip_trailing_commas
     try:
         json.loads(strip_trailing_commas(p.read_text(encoding="utf-8-sig")))
         return True
@@ -161,21 +158,28 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def build_config(values: dict[str, Any], file: str | None) -> TrainConfig:
+def build_config(values: dict[str, Any], file: str | None, problems: Problems | None = None) -> TrainConfig:
+    """The validated config; every problem (unknown keys, bad values, and those in `problems`) raised
+    together as one ConfigError."""
+    problems = problems if problems is not None else Problems(file)
+    problems.file = file
     known = TrainConfig.model_fields
-    for k in values:
-        if k not in known:
-            raise unknown_key_error(k, file, known)
+    for k in [k for k in values if k not in known]:
+        problems.add(k, *_unknown_key(k, known))
+        values = {kk: v for kk, v in values.items() if kk != k}
     try:
-        return TrainConfig(**values)
+        cfg = TrainConfig(**values)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or None
-        field = known.get(key) if key else None
-        fix = field.description if field and field.description else "see `lorakit config keys`"
-        got = err.get("input")
-        msg = err["msg"] + ("" if isinstance(got, dict) else f" (got {got!r})")
-        raise ConfigError(msg, file=file, key=key, fix=fix) from None
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or None
+            field = known.get(key) if key else None
+            got = err.get("input")
+            msg = err["msg"] + ("" if isinstance(got, dict) else f" (got {got!r})")
+            problems.add(key, msg, field.description if field and field.description else "see `lorakit config keys`")
+        problems.raise_all()
+        raise AssertionError("unreachable: a ValidationError has errors")  # pragma: no cover
+    problems.raise_all()
+    return cfg
 
 
 FORMATS = ("auto", "lorakit", "kohya", "sd-scripts")
@@ -183,21 +187,29 @@ FORMAT_NAMES = {"lorakit": "a lorakit TOML config", "kohya": "a kohya_ss GUI JSO
                 "sd-scripts": "an sd-scripts --config_file TOML"}
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None,
-                cli_values: dict[str, Any] | None = None, fmt: str | None = None) -> TrainConfig:
+@dataclass
+class Loaded:
+    """A validated config and the keys of its file that were ignored, with the reason."""
+    cfg: TrainConfig
+    ignored: list[tuple[str, str]]
+
+
+def load(path: str | Path | None, overrides: list[str] | None = None, cli_values: dict[str, Any] | None = None,
+         fmt: str | None = None) -> Loaded:
     """Read `path`, then --model/--data style values, then --set items.
 
     fmt (the CLI's --format): "auto"/None detects the reader -- .json: kohya_ss GUI; .toml: sd-scripts
     when it looks like one (sdscripts.looks_like_sdscripts), else lorakit. "lorakit", "kohya" or
     "sd-scripts" forces that reader whatever the file's suffix; a file that does not fit it is a
     ConfigError naming the file and what was expected."""
-    values: dict[str, Any] = {}
+    res = ImportResult({})
     file = None
     if path is not None:
         file = str(path)
         if not Path(path).is_file():
             raise ConfigError("config file not found", file=file, fix="check the path")
-        values = read_config_file(Path(path), fmt)
+        res = read_config_file(Path(path), fmt)
+    values = dict(res.values)
     for k, v in (cli_values or {}).items():
         if v is not None:
             values[k] = v
@@ -206,4 +218,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
         if k not in TrainConfig.model_fields:
             raise unknown_key_error(k, "--set", TrainConfig.model_fields)
         values[k] = v
-    return build_config(values, file)
+    return Loaded(build_config(values, file, res.problems), res.ignored)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                cli_values: dict[str, Any] | None = None, fmt: str | None = None) -> TrainConfig:
+    """The validated config of `path` (see load); the ignored keys are dropped here."""
+    return load(path, overrides, cli_values, fmt).cfg

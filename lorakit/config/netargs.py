@@ -9,6 +9,8 @@ carry sd-scripts' network settings; this one mapping serves both (docs/kohya.md)
   than the config says, so lorakit refuses it there.
 - conv_dim, conv_alpha, dropout (-> network_dropout), rank_dropout, module_dropout are schema keys;
   `preset` (lycoris.kohya) is network_preset (full, attn-mlp, attn-only); use_cp is use_tucker.
+- kohya keys given as network args (block_dims, loraplus_lr_ratio, train_norm, ...; kohya_keys.NETWORK_ARGS)
+  go through the key table: onto the schema field of that name once it exists, else neutral-only.
 - The rest stays in network_args and is checked against the algorithm's options at import
   (an unknown one: ConfigError with a "did you mean"), not only when the model is built.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-from .load import suggest
+from .kohya_keys import MAPPED, NETWORK_ARGS, RUNTIME, Problems, is_neutral, lookup, refusal, suggest
 
 NETWORK_MODULES = {"networks.lora": "lora", "networks.dylora": "dylora", "lycoris.kohya": None}
 LYCORIS_MODULE = "lycoris.kohya"
@@ -41,11 +43,15 @@ def network_module_type(module: str, file: str | None, key: str) -> str | None:
 
 
 def apply_network_args(module: str, args: dict[str, Any], values: dict[str, Any], file: str | None,
-                       key: str = "network_args") -> dict[str, Any]:
+                       key: str = "network_args", problems: Problems | None = None,
+                       raw: dict[str, Any] | None = None, ignored: list[tuple[str, str]] | None = None
+                       ) -> dict[str, Any]:
     """Map `module` + `args` (parsed "k=v" tokens) onto `values` (schema keys; what is there is
     overridden): network_type, the lifted schema keys, network_preset, and for lycoris.kohya the
-    LyCORIS conv defaults (setdefault). Returns the args left for the algorithm itself, checked
-    against its options. `key` names the setting in errors."""
+    LyCORIS conv defaults (setdefault). kohya keys among the args go through the key table
+    (`problems` collects their refusals, `ignored` their notes; `raw`: the other settings, for
+    neutrality). Returns the args left for the algorithm itself, checked against its options.
+    `key` names the setting in errors."""
     args = dict(args)
     ntype = network_module_type(module, file, key)
     algo = args.pop("algo", None)
@@ -76,8 +82,32 @@ def apply_network_args(module: str, args: dict[str, Any], values: dict[str, Any]
     if module == LYCORIS_MODULE and ntype not in NO_CONV_DEFAULT:
         values.setdefault("conv_dim", values.get("network_dim", 8))  # LyCORIS' default
         values.setdefault("conv_alpha", values.get("network_alpha", 1))
+    table_args(ntype, args, values, key, problems if problems is not None else Problems(file), raw or {},
+               ignored if ignored is not None else [], raise_now=problems is None)
     check_algorithm_args(ntype, args, file, key)
     return args
+
+
+def table_args(network_type: str, args: dict[str, Any], values: dict[str, Any], key: str, problems: Problems,
+               raw: dict[str, Any], ignored: list[tuple[str, str]], raise_now: bool) -> None:
+    """Move the kohya keys among `args` that the algorithm does not take itself out of them, through the
+    key table: mapped onto `values`, ignored, or a problem."""
+    from ..adapters.registry import get_algorithm
+
+    own = getattr(get_algorithm(network_type), "ARGS", {})
+    for name in [a for a in args if a in NETWORK_ARGS and a not in own]:
+        value, entry = args.pop(name), lookup(name)
+        assert entry is not None  # every NETWORK_ARGS name has an entry (tests/test_kohya_keys.py)
+        if entry.kind == MAPPED:
+            values[entry.field] = value
+        elif entry.kind == RUNTIME:
+            ignored.append((f"{key} {name}", entry.why))
+        elif is_neutral(entry, value, {**raw, **args, **values}):
+            ignored.append((f"{key} {name}", f"{value!r} changes nothing ({entry.why})"))
+        else:
+            problems.add(name, *refusal(f"{key} {name}", entry, value))
+    if raise_now:
+        problems.raise_all()
 
 
 def check_algorithm_args(network_type: str, args: dict[str, Any], file: str | None, key: str) -> None:

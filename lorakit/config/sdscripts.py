@@ -4,8 +4,9 @@ sd-scripts reads a --config_file by flattening every table one level deep; the k
 its argparse names. Most of them are TrainConfig keys already; network_module +
 network_args become network_type + network_args (netargs.py, shared with the GUI importer:
 conv_dim, conv_alpha, dropout, rank_dropout, module_dropout and preset become schema keys);
-keys that change nothing in lorakit are listed as ignored with the reason; an unknown key is
-an error with a "did you mean".
+every other key goes through the key table (kohya_keys.py): ignored with the reason, or refused
+by name unless at its neutral value; all problems are raised together; only a key no kohya version
+knows gets a "did you mean".
 
 `dataset_config = "file.toml"` names sd-scripts' dataset TOML ([general], [[datasets]],
 [[datasets.subsets]]). Its subsets become `dataset_subsets`; dataset-level settings apply
@@ -23,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .kohya import IGNORED_FLAGS, NEUTRAL, ImportResult, _neutral
-from .load import suggest
+from .kohya_keys import (DATASET_KEYS as SD_DATASET_KEYS, FIELDS, MAPPED, NETWORK_ARGS, RUNTIME, SD_SCRIPTS_ARGS,
+                         ImportResult, Problems, is_neutral, lookup, refusal, suggest, unknown_key)
 from .netargs import apply_network_args
 from .schema import SUBSET_OPTIONS, TrainConfig, parse_kv_args
 
@@ -34,24 +35,8 @@ MARKERS = ("network_module", "dataset_config")
 SD_SCRIPTS_TABLES = ("model_arguments", "additional_network_arguments", "optimizer_arguments",
                      "dataset_arguments", "training_arguments", "sample_prompt_arguments", "saving_arguments",
                      "logging_arguments", "dreambooth_arguments", "huggingface_arguments")
-
-# sd-scripts keys that change nothing in a lorakit run, with the reason.
-IGNORED = {
-    **IGNORED_FLAGS,  # the flags a kohya_ss GUI's additional_parameters may carry as well
-    "log_with": "TensorBoard only", "log_prefix": "TensorBoard only", "log_tracker_name": "TensorBoard only",
-    "log_tracker_config": "TensorBoard only", "wandb_api_key": "TensorBoard only",
-    "wandb_run_name": "TensorBoard only", "log_config": "lorakit writes its config next to the adapter",
-    "console_log_level": "console logging", "console_log_file": "console logging",
-    "console_log_simple": "console logging", "output_config": "lorakit writes its config next to the adapter",
-    "config_file": "this file", "no_half_vae": "lorakit keeps the SD1.x/2.x VAE in float32",
-    "ddp_timeout": "multi-GPU launcher setting", "ddp_gradient_as_bucket_view": "multi-GPU launcher setting",
-    "ddp_static_graph": "multi-GPU launcher setting",
-    "metadata_title": "metadata text", "metadata_author": "metadata text", "metadata_description": "metadata text",
-    "metadata_license": "metadata text", "metadata_tags": "metadata text",
-    "huggingface_repo_id": "no upload", "huggingface_repo_type": "no upload", "huggingface_path_in_repo": "no upload",
-    "huggingface_token": "no upload", "huggingface_repo_visibility": "no upload", "save_state_to_huggingface": "no upload",
-    "resume_from_huggingface": "no upload", "async_upload": "no upload",
-}
+# keys the reader handles itself
+OWN_KEYS = ("network_module", "network_args", "dataset_config")
 
 # dataset_config
 DATASET_KEYS = {"resolution": "resolution", "batch_size": "train_batch_size", "enable_bucket": "enable_bucket",
@@ -63,12 +48,9 @@ SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "caption_extension", 
 GLOBAL_SUBSET_KEYS = ("alpha_mask",)
 # subset-level keys each subset may set for itself (schema.SUBSET_OPTIONS)
 PER_SUBSET_KEYS = SUBSET_OPTIONS
-# sd-scripts settings lorakit does not have, at the value that changes nothing
-UNSUPPORTED_NEUTRAL: dict[str, Any] = {
-    "face_crop_aug_range": None, "token_warmup_min": 1, "token_warmup_step": 0, "secondary_separator": None,
-    "enable_wildcard": False, "cache_info": False, "caption_separator": ",", "network_multiplier": 1.0,
-    "metadata_file": None, "conditioning_data_dir": None, "debug_dataset": False,
-}
+# dataset_config keys that are no lorakit key: the key table decides (neutral-only / refused / runtime-only)
+TABLE_DATASET_KEYS = tuple(k for k in SD_DATASET_KEYS if k not in FIELDS and lookup(k) is not None
+                           and lookup(k).kind != MAPPED)  # type: ignore[union-attr]
 SD_CAPTION_DEFAULT = ".caption"  # sd-scripts' --caption_extension default
 
 
@@ -92,7 +74,7 @@ def flatten(raw: dict[str, Any], file: str) -> dict[str, Any]:
 def sdscripts_only_keys() -> set[str]:
     """Keys an sd-scripts config may have that are no lorakit key: they mark a file read as lorakit
     TOML by mistake (the "unknown key" error then says --format sd-scripts)."""
-    return (set(IGNORED) | set(NEUTRAL) | set(MARKERS)) - set(TrainConfig.model_fields)
+    return (set(SD_SCRIPTS_ARGS) | set(MARKERS)) - set(TrainConfig.model_fields)
 
 
 def looks_like_sdscripts(raw: dict[str, Any]) -> bool:
@@ -124,34 +106,26 @@ def import_sdscripts_toml(path: Path, raw: dict[str, Any] | None = None) -> Impo
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"not valid TOML: {e}", file=file) from None
     flat = flatten(raw, file)
-    known = TrainConfig.model_fields
-    res = ImportResult({})
-    pending: list[str] = []
+    res = ImportResult({}, problems=Problems(file))
     for key, value in flat.items():
-        if key in ("network_module", "network_args", "dataset_config"):
+        if key in OWN_KEYS:
             continue
         if key == "cache_text_encoder_outputs" and not value:  # sd-scripts' default, not a request for "off"
             res.ignored.append((key, "off: lorakit caches on its own while the text encoder is frozen (same results)"))
-        elif key in known:
+        elif key in FIELDS:
             if key in ("optimizer_args", "lr_scheduler_args"):
                 value = _kv(value, key, file)
             res.values[key] = value
-        elif key in IGNORED:
-            res.ignored.append((key, IGNORED[key]))
-        elif key in NEUTRAL:
-            if _neutral(key, value, flat):
-                res.ignored.append((key, f"no effect at {value!r}"))
-            else:
-                pending.append(f"{key} = {value!r}")
         else:
-            guess = suggest(key, list(known) + list(IGNORED) + list(NEUTRAL) + ["network_module", "dataset_config"])
-            raise ConfigError(f"unknown sd-scripts key '{key}'", file=file, key=key,
-                              fix=f"did you mean '{guess}'?" if guess else "remove it; docs/kohya.md lists the keys")
-    if pending:
-        raise ConfigError(f"sd-scripts settings lorakit does not implement yet: {'; '.join(pending)}", file=file,
-                          key=pending[0].split(" ")[0], fix="remove them or set them to 0/off")
+            _table_key(key, value, flat, res)
     args = _kv(flat.get("network_args", []), "network_args", file)
-    rest = apply_network_args(str(flat.get("network_module", "networks.lora")), args, res.values, file)
+    try:
+        rest = apply_network_args(str(flat.get("network_module", "networks.lora")), args, res.values, file,
+                                  problems=res.problems, raw=flat, ignored=res.ignored)
+    except ConfigError as e:
+        res.problems.add(e.key or "network_args", e.message, e.fix or "")
+        rest = {}
+    res.problems.raise_all()
     if rest:
         res.values["network_args"] = rest
     if "caption_extension" not in flat:
@@ -163,6 +137,32 @@ def import_sdscripts_toml(path: Path, raw: dict[str, Any] | None = None) -> Impo
             dpath = Path(path).parent / dpath  # sd-scripts: relative to the working folder; then the config's
         read_dataset_config(dpath, res)
     return res
+
+
+def _table_key(key: str, value: Any, flat: dict[str, Any], res: ImportResult) -> None:
+    """An sd-scripts key that is no schema field, through the key table."""
+    entry = lookup(key)
+    if key not in SD_SCRIPTS_ARGS and key not in NETWORK_ARGS:  # a GUI key, or none at all
+        if entry is not None and entry.kind == MAPPED and entry.field in FIELDS:
+            res.problems.add(key, f"'{key}' is a kohya_ss GUI key, not an sd-scripts argument",
+                             f"write {entry.field}")
+        elif entry is not None:
+            res.problems.add(key, f"'{key}' is a kohya_ss GUI key, not an sd-scripts argument", "remove it")
+        else:
+            res.problems.add(key, *unknown_key(key))
+    elif entry is None:
+        res.problems.add(key, *unknown_key(key))
+    elif entry.kind == MAPPED:
+        if entry.field in FIELDS:
+            res.values[entry.field] = value  # caption_extention: sd-scripts' old spelling
+        else:
+            res.problems.add(key, f"'{key}' belongs in the dataset_config TOML", "move it there")
+    elif entry.kind == RUNTIME:
+        res.ignored.append((key, entry.why))
+    elif is_neutral(entry, value, flat):
+        res.ignored.append((key, f"{value!r} changes nothing ({entry.why})"))
+    else:
+        res.problems.add(key, *refusal(key, entry, value))
 
 
 def _pick(key: str, *levels: dict[str, Any]) -> Any:
@@ -192,7 +192,7 @@ def read_dataset_config(path: Path, res: ImportResult) -> None:
     _check_keys(raw, {"general", "datasets"}, "the dataset config's top level", file)
     general = raw.get("general", {})
     datasets = raw.get("datasets", [])
-    subset_level = set(SUBSET_KEYS) | set(GLOBAL_SUBSET_KEYS) | set(PER_SUBSET_KEYS) | set(UNSUPPORTED_NEUTRAL)
+    subset_level = set(SUBSET_KEYS) | set(GLOBAL_SUBSET_KEYS) | set(PER_SUBSET_KEYS) | set(TABLE_DATASET_KEYS)
     _check_keys(general, set(DATASET_KEYS) | subset_level - {"image_dir"}, "[general]", file)
     if not datasets:
         raise ConfigError("no [[datasets]]", file=file, key="datasets", fix="add [[datasets]] with [[datasets.subsets]]")
@@ -213,11 +213,11 @@ def read_dataset_config(path: Path, res: ImportResult) -> None:
             if not s.get("image_dir"):
                 raise ConfigError("a subset has no image_dir", file=file, key="image_dir",
                                   fix="lorakit reads DreamBooth-style subsets: give each one an image_dir")
-            for k, neutral in UNSUPPORTED_NEUTRAL.items():
-                v = _pick(k, s, d, general)
-                if v is not None and v != neutral:
-                    raise ConfigError(f"{k} = {v!r} is not supported", file=file, key=k,
-                                      fix=f"remove it (lorakit has no {k})")
+            for k in TABLE_DATASET_KEYS:
+                v, entry = _pick(k, s, d, general), lookup(k)
+                if v is not None and entry.kind != RUNTIME and not is_neutral(entry, v, s):  # type: ignore[union-attr]
+                    msg, fix = refusal(k, entry, v)  # type: ignore[arg-type]
+                    raise ConfigError(msg, file=file, key=k, fix=fix)
             for k in GLOBAL_SUBSET_KEYS + PER_SUBSET_KEYS:
                 v = _pick(k, *levels)
                 global_vals.setdefault(k, {})[repr(v)] = v
