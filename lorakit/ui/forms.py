@@ -192,4 +192,6 @@ def open_config(path: Path, fmt: str = "auto") -> dict[str, Any]:
     """A config file's values for the form (UserError when the file cannot be read as `fmt`)."""
     from ..config.load import read_config_file
 
-    return form_values(read_config_file(path, fmt))
+    res = read_config_file(path, fmt)
+    res.problems.raise_all()
+    return form_values(res.values)
