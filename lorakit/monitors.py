@@ -17,6 +17,17 @@ class MetricsJsonl:
         self.fh = None
 
     def __call__(self, ev: Event) -> None:
+        try:
+            self._handle(ev)
+        except OSError as e:
+            from .io import disk_error
+
+            err = disk_error(e, self.path)
+            if err is None:
+                raise
+            raise err from e
+
+    def _handle(self, ev: Event) -> None:
         if ev.kind == "start":  # opened only once the run has passed its checks
             self.path.parent.mkdir(parents=True, exist_ok=True)
             resumed_at = ev.data.get("resumed_at") or 0
@@ -147,11 +158,21 @@ class ProgressBar:
                            if ev.data["paths"] else "sampled nothing", file=self.stream)
         elif ev.kind == "save" and self.bar is not None:
             self.bar.write(f"saved {ev.data['path']}", file=self.stream)
-        elif ev.kind == "warning":
-            (self.bar.write if self.bar else lambda s, file: file.write(s + "\n"))(
-                f"warning: {ev.data['message']}", file=self.stream)
         elif ev.kind == "end" and self.bar is not None:
             self.bar.close()
+
+
+class Warnings:
+    """Every warning to stderr, with or without a progress bar (--quiet hides only the bar)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+
+    def __call__(self, ev: Event) -> None:
+        if ev.kind == "warning":
+            from tqdm import tqdm
+
+            tqdm.write(f"warning: {ev.data['message']}", file=self.stream or sys.stderr)  # above a live bar
 
 
 class Plots:
