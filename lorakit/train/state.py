@@ -84,7 +84,7 @@ def save_state(run: "Run", name: str) -> Path:
         blob = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    need = 2 * sum(t.numel() * 4 for t in tensors.values()) + _tensor_bytes(blob)
+    need = _tensor_bytes(tensors) + _tensor_bytes(blob) + 65536  # + the zip and JSON around them
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -96,7 +96,7 @@ def save_state(run: "Run", name: str) -> Path:
                 os.fsync(fh.fileno())
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        err = disk_error(e, tmp, need)
+        err = disk_error(e, final, need)
         if err is None:
             raise
         raise err from e
