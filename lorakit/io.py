@@ -139,9 +139,11 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True, need: int 
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
         tmp_path = Path(tmp)
-        os.fchmod(fd, file_mode())  # mkstemp makes 0600; other users (a UI) should read what the umask allows
         os.close(fd)
         yield tmp_path
+        # mkstemp makes 0600 and safetensors' writer recreates the file 0600: other users (a UI)
+        # should read what the umask allows
+        os.chmod(tmp_path, file_mode())
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config.schema import TrainConfig
 from ..errors import ConfigError, UserError
-from ..io import disk_error
+from ..io import disk_error, file_mode
 from ..optim.optimizers import eval_mode, train_mode
 
 if TYPE_CHECKING:
@@ -92,6 +92,7 @@ def save_state(run: "Run", name: str) -> Path:
         torch.save(blob, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(state_meta(run, progress)), encoding="utf-8")
         for f in tmp.iterdir():
+            os.chmod(f, file_mode())  # safetensors writes 0600 whatever the umask
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
     except Exception as e:
