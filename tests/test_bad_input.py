@@ -267,6 +267,61 @@ def c_plot_no_metrics(t, m):
     return ["plot", str(t)]
 
 
+def c_repeats_below_one(t, m):
+    img(t / "data" / "0_char" / "a.png")
+    img(t / "data" / "-5_char" / "b.png")
+    return ["train", "--model", str(m), "--data", str(t / "data"), "--output", str(t / "o")]
+
+
+def c_output_name_path(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", 'output_name="../escape"']
+
+
+def c_output_in_data(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "data" / "out")]
+
+
+def c_output_locked(t, m):
+    import os
+    import socket
+
+    (t / "o").mkdir()
+    (t / "o" / ".lorakit.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
+                                                       "started": "2026-01-01 00:00:00"}))
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o")]
+
+
+def c_t_max_zero(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", 'lr_scheduler_type="CosineAnnealingLR"', "--set", "lr_scheduler_args={T_max=0}"]
+
+
+def c_plan_t_max_zero(t, m):
+    return ["plan", "--data", str(good_data(t)), "--set", 'lr_scheduler_type="CosineAnnealingLR"',
+            "--set", "lr_scheduler_args={T_max=0}"]
+
+
+def c_set_wrong_type(t, m):
+    return ["train", str(toml(t, "seed = 1")), "--set", "network_dim=abc"]
+
+
+def c_single_file_unknown_width(t, m):
+    from lorakit.models.tiny import save_tiny_single_file
+
+    path, _ = save_tiny_single_file(t / "tiny.safetensors")
+    return ["train", "--model", str(path), "--data", str(good_data(t)), "--output", str(t / "o")]
+
+
+def c_doctor_resolution(t, m):
+    return ["doctor", str(good_data(t)), "--resolution", "abc"]
+
+
+def c_plot_broken_line(t, m):
+    (t / "metrics.jsonl").write_text('{"step": 1, "loss": 0.1}\n{"step": 2, "lo\n{"step": 3, "loss": 0.1}\n')
+    return ["plot", str(t)]
+
+
 CASES = [
     ("config file missing", c_missing_config, ["nope.toml", "not found"]),
     ("config of unknown type", c_yaml_config, ["c.yaml", ".toml", ".json"]),
@@ -315,6 +370,17 @@ CASES = [
     ("unknown torch_compile_mode", c_compile_mode, ["torch_compile_mode", "reduce-overhead"]),
     ("unknown dynamo_backend", c_dynamo_backend, ["dynamo_backend", "inductr", "aot_eager"]),
     ("plot of a folder without metrics", c_plot_no_metrics, ["metrics.jsonl"]),
+    ("folders 0_char / -5_char", c_repeats_below_one, ["0_char", "-5_char", "repeats must be 1 or more"]),
+    ("output_name with a folder in it", c_output_name_path, ["output_name", "../escape", "plain file name"]),
+    ("output folder inside the data folder", c_output_in_data, ["output_dir", "inside the data folder"]),
+    ("output folder in use by a running run", c_output_locked, ["another lorakit run", "pid", "another output_dir"]),
+    ("CosineAnnealingLR T_max=0 (train)", c_t_max_zero, ["lr_scheduler_args", "T_max", "ZeroDivisionError"]),
+    ("CosineAnnealingLR T_max=0 (plan)", c_plan_t_max_zero, ["lr_scheduler_args", "T_max"]),
+    ("--set value of the wrong type", c_set_wrong_type, ["--set network_dim=abc", "network_dim", "valid integer"]),
+    ("single file of an unknown architecture", c_single_file_unknown_width,
+     ["tiny.safetensors", "context width", "diffusers folder"]),
+    ("doctor --resolution not a size", c_doctor_resolution, ["--resolution", "abc", "W,H"]),
+    ("plot of a metrics.jsonl with a broken line", c_plot_broken_line, ["metrics.jsonl", "line 2", "not JSON"]),
 ]
 
 

@@ -161,21 +161,25 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def build_config(values: dict[str, Any], file: str | None) -> TrainConfig:
+def build_config(values: dict[str, Any], file: str | None, origins: dict[str, str] | None = None) -> TrainConfig:
+    """origins: where a key's value came from when not the file (e.g. "--set"), for the error."""
     known = TrainConfig.model_fields
+    origins = origins or {}
     for k in values:
         if k not in known:
-            raise unknown_key_error(k, file, known)
+            raise unknown_key_error(k, origins.get(k, file), known)
     try:
         return TrainConfig(**values)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or None
         field = known.get(key) if key else None
-        fix = field.description if field and field.description else "see `lorakit config keys`"
+        fix = (f"give {key} a valid value: {field.description[0].lower()}{field.description[1:]}"
+               if field and field.description else "see `lorakit config keys`")
         got = err.get("input")
         msg = err["msg"] + ("" if isinstance(got, dict) else f" (got {got!r})")
-        raise ConfigError(msg, file=file, key=key, fix=fix) from None
+        top = key.split(".")[0] if key else None
+        raise ConfigError(msg, file=origins.get(top, file) if top else file, key=key, fix=fix) from None
 
 
 FORMATS = ("auto", "lorakit", "kohya", "sd-scripts")
@@ -198,12 +202,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
         if not Path(path).is_file():
             raise ConfigError("config file not found", file=file, fix="check the path")
         values = read_config_file(Path(path), fmt)
+    origins: dict[str, str] = {}
     for k, v in (cli_values or {}).items():
         if v is not None:
-            values[k] = v
+            values[k], origins[k] = v, "the command line"
     for item in overrides or []:
         k, v = parse_override(item)
         if k not in TrainConfig.model_fields:
             raise unknown_key_error(k, "--set", TrainConfig.model_fields)
-        values[k] = v
-    return build_config(values, file)
+        values[k], origins[k] = v, f"--set {item}"
+    return build_config(values, file, origins)

@@ -22,7 +22,7 @@ from ..optim.optimizers import build_optimizer, optimizer_warnings, resolve_opti
 from ..optim.schedulers import build_scheduler, scheduler_warnings, warmup_steps_for
 from ..data.validate import validate_data_config
 from .noise import NoiseSettings, training_scheduler, validate_noise_config
-from .plan import Plan, make_plan
+from .plan import Plan, check_scheduler, make_plan
 from .speed import apply_speed_options, validate_speed_config
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
@@ -77,6 +77,7 @@ def preflight(cfg: TrainConfig, overwrite: bool):
     if not cfg.output_dir:
         raise ConfigError("no output folder given", key="output_dir", fix="pass --output DIR")
     resolve_optimizer(cfg.optimizer_type)
+    check_scheduler(cfg)
     validate_noise_config(cfg, cfg.v_parameterization or None)
     validate_data_config(cfg)
     validate_speed_config(cfg)
