@@ -57,6 +57,14 @@ def read_toml(path: Path, raw: dict[str, Any] | None = None) -> dict[str, Any]:
     return flat
 
 
+def _check_utf8(p: Path) -> None:
+    try:
+        p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})", file=str(p),
+                          fix="give a text config (TOML or kohya_ss JSON) saved as UTF-8") from None
+
+
 def read_config_file(p: Path, fmt: str | None = None) -> dict[str, Any]:
     """The schema values of config file `p` read as `fmt` (see load_config)."""
     from .kohya import import_kohya_json
@@ -66,6 +74,7 @@ def read_config_file(p: Path, fmt: str | None = None) -> dict[str, Any]:
     fmt = {None: "auto", "kohya-gui": "kohya"}.get(fmt, fmt)
     if fmt not in FORMATS:
         raise ConfigError(f"unknown config format '{fmt}'", file=file, fix=f"use one of {', '.join(FORMATS)}")
+    _check_utf8(p)
     suffix = p.suffix.lower()
     if fmt == "auto":
         if suffix == ".json":
