@@ -9,21 +9,18 @@ PIL / numpy / open().write   OSError(28, 'No space left on device')
 from __future__ import annotations
 
 import errno
-import re
 import json
 import os
+import re
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors import SafetensorError
 
-from lorakit.errors import UserError
 from lorakit.events import Event, EventBus
 from lorakit.io import DiskError, atomic_path, clean_stale_temporaries
 
