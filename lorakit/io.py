@@ -85,8 +85,10 @@ def disk_errno(e: BaseException, folder: str | os.PathLike | None = None, need: 
     return None
 
 
-def disk_error(e: BaseException, target: str | os.PathLike, need: int | None = None) -> DiskError | None:
-    """A DiskError for `e` raised while writing `target`, or None when `e` is not about the disk."""
+def disk_error(e: BaseException, target: str | os.PathLike, need: int | None = None,
+               written: int | None = None) -> DiskError | None:
+    """A DiskError for `e` raised while writing `target`, or None when `e` is not about the disk.
+    need: the bytes the write needs when known; else written: what it got onto the disk first."""
     target = Path(target)
     code = disk_errno(e, target.parent, need)
     if code is None:
@@ -95,6 +97,8 @@ def disk_error(e: BaseException, target: str | os.PathLike, need: int | None = N
     sizes = []
     if need:
         sizes.append(f"needs {human(need)}")
+    elif written:
+        sizes.append(f"needs more than the {human(written)} it wrote")
     if free is not None:
         sizes.append(f"{human(free)} free")
     what = DISK_ERRNOS.get(code, "the write failed") + (f" ({', '.join(sizes)})" if sizes else "")
@@ -148,11 +152,13 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True, need: int 
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
     except BaseException as e:
+        written = None
         if tmp_path is not None:
             with contextlib.suppress(OSError):
+                written = tmp_path.stat().st_size
                 tmp_path.unlink()
         if isinstance(e, Exception) and not isinstance(e, UserError):
-            err = disk_error(e, target, need)
+            err = disk_error(e, target, need, written)
             if err is not None:
                 raise err from e
         raise

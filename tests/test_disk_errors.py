@@ -149,6 +149,7 @@ def test_sample_png_full_disk(tmp_path, monkeypatch):
         g.sample_prompts(None, [SamplePrompt("a cat")], tmp_path / "sample", "last", epoch=None, step=5,
                          sampler="euler_a", max_token_length=75, clip_skip=1)
     assert "no space left" in e.value.message and "sample" in e.value.file
+    assert "needs more than the 9 bytes it wrote" in e.value.message  # the "PNG half" it wrote
     assert only(tmp_path / "sample") == []
 
 
