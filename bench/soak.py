@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="folder for the runs (default: a temporary one)")
+    ap.add_argument("--reuse-straight", action="store_true",
+                    help="take the straight run (and its memory figures) from an earlier soak in --work")
     args = ap.parse_args(argv)
 
     from safetensors.torch import load_file
@@ -93,10 +95,15 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(conf, [], {"pretrained_model_name_or_path": str(model), "train_data_dir": str(data),
                                  "output_dir": str(straight)})
-    t0 = time.time()
-    res = train(cfg, [MetricsJsonl(straight / "metrics.jsonl"), watch])
-    straight_s = time.time() - t0
-    want_losses, want = losses(straight / "metrics.jsonl"), load_file(res.output_file)
+    if args.reuse_straight and (straight / "rss.json").is_file():
+        kept = json.loads((straight / "rss.json").read_text())
+        rss, straight_s = {int(k): v for k, v in kept["rss_mib"].items()}, kept["seconds"]
+    else:
+        t0 = time.time()
+        train(cfg, [MetricsJsonl(straight / "metrics.jsonl"), watch])
+        straight_s = time.time() - t0
+        (straight / "rss.json").write_text(json.dumps({"rss_mib": rss, "seconds": straight_s}))
+    want_losses, want = losses(straight / "metrics.jsonl"), load_file(straight / "last.safetensors")
     growth = (rss[args.steps] - rss[200]) / rss[200] * 100 if 200 in rss else float("nan")
     print(f"straight: {args.steps} steps in {straight_s:.0f} s; RSS at step 200 {rss.get(200, 0):.1f} MiB, "
           f"at step {args.steps} {rss[args.steps]:.1f} MiB ({growth:+.2f} %)", flush=True)
@@ -108,10 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "lorakit.cli", "train", str(conf), "--model", str(model), "--data", str(data),
            "--output", str(killed), "--quiet"]
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    matched, segments, start = 0, [], 0
+    matched, resumes, segments, start = 0, 0, [], 0
     for i, point in enumerate(points + [None]):
         resumed_from = newest_state_step(killed) if i else 0
-        proc = subprocess.Popen(cmd + (["--resume"] if i else []), env=env, stdout=subprocess.DEVNULL,
+        resume = i > 0 and resumed_from > 0  # killed before the first state: start again (--overwrite)
+        extra = ["--resume"] if resume else (["--overwrite"] if i else [])
+        proc = subprocess.Popen(cmd + extra, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         metrics = killed / "metrics.jsonl"
         killed_at = None
@@ -126,18 +135,20 @@ def main(argv: list[str] | None = None) -> int:
                     break
             time.sleep(0.02)
         _, err = proc.communicate()
-        if point is None and proc.returncode != 0:
+        if killed_at is None and proc.returncode != 0:
             print(err[-3000:], file=sys.stderr)
             return 1
         got = losses(metrics)
         end = max(got) if got else 0
-        seg = {k: got[k] for k in range(resumed_from + 1, end + 1) if k in got}
+        first = resumed_from + 1 if resume else 1
+        seg = {k: got[k] for k in range(first, end + 1) if k in got}
         ok = bool(seg) and all(want_losses[k] == v for k, v in seg.items())
-        if i:  # the first segment is a fresh start, not a resume
+        if resume:  # a fresh start (the first run, or a kill before any state) is not a resume
             matched += ok
-        segments.append({"resumed_from": resumed_from, "kill_at": target, "killed_at": killed_at,
+            resumes += 1
+        segments.append({"resumed": resume, "resumed_from": resumed_from, "kill_at": target, "killed_at": killed_at,
                          "last_step": end, "losses_equal": ok, "rc": proc.returncode})
-        print(f"  run {i:2d}: from step {resumed_from:5d} to {end:5d}"
+        print(f"  run {i:2d}: {'resumed' if resume else 'started'} at step {resumed_from:5d}, ended at {end:5d}"
               f"{' (SIGKILL)' if killed_at else ' (finished)'}: losses equal: {ok}", flush=True)
         start = end
     final = load_file(killed / "last.safetensors")
@@ -145,12 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     all_losses = losses(killed / "metrics.jsonl") == want_losses
     summary = {"steps": args.steps, "rss_mib": rss, "rss_growth_percent_200_to_end": growth,
                "straight_seconds": straight_s, "kills": args.kills, "kill_points": points,
-               "resumes_matched": matched, "final_adapter_equal": adapter_equal,
+               "resumes": resumes, "resumes_matched": matched, "final_adapter_equal": adapter_equal,
                "all_losses_equal": all_losses, "segments": segments}
     (work / "soak.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    print(f"resumes whose losses matched the straight run: {matched}/{args.kills}; final adapter bit-identical: "
-          f"{adapter_equal}; metrics.jsonl equal: {all_losses}; details in {work / 'soak.json'}")
-    return 0 if matched == args.kills and adapter_equal else 1
+    print(f"resumes whose losses matched the straight run: {matched}/{resumes} ({args.kills} kills); final adapter "
+          f"bit-identical: {adapter_equal}; metrics.jsonl equal: {all_losses}; details in {work / 'soak.json'}")
+    return 0 if matched == resumes and adapter_equal else 1
 
 
 if __name__ == "__main__":

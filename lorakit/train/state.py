@@ -116,7 +116,8 @@ def save_state(run: "Run", name: str) -> Path:
 def _run_fingerprint(run: "Run") -> dict:
     cached = getattr(run, "_dataset_fingerprint", None)
     if cached is None:  # once per run: the dataset does not change while it trains
-        cached = run._dataset_fingerprint = dataset_fingerprint(getattr(run, "given_cfg", None) or run.cfg)  # type: ignore[attr-defined]
+        cached = dataset_fingerprint(getattr(run, "given_cfg", None) or run.cfg)
+        run._dataset_fingerprint = cached  # type: ignore[attr-defined]
     return cached
 
 
