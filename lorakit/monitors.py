@@ -17,15 +17,7 @@ class MetricsJsonl:
         self.fh = None
 
     def __call__(self, ev: Event) -> None:
-        try:
-            self._handle(ev)
-        except OSError as e:
-            from .io import disk_error
-
-            err = disk_error(e, self.path)
-            if err is None:
-                raise
-            raise err from e
+        _disk_errors_named(self._handle, ev, self.path)
 
     def _handle(self, ev: Event) -> None:
         if ev.kind == "start":  # opened only once the run has passed its checks
@@ -80,6 +72,21 @@ class MetricsJsonl:
         atomic_write_bytes(self.path, "".join(keep).encode("utf-8"))
 
 
+def _disk_errors_named(handle, ev: Event, path: Path) -> None:
+    """Run a subscriber's handler; a write that failed because of the disk becomes a DiskError
+    naming `path` (the writers raise OSError, TensorBoard's background writer re-raises it here)."""
+    try:
+        handle(ev)
+    except Exception as e:
+        from .errors import UserError
+        from .io import disk_error
+
+        err = None if isinstance(e, UserError) else disk_error(e, path)
+        if err is None:
+            raise
+        raise err from e
+
+
 class TensorBoard:
     """kohya's tags: loss/current, loss/average, loss/epoch, lr/<group>, lr/d*lr/<group>."""
 
@@ -88,6 +95,9 @@ class TensorBoard:
         self.writer = None
 
     def __call__(self, ev: Event) -> None:
+        _disk_errors_named(self._handle, ev, Path(self.logdir) / "events.out.tfevents")
+
+    def _handle(self, ev: Event) -> None:
         if ev.kind == "start":
             from torch.utils.tensorboard import SummaryWriter
 

@@ -173,6 +173,23 @@ def test_metrics_jsonl_full_disk(tmp_path):
     assert "metrics.jsonl" in e.value.file and "no space left" in e.value.message
 
 
+def test_tensorboard_full_disk(tmp_path):
+    from lorakit.monitors import TensorBoard
+
+    tb = TensorBoard(tmp_path / "logs")
+    tb(Event("start", data={}))
+
+    class Full:
+        def add_scalar(self, *a, **k):
+            raise enospc()  # what TensorBoard's writer re-raises from its background thread
+
+    tb.writer.close()
+    tb.writer = Full()
+    with pytest.raises(DiskError) as e:
+        tb(Event("step", 1, 1, {"loss": 0.1, "loss_avg": 0.1, "lrs": {"unet": 1e-4}}))
+    assert "logs" in e.value.file and "no space left" in e.value.message
+
+
 def test_plot_png_full_disk(tmp_path, monkeypatch):
     import matplotlib.figure
 
