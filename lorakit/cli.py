@@ -27,17 +27,20 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .monitors import MetricsJsonl, Plots, ProgressBar, loggers_for
+    from . import signals
+    from .monitors import MetricsJsonl, Plots, ProgressBar, Warnings, loggers_for
     from .train.loop import train
 
     cfg = _config_from_args(args)
     if not cfg.output_dir:
         raise UserError("no output folder given", key="output_dir", fix="pass --output DIR")
     out = Path(cfg.output_dir)
-    subs = [MetricsJsonl(out / "metrics.jsonl"), *loggers_for(cfg, out), Plots(out)]
+    subs = [MetricsJsonl(out / "metrics.jsonl"), *loggers_for(cfg, out), Plots(out), Warnings()]
     if not args.quiet:
         subs.append(ProgressBar())
-    result = train(cfg, subs, overwrite=args.overwrite, resume=args.resume)
+    with signals.handled():  # SIGTERM / SIGHUP save like Ctrl-C
+        result = train(cfg, subs, overwrite=args.overwrite, resume=args.resume,
+                       resume_changed_data=args.resume_changed_data)
     print(f"lorakit: wrote {result.output_file} ({result.steps} steps, seed {result.seed})")
     return 0
 
@@ -65,8 +68,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     metrics = Path(args.output_dir) / "metrics.jsonl"
     if not metrics.is_file():
         raise UserError("no metrics.jsonl here", file=str(metrics), fix="give the output_dir of a lorakit run")
-    for path in plot_run(args.output_dir):
+    warnings: list[str] = []
+    for path in plot_run(args.output_dir, warnings):
         print(path)
+    for w in warnings:
+        print(f"lorakit: warning: {w}", file=sys.stderr)
     return 0
 
 
@@ -97,9 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an adapter")
     config_args(t)
     t.add_argument("--overwrite", action="store_true", help="replace existing adapter files of this name")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--quiet", action="store_true", help="no progress bar (warnings and errors still print)")
     t.add_argument("--resume", nargs="?", const="auto", default=None, metavar="STATE_DIR",
                    help="continue from the newest state in the output folder, or from STATE_DIR")
+    t.add_argument("--resume-changed-data", action="store_true",
+                   help="with --resume: accept a dataset whose files, captions or repeats changed since the state")
     t.set_defaults(fn=cmd_train)
 
     pl = sub.add_parser("plot", help="write loss / lr / d*lr PNG plots of a run")
@@ -159,7 +167,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import diagnose
-    parts = [int(x) for x in str(args.resolution).replace("x", ",").split(",")]
+
+    try:
+        parts = [int(x) for x in str(args.resolution).replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
+    if not parts or len(parts) > 2 or min(parts) < 8:
+        raise UserError(f"--resolution {args.resolution!r} is not a size", key="--resolution",
+                        fix="give one number (512) or W,H (512,768)")
     res = (parts[0], parts[-1])
     ext = args.caption_extension if args.caption_extension.startswith(".") else "." + args.caption_extension
     report = diagnose(args.data_dir, reg_data_dir=args.reg_data_dir, caption_extension=ext, resolution=res)
@@ -174,14 +189,33 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"lorakit: error: {e.format()}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from .signals import Terminated
+
+        if isinstance(e, Terminated):
+            print(f"lorakit: stopped by {e.name}", file=sys.stderr)
+            return e.exit_code
         print("lorakit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lorakit config keys | head`: the reader left; say nothing more
+        _silence_stdout()
+        return 141
     except Exception:  # an internal error: show it all, exit 1
         traceback.print_exc()
         print("lorakit: internal error (a bug in lorakit, please report it with the trace above)",
               file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

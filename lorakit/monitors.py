@@ -17,6 +17,9 @@ class MetricsJsonl:
         self.fh = None
 
     def __call__(self, ev: Event) -> None:
+        _disk_errors_named(self._handle, ev, self.path)
+
+    def _handle(self, ev: Event) -> None:
         if ev.kind == "start":  # opened only once the run has passed its checks
             self.path.parent.mkdir(parents=True, exist_ok=True)
             resumed_at = ev.data.get("resumed_at") or 0
@@ -69,6 +72,21 @@ class MetricsJsonl:
         atomic_write_bytes(self.path, "".join(keep).encode("utf-8"))
 
 
+def _disk_errors_named(handle, ev: Event, path: Path) -> None:
+    """Run a subscriber's handler; a write that failed because of the disk becomes a DiskError
+    naming `path` (the writers raise OSError, TensorBoard's background writer re-raises it here)."""
+    try:
+        handle(ev)
+    except Exception as e:
+        from .errors import UserError
+        from .io import disk_error
+
+        err = None if isinstance(e, UserError) else disk_error(e, path)
+        if err is None:
+            raise
+        raise err from e
+
+
 class TensorBoard:
     """kohya's tags: loss/current, loss/average, loss/epoch, lr/<group>, lr/d*lr/<group>."""
 
@@ -77,6 +95,9 @@ class TensorBoard:
         self.writer = None
 
     def __call__(self, ev: Event) -> None:
+        _disk_errors_named(self._handle, ev, Path(self.logdir) / "events.out.tfevents")
+
+    def _handle(self, ev: Event) -> None:
         if ev.kind == "start":
             from torch.utils.tensorboard import SummaryWriter
 
@@ -147,11 +168,21 @@ class ProgressBar:
                            if ev.data["paths"] else "sampled nothing", file=self.stream)
         elif ev.kind == "save" and self.bar is not None:
             self.bar.write(f"saved {ev.data['path']}", file=self.stream)
-        elif ev.kind == "warning":
-            (self.bar.write if self.bar else lambda s, file: file.write(s + "\n"))(
-                f"warning: {ev.data['message']}", file=self.stream)
         elif ev.kind == "end" and self.bar is not None:
             self.bar.close()
+
+
+class Warnings:
+    """Every warning to stderr, with or without a progress bar (--quiet hides only the bar)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+
+    def __call__(self, ev: Event) -> None:
+        if ev.kind == "warning":
+            from tqdm import tqdm
+
+            tqdm.write(f"warning: {ev.data['message']}", file=self.stream or sys.stderr)  # above a live bar
 
 
 class Plots:

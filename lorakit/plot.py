@@ -4,16 +4,33 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import UserError
 from .io import atomic_path
 
 
-def read_metrics(path: str | Path) -> list[dict]:
+def read_metrics(path: str | Path, warnings: list[str] | None = None) -> list[dict]:
+    """The step rows of a metrics.jsonl. A last line cut short (a killed run, a full disk) is left out
+    with a warning; an unreadable line elsewhere is a UserError naming it."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
+    try:
+        lines = Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise UserError(f"cannot read it: {e.strerror}", file=str(path)) from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
-            if "loss" in row:
-                rows.append(row)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                if warnings is not None:
+                    warnings.append(f"{path}: left out line {n}, cut short (the run was killed or the disk filled)")
+                continue
+            raise UserError(f"line {n} is not JSON ({line[:40]!r}...)", file=str(path),
+                            fix="lorakit writes one JSON object per line; restore the file or delete that line") \
+                from None
+        if isinstance(row, dict) and "loss" in row:
+            rows.append(row)
     return rows
 
 
@@ -26,13 +43,13 @@ def smooth(values: list[float], alpha: float = 0.9) -> list[float]:
     return out
 
 
-def plot_run(output_dir: str | Path) -> list[Path]:
+def plot_run(output_dir: str | Path, warnings: list[str] | None = None) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = Path(output_dir)
-    rows = read_metrics(out / "metrics.jsonl")
+    rows = read_metrics(out / "metrics.jsonl", warnings)
     if not rows:
         return []
     steps = [r["step"] for r in rows]

@@ -280,6 +280,61 @@ def c_plot_no_metrics(t, m):
     return ["plot", str(t)]
 
 
+def c_repeats_below_one(t, m):
+    img(t / "data" / "0_char" / "a.png")
+    img(t / "data" / "-5_char" / "b.png")
+    return ["train", "--model", str(m), "--data", str(t / "data"), "--output", str(t / "o")]
+
+
+def c_output_name_path(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", 'output_name="../escape"']
+
+
+def c_output_in_data(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "data" / "out")]
+
+
+def c_output_locked(t, m):
+    import os
+    import socket
+
+    (t / "o").mkdir()
+    (t / "o" / ".lorakit.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
+                                                       "started": "2026-01-01 00:00:00"}))
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o")]
+
+
+def c_t_max_zero(t, m):
+    return ["train", "--model", str(m), "--data", str(good_data(t)), "--output", str(t / "o"),
+            "--set", 'lr_scheduler_type="CosineAnnealingLR"', "--set", "lr_scheduler_args={T_max=0}"]
+
+
+def c_plan_t_max_zero(t, m):
+    return ["plan", "--data", str(good_data(t)), "--set", 'lr_scheduler_type="CosineAnnealingLR"',
+            "--set", "lr_scheduler_args={T_max=0}"]
+
+
+def c_set_wrong_type(t, m):
+    return ["train", str(toml(t, "seed = 1")), "--set", "network_dim=abc"]
+
+
+def c_single_file_unknown_width(t, m):
+    from lorakit.models.tiny import save_tiny_single_file
+
+    path, _ = save_tiny_single_file(t / "tiny.safetensors")
+    return ["train", "--model", str(path), "--data", str(good_data(t)), "--output", str(t / "o")]
+
+
+def c_doctor_resolution(t, m):
+    return ["doctor", str(good_data(t)), "--resolution", "abc"]
+
+
+def c_plot_broken_line(t, m):
+    (t / "metrics.jsonl").write_text('{"step": 1, "loss": 0.1}\n{"step": 2, "lo\n{"step": 3, "loss": 0.1}\n')
+    return ["plot", str(t)]
+
+
 CASES = [
     ("config file missing", c_missing_config, ["nope.toml", "not found"]),
     ("config of unknown type", c_yaml_config, ["c.yaml", ".toml", ".json"]),
@@ -331,6 +386,17 @@ CASES = [
     ("unknown torch_compile_mode", c_compile_mode, ["torch_compile_mode", "reduce-overhead"]),
     ("unknown dynamo_backend", c_dynamo_backend, ["dynamo_backend", "inductr", "aot_eager"]),
     ("plot of a folder without metrics", c_plot_no_metrics, ["metrics.jsonl"]),
+    ("folders 0_char / -5_char", c_repeats_below_one, ["0_char", "-5_char", "repeats must be 1 or more"]),
+    ("output_name with a folder in it", c_output_name_path, ["output_name", "../escape", "plain file name"]),
+    ("output folder inside the data folder", c_output_in_data, ["output_dir", "inside the data folder"]),
+    ("output folder in use by a running run", c_output_locked, ["another lorakit run", "pid", "another output_dir"]),
+    ("CosineAnnealingLR T_max=0 (train)", c_t_max_zero, ["lr_scheduler_args", "T_max", "ZeroDivisionError"]),
+    ("CosineAnnealingLR T_max=0 (plan)", c_plan_t_max_zero, ["lr_scheduler_args", "T_max"]),
+    ("--set value of the wrong type", c_set_wrong_type, ["--set network_dim=abc", "network_dim", "valid integer"]),
+    ("single file of an unknown architecture", c_single_file_unknown_width,
+     ["tiny.safetensors", "context width", "diffusers folder"]),
+    ("doctor --resolution not a size", c_doctor_resolution, ["--resolution", "abc", "W,H"]),
+    ("plot of a metrics.jsonl with a broken line", c_plot_broken_line, ["metrics.jsonl", "line 2", "not JSON"]),
 ]
 
 
@@ -348,6 +414,65 @@ def test_bad_input_exits_2_with_message(case, setup, words, tmp_path, tiny_model
         assert (tmp_path / "o" / "last.safetensors").read_bytes() == b"precious"
 
 
+# cases that need a run, a signal or a file system: (case, what lorakit answers, the test that checks it)
+RUNTIME = [
+    ("disk full while saving the adapter (safetensors' SafetensorError)",
+     "exit 2: `cannot write last.safetensors: no space left on the device (needs N, M free)`; the old file "
+     "stays, no temporary left", "test_disk_errors.py::test_adapter_safetensors_full_disk"),
+    ("disk full while saving a state (torch's zip writer: `unexpected pos`)",
+     "exit 2 naming the state folder and the bytes; no `.tmp` folder, older states kept",
+     "test_disk_errors.py::test_state_torch_zip_writer_short_write"),
+    ("permission denied / read-only while saving", "exit 2, `permission denied` / `read-only`, fix: make the "
+     "folder writable", "test_disk_errors.py::test_state_json_permission_denied"),
+    ("disk full while writing a sample, a plot, metrics.jsonl or a latent cache entry",
+     "exit 2 naming that file; no partial file", "test_disk_errors.py::test_sample_png_full_disk"),
+    ("a real 300 KiB tmpfs as --output", "exit 2; every adapter and state left there is whole",
+     "test_disk_errors.py::test_training_into_a_full_tmpfs_exits_2_and_leaves_only_whole_files"),
+    ("temporaries left by kill -9", "removed at the next start (a warning lists them)",
+     "test_disk_errors.py::test_stale_temporaries_of_a_killed_run_are_cleaned"),
+    ("a second run into the same output folder", "exit 2: `another lorakit run (pid N on HOST, started T)`",
+     "test_run_safety.py::test_cli_second_run_exits_2"),
+    ("a lock left by a killed run", "taken over with a warning",
+     "test_run_safety.py::test_a_dead_owner_is_taken_over_with_a_warning"),
+    ("SIGTERM / SIGHUP (docker stop, Slurm, spot reclaim, closed terminal)",
+     "the step finishes, adapter and state are saved, exit 143 / 129",
+     "test_run_safety.py::test_sigterm_and_sighup_save_adapter_and_state"),
+    ("files and other users", "files follow the umask (0644 under 022)",
+     "test_run_safety.py::test_every_file_follows_the_umask_and_resume_names_all_changes"),
+    ("--resume with changed settings", "exit 2 listing every unsafe change at once; learning rates, sample "
+     "and save settings change with a warning naming each",
+     "test_run_safety.py::test_every_file_follows_the_umask_and_resume_names_all_changes"),
+    ("--resume on changed data (files, captions, repeats)", "exit 2 naming each change; "
+     "`--resume-changed-data` accepts it with a warning",
+     "test_run_safety.py::test_every_file_follows_the_umask_and_resume_names_all_changes"),
+    ("--quiet", "hides only the progress bar; warnings still reach stderr",
+     "test_bad_input.py::test_quiet_still_prints_warnings"),
+    ("plot of a metrics.jsonl whose last line was cut short", "exit 0, the line left out with a warning",
+     "test_cli_bad_args.py::test_bad_arguments_never_exit_1"),
+    ("`lorakit config keys | head`", "exit 141, nothing on stderr",
+     "test_cli_bad_args.py::test_config_keys_into_a_closed_pipe_exits_quietly"),
+    ("every command with bad arguments (tests/test_cli_bad_args.py)", "never exit 1: exit 2 with a reason, "
+     "or 0 with a warning", "test_cli_bad_args.py::test_bad_arguments_never_exit_1"),
+]
+
+
+def test_runtime_cases_name_real_tests():
+    for _, _, ref in RUNTIME:
+        file, name = ref.split("::")
+        assert f"def {name}(" in (ROOT / "tests" / file).read_text(encoding="utf-8"), ref
+
+
+def test_quiet_still_prints_warnings(tmp_path, tiny_model_dir, capsys):
+    data = good_data(tmp_path)
+    (data / "notes").mkdir()  # a folder without <repeats>_: a warning
+    code = main(["train", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(tmp_path / "o"),
+                 "--quiet", "--set", "resolution=64", "--set", "max_train_steps=1", "--set", "network_dim=2"])
+    err = capsys.readouterr().err
+    assert code == 0, err[-2000:]
+    assert "warning: train_data_dir: skipped folders without a <repeats>_ prefix: notes" in err
+    assert "samples/epoch" not in err and "step/s" not in err  # no progress bar (nor its plan line)
+
+
 def render_table() -> str:
     lines = ["# Bad input and what lorakit answers", "",
              "Each row is a test in `tests/test_bad_input.py`: the command exits with code 2 and the message",
@@ -355,6 +480,10 @@ def render_table() -> str:
              "before the model is loaded.", "", "| case | the message contains |", "|---|---|"]
     for case, _, words in CASES:
         lines.append(f"| {case} | {', '.join('`' + w.replace('|', '/') + '`' for w in words)} |")
+    lines += ["", "## During a run, on disk, and on every command", "",
+              "Each row names the test that checks it.", "", "| case | lorakit answers | test |", "|---|---|---|"]
+    for case, answer, ref in RUNTIME:
+        lines.append(f"| {case} | {answer} | `tests/{ref}` |")
     return "\n".join(lines) + "\n"
 
 

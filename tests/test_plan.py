@@ -6,6 +6,7 @@ from PIL import Image
 
 from lorakit.cli import main
 from lorakit.config.load import load_config
+from lorakit.errors import ConfigError
 from lorakit.train.plan import make_plan, plan_for_config
 
 
@@ -29,7 +30,7 @@ def data(tmp_path):
 def test_plan_numbers_with_reg(data):
     train, reg = data
     cfg = load_config(None, [f'train_data_dir="{train}"', f'reg_data_dir="{reg}"', "train_batch_size=3",
-                             "gradient_accumulation_steps=2", "max_train_epochs=5", "lr_warmup_steps=0.1",
+                             "gradient_accumulation_steps=2", "max_train_epochs=5",
                              'lr_scheduler_type="CosineAnnealingLR"', 'lr_scheduler_args={T_max=5}'])
     r = plan_for_config(cfg)
     # train: 3 x 10 + 2 x 5 = 40; reg: 7 images x 1 repeat, balanced up to 40 samples
@@ -39,7 +40,12 @@ def test_plan_numbers_with_reg(data):
     assert p.batches_per_epoch == 27          # ceil(80 / 3)
     assert p.steps_per_epoch == 14            # ceil(27 / 2)
     assert (p.total_steps, p.epochs, p.decided_by) == (70, 5, "max_train_epochs")
-    assert r.warmup_steps == 7 and r.t_max_suggestion == 70
+    assert r.warmup_steps == 0 and r.t_max_suggestion == 70
+    # warmup as a fraction of the run: 0.1 x 70 steps; a torch scheduler class takes none (train refuses it,
+    # and so does plan, before any model loads)
+    assert plan_for_config(cfg.model_copy(update={"lr_scheduler_type": None, "lr_warmup_steps": 0.1})).warmup_steps == 7
+    with pytest.raises(ConfigError, match="does not take warmup steps"):
+        plan_for_config(cfg.model_copy(update={"lr_warmup_steps": 0.1}))
     assert len(r.warnings) == 2 and "notes" in r.warnings[0]  # the folder without a repeats prefix
     assert "T_max=5" in r.warnings[1] and "14.0 times" in r.warnings[1]
     text = "\n".join(r.lines(cfg))

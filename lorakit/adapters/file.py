@@ -11,6 +11,7 @@ sd-webui-additional-networks and A1111 read them instead of hashing the file aga
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def save_adapter_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     tensors = _prepare(tensors)
     md = {k: v for k, v in metadata.items() if k not in ("sshs_model_hash", "sshs_legacy_hash")}
     md["sshs_model_hash"], md["sshs_legacy_hash"] = sshs_hashes(tensors, md)
-    atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), md), overwrite=overwrite)
+    need = sum(t.numel() * t.element_size() for t in tensors.values()) + len(json.dumps(md))
+    atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), md), overwrite=overwrite, need=need)
 
 
 def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

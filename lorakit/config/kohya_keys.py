@@ -447,22 +447,24 @@ class ImportResult:
 
 
 class Problems:
-    """Every problem of one config, raised together as one ConfigError (exit 2)."""
+    """Every problem of one config, raised together as one ConfigError (exit 2). A problem may name
+    where its value came from when that is not the file (`--set KEY=VALUE`, the command line)."""
 
     def __init__(self, file: Optional[str]):
         self.file, self.items = file, []  # type: ignore[var-annotated]
 
-    def add(self, key: Optional[str], message: str, fix: str = "") -> None:
-        self.items.append((key, message, fix))
+    def add(self, key: Optional[str], message: str, fix: str = "", where: Optional[str] = None) -> None:
+        self.items.append((key, message, fix, where))
 
     def raise_all(self) -> None:
         if not self.items:
             return
         if len(self.items) == 1:
-            key, message, fix = self.items[0]
-            raise ConfigError(message, file=self.file, key=key, fix=fix or None)
+            key, message, fix, where = self.items[0]
+            raise ConfigError(message, file=where or self.file, key=key, fix=fix or None)
         lines = [f"{len(self.items)} problems:"]
-        for key, message, fix in self.items:
-            lines.append(f"  - {'key ' + repr(key) + ': ' if key and key not in message else ''}{message}"
+        for key, message, fix, where in self.items:
+            lines.append(f"  - {'[' + where + '] ' if where else ''}"
+                         f"{'key ' + repr(key) + ': ' if key and key not in message else ''}{message}"
                          + (f" (fix: {fix})" if fix else ""))
         raise ConfigError("\n".join(lines), file=self.file, fix="each line says its fix")

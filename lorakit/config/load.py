@@ -59,6 +59,14 @@ def read_toml(path: Path, raw: dict[str, Any] | None = None) -> dict[str, Any]:
     return flat
 
 
+def _check_utf8(p: Path) -> None:
+    try:
+        p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})", file=str(p),
+                          fix="give a text config (TOML or kohya_ss JSON) saved as UTF-8") from None
+
+
 def read_config_file(p: Path, fmt: str | None = None) -> ImportResult:
     """Config file `p` read as `fmt` (see load_config): its schema values, the keys ignored with the
     reason, and (kohya JSON) the problems found, to be raised with the schema's own (build_config)."""
@@ -66,6 +74,7 @@ def read_config_file(p: Path, fmt: str | None = None) -> ImportResult:
     fmt = {None: "auto", "kohya-gui": "kohya"}.get(fmt, fmt)
     if fmt not in FORMATS:
         raise ConfigError(f"unknown config format '{fmt}'", file=file, fix=f"use one of {', '.join(FORMATS)}")
+    _check_utf8(p)
     suffix = p.suffix.lower()
     if fmt == "auto":
         if suffix == ".json":
@@ -158,14 +167,17 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def build_config(values: dict[str, Any], file: str | None, problems: Problems | None = None) -> TrainConfig:
+def build_config(values: dict[str, Any], file: str | None, problems: Problems | None = None,
+                 origins: dict[str, str] | None = None) -> TrainConfig:
     """The validated config; every problem (unknown keys, bad values, and those in `problems`) raised
-    together as one ConfigError."""
+    together as one ConfigError. origins: where a key's value came from when not the file (e.g.
+    "--set KEY=VALUE"), named in its problem."""
     problems = problems if problems is not None else Problems(file)
     problems.file = file
     known = TrainConfig.model_fields
+    origins = origins or {}
     for k in [k for k in values if k not in known]:
-        problems.add(k, *_unknown_key(k, known))
+        problems.add(k, *_unknown_key(k, known), where=origins.get(k))
         values = {kk: v for kk, v in values.items() if kk != k}
     try:
         cfg = TrainConfig(**values)
@@ -175,7 +187,9 @@ def build_config(values: dict[str, Any], file: str | None, problems: Problems | 
             field = known.get(key) if key else None
             got = err.get("input")
             msg = err["msg"] + ("" if isinstance(got, dict) else f" (got {got!r})")
-            problems.add(key, msg, field.description if field and field.description else "see `lorakit config keys`")
+            fix = (f"give {key} a valid value: {field.description[0].lower()}{field.description[1:]}"
+                   if field and field.description else "see `lorakit config keys`")
+            problems.add(key, msg, fix, where=origins.get(key.split(".")[0]) if key else None)
         problems.raise_all()
         raise AssertionError("unreachable: a ValidationError has errors")  # pragma: no cover
     problems.raise_all()
@@ -210,15 +224,16 @@ def load(path: str | Path | None, overrides: list[str] | None = None, cli_values
             raise ConfigError("config file not found", file=file, fix="check the path")
         res = read_config_file(Path(path), fmt)
     values = dict(res.values)
+    origins: dict[str, str] = {}
     for k, v in (cli_values or {}).items():
         if v is not None:
-            values[k] = v
+            values[k], origins[k] = v, "the command line"
     for item in overrides or []:
         k, v = parse_override(item)
         if k not in TrainConfig.model_fields:
             raise unknown_key_error(k, "--set", TrainConfig.model_fields)
-        values[k] = v
-    return Loaded(build_config(values, file, res.problems), res.ignored)
+        values[k], origins[k] = v, f"--set {item}"
+    return Loaded(build_config(values, file, res.problems, origins), res.ignored)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None,

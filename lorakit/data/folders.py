@@ -448,10 +448,10 @@ def _scan_root(root: Path, key: str, is_reg: bool, caption_extension: str,
                         "(only images inside the <repeats>_<name> subfolders are)")
 
     folders: list[_Folder] = []
-    empty = []
+    empty, no_repeats = [], []
     for path, (repeats, class_tokens) in named:
         if repeats < 1:
-            warnings.append(f"{key}: skipped '{path.name}': repeats must be 1 or more")
+            no_repeats.append(path.name)
             continue
         images, sizes = _probed_images(path, probe)
         if not images:
@@ -462,6 +462,14 @@ def _scan_root(root: Path, key: str, is_reg: bool, caption_extension: str,
             it.size = sizes.get(it.path)
         folders.append(folder)
 
+    if no_repeats:
+        why = (f"repeats must be 1 or more: {', '.join(no_repeats)} (the number before '_' is how often each "
+               "image is used per epoch)")
+        if not folders:
+            raise DataError(why, file=str(root), key=key,
+                            fix=f"rename it like '1_{parse_folder_name(no_repeats[0])[1]}' (or 10_..., as often as "
+                                "each image should be used per epoch)")
+        warnings.append(f"{key}: skipped {why}")
     if not folders:
         exts = " ".join(IMAGE_EXTENSIONS)
         raise DataError(f"no images in the subfolders {', '.join(p.name for p, _ in named)}",

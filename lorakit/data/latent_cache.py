@@ -120,6 +120,8 @@ def save_entry(path: Path, key: str, m: Moments) -> None:
         arrays["std_flipped"] = m.std_flipped.numpy()
     if m.mask is not None:
         arrays["alpha_mask"] = m.mask.numpy()
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    from ..io import atomic_path
+
+    with atomic_path(path, need=sum(a.nbytes for a in arrays.values()) + 4096) as tmp:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would add ".npz" to a name
+            np.savez(fh, **arrays)

@@ -145,7 +145,8 @@ def _load_single_file(p: Path, v2, v_param, config_dir: Path | None) -> SDModel:
         ctx = context_dim(sd)
         if ctx not in (768, 1024):
             raise ModelError(f"non-standard model (context width {ctx}); no shipped config matches",
-                             file=str(p), fix="pass config_dir = a diffusers config folder for this model")
+                             file=str(p), fix="give --model a diffusers folder of this model (with model_index.json and its "
+                                 "unet/vae/text_encoder configs) instead of the single file")
         config_dir = config_folder(v2, bool(v_param))
     name = str(p)
     unet = build_unet(sd, config_dir, name)

@@ -73,14 +73,15 @@ def _fit(t: torch.Tensor, shape: torch.Size, key: str, file: str) -> torch.Tenso
         return t.reshape(shape)  # 1x1 conv <-> linear (VAE attention, SD2 proj_in/out)
     raise ModelError(f"tensor '{key}' has shape {tuple(t.shape)}, the model config expects {tuple(shape)}",
                      file=file, fix="the checkpoint does not match the config folder (SD1 vs SD2, or a "
-                     "custom architecture): set v2 correctly or pass config_dir")
+                     "custom architecture): set v2 (and v_parameterization) to match the checkpoint, or give --model "
+                     "a diffusers folder of this model")
 
 
 def _load_into(module, new_sd: dict, missing: list[str], what: str, file: str):
     if missing:
         shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
         raise ModelError(f"the {what} weights are incomplete: missing {shown}", file=file,
-                         fix="pass a complete SD1.x/SD2.x checkpoint (or the matching config_dir)")
+                         fix="pass a complete SD1.x/SD2.x checkpoint (or a diffusers folder of this model)")
     module.load_state_dict(new_sd, strict=True, assign=True)
     bad = [n for n, p in list(module.named_parameters()) + list(module.named_buffers()) if p.is_meta]
     if bad:

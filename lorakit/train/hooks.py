@@ -7,6 +7,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import signals
 from ..optim.optimizers import eval_mode
 from .save import save_adapter
 from .spike import DlrSpikeDetector
@@ -25,6 +26,7 @@ class RunHooks:
         self.prompts = parse_prompts(cfg.sample_prompts) if cfg.sample_prompts else []
         self.spike = DlrSpikeDetector(cfg.dlr_spike_factor, cfg.dlr_spike_window)
         self.spiked = False
+        signals.steps_begin()  # a SIGTERM now waits for the step to end (lorakit/signals.py)
 
     def sample(self, step: int, epoch: int | None) -> None:
         from ..sample.generate import sample_prompts
@@ -47,6 +49,7 @@ class RunHooks:
 
     def after_step(self, step: int, epoch: int, lrs: dict[str, float], dlr: dict[str, float]) -> bool:
         """Returns True when the run must stop here."""
+        signals.raise_pending()  # the step is done and counted: the loop saves it and stops
         cfg, run, last = self.run.cfg, self.run, step >= self.run.plan.total_steps
         if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0 and not last:
             save_adapter(run, step, epoch, f"{cfg.output_name}-step{step:08d}")
@@ -56,6 +59,7 @@ class RunHooks:
         if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0:
             self.sample(step, None)
         maybe_validate(run, step, epoch, "step")  # validate_every_n_steps (sd-scripts: after the step's save)
+        signals.raise_pending()  # a signal during the saves or samples above
         return self.watch_dlr(step, epoch, lrs, dlr)
 
     def watch_dlr(self, step: int, epoch: int, lrs: dict[str, float], dlr: dict[str, float]) -> bool:

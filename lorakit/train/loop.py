@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ from .noise import draw_noise
 from .hooks import RunHooks
 from .save import save_adapter
 from .settings import freeze_text_encoder
-from .setup import Run, setup_run
+from .setup import Run, check_output_paths, setup_run
 from .validation import maybe_validate
-from .state import Diverged, Progress, check_resume_config, find_state, load_state, save_state
+from ..lock import output_lock
+from .state import (Diverged, Progress, check_resume_config, check_resume_data, find_state, load_state,
+                    save_state)
 
 
 @dataclass
@@ -160,11 +163,23 @@ def sum_gradients(run: Run) -> None:
 
 
 def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite: bool = False,
-          resume: str | None = None) -> TrainResult:
+          resume: str | None = None, resume_changed_data: bool = False) -> TrainResult:
+    """Train one adapter. The output folder is locked for the run (lorakit/lock.py; rank 0 of a
+    distributed launch holds it); a resume is checked (config, dataset) before any model loads."""
+    if not cfg.output_dir or os.environ.get("RANK", "0") != "0":
+        return _train(cfg, subscribers, overwrite, resume, resume_changed_data, [])
+    check_output_paths(cfg)  # before the folder is made or locked
+    with output_lock(cfg.output_dir) as notes:
+        return _train(cfg, subscribers, overwrite, resume, resume_changed_data, notes)
+
+
+def _train(cfg: TrainConfig, subscribers: Iterable[Subscriber], overwrite: bool, resume: str | None,
+           resume_changed_data: bool, notes: list[str]) -> TrainResult:
     state_dir, resume = None, resume or cfg.resume  # the command line's --resume wins over the config's
     if resume:  # checked before any model is loaded
         state_dir = find_state(cfg.output_dir, resume)
-        cfg = check_resume_config(cfg, state_dir)
+        cfg, changed = check_resume_config(cfg, state_dir)
+        notes = notes + changed + check_resume_data(cfg, state_dir, resume_changed_data)
     bus = EventBus(list(subscribers))
     run = setup_run(cfg, bus, overwrite or state_dir is not None, state_dir=state_dir)
     bus = run.bus  # silent on every process but rank 0
@@ -173,7 +188,7 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
     if progress.groups_done >= plan.steps_per_epoch:  # the state was saved at an epoch's end
         progress = Progress(progress.step, progress.epoch + 1, 0)
     bus.emit("start", plan=plan, seed=run.seed, config=cfg, resumed_at=progress.step)
-    for message in run.index.warnings + run.warnings:
+    for message in notes + run.index.warnings + run.warnings:
         bus.emit("warning", message=message)
     hooks = RunHooks(run)
     if not resume:

@@ -87,7 +87,38 @@ def plan_for_config(cfg: TrainConfig, index=None, num_processes: int = 1) -> Pla
         index = scan_config(cfg)
     dataset = TrainDataset.from_config(cfg, index)
     plan = make_plan(cfg, len(dataset), dataset.num_batches_per_epoch(cfg.train_batch_size), num_processes)
+    check_scheduler(cfg, plan.total_steps)
     warnings = list(index.warnings) + scheduler_warnings(cfg, plan.total_steps)
     return PlanReport(plan, index.describe(), index.num_train_images, index.num_reg_images,
                       index.num_reg_samples, warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps),
                       plan.total_steps, warnings)
+
+
+def check_scheduler(cfg: TrainConfig, total_steps: int | None = None, steps: int = 3) -> None:
+    """Build the run's schedule on a one-number optimizer and take its first steps, so arguments it
+    cannot run with (CosineAnnealingLR T_max=0 divides by zero at step 1) are a ConfigError before
+    any model loads, not a crash after."""
+    import torch
+
+    from ..errors import ConfigError
+    from ..optim.optimizers import adafactor_relative_step
+    from ..optim.schedulers import build_scheduler, warmup_steps_for
+
+    if adafactor_relative_step(cfg):  # Adafactor's own schedule: nothing to check
+        return
+    total = total_steps or cfg.max_train_steps or DEFAULT_STEPS
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.learning_rate or 1.0)
+    try:
+        sched = build_scheduler(opt, cfg.lr_scheduler, total, warmup_steps_for(cfg.lr_warmup_steps, total), cfg=cfg)
+        for _ in range(min(steps, total)):
+            opt.step()
+            sched.step()
+    except ConfigError:
+        raise
+    except Exception as e:  # what the scheduler raises for arguments it cannot use
+        key = "lr_scheduler_args" if cfg.lr_scheduler_type else "lr_scheduler"
+        args = f" {cfg.lr_scheduler_args}" if cfg.lr_scheduler_type else ""
+        raise ConfigError(f"the schedule {cfg.lr_scheduler_type or cfg.lr_scheduler}{args} fails at its first steps: "
+                          f"{type(e).__name__}: {e}", key=key,
+                          fix="fix the scheduler arguments (e.g. T_max must be at least 1; `lorakit plan` prints "
+                              "the T_max of one decay over the run)") from None

@@ -17,12 +17,13 @@ from accelerate.state import AcceleratorState
 from ..adapters.network import check_network_config
 from ..config.schema import TrainConfig
 from ..errors import ConfigError
+from ..io import make_dir
 from ..events import EventBus
 from ..optim.optimizers import build_optimizer, optimizer_warnings, resolve_optimizer
 from ..optim.schedulers import build_scheduler, scheduler_warnings, warmup_steps_for
 from ..data.validate import validate_data_config
 from .noise import NoiseSettings, training_scheduler, validate_noise_config
-from .plan import Plan, make_plan
+from .plan import Plan, check_scheduler, make_plan
 from .settings import (adapter_dtype, allow_fp16_gradients, check_train_settings, store_base_in_fp8,
                        text_encoder_stop_step)
 from .speed import apply_speed_options, validate_speed_config
@@ -82,6 +83,7 @@ def preflight(cfg: TrainConfig, overwrite: bool):
         raise ConfigError("no output folder given", key="output_dir", fix="pass --output DIR")
     resolve_optimizer(cfg.optimizer_type)
     check_network_config(cfg)
+    check_scheduler(cfg)
     validate_noise_config(cfg, cfg.v_parameterization or None)
     validate_data_config(cfg)
     validate_speed_config(cfg)
@@ -102,12 +104,8 @@ def preflight(cfg: TrainConfig, overwrite: bool):
                           "every step, so they cannot be cached", key="cache_text_encoder_outputs",
                           fix="leave cache_text_encoder_outputs unset (on by itself when the text encoder is "
                               "frozen), or freeze it: text_encoder_lr = 0 or network_train_unet_only = true")
-    out = Path(cfg.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create the output folder: {e.strerror}", file=str(out), key="output_dir",
-                          fix="choose a folder you can write to") from None
+    check_output_paths(cfg)
+    out = make_dir(cfg.output_dir)
     if not os.access(out, os.W_OK):
         raise ConfigError("the output folder is not writable", file=str(out), key="output_dir",
                           fix="choose a folder you can write to")
@@ -117,6 +115,26 @@ def preflight(cfg: TrainConfig, overwrite: bool):
         raise ConfigError(f"{existing[0].name} already exists in {out}", file=str(existing[0]), key="output_name",
                           fix="pass --overwrite, or choose another output_name or output_dir")
     return scan_config(cfg)
+
+
+def check_output_paths(cfg: TrainConfig) -> None:
+    """output_name is a file name (no folders, no '..'), and the output folder is not inside a data
+    folder (the next run would train on its plots and samples)."""
+    name = cfg.output_name
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ConfigError(f"output_name {name!r} is not a plain file name", key="output_name",
+                          fix="give a name without '/', '\\' or '..' (the folder goes in output_dir)")
+    if not cfg.output_dir:
+        return
+    out = Path(os.path.realpath(cfg.output_dir))
+    data = [("train_data_dir", cfg.train_data_dir), ("reg_data_dir", cfg.reg_data_dir),
+            ("validation_data_dir", cfg.validation_data_dir)]
+    data += [("dataset_subsets", s.get("image_dir")) for s in cfg.dataset_subsets or []]
+    for key, folder in data:
+        if folder and out.is_relative_to(os.path.realpath(folder)):
+            raise ConfigError(f"the output folder {cfg.output_dir} is inside the data folder {folder}: the next run "
+                              "would train on its plots and samples", key="output_dir",
+                              fix=f"choose an output_dir outside {folder}")
 
 
 def network_weights_preflight(cfg: TrainConfig, state_dir: Path | None = None):

@@ -1,0 +1,162 @@
+"""One run per output folder, SIGTERM / SIGHUP save like Ctrl-C, files follow the umask, and a
+resume names every change (config and dataset) at once."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lorakit.demo import make_synthetic_dataset
+from lorakit.errors import ConfigError
+from lorakit.lock import LOCK_NAME, Locked, acquire, output_lock, release
+from lorakit.train.loop import train
+from train_helpers import tiny_run_config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("d"), n_images=3, repeats=1)
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_second_run_is_refused_naming_the_owner(tmp_path):
+    with output_lock(tmp_path):
+        with pytest.raises(Locked) as e:
+            acquire(tmp_path)
+        assert f"pid {os.getpid()} on {socket.gethostname()}" in e.value.message
+        assert "another output_dir" in e.value.fix
+    assert not (tmp_path / LOCK_NAME).exists()  # released
+
+
+def test_a_dead_owner_is_taken_over_with_a_warning(tmp_path):
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname(), "started": "x"}))
+    (tmp_path / ".last.safetensors.abcd.tmp").write_bytes(b"half")
+    path, warnings = acquire(tmp_path)
+    assert "no longer running" in warnings[0] and "took over" in warnings[0]
+    assert "removed 1 temporary" in warnings[1]
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    release(path)
+
+
+def test_a_lock_from_another_host_is_not_guessed_stale(tmp_path):
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": dead_pid(), "host": "gpu-node-7", "started": "x"}))
+    with pytest.raises(Locked) as e:
+        acquire(tmp_path)
+    assert "gpu-node-7" in e.value.message and LOCK_NAME in e.value.fix
+
+
+def test_cli_second_run_exits_2(tiny_model_dir, data, tmp_path, capsys):
+    from lorakit.cli import main
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "o").mkdir()
+        (tmp_path / "o" / LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
+                                                             "started": "2026-01-01 00:00:00"}))
+        code = main(["train", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(tmp_path / "o"),
+                     "--quiet"])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    err = capsys.readouterr().err
+    assert code == 2 and f"pid {sleeper.pid}" in err, err
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_save_adapter_and_state(tiny_model_dir, data, tmp_path, sig, code):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lorakit.cli", "train", "--model", str(tiny_model_dir), "--data", str(data),
+           "--output", str(out), "--quiet", "--set", "resolution=64", "--set", "network_dim=2",
+           "--set", "max_train_steps=100000", "--set", "seed=3"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and sum('"loss"' in x for x in metrics.read_text().splitlines()) >= 2:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == code, err[-2000:]
+    steps = sum('"loss"' in x for x in metrics.read_text().splitlines())
+    saved = sorted(p.name for p in out.iterdir() if p.name.startswith("last-step"))
+    assert saved == [f"last-step{steps:08d}-state", f"last-step{steps:08d}.safetensors"], (saved, steps)
+    state = json.loads((out / f"last-step{steps:08d}-state" / "state.json").read_text())
+    assert state["progress"]["step"] == steps  # the state is the finished step's, not a half step
+    assert signal.Signals(sig).name in err and not (out / LOCK_NAME).exists()
+
+
+DEFAULTS = {"network_dim": 2, "seed": 5, "max_train_steps": 2, "save_every_n_steps": 1, "save_state": True,
+            "sample_prompts": "a red square --w 64 --h 64 --s 2", "sample_every_n_steps": 2}
+
+
+def test_every_file_follows_the_umask_and_resume_names_all_changes(tiny_model_dir, data, tmp_path):
+    from lorakit.monitors import MetricsJsonl, Plots
+
+    out = tmp_path / "o"
+    cfg = tiny_run_config(tiny_model_dir, data, out, DEFAULTS)
+    old = os.umask(0o022)
+    try:
+        train(cfg, [MetricsJsonl(out / "metrics.jsonl"), Plots(out)])
+    finally:
+        os.umask(old)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    kinds = {p.suffix for p in files}
+    assert {".safetensors", ".png", ".jsonl", ".json", ".pt"} <= kinds, kinds
+    assert {p.relative_to(out).as_posix(): oct(p.stat().st_mode & 0o777) for p in files
+            if p.stat().st_mode & 0o777 != 0o644} == {}
+    assert any(p.parent.name == "sample" for p in files) and (out / "loss.png").is_file()
+
+    # all unsafe changes at once
+    with pytest.raises(ConfigError) as e:
+        train(cfg.model_copy(update={"network_dim": 4, "min_snr_gamma": 5.0, "max_train_steps": 3}), [],
+              resume="auto")
+    assert "2 setting(s)" in e.value.message and "network_dim: was 2, now 4" in e.value.message
+    assert "min_snr_gamma: was" in e.value.message
+
+    # a changed dataset is refused by name ...
+    folder = next(p for p in data.iterdir() if p.is_dir())
+    cap = next(folder.glob("*.txt"))
+    text = cap.read_text()
+    cap.write_text(text.strip() + ", edited\n")
+    try:
+        with pytest.raises(ConfigError) as e:
+            train(cfg.model_copy(update={"max_train_steps": 3}), [], resume="auto")
+        assert f"{folder.name}/{cap.stem}" in e.value.message and "caption changed" in e.value.message
+        assert "--resume-changed-data" in e.value.fix
+        # ... unless allowed; lr, sample and save settings change with a warning naming each
+        seen = []
+        res = train(cfg.model_copy(update={"max_train_steps": 3, "learning_rate": 2e-4, "sample_every_n_steps": 5,
+                                           "save_every_n_steps": 2}),
+                    [lambda ev: seen.append(ev.data["message"]) if ev.kind == "warning" else None],
+                    resume="auto", resume_changed_data=True, overwrite=True)
+    finally:
+        cap.write_text(text)
+    assert res.steps == 3
+    joined = "\n".join(seen)
+    for words in ("learning_rate: was 0.0001, now 0.0002", "sample_every_n_steps: was 2, now 5",
+                  "save_every_n_steps: was 1, now 2", "the dataset changed"):
+        assert words in joined, joined
+
+
+def test_learning_rate_change_on_resume_takes_effect(tiny_model_dir, data, tmp_path):
+    seen = []
+    cfg = tiny_run_config(tiny_model_dir, data, tmp_path, {"network_dim": 2, "seed": 5, "max_train_steps": 2,
+                                                          "save_every_n_steps": 1, "save_state": True,
+                                                          "lr_scheduler": "constant", "learning_rate": 1e-4})
+    train(cfg, [])
+    train(cfg.model_copy(update={"max_train_steps": 3, "learning_rate": 3e-4}),
+          [lambda ev: seen.append(ev.data["lrs"]) if ev.kind == "step" else None], resume="auto", overwrite=True)
+    assert [round(v, 12) for v in seen[0].values()] == [3e-4] * len(seen[0])
