@@ -14,6 +14,7 @@ from lorakit.config.kohya import import_kohya_json
 from lorakit.config.load import load_config
 from lorakit.demo import make_synthetic_dataset
 from lorakit.errors import ConfigError
+from lorakit.train import compile as compiling
 from lorakit.train.loop import train
 from lorakit.train.speed import validate_speed_config
 from train_helpers import tiny_run_config
@@ -47,28 +48,49 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def compare_runs(model_dir, data_dir, tmp_path, **kw):
-    """Eager and compiled (aot_eager) runs of the same config: (eager result, compiled result, losses x2)."""
+def compare_runs(model_dir, data_dir, tmp_path, scope, **kw):
+    """Eager and compiled (aot_eager) runs of the same config: (eager result, compiled result, events)."""
     eager, eager_losses = run(make_cfg(model_dir, data_dir, tmp_path / "eager", **kw))
-    res, losses = run(make_cfg(model_dir, data_dir, tmp_path / "compiled", torch_compile=True,
-                               dynamo_backend="aot_eager", **kw))
+    events: list[str] = []
+    losses: list[float] = []
+
+    def on_event(ev):
+        events.append(ev.kind)
+        if ev.kind == "step":
+            losses.append(ev.data["loss"])
+    res = train(make_cfg(model_dir, data_dir, tmp_path / "compiled", torch_compile=True, dynamo_backend="aot_eager",
+                         torch_compile_scope=scope, **kw), [on_event], overwrite=True)
     assert len(losses) == 3
     assert losses == pytest.approx(eager_losses, abs=1e-5, rel=0)
-    assert getattr(res.model.unet, "_compiled_call_impl", None) is not None  # compiled in place
+    assert "compiling" in events[:events.index("step")]  # the first step announces its compile
+    unet = res.model.unet
+    if scope == "whole":
+        assert getattr(unet, "_compiled_call_impl", None) is not None  # compiled in place
+    else:  # each repeated block, nothing else
+        assert getattr(unet, "_compiled_call_impl", None) is None
+        n = compiling.count_regions(unet, compiling.UNET_REGIONS)
+        assert n >= 8 and compiling.compiled_regions(unet) == n
     a, b = load_file(eager.output_file), load_file(res.output_file)
     assert sorted(a) == sorted(b)  # the same names: the adapters were applied before compiling
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
-    assert not any("_orig_mod" in k for k in res.model.unet.state_dict())
+    assert not any("_orig_mod" in k for k in unet.state_dict())
     return eager, res
 
 
-def test_compiled_lora_equals_eager_and_samples(tiny_model_dir, data, tmp_path):
-    # sampling after step 2 runs the compiled UNet in eval mode under no_grad, mid-training;
+def test_regional_compiled_lora_equals_eager_and_samples(tiny_model_dir, data, tmp_path):
+    # sampling after step 2 runs the compiled blocks in eval mode under no_grad, mid-training;
     # without gradient checkpointing here (the LoHa test has it): checkpointing doubles compile time
     prompt = "a red circle --w 64 --h 64 --d 5 --s 2 --l 1"
-    eager, res = compare_runs(tiny_model_dir, data, tmp_path, sample_prompts=prompt, sample_every_n_steps=2,
-                              gradient_checkpointing=False)
-    assert getattr(res.model.text_encoder, "_compiled_call_impl", None) is not None  # trained: compiled too
+    compiling.reset_dynamo_counters()
+    eager, res = compare_runs(tiny_model_dir, data, tmp_path, "regional", sample_prompts=prompt,
+                              sample_every_n_steps=2, gradient_checkpointing=False)
+    te = res.model.text_encoder  # trained: its layers are compiled too, and the identical ones share graphs
+    assert compiling.compiled_regions(te) == compiling.count_regions(te, compiling.TEXT_ENCODER_REGIONS) == 2
+    regions = compiling.compiled_regions(res.model.unet) + 2
+    # one graph per (block shape, input shape, grad mode), not one per block: the tiny UNet's 12
+    # blocks and the 2 text-encoder layers, in training and in sampling, give 21 graphs (28 if every
+    # block had its own)
+    assert compiling.unique_graphs() < 2 * regions
     a = sorted((tmp_path / "eager" / "sample").glob("*.png"))
     b = sorted((tmp_path / "compiled" / "sample").glob("*.png"))
     assert len(a) == len(b) == 1
@@ -76,10 +98,10 @@ def test_compiled_lora_equals_eager_and_samples(tiny_model_dir, data, tmp_path):
     assert (pa - pb).abs().max().item() <= 1  # the same image, up to rounding to 8 bits
 
 
-def test_compiled_loha_equals_eager(tiny_model_dir, data, tmp_path):
+def test_whole_compiled_loha_equals_eager(tiny_model_dir, data, tmp_path):
     # LoHa runs the merged op (the base op once more with delta W); UNet only: the text encoder is
     # frozen, so it is not compiled
-    _, res = compare_runs(tiny_model_dir, data, tmp_path, network_type="loha", conv_dim=2, conv_alpha=1,
+    _, res = compare_runs(tiny_model_dir, data, tmp_path, "whole", network_type="loha", conv_dim=2, conv_alpha=1,
                           network_train_unet_only=True)
     assert getattr(res.model.text_encoder, "_compiled_call_impl", None) is None
 
