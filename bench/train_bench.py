@@ -232,6 +232,7 @@ def main() -> int:
     ap.add_argument("--out", help="append each row, as it ends, to this file")
     ap.add_argument("--label", help="the setting column of the rows (default: the --set values)")
     ap.add_argument("--rows-only", action="store_true", help="CPU: skip the plain-UNet and operator-count lines")
+    ap.add_argument("--prepare", action="store_true", help="only build the model and images in --workdir")
     args = ap.parse_args()
     sets = dict(parse_override(item) for item in args.set)
     for key in sets:
@@ -245,6 +246,9 @@ def main() -> int:
         tmp = Path(d)
         work = Path(args.workdir) if args.workdir else tmp
         model, data = model_and_data(work, cpu)
+        if args.prepare:
+            print(f"model {model}, images {data}", flush=True)
+            return 0
         if args.levers:
             run_levers(args.configs, model, data, tmp, cpu, steps, warmup, sets)
             return 0
