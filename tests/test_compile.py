@@ -190,3 +190,22 @@ def test_sdscripts_toml_compile_keys(tmp_path):
                  '[additional_network_arguments]\nnetwork_module = "networks.lora"\n', encoding="utf-8")
     cfg = load_config(p)
     assert (cfg.torch_compile, cfg.dynamo_backend) == (True, "aot_eager")
+
+
+def test_progress_bar_says_compiling_until_the_step_ends():
+    import io
+    from types import SimpleNamespace
+
+    from lorakit.events import Event
+    from lorakit.monitors import ProgressBar
+
+    out = io.StringIO()
+    bar = ProgressBar(out)
+    plan = SimpleNamespace(total_steps=4, describe=lambda: "4 steps")
+    bar(Event("start", data={"plan": plan}))
+    bar(Event("compiling"))
+    assert bar.bar.desc == "compiling" and "compiling" in out.getvalue()
+    bar(Event("compiling"))  # a second graph of the same step: no new line of text
+    bar(Event("step", 1, 1, {"images": 1, "loss_avg": 0.5, "lrs": {"unet": 1e-4}, "loss": 0.5}))
+    assert bar.bar.desc == ""
+    bar(Event("end", 1, 1))
