@@ -4,11 +4,12 @@ The full-size SD1.5 UNet (random weights, lorakit/models/configs/sd15), base wei
 bf16 autocast with fp32 adapters (as a bf16 run), one forward+backward at batch 1 and `--latent`
 x `--latent` latents, with gradient checkpointing (as the seeds) or without (`--no-checkpointing`:
 everything a step saves shows). Rows: the frozen UNet with the input requiring grad (the floor),
-lorakit LoRA rank 8, lorakit LoHa dim 8 / conv 8 (seed A's adapter).
+lorakit LoRA rank 8, lorakit LoHa dim 8 / conv 8 (seed A's adapter); `loha-held` is LoHa without
+the checkpointed merged weights outside diffusers' blocks (train/speed.py recompute_merged_weights).
 
 Columns:
 - saved: bytes autograd saves for backward over the forward (torch.autograd.graph.saved_tensors_hooks,
-  each storage counted once, the model's own parameters not counted: they exist anyway). Under
+  each storage counted once, the model's and the adapters' parameters not counted: they exist anyway). Under
   non-reentrant checkpointing the blocks' saves go to the checkpoint, so this is what stays held
   across the step outside the checkpointed blocks.
 - block peak: the largest bytes saved by one checkpointed block's recompute in backward (the
@@ -85,7 +86,7 @@ def recompute_peak(exclude: set[int]):
     return peaks, patched()
 
 
-def build(kind: str, checkpointing: bool):
+def build(kind: str, checkpointing: bool, args_held: bool = False):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -109,13 +110,17 @@ def build(kind: str, checkpointing: bool):
         opt = build_optimizer(cfg, net.param_groups(cfg.resolved_text_encoder_lr(), cfg.resolved_unet_lr()))
     if checkpointing:
         unet.enable_gradient_checkpointing()
+        if kind != "plain" and not args_held:  # as training does (lorakit/train/speed.py)
+            from lorakit.train.speed import recompute_merged_weights
+
+            recompute_merged_weights(unet, net.unet_modules.values())
     unet.train()
     return unet, params, opt
 
 
 def measure(kind: str, args) -> dict:
-    unet, params, opt = build(kind, not args.no_checkpointing)
-    exclude = {p.untyped_storage().data_ptr() for p in unet.parameters()}
+    unet, params, opt = build(kind.removesuffix("-held"), not args.no_checkpointing, kind.endswith("-held"))
+    exclude = {p.untyped_storage().data_ptr() for p in [*unet.parameters(), *params]}  # they exist anyway
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 4, args.latent, args.latent, generator=g, requires_grad=kind == "plain")
     ctx = torch.randn(1, 154, 768, generator=g)

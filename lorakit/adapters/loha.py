@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .base import AdapterModule, fmt_arg
 from .dora import DORA_ARGS, check_dora_tensors, decomposed_delta, init_dora
@@ -47,6 +48,9 @@ class MergedOpModule(AdapterModule):
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
         init_dora(self)  # dora_wd: a trained magnitude dora_scale (dora.py)
+        # set under gradient checkpointing for layers outside the checkpointed blocks
+        # (train/speed.py): W + delta W is built again in backward instead of held through the step
+        self.recompute_merged = False
 
     @classmethod
     def network_args(cls, cfg: Any) -> dict[str, str]:
@@ -93,6 +97,8 @@ class MergedOpModule(AdapterModule):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if not self.plain_call(args, kwargs):  # extra arguments keep the exact 2-op form
             return AdapterModule.forward(self, x, *args, **kwargs)
+        if self.recompute_merged and torch.is_grad_enabled():  # the same draws again: RNG state is replayed
+            return checkpoint(self.merged_call, x, self.training_delta, use_reentrant=False)
         return self.merged_call(x, self.training_delta)
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:

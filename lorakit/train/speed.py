@@ -74,6 +74,8 @@ def apply_speed_options(run: Any) -> None:
             m.vae.to(memory_format=torch.channels_last)
         # the adapters' own conv weights stay contiguous: they are small, and the saved and resumed
         # tensors must be contiguous; the convolutions take mixed formats
+    if cfg.gradient_checkpointing and net.train_unet:
+        recompute_merged_weights(m.unet, net.unet_modules.values())
     if not cfg.torch_compile:
         return
     import torch._dynamo as dynamo
@@ -111,3 +113,21 @@ def apply_speed_options(run: Any) -> None:
             compiling.compile_regions(module, names, **kw)
         else:
             module.compile(**kw)
+
+
+def recompute_merged_weights(unet: Any, adapters: Any) -> int:
+    """Under gradient checkpointing, merged-op adapters (LoHa, LoKr, the OFTs) on layers outside
+    diffusers' checkpointed blocks (down/up-sampling convs, proj_in/proj_out, time embedding) are
+    checkpointed themselves: their merged weight W + delta W, as large as the layer's weight, was
+    held from forward to backward (SD1.5 LoHa: 194 MB whatever the batch, bench/memory_cpu.py); now
+    backward runs the layer once more. Returns how many were set."""
+    from ..adapters.loha import MergedOpModule
+
+    inside = {id(sub) for block in unet.modules() if type(block).__name__ in compiling.UNET_REGIONS
+              for sub in block.modules()}
+    n = 0
+    for a in adapters:
+        if isinstance(a, MergedOpModule) and id(a.org) not in inside:
+            a.recompute_merged = True
+            n += 1
+    return n
