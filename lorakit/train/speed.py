@@ -21,6 +21,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # shapes that are not training batches but also run through the compiled UNet: sample prompts
 # (their own --w/--h, CFG batch 2), validation batches, the last short batch of a bucket
 EXTRA_SHAPES = 16
+# the one repeated block diffusers' UNet2DConditionModel runs outside gradient checkpointing
+UNCHECKPOINTED_BLOCK = "mid_block.resnets.0"
 
 
 def known_backends() -> list[str]:
@@ -117,13 +119,16 @@ def apply_speed_options(run: Any) -> None:
 
 def recompute_merged_weights(unet: Any, adapters: Any) -> int:
     """Under gradient checkpointing, merged-op adapters (LoHa, LoKr, the OFTs) on layers outside
-    diffusers' checkpointed blocks (down/up-sampling convs, proj_in/proj_out, time embedding) are
+    diffusers' checkpointed blocks (down/up-sampling convs, proj_in/proj_out, time embedding, the
+    mid block's first ResNet) are
     checkpointed themselves: their merged weight W + delta W, as large as the layer's weight, was
     held from forward to backward (SD1.5 LoHa: 194 MB whatever the batch, bench/memory_cpu.py); now
     backward runs the layer once more. Returns how many were set."""
     from ..adapters.loha import MergedOpModule
 
-    inside = {id(sub) for block in unet.modules() if type(block).__name__ in compiling.UNET_REGIONS
+    # diffusers checkpoints each block call, except the mid block's first ResNet, which it calls plainly
+    inside = {id(sub) for name, block in unet.named_modules()
+              if type(block).__name__ in compiling.UNET_REGIONS and name != UNCHECKPOINTED_BLOCK
               for sub in block.modules()}
     n = 0
     for a in adapters:
