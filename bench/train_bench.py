@@ -16,6 +16,10 @@ batch, and the operator count of one training step over the plain UNet's (torch 
     python bench/train_bench.py --configs lora_b15 --set network_train_unet_only=true
     python bench/train_bench.py --configs lora_b1 lora_b15 --levers   # each speed lever alone
 
+Rows print (and with --out FILE are appended there) as each ends; `first s` is the time from the
+start event to the first step (a compile shows there). --workdir DIR builds the model and images
+once and reuses them (bench/gpu_run.sh runs one process per row); --prepare only builds them.
+
 --set KEY=VALUE (repeatable) applies to every config, after everything else. --levers runs, for
 each config, the baseline and then each lever alone (LEVERS below) and prints img/s with the
 ratio to the baseline side by side.
