@@ -16,6 +16,10 @@ batch, and the operator count of one training step over the plain UNet's (torch 
     python bench/train_bench.py --configs lora_b15 --set network_train_unet_only=true
     python bench/train_bench.py --configs lora_b1 lora_b15 --levers   # each speed lever alone
 
+Rows print (and with --out FILE are appended there) as each ends; `first s` is the time from the
+start event to the first step (a compile shows there). --workdir DIR builds the model and images
+once and reuses them (bench/gpu_run.sh runs one process per row); --prepare only builds them.
+
 --set KEY=VALUE (repeatable) applies to every config, after everything else. --levers runs, for
 each config, the baseline and then each lever alone (LEVERS below) and prints img/s with the
 ratio to the baseline side by side.
@@ -133,7 +137,6 @@ def levers(values: dict) -> dict[str, dict]:
         together.update(out.get(name, {}))
     out["together"] = together
     return out
-    return out
 
 
 def run_config(name: str, values: dict, steps: int, warmup: int) -> dict:
@@ -144,17 +147,42 @@ def run_config(name: str, values: dict, steps: int, warmup: int) -> dict:
     stamps: list[float] = []
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    train(cfg, [lambda ev: stamps.append(time.perf_counter()) if ev.kind == "step" else None], overwrite=True)
+    started: list[float] = []
+
+    def on_event(ev):
+        if ev.kind == "start":
+            started.append(time.perf_counter())
+        elif ev.kind == "step":
+            stamps.append(time.perf_counter())
+    train(cfg, [on_event], overwrite=True)
     dts = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
     med = statistics.median(dts)
     p90 = sorted(dts)[int(0.9 * (len(dts) - 1))]
     bs = cfg.train_batch_size
-    row = {"config": name, "batch": bs, "res": cfg.resolution[0], "img_s": bs / med, "median_s": med, "p90_s": p90}
+    # first step, from the start event (model loaded, adapters applied): where compiling shows
+    row = {"config": name, "batch": bs, "res": cfg.resolution[0], "img_s": bs / med, "median_s": med, "p90_s": p90,
+           "first_s": stamps[0] - started[0]}
     if torch.cuda.is_available():
         row["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
         tflop = TFLOP_FWD.get(cfg.resolution[0], 0.677) * (3 if cfg.gradient_checkpointing else 2)
         row["mfu"] = row["img_s"] * tflop / PEAK_TFLOPS
     return row
+
+
+def model_and_data(work: Path, cpu: bool) -> tuple[Path, Path]:
+    """The random-weight model and the 20 synthetic images under `work`, built unless already there."""
+    import shutil
+
+    model = work / ("tiny" if cpu else "sd15-random")
+    if not (model / "model_index.json").is_file():
+        shutil.rmtree(work / "model-tmp", ignore_errors=True)
+        build_model(work / "model-tmp", cpu).rename(model)
+    data = work / "data"
+    if not data.is_dir():
+        shutil.rmtree(work / "data-tmp", ignore_errors=True)
+        make_synthetic_dataset(work / "data-tmp", n_images=20, size=64 if cpu else 512, repeats=10)
+        (work / "data-tmp").rename(data)  # whole or absent: a row killed mid-build leaves no half set
+    return model, data
 
 
 def plain_unet_reference(model: Path, batch: int) -> tuple[float, int, int]:
@@ -204,6 +232,11 @@ def main() -> int:
                     help="config value for every config (repeatable; TOML syntax, e.g. torch_compile=true)")
     ap.add_argument("--levers", action="store_true",
                     help="per config: the baseline, then each speed lever alone, with the ratio to the baseline")
+    ap.add_argument("--workdir", help="keep the model and the images here and reuse them (one process per row)")
+    ap.add_argument("--out", help="append each row, as it ends, to this file")
+    ap.add_argument("--label", help="the setting column of the rows (default: the --set values)")
+    ap.add_argument("--rows-only", action="store_true", help="CPU: skip the plain-UNet and operator-count lines")
+    ap.add_argument("--prepare", action="store_true", help="only build the model and images in --workdir")
     args = ap.parse_args()
     sets = dict(parse_override(item) for item in args.set)
     for key in sets:
@@ -215,19 +248,28 @@ def main() -> int:
     print(f"lorakit train bench, {time.strftime('%Y-%m-%d')}, device {device}, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        model = build_model(tmp, cpu)
-        data = make_synthetic_dataset(tmp / "data", n_images=20, size=64 if cpu else 512, repeats=10)
+        work = Path(args.workdir) if args.workdir else tmp
+        model, data = model_and_data(work, cpu)
+        if args.prepare:
+            print(f"model {model}, images {data}", flush=True)
+            return 0
         if args.levers:
             run_levers(args.configs, model, data, tmp, cpu, steps, warmup, sets)
             return 0
-        rows = [run_config(n, config_values(n, model, data, tmp, cpu, steps, warmup, sets), steps, warmup)
-                for n in args.configs]
-        print(f"{'config':15s} {'batch':>5s} {'res':>4s} {'img/s':>8s} {'med s':>7s} {'p90 s':>7s}"
-              + ("" if cpu else f" {'peak GB':>8s} {'MFU':>6s}"))
-        for r in rows:
-            print(f"{r['config']:15s} {r['batch']:5d} {r['res']:4d} {r['img_s']:8.2f} {r['median_s']:7.3f} "
-                  f"{r['p90_s']:7.3f}" + ("" if cpu else f" {r['peak_gb']:8.2f} {r['mfu']:6.1%}"))
-        if cpu:
+        print(f"{'config':15s} {'batch':>5s} {'res':>4s} {'img/s':>8s} {'med s':>7s} {'p90 s':>7s} {'first s':>7s}"
+              + ("" if cpu else f" {'peak GB':>8s} {'MFU':>6s}") + "  setting", flush=True)
+        rows = []
+        for n in args.configs:  # each row printed (and appended to --out) as it ends
+            r = run_config(n, config_values(n, model, data, tmp, cpu, steps, warmup, sets), steps, warmup)
+            rows.append(r)
+            line = (f"{r['config']:15s} {r['batch']:5d} {r['res']:4d} {r['img_s']:8.2f} {r['median_s']:7.3f} "
+                    f"{r['p90_s']:7.3f} {r['first_s']:7.1f}" + ("" if cpu else f" {r['peak_gb']:8.2f} {r['mfu']:6.1%}")
+                    + f"  {args.label or ' '.join(args.set) or 'eager'}")
+            print(line, flush=True)
+            if args.out:
+                with open(args.out, "a", encoding="utf-8") as fh:
+                    fh.write(line + "\n")
+        if cpu and not args.rows_only:
             plain_s, plain_ops, bs = plain_unet_reference(model, 1)
             lora = next((r for r in rows if r["config"] == "lora_b1"), None)
             step_ops = count_step_ops(model, data, tmp)

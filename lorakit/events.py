@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 @dataclass
 class Event:
-    kind: str  # start | step | epoch | sample | save | warning | end
+    kind: str  # start | step | epoch | sample | save | warning | compiling | end
     step: int = 0
     epoch: int = 0
     data: dict[str, Any] = field(default_factory=dict)

@@ -150,7 +150,11 @@ class ProgressBar:
             self.stream.write(f"lorakit: {plan.describe()}\n")
             self.bar = tqdm(total=plan.total_steps, file=self.stream, unit="step", dynamic_ncols=True)
             self.t0 = time.perf_counter()
+        elif ev.kind == "compiling" and self.bar is not None and self.bar.desc != "compiling":
+            self.bar.set_description_str("compiling", refresh=True)  # the first step of a shape: not stuck
         elif ev.kind == "step" and self.bar is not None:
+            if self.bar.desc:
+                self.bar.set_description_str("", refresh=False)
             self.images += ev.data["images"]
             rate = self.images / max(1e-9, time.perf_counter() - self.t0)
             lr = ev.data.get("dlr") or ev.data["lrs"]

@@ -386,3 +386,33 @@ def test_loha_network_defaults_and_counts():
     c = net.unet_modules["lora_unet_up_blocks_1_resnets_0_conv1"]
     assert isinstance(c, AdapterModule) and (c.dim, float(c.alpha)) == (8, 4.0)  # conv_dim/alpha default
     assert tuple(c.hada_w1_b.shape) == (8, 2560 * 9)
+
+
+def test_loha_saves_only_its_factors_for_backward():
+    # delta W = (a1 @ b1) * (a2 @ b2) * scale through HadamardProduct: the same values and gradients
+    # as autograd's graph of the expression, which also saves both full-size halves (8 bytes per
+    # weight element in float32); HadamardProduct saves the four factors and recomputes the halves
+    from lorakit.adapters.loha import HadamardProduct
+
+    g = torch.Generator().manual_seed(0)
+    a1, b1, a2, b2 = (torch.randn(s, generator=g, requires_grad=True) for s in ((64, 4), (4, 96), (64, 4), (4, 96)))
+    up = torch.randn(64, 96, generator=g)
+
+    def saved_bytes(fn):
+        seen = {}
+
+        def pack(t):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = fn()
+        grads = torch.autograd.grad((out * up).sum(), (a1, b1, a2, b2))
+        return out, grads, sum(seen.values())
+
+    ref, ref_grads, ref_bytes = saved_bytes(lambda: (a1 @ b1) * (a2 @ b2) * 0.5)
+    out, grads, n_bytes = saved_bytes(lambda: HadamardProduct.apply(a1, b1, a2, b2, 0.5))
+    assert torch.equal(out, ref)
+    for x, y in zip(grads, ref_grads):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+    assert n_bytes == 2 * (64 * 4 + 4 * 96) * 4  # the four factors, float32
+    assert ref_bytes >= n_bytes + 2 * 64 * 96 * 4  # and both halves

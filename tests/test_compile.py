@@ -14,6 +14,7 @@ from lorakit.config.kohya import import_kohya_json
 from lorakit.config.load import load_config
 from lorakit.demo import make_synthetic_dataset
 from lorakit.errors import ConfigError
+from lorakit.train import compile as compiling
 from lorakit.train.loop import train
 from lorakit.train.speed import validate_speed_config
 from train_helpers import tiny_run_config
@@ -47,28 +48,49 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def compare_runs(model_dir, data_dir, tmp_path, **kw):
-    """Eager and compiled (aot_eager) runs of the same config: (eager result, compiled result, losses x2)."""
+def compare_runs(model_dir, data_dir, tmp_path, scope, **kw):
+    """Eager and compiled (aot_eager) runs of the same config: (eager result, compiled result, events)."""
     eager, eager_losses = run(make_cfg(model_dir, data_dir, tmp_path / "eager", **kw))
-    res, losses = run(make_cfg(model_dir, data_dir, tmp_path / "compiled", torch_compile=True,
-                               dynamo_backend="aot_eager", **kw))
+    events: list[str] = []
+    losses: list[float] = []
+
+    def on_event(ev):
+        events.append(ev.kind)
+        if ev.kind == "step":
+            losses.append(ev.data["loss"])
+    res = train(make_cfg(model_dir, data_dir, tmp_path / "compiled", torch_compile=True, dynamo_backend="aot_eager",
+                         torch_compile_scope=scope, **kw), [on_event], overwrite=True)
     assert len(losses) == 3
     assert losses == pytest.approx(eager_losses, abs=1e-5, rel=0)
-    assert getattr(res.model.unet, "_compiled_call_impl", None) is not None  # compiled in place
+    assert "compiling" in events[:events.index("step")]  # the first step announces its compile
+    unet = res.model.unet
+    if scope == "whole":
+        assert getattr(unet, "_compiled_call_impl", None) is not None  # compiled in place
+    else:  # each repeated block, nothing else
+        assert getattr(unet, "_compiled_call_impl", None) is None
+        n = compiling.count_regions(unet, compiling.UNET_REGIONS)
+        assert n >= 8 and compiling.compiled_regions(unet) == n
     a, b = load_file(eager.output_file), load_file(res.output_file)
     assert sorted(a) == sorted(b)  # the same names: the adapters were applied before compiling
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
-    assert not any("_orig_mod" in k for k in res.model.unet.state_dict())
+    assert not any("_orig_mod" in k for k in unet.state_dict())
     return eager, res
 
 
-def test_compiled_lora_equals_eager_and_samples(tiny_model_dir, data, tmp_path):
-    # sampling after step 2 runs the compiled UNet in eval mode under no_grad, mid-training;
+def test_regional_compiled_lora_equals_eager_and_samples(tiny_model_dir, data, tmp_path):
+    # sampling after step 2 runs the compiled blocks in eval mode under no_grad, mid-training;
     # without gradient checkpointing here (the LoHa test has it): checkpointing doubles compile time
     prompt = "a red circle --w 64 --h 64 --d 5 --s 2 --l 1"
-    eager, res = compare_runs(tiny_model_dir, data, tmp_path, sample_prompts=prompt, sample_every_n_steps=2,
-                              gradient_checkpointing=False)
-    assert getattr(res.model.text_encoder, "_compiled_call_impl", None) is not None  # trained: compiled too
+    compiling.reset_dynamo_counters()
+    eager, res = compare_runs(tiny_model_dir, data, tmp_path, "regional", sample_prompts=prompt,
+                              sample_every_n_steps=2, gradient_checkpointing=False)
+    te = res.model.text_encoder  # trained: its layers are compiled too, and the identical ones share graphs
+    assert compiling.compiled_regions(te) == compiling.count_regions(te, compiling.TEXT_ENCODER_REGIONS) == 2
+    regions = compiling.compiled_regions(res.model.unet) + 2
+    # one graph per (block shape, input shape, grad mode), not one per block: the tiny UNet's 12
+    # blocks and the 2 text-encoder layers, in training and in sampling, give 21 graphs (28 if every
+    # block had its own)
+    assert compiling.unique_graphs() < 2 * regions
     a = sorted((tmp_path / "eager" / "sample").glob("*.png"))
     b = sorted((tmp_path / "compiled" / "sample").glob("*.png"))
     assert len(a) == len(b) == 1
@@ -76,10 +98,10 @@ def test_compiled_lora_equals_eager_and_samples(tiny_model_dir, data, tmp_path):
     assert (pa - pb).abs().max().item() <= 1  # the same image, up to rounding to 8 bits
 
 
-def test_compiled_loha_equals_eager(tiny_model_dir, data, tmp_path):
+def test_whole_compiled_loha_equals_eager(tiny_model_dir, data, tmp_path):
     # LoHa runs the merged op (the base op once more with delta W); UNet only: the text encoder is
     # frozen, so it is not compiled
-    _, res = compare_runs(tiny_model_dir, data, tmp_path, network_type="loha", conv_dim=2, conv_alpha=1,
+    _, res = compare_runs(tiny_model_dir, data, tmp_path, "whole", network_type="loha", conv_dim=2, conv_alpha=1,
                           network_train_unet_only=True)
     assert getattr(res.model.text_encoder, "_compiled_call_impl", None) is None
 
@@ -168,3 +190,38 @@ def test_sdscripts_toml_compile_keys(tmp_path):
                  '[additional_network_arguments]\nnetwork_module = "networks.lora"\n', encoding="utf-8")
     cfg = load_config(p)
     assert (cfg.torch_compile, cfg.dynamo_backend) == (True, "aot_eager")
+
+
+def test_progress_bar_says_compiling_until_the_step_ends():
+    import io
+    from types import SimpleNamespace
+
+    from lorakit.events import Event
+    from lorakit.monitors import ProgressBar
+
+    out = io.StringIO()
+    bar = ProgressBar(out)
+    plan = SimpleNamespace(total_steps=4, describe=lambda: "4 steps")
+    bar(Event("start", data={"plan": plan}))
+    bar(Event("compiling"))
+    assert bar.bar.desc == "compiling" and "compiling" in out.getvalue()
+    bar(Event("compiling"))  # a second graph of the same step: no new line of text
+    bar(Event("step", 1, 1, {"images": 1, "loss_avg": 0.5, "lrs": {"unet": 1e-4}, "loss": 0.5}))
+    assert bar.bar.desc == ""
+    bar(Event("end", 1, 1))
+
+
+def test_merged_weights_outside_checkpointed_blocks_are_recomputed(tiny_model_dir, data, tmp_path):
+    # LoHa on the down/up-sampling convs and proj_in/proj_out (outside diffusers' checkpointed
+    # blocks) is checkpointed itself under gradient checkpointing: the same losses as without
+    # checkpointing, the rank-dropout masks drawn again identically in the recompute
+    kw = {"network_type": "loha", "conv_dim": 2, "conv_alpha": 1, "rank_dropout": 0.2, "network_train_unet_only": True}
+    _, plain = run(make_cfg(tiny_model_dir, data, tmp_path / "a", gradient_checkpointing=False, **kw))
+    res, ckpt = run(make_cfg(tiny_model_dir, data, tmp_path / "b", **kw))
+    assert ckpt == pytest.approx(plain, abs=1e-6, rel=0)
+    flagged = sorted(n for n, a in res.network.unet_modules.items() if a.recompute_merged)
+    assert any("downsamplers" in n for n in flagged) and any("upsamplers" in n for n in flagged)
+    assert any("proj_in" in n for n in flagged)
+    assert any("mid_block_resnets_0" in n for n in flagged)  # diffusers runs it unchecked
+    assert not any(("resnets" in n and "mid_block_resnets_0" not in n) or "transformer_blocks" in n
+                   for n in flagged)

@@ -78,7 +78,11 @@ LEVERS = {
     "together": {"torch_compile": True, "dynamo_backend": BACKEND, "network_args": {"merged_op": True}},
 }
 if not ON_CPU:
+    # torch_compile above compiles the repeated blocks (torch_compile_scope's default, "regional")
+    LEVERS["torch_compile whole"] = {"torch_compile": True, "torch_compile_scope": "whole"}
     LEVERS["cuda_graphs"] = {"torch_compile": True, "torch_compile_mode": "reduce-overhead"}
+    LEVERS["cuda_graphs whole"] = {"torch_compile": True, "torch_compile_mode": "reduce-overhead",
+                                   "torch_compile_scope": "whole"}
     # On the CPU (torch 2.13, aot_eager) compile + channels_last + a merged op (LoHa, LoKr, LoRA
     # merged_op) fails in the compiled backward: a gradient's runtime strides differ from the traced
     # ones at diffusers' Transformer2D output reshape (docs/speed.md). Whether inductor on CUDA does

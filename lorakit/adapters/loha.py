@@ -33,6 +33,29 @@ LOHA = FileFormat("loha", has_all("hada_w1_a"), {**{ui: LOADS for ui in LOADERS}
                   rank=shape0("hada_w1_b"), tucker_key="hada_t1")
 
 
+class HadamardProduct(torch.autograd.Function):
+    """(a1 @ b1) * (a2 @ b2) * scale, saving only the four low-rank factors for backward.
+
+    Autograd's own graph of this expression saves both full-size halves (a1 @ b1 and a2 @ b2, float32):
+    8 bytes per parameter of every adapted layer, held from forward to backward wherever no
+    checkpoint drops them. Here backward recomputes each half from its factors (two rank-r
+    matmuls, a few microseconds) instead; the values are the same."""
+
+    @staticmethod
+    def forward(ctx, a1, b1, a2, b2, scale: float):  # type: ignore[override]
+        ctx.save_for_backward(a1, b1, a2, b2)
+        ctx.scale = scale
+        return (a1 @ b1) * (a2 @ b2) * scale
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        a1, b1, a2, b2 = ctx.saved_tensors
+        grad = grad * ctx.scale  # the order autograd's own graph of the expression uses
+        g1 = grad * (a2 @ b2)  # d/d(a1 @ b1)
+        g2 = grad * (a1 @ b1)
+        return g1 @ b1.T, a1.T @ g1, g2 @ b2.T, a2.T @ g2, None
+
+
 def _normal_(t: torch.Tensor, std: float) -> None:
     if t.device.type != "meta":
         nn.init.normal_(t, std=std)
@@ -82,6 +105,11 @@ class LoHaModule(MergedOpModule):
         dev = self.hada_w1_a.device
         k1 = self.rank_keep(self.dim, dev) if train else None
         k2 = self.rank_keep(self.dim, dev) if train else None
+        if not self.tucker:
+            a1 = self.hada_w1_a if k1 is None else self.hada_w1_a * k1
+            a2 = self.hada_w2_a if k2 is None else self.hada_w2_a * k2
+            dw = HadamardProduct.apply(a1, self.hada_w1_b, a2, self.hada_w2_b, self.scale)
+            return dw.reshape(self.org.weight.shape)
         t1 = self.hada_t1 if self.tucker else None
         t2 = self.hada_t2 if self.tucker else None
         w1 = self._half(self.hada_w1_a, self.hada_w1_b, t1, k1)

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .base import AdapterModule
 from .dora import DoRA
@@ -36,6 +37,9 @@ class MergedOpModule(DoRA, AdapterModule):
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):
         super().__init__(name, org, dim, alpha, **kw)
         self.init_dora()
+        # set under gradient checkpointing for layers outside the checkpointed blocks
+        # (train/speed.py): W + delta W is built again in backward instead of held through the step
+        self.recompute_merged = False
 
     def layout(self) -> tuple[int, int, tuple[int, ...]]:
         """(output channels, input channels, kernel size) of the wrapped weight."""
@@ -66,6 +70,8 @@ class MergedOpModule(DoRA, AdapterModule):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if not self.plain_call(args, kwargs):  # extra arguments keep the exact 2-op form
             return AdapterModule.forward(self, x, *args, **kwargs)
+        if self.recompute_merged and torch.is_grad_enabled():  # the same draws again: RNG state is replayed
+            return checkpoint(self.merged_call, x, self.training_delta, use_reentrant=False)
         return self.merged_call(x, self.training_delta)
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -253,6 +253,10 @@ class TrainConfig(BaseModel):
                                          "max-autotune-no-cudagraphs"]] = F(
         None, "training", "torch.compile mode (inductor only): default, reduce-overhead (CUDA graphs, for small "
                           "batches), max-autotune, max-autotune-no-cudagraphs; unset = default.")
+    torch_compile_scope: Literal["regional", "whole"] = F(
+        "regional", "training", "What torch_compile compiles: regional = each repeated block (transformer and ResNet "
+                                "blocks, text-encoder layers) with its adapters, one graph per block shape, compiled "
+                                "several times faster; whole = the whole UNet (and text encoder) as one graph.")
     channels_last: bool = F(
         False, "training", "UNet (and the VAE when it encodes during training) and their inputs in the "
                            "channels_last memory format.")

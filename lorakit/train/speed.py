@@ -1,6 +1,7 @@
 """Speed options that change how fast a step runs, never what it computes: torch.compile and channels_last.
 
-Compiling happens IN PLACE (nn.Module.compile) after the adapters are applied: the module
+Compiling (lorakit/train/compile.py: the whole UNet or its repeated blocks) happens IN PLACE
+(nn.Module.compile) after the adapters are applied: the module
 objects, parameter names, state_dict keys, saved adapter files and resume state stay exactly
 as without it; only calls go through the compiled graph. Sampling and validation call the same
 UNet under no_grad / eval(); dynamo guards on grad mode and on the training flags, so those
@@ -13,12 +14,15 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from . import compile as compiling
 
 # torch.compile modes; "reduce-overhead" adds CUDA graphs (pays at small, launch-bound batches)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # shapes that are not training batches but also run through the compiled UNet: sample prompts
 # (their own --w/--h, CFG batch 2), validation batches, the last short batch of a bucket
 EXTRA_SHAPES = 16
+# the one repeated block diffusers' UNet2DConditionModel runs outside gradient checkpointing
+UNCHECKPOINTED_BLOCK = "mid_block.resnets.0"
 
 
 def known_backends() -> list[str]:
@@ -72,6 +76,8 @@ def apply_speed_options(run: Any) -> None:
             m.vae.to(memory_format=torch.channels_last)
         # the adapters' own conv weights stay contiguous: they are small, and the saved and resumed
         # tensors must be contiguous; the convolutions take mixed formats
+    if cfg.gradient_checkpointing and net.train_unet:
+        recompute_merged_weights(m.unet, net.unet_modules.values())
     if not cfg.torch_compile:
         return
     import torch._dynamo as dynamo
@@ -83,16 +89,50 @@ def apply_speed_options(run: Any) -> None:
     # kernels and rule out CUDA graphs ("reduce-overhead"). Buckets and the sampler bring a
     # bounded set of shapes, so the recompile limit (8 by default, then dynamo falls back to
     # eager for good) is raised to cover all of them.
-    need = 2 * training_shapes(run.dataset, cfg.train_batch_size) + EXTRA_SHAPES
-    config = dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), need))
-    config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, 4 * need)
+    shapes = 2 * training_shapes(run.dataset, cfg.train_batch_size) + EXTRA_SHAPES
+    regional = cfg.torch_compile_scope == "regional"
     kw: dict[str, Any] = {"backend": cfg.dynamo_backend, "dynamic": False}
     if cfg.torch_compile_mode not in (None, "default"):
         kw["mode"] = cfg.torch_compile_mode
-    m.unet.compile(**kw)
     # The text encoder runs forward and backward each step when it is trained; frozen, it runs
     # one small no-grad forward per step, which is not worth a compile (and may be cached away).
+    targets = [(m.unet, compiling.UNET_REGIONS)]
     if net.train_text_encoder:
-        m.text_encoder.compile(**kw)
+        targets.append((m.text_encoder, compiling.TEXT_ENCODER_REGIONS))
+    # regional: every compiled block runs nn.Module._call_impl, one code object, so all their graphs
+    # (one per block shape and input shape, at most one per block) count against one recompile limit
+    per_code = shapes * (sum(compiling.count_regions(mod, names) for mod, names in targets) if regional else 1)
+    config = dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), per_code))
+    config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, 4 * per_code)
+    if cfg.dynamo_backend == "inductor":
+        compiling.enable_graph_cache()
+    stop = compiling.announce_compiles(lambda: run.bus.emit("compiling"))
+    run.bus.subscribe(lambda ev: stop() if ev.kind == "end" else None)
+    for module, names in targets:
+        if regional:
+            compiling.compile_regions(module, names, **kw)
+        else:
+            module.compile(**kw)
+
+
+def recompute_merged_weights(unet: Any, adapters: Any) -> int:
+    """Under gradient checkpointing, merged-op adapters (LoHa, LoKr, the OFTs) on layers outside
+    diffusers' checkpointed blocks (down/up-sampling convs, proj_in/proj_out, time embedding, the
+    mid block's first ResNet) are
+    checkpointed themselves: their merged weight W + delta W, as large as the layer's weight, was
+    held from forward to backward (SD1.5 LoHa: 194 MB whatever the batch, bench/memory_cpu.py); now
+    backward runs the layer once more. Returns how many were set."""
+    from ..adapters.loha import MergedOpModule
+
+    # diffusers checkpoints each block call, except the mid block's first ResNet, which it calls plainly
+    inside = {id(sub) for name, block in unet.named_modules()
+              if type(block).__name__ in compiling.UNET_REGIONS and name != UNCHECKPOINTED_BLOCK
+              for sub in block.modules()}
+    n = 0
+    for a in adapters:
+        if isinstance(a, MergedOpModule) and id(a.org) not in inside:
+            a.recompute_merged = True
+            n += 1
+    return n

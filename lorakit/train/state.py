@@ -42,7 +42,7 @@ RESUME_SAFE = {
     # have moved); dim_from_weights stays checked, the ranks are the state's either way
     "network_weights",
     # speed only: the same step, computed faster (lorakit/train/speed.py)
-    "torch_compile", "dynamo_backend", "torch_compile_mode", "channels_last",
+    "torch_compile", "dynamo_backend", "torch_compile_mode", "torch_compile_scope", "channels_last",
 }
 # the ranks a run built (cfg may have taken them from network_weights), saved beside the given config
 NETWORK_DIM_KEYS = ("network_dim", "network_alpha", "conv_dim", "conv_alpha")

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The one prepared GPU run of issue 18 (bench/README.md, "On a GPU machine"). On the device machine,
+# with .whl carried (bash bench/gpu_wheels.sh builds it here):
+#
+#     bash bench/gpu_run.sh                    # every group, in priority order, within 9 minutes
+#     bash bench/gpu_run.sh regional graphs    # only these groups (a second session continues)
+#     bash bench/gpu_run.sh --cpu              # here: the same logic on the tiny model, a dry run
+#
+# Groups, in this order: eager (seed A b1/b15, LoRA b1/b15, LoKr b1, iA3 b1), regional (the repeated
+# blocks compiled; LoRA b1 once more to read the inductor cache), graphs (reduce-overhead: CUDA
+# graphs on the regions), whole (the whole UNet compiled, for the compile-time ratio), kohya (only
+# with a carried sd-scripts: KOHYA_DIR, KOHYA_SITE; see bench/README.md), tests (tests/test_gpu.py).
+# Each row is printed and appended to $OUT/results.txt as it ends; a row past its timeout, or past
+# the run's budget (BUDGET_S, 530 s: under 9 minutes), is written as such and the run goes on or
+# stops. stderr of each row goes to $OUT/rows.log.
+set -u
+cd "$(dirname "$0")/.."
+CPU=0
+if [ "${1:-}" = "--cpu" ]; then CPU=1; shift; fi
+GROUPS_WANTED=${*:-eager regional graphs whole kohya tests}
+OUT=${OUT:-$PWD/gpu-run-out}
+mkdir -p "$OUT"
+RES=$OUT/results.txt
+LOG=$OUT/rows.log
+T0=$(date +%s)
+BUDGET=${BUDGET_S:-530}
+WORK=${WORK:-/tmp/lorakit-bench}
+export PYTHONUNBUFFERED=1
+
+if [ $CPU = 1 ]; then
+    PY=${PY:-python3}
+    BACKEND=aot_eager            # no C++ compile here; the rows only check the script's logic
+    EAGER_STEPS="--steps 2 --warmup 1"
+    COMPILE_STEPS="--steps 2 --warmup 1"
+    T_EAGER=${T_EAGER:-60}; T_COMPILE=${T_COMPILE:-240}; T_WHOLE=${T_WHOLE:-240}
+    BUDGET=${BUDGET_S:-1500}     # 2 shared cores: compiling the tiny model takes minutes here
+    WORK=$WORK-cpu
+    MODE_FLAG=--cpu
+else
+    PY=${PY:-python3}
+    if ! $PY -c "import diffusers, pydantic" 2>/dev/null; then
+        ls .whl/*.whl >/dev/null 2>&1 || { echo "no .whl/: run bash bench/gpu_wheels.sh here and carry .whl"; exit 2; }
+        $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 2
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    BACKEND=inductor
+    # b15 rows stay within the first 13 batches of the 200-image epoch (its short 14th batch would
+    # compile a new shape inside the timed steps)
+    EAGER_STEPS="--steps 12 --warmup 4"
+    COMPILE_STEPS="--steps 8 --warmup 5"
+    T_EAGER=${T_EAGER:-75}; T_COMPILE=${T_COMPILE:-150}; T_WHOLE=${T_WHOLE:-200}
+    MODE_FLAG=
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+
+say() { echo "$*" | tee -a "$RES"; }
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+
+# row LABEL TIMEOUT CONFIG [train_bench args...]: one config in its own process, stopped at TIMEOUT
+# or at the end of the budget, whichever comes first
+row() {
+    local label=$1 limit=$2 config=$3 rem rc
+    shift 3
+    rem=$(left)
+    if [ "$rem" -lt 25 ]; then say "$config  $label: skipped, ${rem}s left of ${BUDGET}s"; return; fi
+    [ "$limit" -lt $((rem - 10)) ] || limit=$((rem - 10))
+    echo "--- $config $label (limit ${limit}s)" >> "$LOG"
+    n=$(wc -l < "$RES")
+    timeout -k 10 "$limit" $PY bench/train_bench.py $MODE_FLAG --workdir "$WORK" --rows-only --out "$RES" \
+        --label "$label" --configs "$config" "$@" >> "$LOG" 2>&1
+    rc=$?
+    tail -n +$((n + 1)) "$RES"  # the row train_bench appended as it ended
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        say "$config  $label: timed out after ${limit}s"
+    elif [ "$rc" != 0 ]; then
+        say "$config  $label: failed (exit $rc): $(grep -E 'Error' "$LOG" | tail -1 | cut -c1-160)"
+    fi
+}
+
+want() { case " $GROUPS_WANTED " in *" $1 "*) return 0;; *) return 1;; esac; }
+
+say "lorakit gpu_run $(date -u +%Y-%m-%dT%H:%MZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
+    "device $($PY -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")')" \
+    "budget ${BUDGET}s, groups: $GROUPS_WANTED"
+say "config          batch  res    img/s   med s   p90 s first s$([ $CPU = 1 ] || echo '  peak GB    MFU')  setting"
+timeout -k 10 $(( $(left) - 10 )) $PY bench/train_bench.py $MODE_FLAG --workdir "$WORK" --prepare >> "$LOG" 2>&1 \
+    || { say "building the model and images failed or timed out (see rows.log)"; exit 1; }
+
+COMPILE="--set torch_compile=true --set dynamo_backend=$BACKEND"
+if want eager; then
+    for c in seed_a_b1 seed_a_b15 lora_b1 lora_b15 lokr_b1 seed_b_ia3_b1; do
+        row eager "$T_EAGER" $c $EAGER_STEPS
+    done
+fi
+if want regional; then
+    for c in lora_b15 seed_a_b1 lora_b1 seed_a_b15; do
+        row "compile regional" "$T_COMPILE" $c $COMPILE_STEPS $COMPILE --set torch_compile_scope=regional
+    done
+    # the same shapes again: inductor's FX graph cache (~/.cache/lorakit/inductor) should make it seconds
+    row "compile regional, 2nd run (cache)" "$T_COMPILE" lora_b1 $COMPILE_STEPS $COMPILE \
+        --set torch_compile_scope=regional
+fi
+if want graphs; then
+    if [ $CPU = 1 ]; then
+        say "graphs: reduce-overhead is an inductor mode with CUDA graphs; skipped on the CPU"
+    else
+        for c in lora_b1 seed_a_b1 lokr_b1 seed_b_ia3_b1; do
+            row "compile regional + reduce-overhead" "$T_COMPILE" $c $COMPILE_STEPS $COMPILE \
+                --set torch_compile_scope=regional --set torch_compile_mode=reduce-overhead
+        done
+    fi
+fi
+if want whole; then  # issue 18: no timed step within 160 s on the H200; first s is the compile time
+    row "compile whole" "$T_WHOLE" lora_b15 $COMPILE_STEPS $COMPILE --set torch_compile_scope=whole
+fi
+if want kohya; then
+    # sd-scripts cannot be fetched on the GPU machine (no network) and is never committed: a session
+    # carries a checkout (KOHYA_DIR) and its pinned packages (KOHYA_SITE), bench/README.md
+    if [ $CPU = 1 ] || [ -z "${KOHYA_DIR:-}" ] || [ ! -f "${KOHYA_DIR:-/nonexistent}/train_network.py" ]; then
+        say "kohya: skipped (set KOHYA_DIR to a carried sd-scripts checkout and KOHYA_SITE to its packages)"
+    else
+        bash bench/kohya_side.sh "$WORK" "$RES" "$(left)" >> "$LOG" 2>&1 || say "kohya: failed (see rows.log)"
+    fi
+fi
+if want tests; then
+    rem=$(left)
+    if [ "$rem" -lt 60 ]; then
+        say "tests: skipped, ${rem}s left"
+    elif [ $CPU = 1 ]; then
+        say "tests: LORAKIT_GPU_TESTS_ON_CPU=1 python -m pytest tests/test_gpu.py runs them here (90 s); skipped"
+    else
+        timeout -k 10 $((rem - 10)) $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/gpu-tests.txt" 2>&1
+        say "tests: $(tail -1 "$OUT/gpu-tests.txt")"
+    fi
+fi
+say "done in $(( $(date +%s) - T0 ))s"
