@@ -124,7 +124,7 @@ def recompute_merged_weights(unet: Any, adapters: Any) -> int:
     checkpointed themselves: their merged weight W + delta W, as large as the layer's weight, was
     held from forward to backward (SD1.5 LoHa: 194 MB whatever the batch, bench/memory_cpu.py); now
     backward runs the layer once more. Returns how many were set."""
-    from ..adapters.loha import MergedOpModule
+    from ..adapters.merged import MergedOpModule
 
     # diffusers checkpoints each block call, except the mid block's first ResNet, which it calls plainly
     inside = {id(sub) for name, block in unet.named_modules()
