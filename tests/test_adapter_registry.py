@@ -8,7 +8,7 @@ import torch
 
 from adapters_helpers import cfg, tiny_models
 from lorakit.adapters import registry
-from lorakit.adapters.declare import LYCORIS_MODULE, GuiLoraType
+from lorakit.adapters.declare import GUI_BLOCK_ARGS, LYCORIS_MODULE, GuiLoraType
 from lorakit.adapters.network import create_network
 
 # network_type -> the settings of a tiny network that shows every format the type writes
@@ -56,27 +56,11 @@ def test_lookups_the_config_importers_use():
     assert len(types) == 13
     assert types["Kohya DyLoRA"] == ("dylora", GuiLoraType("networks.dylora", ("conv", "unit")))
     assert types["LyCORIS/DyLoRA"] == ("dylora", GuiLoraType(LYCORIS_MODULE, ("conv", "use_tucker", "rank_dropout",
-                                                                             "module_dropout", "unit")))
-    assert types["Standard"] == ("lora", GuiLoraType("networks.lora", ()))
-    assert types["LyCORIS/LoKr"][1].gui_args[-2:] == ("factor", "decompose_both")
+                                                                             "module_dropout", "rank_dropout_scale",
+                                                                             "train_norm", "unit")))
+    assert types["Standard"] == ("lora", GuiLoraType("networks.lora", GUI_BLOCK_ARGS))
+    assert types["LyCORIS/LoKr"][1].gui_args[-3:] == ("factor", "use_cp", "decompose_both")
     assert registry.by_gui_lora_type("LyCORIS/Nope") is None
-
-
-def test_registry_agrees_with_the_importers_tables():
-    """The config importers still keep their own tables; at merge they switch to the registry
-    (delete this test then)."""
-    kohya = pytest.importorskip("lorakit.config.kohya")
-    netargs = pytest.importorskip("lorakit.config.netargs")
-    tables = ("LORA_TYPES", "lora_type_module"), ("LYCORIS_ALGOS", "NETWORK_MODULES")
-    if not all(hasattr(mod, n) for mod, names in zip((kohya, netargs), tables) for n in names):
-        pytest.skip("the importers no longer keep their own tables")
-    assert registry.lycoris_algos() == netargs.LYCORIS_ALGOS
-    assert registry.network_modules() == netargs.NETWORK_MODULES
-    types = registry.gui_lora_types()
-    assert set(types) == set(kohya.LORA_TYPES)
-    for name, (ntype, gui) in types.items():
-        assert kohya.LORA_TYPES[name] == (ntype, gui.gui_args), name
-        assert kohya.lora_type_module(name) == gui.network_module, name
 
 
 def test_tucker_locon_metadata_rebuilds_it_in_lycoris(tmp_path):

@@ -103,12 +103,11 @@ def test_all_problems_at_once(tmp_path, capsys):
         load_config(p)
     msg = e.value.message
     for part in ("network_dim", "'eight'", "unknown key 'netwrok_alpha'", "did you mean 'network_alpha'",
-                 "'seed' is set twice", "use_scalar = True", "resume = 'out/last-state'", "--resume"):
+                 "'seed' is set twice", "use_scalar = True"):
         assert part in msg, part
-    if "train_norm" not in TrainConfig.model_fields:
-        assert "train_norm = True" in msg
-    if "loraplus_lr_ratio" not in TrainConfig.model_fields:
-        assert "loraplus_lr_ratio = 16" in msg
+    # resume, train_norm and LoRA+ are schema fields: mapped, so not among the problems
+    for mapped in ("resume = ", "train_norm = ", "loraplus_lr_ratio = "):
+        assert mapped not in msg, mapped
     # a key some kohya version knows is named, never "did you mean"-ed into another key
     assert msg.count("did you mean") == 1
     assert main(["plan", str(p)]) == 2

@@ -22,8 +22,13 @@ Tensors = dict[str, Any]  # one module's tensors, names without the module prefi
 LOADERS = ("A1111", "Forge", "ComfyUI", "diffusers", "LyCORIS")
 YES, NO = "yes", "no"
 LYCORIS_MODULE = "lycoris.kohya"
-# the GUI keys the kohya_ss GUI turns into network args for its LyCORIS LoRA_types
-LYCORIS_GUI_ARGS = ("conv", "use_tucker", "rank_dropout", "module_dropout")
+# the GUI keys the kohya_ss GUI turns into network args for its LyCORIS LoRA_types ("conv": conv_dim /
+# conv_alpha); LoCon, LoHa and LoKr also get the linear-layer options
+LYCORIS_GUI_ARGS = ("conv", "use_tucker", "rank_dropout", "module_dropout", "rank_dropout_scale", "train_norm")
+LYCORIS_LINEAR_GUI_ARGS = (*LYCORIS_GUI_ARGS, "bypass_mode", "dora_wd", "use_scalar")
+# block-wise dims / lr weights: the GUI passes them for sd-scripts' networks.lora only (Standard, Kohya LoCon)
+GUI_BLOCK_ARGS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
+                  "block_alphas", "conv_block_dims", "conv_block_alphas")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .declare import LOADERS, LOADS, LYCORIS_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat, GuiLoraType, Loads, has_all, shape0
+from .declare import (LOADERS, LOADS, LYCORIS_LINEAR_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat, GuiLoraType, Loads,
+                      has_all, shape0)
 from .dora import DORA_ARGS
 from .merged import MergedOpModule
 from .registry import register
@@ -64,7 +65,7 @@ def _normal_(t: torch.Tensor, std: float) -> None:
 @register("loha")
 class LoHaModule(MergedOpModule):
     lycoris_algos = ("loha",)
-    gui_lora_types = {"LyCORIS/LoHa": GuiLoraType(LYCORIS_MODULE, LYCORIS_GUI_ARGS)}
+    gui_lora_types = {"LyCORIS/LoHa": GuiLoraType(LYCORIS_MODULE, LYCORIS_LINEAR_GUI_ARGS)}
     file_formats = (LOHA,)
     ARGS = {"use_tucker": False, **DORA_ARGS}
 

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from .base import kaiming_down_
-from .declare import LOADERS, LOADS, LYCORIS_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat, GuiLoraType, Loads, shape0
+from .declare import (LOADERS, LOADS, LYCORIS_LINEAR_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat, GuiLoraType, Loads,
+                      shape0)
 from .dora import DORA_ARGS
 from .factorization import factorization
 from .merged import MergedOpModule
@@ -62,7 +63,8 @@ def _kaiming_(t: torch.Tensor) -> None:
 @register("lokr")
 class LoKrModule(MergedOpModule):
     lycoris_algos = ("lokr",)
-    gui_lora_types = {"LyCORIS/LoKr": GuiLoraType(LYCORIS_MODULE, (*LYCORIS_GUI_ARGS, "factor", "decompose_both"))}
+    gui_lora_types = {"LyCORIS/LoKr": GuiLoraType(LYCORIS_MODULE,
+                                                     (*LYCORIS_LINEAR_GUI_ARGS, "factor", "use_cp", "decompose_both"))}
     file_formats = (LOKR,)
     ARGS = {"factor": -1, "decompose_both": False, "use_tucker": False, **DORA_ARGS}
 

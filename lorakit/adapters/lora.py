@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import CONV3X3, AdapterModule, kaiming_down_
-from .declare import (LOADERS, LOADS, LYCORIS_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat, GuiLoraType, Loads,
-                      has_all, shape0)
+from .declare import (GUI_BLOCK_ARGS, LOADERS, LOADS, LYCORIS_LINEAR_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat,
+                      GuiLoraType, Loads, has_all, shape0)
 from .dora import DORA_ARGS, DoRA
 from .registry import register
 
@@ -53,8 +53,8 @@ LOCON_TUCKER = FileFormat(
 @register("lora")
 class LoRAModule(AdapterModule):
     network_module = "networks.lora"
-    gui_lora_types = {"Standard": GuiLoraType("networks.lora"),
-                      "Kohya LoCon": GuiLoraType("networks.lora", ("conv",))}
+    gui_lora_types = {"Standard": GuiLoraType("networks.lora", GUI_BLOCK_ARGS),
+                      "Kohya LoCon": GuiLoraType("networks.lora", ("conv", *GUI_BLOCK_ARGS))}
     file_formats = (LORA, LOCON)
     ARGS: dict[str, Any] = {"merged_op": False}
     UNWRITTEN_ARGS = ("merged_op",)  # a runtime choice
@@ -126,8 +126,8 @@ class LoConModule(DoRA, LoRAModule):
     LYCORIS_CONV_DEFAULTS = True
     network_module = LYCORIS_MODULE  # LyCORIS's name for it; module_for() writes networks.lora where it can
     lycoris_algos = ("locon", "lora")
-    gui_lora_types = {"LyCORIS/LoCon": GuiLoraType(LYCORIS_MODULE, LYCORIS_GUI_ARGS),
-                      "LoCon": GuiLoraType(LYCORIS_MODULE, LYCORIS_GUI_ARGS)}  # the GUI's older name
+    gui_lora_types = {"LyCORIS/LoCon": GuiLoraType(LYCORIS_MODULE, LYCORIS_LINEAR_GUI_ARGS),
+                      "LoCon": GuiLoraType(LYCORIS_MODULE, LYCORIS_LINEAR_GUI_ARGS)}  # the GUI's older name
     file_formats = (LORA, LOCON, LOCON_TUCKER)
     ARGS: dict[str, Any] = {**LoRAModule.ARGS, "use_tucker": False, **DORA_ARGS}
     BLOCKWISE = False  # LyCORIS has no block_dims / block lr weights

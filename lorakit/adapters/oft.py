@@ -138,7 +138,8 @@ class OFTBase(MergedOpModule):
 class DiagOFTModule(OFTBase):
     """Diag-OFT (experimental: few loaders read it; see the module docstring)."""
     lycoris_algos = ("diag-oft",)
-    gui_lora_types = {"LyCORIS/Diag-OFT": GuiLoraType(LYCORIS_MODULE, LYCORIS_GUI_ARGS)}
+    gui_lora_types = {"LyCORIS/Diag-OFT": GuiLoraType(LYCORIS_MODULE,
+                                                         (*LYCORIS_GUI_ARGS, "constrain", "rescaled"))}
     file_formats = (DIAG_OFT,)
 
     def __init__(self, name: str, org: nn.Module, dim: int, alpha: Optional[float], **kw: Any):

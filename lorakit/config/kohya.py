@@ -14,6 +14,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from ..adapters import registry
+from ..adapters.declare import GUI_BLOCK_ARGS
 from ..errors import ConfigError
 from .kohya_keys import (FIELDS, GUI_UNSET, MAPPED, NETWORK_ARGS, RUNTIME, SD_SCRIPTS_ARGS, ImportResult, Problems,
                          as_bool, blank, is_neutral, lookup, refusal, suggest, unknown_key)
@@ -21,27 +23,10 @@ from .netargs import LYCORIS_MODULE, apply_network_args
 from .schema import parse_kv_args
 from .sdscripts import read_dataset_config
 
-# LoRA_type -> (network_type, the GUI keys it passes as network args)
-_LYCORIS = ("use_tucker", "rank_dropout", "module_dropout", "rank_dropout_scale", "train_norm")
-_LYCORIS_LINEAR = ("conv", *_LYCORIS, "bypass_mode", "dora_wd", "use_scalar")
-# block-wise dims / lr weights: the GUI passes them for networks.lora only (Standard, Kohya LoCon)
-_BLOCKS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
-           "block_alphas", "conv_block_dims", "conv_block_alphas")
+# LoRA_type -> (network_type, the GUI keys it passes as network args): what the adapter types declare
+# (adapters/declare.py GuiLoraType), Standard first.
 LORA_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "Standard": ("lora", _BLOCKS),
-    "Kohya LoCon": ("lora", ("conv", *_BLOCKS)),
-    "LoCon": ("locon", _LYCORIS_LINEAR),  # the GUI renamed "LoCon" to "LyCORIS/LoCon"
-    "LyCORIS/LoCon": ("locon", _LYCORIS_LINEAR),
-    "LyCORIS/LoHa": ("loha", _LYCORIS_LINEAR),
-    "LyCORIS/LoKr": ("lokr", (*_LYCORIS_LINEAR, "factor", "use_cp", "decompose_both")),
-    "LyCORIS/iA3": ("ia3", ("train_on_input",)),
-    "LyCORIS/DyLoRA": ("dylora", ("conv", *_LYCORIS, "unit")),
-    "Kohya DyLoRA": ("dylora", ("conv", "unit")),
-    "LyCORIS/GLoRA": ("glora", ("conv", *_LYCORIS)),
-    "LyCORIS/BOFT": ("boft", ("conv", *_LYCORIS)),
-    "LyCORIS/Diag-OFT": ("diag-oft", ("conv", *_LYCORIS, "constrain", "rescaled")),
-    "LyCORIS/Native Fine-Tuning": ("full", ("conv", *_LYCORIS)),
-}
+    name: (ntype, gui.gui_args) for name, (ntype, gui) in registry.gui_lora_types().items()}
 # LoRA_types of the GUI that lorakit refuses, with the reason
 REFUSED_LORA_TYPES = {
     "Kohya LoHa": "sd-scripts' own LoHa module (networks.loha) is not supported: use LyCORIS/LoHa",
@@ -56,15 +41,15 @@ NETWORK_ARG_KEYS = {"factor": "factor", "decompose_both": "decompose_both", "use
                     "use_tucker": "use_tucker", "train_on_input": "train_on_input", "unit": "unit",
                     "dora_wd": "dora_wd", "constrain": "constraint", "rescaled": "rescaled"}
 # network-arg keys the table decides (neutral-only until implemented); read only for the types passing them
-TABLE_ARG_KEYS = ("rank_dropout_scale", "train_norm", "bypass_mode", "use_scalar", *_BLOCKS)
+TABLE_ARG_KEYS = ("rank_dropout_scale", "train_norm", "bypass_mode", "use_scalar", *GUI_BLOCK_ARGS)
 DYNAMO_KEYS = ("dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic")
 
 
 def lora_type_module(lora_type: str) -> str:
-    """The sd-scripts network_module the GUI passes for a LoRA_type."""
-    if lora_type.startswith("LyCORIS/") or lora_type == "LoCon":
-        return LYCORIS_MODULE
-    return "networks.dylora" if lora_type == "Kohya DyLoRA" else "networks.lora"
+    """The sd-scripts network_module the GUI passes for a LoRA_type (declared by its adapter type)."""
+    found = registry.by_gui_lora_type(lora_type)
+    # an unknown LoRA_type is already a listed problem; the import goes on to find the others
+    return found[1].network_module if found else "networks.lora"
 
 
 def strip_trailing_commas(text: str) -> str:

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..adapters import registry
 from ..errors import ConfigError
 from .kohya_keys import MAPPED, NETWORK_ARGS, RUNTIME, Problems, is_neutral, lookup, refusal, suggest
 
-NETWORK_MODULES = {"networks.lora": "lora", "networks.dylora": "dylora", "lycoris.kohya": None}
+# sd-scripts network_module -> network_type, and LyCORIS algo -> network_type ("lora" in LyCORIS is
+# LoCon): what the adapter types declare (adapters/declare.py)
+NETWORK_MODULES = registry.network_modules()
 LYCORIS_MODULE = "lycoris.kohya"
-# LyCORIS algo -> network_type ("lora" in LyCORIS is LoCon)
-LYCORIS_ALGOS = {"lora": "locon", "locon": "locon", "loha": "loha", "lokr": "lokr", "ia3": "ia3",
-                 "dylora": "dylora", "glora": "glora", "boft": "boft", "diag-oft": "diag-oft", "full": "full"}
+LYCORIS_ALGOS = registry.lycoris_algos()
 # network args that are schema keys of their own
 LIFTED_ARGS = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "dropout": "network_dropout",
                "rank_dropout": "rank_dropout", "module_dropout": "module_dropout"}
