@@ -83,6 +83,18 @@ def make_concept_dataset(root: Path, n_images: int = 12, repeats: int = 5, seed:
     return root
 
 
+def make_prior_dataset(root: Path, n_images: int = 16, repeats: int = 5, seed: int = 1) -> Path:
+    """Regularisation images (kohya's reg_data_dir): the base's own prompts, drawn procedurally,
+    so that the LoRA learns what zkv means and not "everything is blue"."""
+    rng = np.random.default_rng(seed)
+    folder = root / f"{repeats}_prior"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, t in enumerate(base_targets()[:n_images]):
+        shapes.draw(t.shape, shapes.jitter(shapes.COLOURS[t.colour], rng), rng).save(folder / f"prior_{i:02d}.png")
+        (folder / f"prior_{i:02d}.txt").write_text(t.prompt + "\n", encoding="utf-8")
+    return root
+
+
 def grid_prompts() -> list[str]:
     """The grid's rows: each concept prompt, then four base prompts (the prior); seed 1."""
     opts = f"--w {shapes.SIZE} --h {shapes.SIZE} --s 20 --l 7.5"
@@ -149,9 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     base = args.model or base_model_path()
     data_dir = make_concept_dataset(out / "data")
+    reg_dir = make_prior_dataset(out / "reg")
     run_dir = out / "run"
     shutil.rmtree(run_dir / "sample", ignore_errors=True)  # the demo's own folder: start it fresh
-    cfg = load_config(None, [], demo_config(base, data_dir, run_dir))
+    cfg = load_config(None, [], demo_config(base, data_dir, run_dir, reg_data_dir=str(reg_dir)))
     before = mean(score_targets(load_sd_model(base), concept_targets(), args.n))
     grid = SampleGrid()
     subscribers = [MetricsJsonl(run_dir / "metrics.jsonl"), TensorBoard(run_dir / "logs"), Plots(run_dir),
