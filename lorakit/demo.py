@@ -165,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = out / "run"
     shutil.rmtree(run_dir / "sample", ignore_errors=True)  # the demo's own folder: start it fresh
     cfg = load_config(None, [], demo_config(base, data_dir, run_dir, reg_data_dir=str(reg_dir)))
-    before = mean(score_targets(load_sd_model(base), concept_targets(), args.n))
+    base_model = load_sd_model(base)
+    before = mean(score_targets(base_model, concept_targets(), args.n))
+    prior_before = mean(score_targets(base_model, base_targets(), max(1, args.n // 2)))
+    del base_model
     grid = SampleGrid()
     subscribers = [MetricsJsonl(run_dir / "metrics.jsonl"), TensorBoard(run_dir / "logs"), Plots(run_dir),
                    ProgressBar(), grid]
@@ -180,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{result.steps} steps)")
     print(f"  concept '{TRIGGER}' = {CONCEPT_COLOUR}: {before:.0%} -> {mean(after):.0%} of samples drawn right "
           f"({args.n} seeds x {len(after)} prompts)")
-    print(f"  base prompts after training: {mean(prior):.0%} drawn right ({len(prior)} prompts)")
+    print(f"  base prompts (the prior): {prior_before:.0%} -> {mean(prior):.0%} drawn right "
+          f"({max(1, args.n // 2)} seeds x {len(prior)} prompts)")
     print(f"  grid    : {grid_path}  (rows: prompt and seed; columns: before, then each epoch)")
     print(f"  adapter : {result.output_file}")
     print(f"  metrics : {run_dir / 'metrics.jsonl'}  (TensorBoard: {run_dir / 'logs'})")
