@@ -1,16 +1,17 @@
-"""Train the small base model shipped with lorakit (lorakit/models/base/), on 2 CPU cores.
+"""Train the small base model shipped with lorakit (lorakit/models/base/), on the CPU.
 
-    nice -n 10 python tools/train_base.py            # about 45 minutes on 2 shared cores
+    nice -n 10 python tools/train_base.py      # 2730 s + 150 s measured on 2 cores shared with ~8 jobs
 
-Three stages, all seeded (the same seed and step counts give the same weights on one machine):
+Four stages, every random draw from a seeded generator (not checked bit for bit across machines):
 1. the VAE (8x downsampling, 8x8x4 latents) learns to reconstruct shapes of *any* hue on
-   light backgrounds (MSE + a small KL term), so that it can also draw colours the UNet never saw;
-   its posterior variance is pinned tiny (see pin_logvar);
+   light backgrounds (MSE + a small KL term); its posterior variance is pinned tiny (pin_logvar);
 2. a fixed set of captioned images ("a red circle": 4 shapes x 4 colours, position, size,
    background and shade varied) is encoded once; the text encoder keeps its seeded random weights
    (frozen), its states for the 17 captions (16 + the empty one) are computed once;
 3. the UNet learns epsilon-prediction on the DDPM scaled-linear schedule (SD1's), 10 % empty
-   captions so that classifier-free guidance works; an EMA of its weights is what is shipped.
+   captions so that classifier-free guidance works; an EMA of its weights is what is shipped;
+4. the decoder alone is trained further (encoder frozen, so the UNet's latents stay valid).
+   ``--decoder-only`` runs this stage by itself on WORK/vae (stage 1's VAE) into an existing model.
 
 Checkpoints: the whole diffusers folder is rewritten (atomically) every --save-every UNet steps,
 so a run stopped early still leaves a usable model. The card (CARD.md) records the data, steps,
@@ -120,7 +121,7 @@ def finetune_decoder(vae, steps: int, batch: int, lr: float, rng: np.random.Gene
         if step % 25 == 0 or step == steps:
             log(f"decoder step {step}/{steps} mse {mse.item():.5f} ({(time.perf_counter() - t0) / step:.2f} s/step)")
     vae.eval().requires_grad_(False)
-    return float(mse)
+    return float(mse.detach())
 
 
 def caption_set() -> list[tuple[str, str]]:
