@@ -133,15 +133,15 @@ def test_set_up_run_watch_stop_resume_inspect(server, page):
     assert cell(page, "total steps") == "30"
 
     # doctor: a copied image is flagged (exact duplicate, no caption) with its thumbnail
-    data = root / "lorakit-ui-demo" / "data" / "5_shapes"
-    shutil.copy(data / "img_00.png", data / "img_00_copy.png")
+    data = root / "lorakit-ui-demo" / "data" / "5_zkv"
+    shutil.copy(data / "zkv_00.png", data / "zkv_00_copy.png")
     page.click("#doctor-btn")
     page.wait_for_selector("#doctor-thumbs img", timeout=WAIT)
     assert "exact duplicates" in page.inner_text("#doctor")
-    assert "img_00_copy.png: exact duplicate, no caption" in page.inner_text("#doctor-thumbs")
+    assert "zkv_00_copy.png: exact duplicate, no caption" in page.inner_text("#doctor-thumbs")
     page.evaluate("document.getElementById('side').scrollTop = document.getElementById('doctor-card').offsetTop - 200")
     shot(page, "doctor")
-    (data / "img_00_copy.png").unlink()
+    (data / "zkv_00_copy.png").unlink()
     page.evaluate("document.getElementById('side').scrollTop = 0")
     shot(page, "setup")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,9 @@ HERE = Path(__file__).parent
 PRESETS = HERE / "presets"
 PATH_KEYS = ("pretrained_model_name_or_path", "vae", "train_data_dir", "reg_data_dir", "validation_data_dir",
              "network_weights", "output_dir", "logging_dir")
-DEMO_PROMPTS = ("lkshape, red circle, simple background --w 64 --h 64 --d 1 --s 10\n"
-                "lkshape, blue square, simple background --w 64 --h 64 --d 2 --s 10")
+# the demo's trigger word (drawn blue once learnt) and a prompt the base model already knows
+DEMO_PROMPTS = ("a zkv circle --w 64 --h 64 --d 1 --s 20\n"
+                "a yellow square --w 64 --h 64 --d 2 --s 20")
 FILE_KINDS = (".json", ".toml", ".safetensors", ".txt", ".png", ".jpg", ".jpeg", ".webp", ".jsonl", ".ckpt")
 
 
@@ -128,17 +130,18 @@ class UI:
         return JSONResponse({"path": str(path), "text": text})
 
     async def demo(self, request: Request) -> Response:
-        """The shipped tiny model and the demo dataset, for a first run that needs nothing."""
-        from ..demo import make_synthetic_dataset
-        from ..models.tiny import save_tiny_pipeline
+        """The shipped base model and the demo's concept dataset (`make demo`'s trigger word, 8
+        images), for a first run that needs nothing and shows samples change."""
+        from ..demo import make_concept_dataset
+        from ..models.base import base_model_path
 
         await self.body(request)
-        model = self.demo_dir / "tiny-model"
+        model = self.demo_dir / "base-model"  # a copy under the roots, where the UI reads and writes
         if not (model / "model_index.json").is_file():
-            await asyncio.to_thread(save_tiny_pipeline, model, seed=0)
+            await asyncio.to_thread(shutil.copytree, base_model_path(), model, dirs_exist_ok=True)
         data = self.demo_dir / "data"
         if not data.is_dir():
-            make_synthetic_dataset(data)
+            make_concept_dataset(data, n_images=8)
         values = {"pretrained_model_name_or_path": str(model), "train_data_dir": str(data), "resolution": "64,64",
                   "output_dir": str(self.demo_dir / "run"), "sample_prompts": DEMO_PROMPTS,
                   "max_train_steps": 60, "max_train_epochs": "", "min_bucket_reso": 64}
