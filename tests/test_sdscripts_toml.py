@@ -266,3 +266,33 @@ def test_network_args_shared_mapping(tmp_path):
     with pytest.raises(ConfigError) as e:  # before any model is loaded
         load_config(p)
     assert (e.value.key, e.value.file) == ("network_args", str(p)) and "did you mean 'factor'?" in e.value.fix
+
+
+def test_subset_conditioning_data_dir_is_its_mask_folder(tmp_path):
+    """sd-scripts' masked loss reads a subset's masks from conditioning_data_dir (red channel of the
+    same-named file); the dataset TOML's key reaches that subset, and only that one."""
+    import numpy as np
+
+    from lorakit.data import TrainDataset
+    _images(tmp_path / "one", ["p"], size=(64, 64))
+    _images(tmp_path / "two", ["r"], size=(64, 64))
+    (tmp_path / "masks").mkdir()
+    mask = np.zeros((64, 64, 3), np.uint8)
+    mask[:, 32:, 0] = 255  # right half counts
+    Image.fromarray(mask).save(tmp_path / "masks" / "p.png")
+    (tmp_path / "dataset.toml").write_text(f"""
+[general]
+caption_extension = ".txt"
+resolution = 64
+[[datasets]]
+  [[datasets.subsets]]
+  image_dir = "{tmp_path / 'one'}"
+  conditioning_data_dir = "{tmp_path / 'masks'}"
+""", encoding="utf-8")
+    p = tmp_path / "config.toml"
+    p.write_text(SUBSETS_CONFIG + "masked_loss = true\n", encoding="utf-8")
+    cfg = load_config(p)
+    assert [s.get("conditioning_data_dir") for s in cfg.dataset_subsets] == [str(tmp_path / "masks")]
+    ds = TrainDataset.from_config(cfg)
+    b = ds.make_batch([0], 1, 0)
+    assert b.masks[0, 0].tolist() == [[0.0] * 4 + [1.0] * 4] * 8

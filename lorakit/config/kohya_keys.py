@@ -301,7 +301,8 @@ TABLE: dict[str, Key] = {
     "debug_dataset": _refuse("shows the dataset instead of training", False),
     "in_json": _refuse(_FT), "dataset_repeats": _refuse(_FT, 1), "metadata_file": _refuse(_FT),
     "dataset_class": _refuse("a user dataset class (Python code)"),
-    "conditioning_data_dir": _refuse("ControlNet conditioning images"),
+    "conditioning_data_dir": _map("dataset_subsets", "a subset's mask folder for masked_loss (the red channel of "
+                                  "each image's same-named file): dataset_subsets[].conditioning_data_dir"),
     "deepspeed": _refuse(_DEEPSPEED, False), "zero_stage": _refuse(_DEEPSPEED, 2),
     "offload_optimizer_device": _refuse(_DEEPSPEED), "offload_optimizer_nvme_path": _refuse(_DEEPSPEED),
     "offload_param_device": _refuse(_DEEPSPEED), "offload_param_nvme_path": _refuse(_DEEPSPEED),

@@ -43,7 +43,7 @@ DATASET_KEYS = {"resolution": "resolution", "batch_size": "train_batch_size", "e
                 "min_bucket_reso": "min_bucket_reso", "max_bucket_reso": "max_bucket_reso",
                 "bucket_reso_steps": "bucket_reso_steps", "bucket_no_upscale": "bucket_no_upscale",
                 "validation_split": "validation_split", "validation_seed": "validation_seed"}
-SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg")
+SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg", "conditioning_data_dir")
 # subset-level keys that must be the same for every subset (the loss mask is one setting of the run)
 GLOBAL_SUBSET_KEYS = ("alpha_mask",)
 # subset-level keys each subset may set for itself (schema.SUBSET_OPTIONS)
@@ -225,7 +225,9 @@ def read_dataset_config(path: Path, res: ImportResult) -> None:
                             "class_tokens": str(_pick("class_tokens", s, d, general) or ""),
                             "caption_extension": str(_pick("caption_extension", *levels) or SD_CAPTION_DEFAULT),
                             "is_reg": bool(_pick("is_reg", s, d, general) or False),
-                            **{k: _pick(k, *levels) for k in PER_SUBSET_KEYS}})
+                            **{k: _pick(k, *levels) for k in PER_SUBSET_KEYS},
+                            **({"conditioning_data_dir": str(s["conditioning_data_dir"])}
+                               if s.get("conditioning_data_dir") else {})})
     if not subsets:
         raise ConfigError("no [[datasets.subsets]]", file=file, key="subsets", fix="add [[datasets.subsets]] with image_dir")
     for k, vs in dataset_vals.items():
