@@ -24,7 +24,8 @@ from lorakit.models.text import apply_token_weights, encode, parse_attention, to
 from lorakit.monitors import TensorBoard, Wandb, loggers_for
 from lorakit.train.loop import train
 from lorakit.train.loss import timestep_weights, v_pred_like_loss_weight
-from lorakit.train.settings import check_train_settings, text_encoder_stop_step
+from lorakit.train.plan import text_encoder_stop_step
+from lorakit.train.settings import check_train_settings
 from lorakit.train.state import RESUME_SAFE
 from train_helpers import tiny_run_config
 

@@ -15,7 +15,7 @@ from .state import save_state
 from .validation import maybe_validate
 
 if TYPE_CHECKING:
-    from .setup import Run
+    from .run import Run
 
 
 class RunHooks:

@@ -20,7 +20,8 @@ from .noise import draw_noise
 from .hooks import RunHooks
 from .save import save_adapter
 from .settings import freeze_text_encoder
-from .setup import Run, check_output_paths, setup_run
+from .run import Run
+from .setup import check_output_paths, setup_run
 from .validation import maybe_validate
 from ..lock import output_lock
 from .state import (Diverged, Progress, check_resume_config, check_resume_data, find_state, load_state,

@@ -5,7 +5,6 @@ import math
 from dataclasses import dataclass
 
 from ..config.schema import TrainConfig
-from .settings import text_encoder_stop_step
 
 DEFAULT_STEPS = 1600  # sd-scripts' default when neither steps nor epochs are given
 
@@ -122,3 +121,11 @@ def check_scheduler(cfg: TrainConfig, total_steps: int | None = None, steps: int
                           f"{type(e).__name__}: {e}", key=key,
                           fix="fix the scheduler arguments (e.g. T_max must be at least 1; `lorakit plan` prints "
                               "the T_max of one decay over the run)") from None
+
+
+def text_encoder_stop_step(cfg: TrainConfig, total_steps: int) -> int | None:
+    """The optimizer step from which the text encoder no longer trains: the kohya GUI turns
+    its percentage N into ceil(total_steps / 100 * N) steps (train_db then trains the text
+    encoder while global_step < that). None: no stop (0; -1 never trains it: lr 0)."""
+    n = cfg.stop_text_encoder_training
+    return math.ceil(total_steps / 100 * n) if n > 0 else None

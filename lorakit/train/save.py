@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 from ..adapters.registry import get_algorithm
 from ..optim.optimizers import describe_optimizer, eval_mode
-from .setup import DTYPES
+from .run import DTYPES
 
 if TYPE_CHECKING:
-    from .setup import Run
+    from .run import Run
 
 
 def legacy_model_hash(path: Path) -> str:

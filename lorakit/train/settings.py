@@ -5,7 +5,6 @@ full_fp16 / full_bf16, fp8_base, train_db's stop_text_encoder_training).
 from __future__ import annotations
 
 import importlib.util
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -15,7 +14,7 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..config.schema import TrainConfig
-    from .setup import Run
+    from .run import Run
 
 FP8 = "float8_e4m3fn"
 FP16_TINY = 2.0 ** -24  # the smallest float16 above 0: a smaller Adam eps rounds to 0
@@ -115,14 +114,6 @@ def store_base_in_fp8(network: nn.Module, *models: nn.Module) -> int:
 
 
 # ---- stop_text_encoder_training -------------------------------------------------------
-
-def text_encoder_stop_step(cfg: "TrainConfig", total_steps: int) -> int | None:
-    """The optimizer step from which the text encoder no longer trains: the kohya GUI turns
-    its percentage N into ceil(total_steps / 100 * N) steps (train_db then trains the text
-    encoder while global_step < that). None: no stop (0; -1 never trains it: lr 0)."""
-    n = cfg.stop_text_encoder_training
-    return math.ceil(total_steps / 100 * n) if n > 0 else None
-
 
 def freeze_text_encoder(run: "Run") -> None:
     """From here on the text encoder's adapters get no gradient, so the optimizer skips them

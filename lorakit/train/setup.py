@@ -4,10 +4,7 @@ from __future__ import annotations
 import os
 import random
 import secrets
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,48 +20,10 @@ from ..optim.optimizers import build_optimizer, optimizer_warnings, resolve_opti
 from ..optim.schedulers import build_scheduler, scheduler_warnings, warmup_steps_for
 from ..data.validate import validate_data_config
 from .noise import NoiseSettings, training_scheduler, validate_noise_config
-from .plan import Plan, check_scheduler, make_plan
-from .settings import (adapter_dtype, allow_fp16_gradients, check_train_settings, store_base_in_fp8,
-                       text_encoder_stop_step)
+from .plan import Plan, check_scheduler, make_plan, text_encoder_stop_step
+from .run import DTYPES, Run
+from .settings import adapter_dtype, allow_fp16_gradients, check_train_settings, store_base_in_fp8
 from .speed import apply_speed_options, validate_speed_config
-
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-          "float": torch.float32}
-
-
-@dataclass
-class Run:
-    cfg: TrainConfig
-    bus: EventBus
-    accelerator: Accelerator
-    seed: int
-    output_dir: Path
-    model: Any = None
-    network: Any = None
-    dataset: Any = None
-    index: Any = None
-    optimizer: Any = None
-    scheduler: Any = None
-    plan: Plan | None = None
-    weight_dtype: torch.dtype = torch.float32
-    overwrite: bool = False
-    given_cfg: TrainConfig | None = None  # the config as given (cfg may take its ranks from network_weights)
-    progress: Any = None  # state.Progress of the last finished step
-    warnings: list[str] = field(default_factory=list)
-    noise_settings: Any = None
-    step_stats: dict = field(default_factory=dict)  # e.g. max-norm numbers of the last step
-    text_cache: Any = None  # text_cache.TextCache while the text encoder is frozen
-    validation: Any = None       # validation.ValidationSet, built on the first validation
-    validation_last: Any = None  # (step, ValidationResult) of the last validation, reused at the same step
-    memory_format: torch.memory_format = torch.preserve_format  # of the UNet's inputs (channels_last)
-    te_training: bool = False        # the text encoder's adapters train in this step
-    te_stop_step: int | None = None  # stop_text_encoder_training: the step from which they no longer do
-    started_at: float = field(default_factory=time.time)
-
-    @property
-    def device(self) -> torch.device:
-        return self.accelerator.device
-
 
 def preflight(cfg: TrainConfig, overwrite: bool):
     """Checks that need no model: paths, output folder, data layout. Returns the dataset index."""

@@ -25,7 +25,7 @@ from ..io import disk_error, file_mode
 from ..optim.optimizers import eval_mode, train_mode
 
 if TYPE_CHECKING:
-    from .setup import Run
+    from .run import Run
 
 # Keys that may change between a run and its resumption.
 RESUME_SAFE = {

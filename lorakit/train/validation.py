@@ -37,7 +37,7 @@ from .noise import NoiseSettings, draw_noise
 
 if TYPE_CHECKING:
     from ..config.schema import TrainConfig
-    from .setup import Run
+    from .run import Run
 
 NUM_VALIDATION_TIMESTEPS = 4  # sd-scripts' NUM_VALIDATION_TIMESTEPS
 
