@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from lorakit.config.load import load_config
+from lorakit.config.schema import TrainConfig
 from lorakit.data import TrainDataset, scan_folders
 from lorakit.data.augment import AugmentOptions
 from lorakit.data.images import latent_mask, load_image_rgb_alpha
@@ -68,12 +69,12 @@ def test_masked_loss_is_the_loss_over_the_opaque_half(tmp_path):
     tgt[..., :2] = 3.0
     pred = torch.zeros_like(tgt)
     sched = SimpleNamespace(alphas_cumprod=torch.linspace(0.99, 0.01, 1000))
-    cfg = SimpleNamespace(loss_type="l2")
+    cfg = TrainConfig(loss_type="l2")
     t = torch.tensor([500])
     assert weighted_loss(cfg, sched, pred, tgt, t, False).item() == pytest.approx(5.0)  # (9 + 1) / 2
     assert weighted_loss(cfg, sched, pred, tgt, t, False, mask=mask).item() == pytest.approx(1.0)
     # l1 and a flip: mask [1, 1, 0, 0] keeps the 3s
-    cfg1 = SimpleNamespace(loss_type="l1")
+    cfg1 = TrainConfig(loss_type="l1")
     assert weighted_loss(cfg1, sched, pred, tgt, t, False, mask=mask.flip(-1)).item() == pytest.approx(3.0)
 
 

@@ -7,12 +7,15 @@ sample weights (prior_loss_weight) multiply it, in sd-scripts' order.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn.functional as F
 
 from .noise import NoiseSettings, draw_noise
+
+if TYPE_CHECKING:
+    from ..config.schema import TrainConfig
 
 LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")
 HUBER_SCHEDULES = ("constant", "exponential", "snr")
@@ -97,20 +100,18 @@ def debiased_weight(snr_t: torch.Tensor, v_prediction: bool) -> torch.Tensor:
     return 1.0 / (s + 1.0) if v_prediction else 1.0 / torch.sqrt(s)
 
 
-def timestep_weights(cfg: Any, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor,
+def timestep_weights(cfg: TrainConfig, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor,
                      v_prediction: bool) -> torch.Tensor:
     """The product of the enabled timestep weights (B,), float32; ones when none is on."""
     s = snr(alphas_cumprod, timesteps)
     w = torch.ones_like(s)
-    gamma = getattr(cfg, "min_snr_gamma", None)
-    if gamma:
-        w = w * min_snr_weight(s, float(gamma), v_prediction)
-    if getattr(cfg, "scale_v_pred_loss_like_noise_pred", False) and v_prediction:
+    if cfg.min_snr_gamma:
+        w = w * min_snr_weight(s, float(cfg.min_snr_gamma), v_prediction)
+    if cfg.scale_v_pred_loss_like_noise_pred and v_prediction:
         w = w * v_pred_like_noise_pred_scale(s)
-    v_like = getattr(cfg, "v_pred_like_loss", 0.0)
-    if v_like:
-        w = w * v_pred_like_loss_weight(s, float(v_like))
-    if getattr(cfg, "debiased_estimation_loss", False):
+    if cfg.v_pred_like_loss:
+        w = w * v_pred_like_loss_weight(s, float(cfg.v_pred_like_loss))
+    if cfg.debiased_estimation_loss:
         w = w * debiased_weight(s, v_prediction)
     return w.float()
 
@@ -192,15 +193,13 @@ def per_sample_loss(pred: torch.Tensor, tgt: torch.Tensor, loss_type: str = "l2"
     return masked_mean(elementwise_loss(pred, tgt, loss_type, huber_c), mask)
 
 
-def weighted_loss(cfg: Any, scheduler: Any, pred: torch.Tensor, tgt: torch.Tensor, timesteps: torch.Tensor,
+def weighted_loss(cfg: TrainConfig, scheduler: Any, pred: torch.Tensor, tgt: torch.Tensor, timesteps: torch.Tensor,
                   v_prediction: bool, sample_weights: Optional[torch.Tensor] = None,
                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-sample loss (B,) with every configured weight applied (sd-scripts' order)."""
     abar = scheduler.alphas_cumprod
-    loss_type = getattr(cfg, "loss_type", "l2")
-    c = huber_c_per_sample(loss_type, getattr(cfg, "huber_schedule", "snr"), getattr(cfg, "huber_c", 0.1),
-                           getattr(cfg, "huber_scale", 1.0), abar, timesteps)
-    loss = per_sample_loss(pred, tgt, loss_type, c, mask)
+    c = huber_c_per_sample(cfg.loss_type, cfg.huber_schedule, cfg.huber_c, cfg.huber_scale, abar, timesteps)
+    loss = per_sample_loss(pred, tgt, cfg.loss_type, c, mask)
     if sample_weights is not None:
         loss = loss * sample_weights.to(loss.device, torch.float32)
     return loss * timestep_weights(cfg, abar, timesteps, v_prediction).to(loss.device)
