@@ -125,3 +125,13 @@ def diffusers_reload(path, x, t, ids, enc):
     pipe.load_lora_weights(str(path))
     with torch.no_grad():
         return enc0, out0, te2(ids)[0], unet2(x, t, enc).sample
+
+
+# LyCORIS's targets for SD1/2 as a preset file (its default "full" preset crashes there)
+LYCORIS_PRESET_TOML = """
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+"""

@@ -32,3 +32,22 @@ def tiny_model_dir(tmp_path_factory):
     from lorakit.models.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-model") / "tiny-sd1", seed=0)
+
+
+
+# LyCORIS 4.1.3 as an independent loader of adapter files
+@pytest.fixture
+def lycoris_kohya():
+    kohya = pytest.importorskip("lycoris.kohya")
+    cls = kohya.LycorisNetworkKohya
+    names = ("ENABLE_CONV", "UNET_TARGET_REPLACE_MODULE", "UNET_TARGET_REPLACE_NAME",
+             "TEXT_ENCODER_TARGET_REPLACE_MODULE", "TEXT_ENCODER_TARGET_REPLACE_NAME")
+    saved = {n: getattr(cls, n) for n in names}
+    # its default "full" preset crashes on SD1/2 (duplicate time_embedding name): kohya's targets instead
+    cls.apply_preset({"enable_conv": True,
+                      "unet_target_module": ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"],
+                      "unet_target_name": [], "text_encoder_target_module": ["CLIPAttention", "CLIPMLP"],
+                      "text_encoder_target_name": []})
+    yield kohya
+    for n, v in saved.items():
+        setattr(cls, n, v)

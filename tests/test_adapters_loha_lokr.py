@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapters_helpers import cfg, inputs, run_models, sd15_meta, tiny_models
+from adapters_helpers import LYCORIS_PRESET_TOML, cfg, inputs, run_models, sd15_meta, tiny_models
 from lorakit.adapters.base import AdapterModule
 from lorakit.adapters.file import read_adapter_file, save_adapter_file
 from lorakit.adapters.loha import LoHaModule
@@ -108,33 +108,7 @@ def test_file_formula_reproduces_training_delta(case, tmp_path):
         assert tuple(m.hada_t1.shape) == (3, 3, 3, 3) and tuple(m.hada_w1_a.shape) == (3, 32)
 
 
-# --- LyCORIS 4.1.3 as an independent loader ------------------------------------------------------
-@pytest.fixture
-def lycoris_kohya():
-    kohya = pytest.importorskip("lycoris.kohya")
-    cls = kohya.LycorisNetworkKohya
-    names = ("ENABLE_CONV", "UNET_TARGET_REPLACE_MODULE", "UNET_TARGET_REPLACE_NAME",
-             "TEXT_ENCODER_TARGET_REPLACE_MODULE", "TEXT_ENCODER_TARGET_REPLACE_NAME")
-    saved = {n: getattr(cls, n) for n in names}
-    # its default "full" preset crashes on SD1/2 (duplicate time_embedding name): kohya's targets instead
-    cls.apply_preset({"enable_conv": True,
-                      "unet_target_module": ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"],
-                      "unet_target_name": [], "text_encoder_target_module": ["CLIPAttention", "CLIPMLP"],
-                      "text_encoder_target_name": []})
-    yield kohya
-    for n, v in saved.items():
-        setattr(cls, n, v)
-
-
-PRESET_TOML = """
-enable_conv = true
-unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
-unet_target_name = []
-text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
-text_encoder_target_name = []
-"""
-
-
+# --- LyCORIS 4.1.3 as an independent loader (the lycoris_kohya fixture: conftest.py) --------------
 @pytest.mark.parametrize("route", ["from_weights", "create_network"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_lycoris_loads_the_file_with_the_same_outputs(case, route, tmp_path, lycoris_kohya):
@@ -164,7 +138,7 @@ def test_lycoris_loads_the_file_with_the_same_outputs(case, route, tmp_path, lyc
     else:
         algo, dim, alpha, cdim, calpha, _ = CASES[case]
         preset = tmp_path / "preset.toml"
-        preset.write_text(PRESET_TOML)
+        preset.write_text(LYCORIS_PRESET_TOML)
         args = net.all_modules()[0].args
         ly = lycoris_kohya.create_network(1.0, dim, alpha, None, te2, unet2, preset=str(preset), algo=algo,
                                           conv_dim=cdim, conv_alpha=calpha, **args)

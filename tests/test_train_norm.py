@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapters_helpers import cfg, inputs, run_models, tiny_models
+from adapters_helpers import LYCORIS_PRESET_TOML, cfg, inputs, run_models, tiny_models
 from lorakit.adapters.file import read_adapter_file, save_adapter_file
 from lorakit.adapters.network import check_network_config, create_network
 from lorakit.adapters.norm import NormModule
@@ -67,50 +67,36 @@ def test_norm_module_is_the_norm_with_offset_weights(layer):
     torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-6)
 
 
-def test_lycoris_loads_the_norm_file_with_the_same_outputs(tmp_path):
-    kohya = pytest.importorskip("lycoris.kohya")
-    cls = kohya.LycorisNetworkKohya
-    keys = ("ENABLE_CONV", "UNET_TARGET_REPLACE_MODULE", "UNET_TARGET_REPLACE_NAME",
-            "TEXT_ENCODER_TARGET_REPLACE_MODULE", "TEXT_ENCODER_TARGET_REPLACE_NAME")
-    saved = {k: getattr(cls, k) for k in keys}
-    cls.apply_preset({"enable_conv": True,
-                      "unet_target_module": ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"],
-                      "unet_target_name": [], "text_encoder_target_module": ["CLIPAttention", "CLIPMLP"],
-                      "text_encoder_target_name": []})
-    try:
-        unet, te = tiny_models()
-        net = create_network(cfg(network_type="locon", train_norm=True), unet, te)
-        randomize(net)
-        net.apply()
-        x, t, ids = inputs()
-        with torch.no_grad():
-            enc, out = run_models(unet, te, x, t, ids)
-        path = tmp_path / "norm.safetensors"
-        save_adapter_file(path, net.state_dict_to_save(torch.float32), {"ss_network_module": "lycoris.kohya"},
-                          overwrite=True)
-        tensors, _ = read_adapter_file(path)
-        assert tensors[P + "down_blocks_0_resnets_0_norm1.w_norm"].shape == (32,)
-        assert P + "down_blocks_0_resnets_0_norm1.alpha" not in tensors
-        sd = {k.replace("lora_te_text_model_", "lora_te_"): v for k, v in tensors.items()}
-        unet2, te2 = tiny_models()
-        with torch.no_grad():
-            _, out0 = run_models(unet2, te2, x, t, ids)
-        # LyCORIS's own network with train_norm builds the same module names
-        preset = tmp_path / "preset.toml"
-        preset.write_text('enable_conv = true\nunet_target_module = ["Transformer2DModel", "ResnetBlock2D", '
-                          '"Downsample2D", "Upsample2D"]\nunet_target_name = []\ntext_encoder_target_module = '
-                          '["CLIPAttention", "CLIPMLP"]\ntext_encoder_target_name = []\n')
-        own = kohya.create_network(1.0, 4, 1.0, None, te2, unet2, algo="locon", train_norm=True, preset=str(preset))
-        assert {m.lora_name for m in own.unet_loras} == set(net.unet_modules)
-        ly, _ = kohya.create_network_from_weights(1.0, None, None, te2, unet2, weights_sd=sd)
-        ly.apply_to(te2, unet2, apply_text_encoder=True, apply_unet=True)
-        assert len(ly.unet_loras) == len(net.unet_modules)
-        ly.eval()
-        with torch.no_grad():
-            out2 = unet2(x, t, enc).sample
-    finally:
-        for k, v in saved.items():
-            setattr(cls, k, v)
+def test_lycoris_loads_the_norm_file_with_the_same_outputs(tmp_path, lycoris_kohya):
+    unet, te = tiny_models()
+    net = create_network(cfg(network_type="locon", train_norm=True), unet, te)
+    randomize(net)
+    net.apply()
+    x, t, ids = inputs()
+    with torch.no_grad():
+        enc, out = run_models(unet, te, x, t, ids)
+    path = tmp_path / "norm.safetensors"
+    save_adapter_file(path, net.state_dict_to_save(torch.float32), {"ss_network_module": "lycoris.kohya"},
+                      overwrite=True)
+    tensors, _ = read_adapter_file(path)
+    assert tensors[P + "down_blocks_0_resnets_0_norm1.w_norm"].shape == (32,)
+    assert P + "down_blocks_0_resnets_0_norm1.alpha" not in tensors
+    sd = {k.replace("lora_te_text_model_", "lora_te_"): v for k, v in tensors.items()}
+    unet2, te2 = tiny_models()
+    with torch.no_grad():
+        _, out0 = run_models(unet2, te2, x, t, ids)
+    # LyCORIS's own network with train_norm builds the same module names
+    preset = tmp_path / "preset.toml"
+    preset.write_text(LYCORIS_PRESET_TOML)
+    own = lycoris_kohya.create_network(1.0, 4, 1.0, None, te2, unet2, algo="locon", train_norm=True,
+                                       preset=str(preset))
+    assert {m.lora_name for m in own.unet_loras} == set(net.unet_modules)
+    ly, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, te2, unet2, weights_sd=sd)
+    ly.apply_to(te2, unet2, apply_text_encoder=True, apply_unet=True)
+    assert len(ly.unet_loras) == len(net.unet_modules)
+    ly.eval()
+    with torch.no_grad():
+        out2 = unet2(x, t, enc).sample
     assert (out - out0).abs().max().item() > 1e-2
     assert (out2 - out).abs().max().item() <= 1e-5
 
