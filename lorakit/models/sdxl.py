@@ -84,6 +84,33 @@ class SDXLModel(ModelFamily):
         return self.unet(noisy, timesteps, ctx, added_cond_kwargs=cond, return_dict=False)[0]
 
 
+    # ---- sampling with diffusers' StableDiffusionXLPipeline ----------------------------------------
+    def make_pipeline(self, scheduler):
+        """The live modules in a StableDiffusionXLPipeline (no copies). Empty negative prompts are
+        encoded like any prompt (sd-scripts), not replaced by zeros."""
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline(vae=self.vae, text_encoder=self.text_encoder,
+                                         text_encoder_2=self.text_encoder_2, tokenizer=self.tokenizer,
+                                         tokenizer_2=self.tokenizer_2, unet=self.unet, scheduler=scheduler,
+                                         force_zeros_for_empty_prompt=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @staticmethod
+    def pipeline_inputs(cond: PromptEmbeds, uncond: PromptEmbeds, width: int, height: int) -> dict[str, Any]:
+        """Pipeline keyword arguments of one sample: the embeddings and sd-scripts' sampling size
+        conditioning (original = target = the image size, crop (0, 0))."""
+        return {"prompt_embeds": cond.context, "pooled_prompt_embeds": cond.pooled,
+                "negative_prompt_embeds": uncond.context, "negative_pooled_prompt_embeds": uncond.pooled,
+                "width": width, "height": height, "original_size": (height, width), "target_size": (height, width),
+                "crops_coords_top_left": (0, 0)}
+
+    # ---- facts written into adapter files --------------------------------------------------------
+    base_model_version = "sdxl_base_v1-0"                     # ss_base_model_version (sd-scripts)
+    modelspec_architecture = "stable-diffusion-xl-v1-base"    # modelspec.architecture, + "/lora" etc.
+
+
 def time_ids(original_sizes, crop_top_lefts, target: tuple[int, int], n: int) -> torch.Tensor:
     """(n, 6) float32 ``[orig_h, orig_w, crop_top, crop_left, target_h, target_w]``.
 
