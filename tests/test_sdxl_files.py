@@ -104,3 +104,27 @@ def test_lycoris_rebuilds_loha_lokr_files(tmp_path, lycoris_kohya, algo, kw):
     assert (len(ly.unet_loras), len(ly.text_encoder_loras)) == (len(net.unet_modules), len(net.text_encoder_modules))
     ly.eval()
     _assert_same(want, before, _outputs(fresh, inp))
+
+
+@pytest.mark.parametrize("algo", ["locon", "lokr"])
+def test_network_weights_reads_sdxl_files_back(tmp_path, algo):
+    """network_weights / dim_from_weights on an SDXL file: both encoders' modules are read (lora_te1_,
+    lora_te2_), SGM 3x3 convs are told from the rest, and a fresh network reproduces the outputs."""
+    from lorakit.adapters.weights import load_into, read_weights_file, resolve_dims
+
+    inp = _inputs()
+    kw = dict(network_dim=4, network_alpha=2.0, conv_dim=2, conv_alpha=1.0)
+    m, net, path = _adapted(tmp_path, network_type=algo, **kw)
+    want = _outputs(m, inp)
+    wf = read_weights_file(str(path))
+    assert set(wf.modules) == set(net.unet_modules) | set(net.text_encoder_modules)
+    got = resolve_dims(cfg(network_type=algo, dim_from_weights=True, network_weights=str(path)), wf)
+    assert (got.network_dim, got.network_alpha, got.conv_dim, got.conv_alpha) == (4, 2.0, 2, 1.0)
+    fresh = build_tiny_sdxl(seed=4)
+    net2 = create_network(cfg(network_type=algo, **kw), fresh.unet, fresh.text_encoders,
+                          unet_module_name=fresh.unet_module_name)
+    assert load_into(net2, wf) == []
+    net2.apply()
+    got_out = _outputs(fresh, inp)
+    for k in want:
+        assert (got_out[k] - want[k]).abs().max().item() <= 1e-6, k

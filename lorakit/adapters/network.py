@@ -46,6 +46,9 @@ def te_prefixes(n: int) -> tuple[str, ...]:
     return (TE_PREFIX,) if n == 1 else tuple(f"lora_te{i + 1}_" for i in range(n))
 
 
+TE_PREFIXES = te_prefixes(1) + te_prefixes(2)  # every text-encoder prefix a file may use
+
+
 def class_names(module: nn.Module) -> set[str]:
     return {c.__name__ for c in type(module).__mro__}
 
