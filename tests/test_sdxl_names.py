@@ -92,3 +92,14 @@ def test_sd1_names_unchanged_with_one_encoder():
     assert list(a.state_dict()) == list(b.state_dict())
     assert all(n.startswith(("lora_unet_down_blocks_", "lora_unet_up_blocks_", "lora_unet_mid_block_", "lora_te_text_model_"))
                for n in a.unet_modules.keys() | a.text_encoder_modules.keys())
+
+
+def test_block_settings_on_sdxl_are_a_clear_config_error(full_sdxl):
+    from lorakit.errors import ConfigError
+
+    m = full_sdxl
+    for kw, key in ((dict(block_dims=[4] * 25), "block_dims"), (dict(down_lr_weight="sine"), "down_lr_weight")):
+        with pytest.raises(ConfigError, match="25 SD1.x/2.x UNet blocks") as e:
+            create_network(cfg(network_dim=4, network_alpha=1, **kw), m.unet, m.text_encoders,
+                           unet_module_name=m.unet_module_name)
+        assert e.value.key == key and "input_blocks" in e.value.message

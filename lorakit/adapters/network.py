@@ -399,8 +399,16 @@ def create_network(cfg: Any, unet: Optional[nn.Module],
         return bool(names & parents)
 
     unet_rank = blocks.rank if blocks is not None else by_kind_rank
-    unet_modules = build_modules(algo_cls, unet, UNET_PREFIX, unet_match, unet_rules, unet_rank,
-                                 unet_path, kw) if train_unet else {}
+    try:
+        unet_modules = build_modules(algo_cls, unet, UNET_PREFIX, unet_match, unet_rules, unet_rank,
+                                     unet_path, kw) if train_unet else {}
+    except ValueError as e:  # BlockRanks.rank: a module outside the 25 SD1/SD2 blocks
+        if blocks is None:
+            raise
+        raise ConfigError(f"block-wise dims / lr weights follow sd-scripts' 25 SD1.x/2.x UNet blocks; this model's "
+                          f"UNet has other blocks ({e})", key="block_dims" if cfg.block_dims is not None
+                          else "down_lr_weight", fix="remove the block_* and *_lr_weight keys for this model "
+                                                    "(SDXL's block table is not implemented)") from None
     if cfg.train_norm:  # after every algorithm module, in this order (the seeded initialisation)
         for encoder, prefix in zip(encoders if train_te else [], te_prefixes(len(encoders))):
             te_modules.update(build_norm_modules(encoder, prefix, te_rules.te_match, te_path, kw))
