@@ -118,8 +118,9 @@ def test_full_size_unet_keys_map_to_sgm_as_sd_scripts(full_unet):
     assert mapped == {k: expected_sgm(k) for k in keys}
     sgm = set(mapped.values())
     for k in ("input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight", "input_blocks.3.0.op.weight",
-              "input_blocks.8.1.transformer_blocks.9.ff.net.2.weight", "middle_block.1.transformer_blocks.9.attn2.to_k.weight",
-              "output_blocks.2.2.conv.weight", "output_blocks.5.2.conv.bias", "output_blocks.8.0.skip_connection.weight",
+              "input_blocks.8.1.transformer_blocks.9.ff.net.2.weight",
+              "middle_block.1.transformer_blocks.9.attn2.to_k.weight", "output_blocks.2.2.conv.weight",
+              "output_blocks.5.2.conv.bias", "output_blocks.8.0.skip_connection.weight",
               "label_emb.0.0.weight", "label_emb.0.2.bias", "input_blocks.1.0.in_layers.2.weight"):
         assert k in sgm, k
     assert not any(k.startswith(("input_blocks.9.", "output_blocks.8.2.", "input_blocks.1.1.")) for k in sgm)
@@ -142,7 +143,8 @@ def test_full_size_text_encoder_2_keys_map_to_open_clip():
 # ---- loading: folder, single file, families, v-prediction -------------------------------------
 
 def _same_weights(a, b):
-    for x, y in zip((a.unet, a.vae, a.text_encoder, a.text_encoder_2), (b.unet, b.vae, b.text_encoder, b.text_encoder_2)):
+    parts = ("unet", "vae", "text_encoder", "text_encoder_2")
+    for x, y in zip((getattr(a, n) for n in parts), (getattr(b, n) for n in parts)):
         sa, sb = x.state_dict(), y.state_dict()
         assert sa.keys() == sb.keys()
         bad = [k for k in sa if not torch.equal(sa[k], sb[k].reshape(sa[k].shape))]
@@ -333,7 +335,8 @@ def test_predict_passes_pooled_and_time_ids(xl):
     added = {"time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
     with torch.no_grad():
         out = xl.predict(x, t, e, added)
-        want = xl.unet(x, t, e.context, added_cond_kwargs={"text_embeds": e.pooled, "time_ids": added["time_ids"]}).sample
+        cond = {"text_embeds": e.pooled, "time_ids": added["time_ids"]}
+        want = xl.unet(x, t, e.context, added_cond_kwargs=cond).sample
         other = xl.predict(x, t, e, {"time_ids": torch.tensor([[1024.0, 1024, 0, 0, 64, 64]] * 2)})
     assert torch.equal(out, want)
     assert (out - other).abs().max().item() > 1e-4

@@ -34,7 +34,8 @@ def _name(prefix: str, path: str) -> str:
 
 def expected_unet(conv: bool) -> set[str]:
     paths = [f"{a}.{p}" for a, _ in ATTENTIONS for p in ("proj_in", "proj_out")]
-    paths += [f"{a}.transformer_blocks.{t}.{lin}" for a, depth in ATTENTIONS for t in range(depth) for lin in BLOCK_LINEARS]
+    paths += [f"{a}.transformer_blocks.{t}.{lin}" for a, depth in ATTENTIONS for t in range(depth)
+              for lin in BLOCK_LINEARS]
     if conv:
         paths += [f"{r}.{p}" for r in RESNETS for p in ("in_layers.2", "out_layers.3", "emb_layers.1")]
         paths += [f"{s}.skip_connection" for s in SKIPS] + SAMPLERS
@@ -90,7 +91,8 @@ def test_sd1_names_unchanged_with_one_encoder():
     a = create_network(cfg(), unet, te)
     b = create_network(cfg(), unet, [te])
     assert list(a.state_dict()) == list(b.state_dict())
-    assert all(n.startswith(("lora_unet_down_blocks_", "lora_unet_up_blocks_", "lora_unet_mid_block_", "lora_te_text_model_"))
+    sd1 = ("lora_unet_down_blocks_", "lora_unet_up_blocks_", "lora_unet_mid_block_", "lora_te_text_model_")
+    assert all(n.startswith(sd1)
                for n in a.unet_modules.keys() | a.text_encoder_modules.keys())
 
 

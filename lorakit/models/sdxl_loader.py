@@ -88,10 +88,15 @@ def load_sdxl_state_dict(sd: dict, p: Path, v_param: bool | None, config_dir: Pa
     if v_param is None:
         v_param = V_PRED_MARKER in sd
     name = str(p)
-    unet = build_unet(sd, config_dir, name)
-    vae = build_vae(sd, config_dir, name, prefix=VAE_PREFIX)
-    te1 = build_te1(sd, config_dir, name)
-    te2 = build_te2(sd, config_dir, name)
+    try:
+        unet = build_unet(sd, config_dir, name)
+        vae = build_vae(sd, config_dir, name, prefix=VAE_PREFIX)
+        te1 = build_te1(sd, config_dir, name)
+        te2 = build_te2(sd, config_dir, name)
+    except ModelError as e:  # say which layout the file was read as (it has conditioner.embedders.*)
+        raise ModelError(f"read as an SDXL checkpoint: {e.message}", file=name, key=e.key,
+                         fix="pass a complete SDXL checkpoint of SDXL base's architecture (or a diffusers folder "
+                             "of this model, which carries its own configs)") from None
     tok1, tok2 = load_sdxl_tokenizers(config_dir)
     return SDXLModel(unet, vae, te1, te2, tok1, tok2, make_noise_scheduler(bool(v_param)), bool(v_param),
                      "single_file", p.name)
