@@ -342,3 +342,15 @@ def test_predict_passes_pooled_and_time_ids(xl):
     assert (out - other).abs().max().item() > 1e-4
     with pytest.raises(ValueError, match="pooled text vector"):
         xl.predict(x, t, PromptEmbeds(e.context), added)
+
+
+def test_replacement_vae_keeps_sdxl_scaling(xl_files, tmp_path):
+    """--vae with an SDXL model (e.g. an fp16-fixed SDXL VAE) is read with SDXL's VAE config (0.13025)."""
+    path, configs = xl_files["file"]
+    other, _ = save_tiny_sdxl_single_file(tmp_path / "other.safetensors", seed=9)
+    want = build_tiny_sdxl(seed=9).vae.state_dict()
+    m = load_sd_model(path, config_dir=configs, vae=other)
+    assert all(torch.equal(m.vae.state_dict()[k], v) for k, v in want.items())
+    assert m.latent_scale == 0.13025 and m.vae.config.force_upcast
+    m = load_sd_model(xl_files["dir"], vae=xl_files["dir"])   # a folder with vae/
+    assert m.latent_scale == 0.13025
