@@ -101,9 +101,15 @@ def release(path: Path) -> None:
 
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike) -> Iterator[list[str]]:
-    """Hold the folder's lock for the block; yields the warnings of taking it."""
+    """Hold the folder's lock for the block; yields the warnings of taking it. A folder the lock made
+    is removed again when the run leaves nothing in it (it failed before writing anything), so a
+    refused run does not leave an empty output folder behind."""
+    made = not Path(folder).exists()
     path, warnings = acquire(folder)
     try:
         yield warnings
     finally:
         release(path)
+        if made:
+            with contextlib.suppress(OSError):  # not empty, or gone: keep what is there
+                path.parent.rmdir()

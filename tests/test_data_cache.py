@@ -155,3 +155,30 @@ def test_odd_folder_trains_to_the_end_naming_the_broken_files(tmp_path, tiny_mod
     assert res.steps == 7 and res.output_file.is_file()  # 7 readable images x 5 repeats / batch 5
     warned = [e.data["message"] for e in events if e.kind == "warning" and "unreadable" in e.data["message"]]
     assert len(warned) == 1 and all(n in warned[0] for n in ("corrupt.png", "empty.jpg", "truncated.jpeg"))
+
+
+def test_stale_cache_temporaries_beside_the_images_are_removed(tmp_path):
+    """A run killed while writing `<stem>_<W>x<H>_sd.npz` leaves a hidden temporary beside the image;
+    the next disk-cached run removes it when it is old, and keeps a fresh one (another run sharing the
+    folder may be writing it now) and anything that is not a cache temporary."""
+    import os
+    import time
+
+    a = rand_png(tmp_path / "t" / "1_a" / "a.png", seed=1)
+    folder = a.parent
+    stale = folder / ".a_0032x0032_sd.npz.k3j9x.tmp"
+    fresh = folder / ".b_0032x0032_sd.npz.q8w2e.tmp"
+    other = folder / ".notes.txt.x1.tmp"
+    for p in (stale, fresh, other):
+        p.write_bytes(b"half")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    ds = TrainDataset(scan_folders(tmp_path / "t"), (32, 32), cache_to_disk=True)
+    ds.cache_latents(_tiny_vae(), batch_size=1, seed=0)
+    assert ds.removed_temporaries == [stale.name]
+    assert not stale.exists() and fresh.exists() and other.exists()
+    mem = TrainDataset(scan_folders(tmp_path / "t"), (32, 32))  # no disk cache: the folder is not touched
+    os.utime(fresh, (old, old))
+    mem.cache_latents(_tiny_vae(), batch_size=1, seed=0)
+    assert mem.removed_temporaries == [] and fresh.exists()

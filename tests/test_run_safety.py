@@ -56,6 +56,32 @@ def test_a_lock_from_another_host_is_not_guessed_stale(tmp_path):
     assert "gpu-node-7" in e.value.message and LOCK_NAME in e.value.fix
 
 
+def test_a_folder_the_lock_made_is_removed_when_the_run_left_nothing(tmp_path):
+    new = tmp_path / "runs" / "new"
+    with output_lock(new):
+        assert (new / LOCK_NAME).exists()
+    assert not new.exists() and (tmp_path / "runs").exists()  # only the folder it made
+    kept = tmp_path / "kept"
+    with output_lock(kept):
+        (kept / "metrics.jsonl").write_text("{}\n")
+    assert (kept / "metrics.jsonl").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with output_lock(mine):
+        pass
+    assert mine.is_dir()  # the user's own empty folder stays
+
+
+def test_a_run_that_fails_before_writing_leaves_no_output_folder(tmp_path, data, capsys):
+    from lorakit.cli import main
+
+    out = tmp_path / "out"
+    code = main(["train", "--model", str(tmp_path / "no-such-model"), "--data", str(data), "--output", str(out),
+                 "--quiet"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_cli_second_run_exits_2(tiny_model_dir, data, tmp_path, capsys):
     from lorakit.cli import main
 

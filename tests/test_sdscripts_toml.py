@@ -296,3 +296,21 @@ resolution = 64
     ds = TrainDataset.from_config(cfg)
     b = ds.make_batch([0], 1, 0)
     assert b.masks[0, 0].tolist() == [[0.0] * 4 + [1.0] * 4] * 8
+
+
+def test_dataset_config_problems_are_all_raised_together(tmp_path):
+    """A typo in [general], a subset without image_dir and a refused subset value: one error, three
+    lines, each with its fix; no value of the half-read dataset file reaches the config."""
+    (tmp_path / "config.toml").write_text(SUBSETS_CONFIG, encoding="utf-8")
+    (tmp_path / "dataset.toml").write_text(
+        "[general]\nshuffle_captoin = true\n[[datasets]]\nresolution = 512\n"
+        "  [[datasets.subsets]]\n  num_repeats = 2\n"
+        f'  [[datasets.subsets]]\n  image_dir = "{tmp_path / "a"}"\n  face_crop_aug_range = "2.0,4.0"\n',
+        encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "config.toml")
+    text = str(e.value)
+    assert "3 problems" in text, text
+    assert "shuffle_captoin" in text and "shuffle_caption" in text
+    assert "no image_dir" in text and "face_crop_aug_range" in text
+    assert e.value.file.endswith("dataset.toml")

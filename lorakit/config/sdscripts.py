@@ -172,16 +172,17 @@ def _pick(key: str, *levels: dict[str, Any]) -> Any:
     return None
 
 
-def _check_keys(table: dict[str, Any], allowed: set[str], where: str, file: str) -> None:
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str, problems: Problems) -> None:
     for k in table:
         if k not in allowed:
             guess = suggest(k, allowed)
-            raise ConfigError(f"unknown key '{k}' in {where}", file=file, key=k,
-                              fix=f"did you mean '{guess}'?" if guess else "see sd-scripts' dataset_config keys")
+            problems.add(k, f"unknown key '{k}' in {where}",
+                         f"did you mean '{guess}'?" if guess else "see sd-scripts' dataset_config keys")
 
 
 def read_dataset_config(path: Path, res: ImportResult) -> None:
-    """sd-scripts' dataset_config TOML onto res.values (dataset_subsets and the run's data settings)."""
+    """sd-scripts' dataset_config TOML onto res.values (dataset_subsets and the run's data settings).
+    Every problem of the file is raised together; nothing is written to res.values when there is one."""
     file = str(path)
     if not path.is_file():
         raise ConfigError("dataset_config file not found", file=file, key="dataset_config", fix="check the path")
@@ -189,35 +190,37 @@ def read_dataset_config(path: Path, res: ImportResult) -> None:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"not valid TOML: {e}", file=file) from None
-    _check_keys(raw, {"general", "datasets"}, "the dataset config's top level", file)
+    problems = Problems(file)
+    _check_keys(raw, {"general", "datasets"}, "the dataset config's top level", problems)
     general = raw.get("general", {})
     datasets = raw.get("datasets", [])
     subset_level = set(SUBSET_KEYS) | set(GLOBAL_SUBSET_KEYS) | set(PER_SUBSET_KEYS) | set(TABLE_DATASET_KEYS)
-    _check_keys(general, set(DATASET_KEYS) | subset_level - {"image_dir"}, "[general]", file)
+    _check_keys(general, set(DATASET_KEYS) | subset_level - {"image_dir"}, "[general]", problems)
     if not datasets:
-        raise ConfigError("no [[datasets]]", file=file, key="datasets", fix="add [[datasets]] with [[datasets.subsets]]")
+        problems.add("datasets", "no [[datasets]]", "add [[datasets]] with [[datasets.subsets]]")
     values = res.values
     cfg_level = {k: values[k] for k in GLOBAL_SUBSET_KEYS + PER_SUBSET_KEYS + ("caption_extension",) if k in values}
     subsets: list[dict[str, Any]] = []
     dataset_vals: dict[str, dict[str, Any]] = {}  # key -> {repr: value}, to compare any TOML value
     global_vals: dict[str, dict[str, Any]] = {}
     for d in datasets:
-        _check_keys(d, set(DATASET_KEYS) | subset_level | {"subsets"} - {"image_dir"}, "[[datasets]]", file)
+        _check_keys(d, set(DATASET_KEYS) | subset_level | {"subsets"} - {"image_dir"}, "[[datasets]]", problems)
         for k in DATASET_KEYS:
             v = _pick(k, d, general)
             if v is not None:
                 dataset_vals.setdefault(k, {})[repr(v)] = v
         for s in d.get("subsets", []):
-            _check_keys(s, subset_level, "[[datasets.subsets]]", file)
+            _check_keys(s, subset_level, "[[datasets.subsets]]", problems)
             levels = (s, d, general, cfg_level)
             if not s.get("image_dir"):
-                raise ConfigError("a subset has no image_dir", file=file, key="image_dir",
-                                  fix="lorakit reads DreamBooth-style subsets: give each one an image_dir")
+                problems.add("image_dir", "a subset has no image_dir",
+                             "lorakit reads DreamBooth-style subsets: give each one an image_dir")
+                continue
             for k in TABLE_DATASET_KEYS:
                 v, entry = _pick(k, s, d, general), lookup(k)
                 if v is not None and entry.kind != RUNTIME and not is_neutral(entry, v, s):  # type: ignore[union-attr]
                     msg, fix = refusal(k, entry, v)  # type: ignore[arg-type]
-                    raise ConfigError(msg, file=file, key=k, fix=fix)
+                    problems.add(k, msg, fix)
             for k in GLOBAL_SUBSET_KEYS + PER_SUBSET_KEYS:
                 v = _pick(k, *levels)
                 global_vals.setdefault(k, {})[repr(v)] = v
@@ -228,17 +231,20 @@ def read_dataset_config(path: Path, res: ImportResult) -> None:
                             **{k: _pick(k, *levels) for k in PER_SUBSET_KEYS},
                             **({"conditioning_data_dir": str(s["conditioning_data_dir"])}
                                if s.get("conditioning_data_dir") else {})})
-    if not subsets:
-        raise ConfigError("no [[datasets.subsets]]", file=file, key="subsets", fix="add [[datasets.subsets]] with image_dir")
+    if datasets and not subsets and not problems.items:
+        problems.add("subsets", "no [[datasets.subsets]]", "add [[datasets.subsets]] with image_dir")
     for k, vs in dataset_vals.items():
         if len(vs) > 1:
-            raise ConfigError(f"the datasets disagree on {k} ({', '.join(vs)}); per-dataset values are "
-                              "not supported yet", file=file, key=k, fix=f"give every dataset the same {k}")
-        values[DATASET_KEYS[k]] = next(iter(vs.values()))
+            problems.add(k, f"the datasets disagree on {k} ({', '.join(vs)}); per-dataset values are not supported",
+                         f"give every dataset the same {k}")
     for k, vs in global_vals.items():
         if len(vs) > 1 and k in GLOBAL_SUBSET_KEYS:
-            raise ConfigError(f"the subsets disagree on {k} ({', '.join(sorted(vs))}); it is one setting of the "
-                              "whole run in lorakit", file=file, key=k, fix=f"give every subset the same {k}")
+            problems.add(k, f"the subsets disagree on {k} ({', '.join(sorted(vs))}); it is one setting of the "
+                            "whole run in lorakit", f"give every subset the same {k}")
+    problems.raise_all()
+    for k, vs in dataset_vals.items():
+        values[DATASET_KEYS[k]] = next(iter(vs.values()))
+    for k, vs in global_vals.items():
         v = next(iter(vs.values()))
         if len(vs) == 1 and v is not None:
             values[k] = v  # every subset agrees: the run's value (as before; --set can change it)

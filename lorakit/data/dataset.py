@@ -30,8 +30,8 @@ from .captions import CaptionOptions
 from .folders import DatasetIndex, ImageItem, scan_config, scan_folders
 from .images import (center_offset, latent_mask, load_image_rgb, load_image_rgb_alpha, load_mask_plane, probe_image,
                      resize_crop, resize_crop_alpha, to_tensor)
-from .latent_cache import (Moments, disk_path, entry_key, file_sha256, load_entry, sample, save_entry,
-                           vae_identity)
+from .latent_cache import (Moments, clean_stale_temporaries, disk_path, entry_key, file_sha256, load_entry, sample,
+                           save_entry, vae_identity)
 from .validate import validate_data_config
 
 if TYPE_CHECKING:
@@ -187,6 +187,8 @@ class TrainDataset:
                     continue
             todo.setdefault(pl.bucket, []).append(p)
         self.cache_stats = {"encoded": sum(map(len, todo.values())), "from_disk": len(moments)}
+        # what a run killed mid-write left beside the images (names, for the caller to report)
+        self.removed_temporaries = clean_stale_temporaries(paths) if self.cache_to_disk else []
         done, total = 0, self.cache_stats["encoded"]
         for bucket in sorted(todo):
             group = todo[bucket]

@@ -59,6 +59,31 @@ def disk_path(image: str | Path, bucket: tuple[int, int]) -> Path:
     return p.with_name(f"{p.stem}_{bucket[0]:04d}x{bucket[1]:04d}_sd.npz")
 
 
+STALE_TMP_AGE_S = 600.0  # a cache entry is written in milliseconds: a temporary this old lost its writer
+
+
+def clean_stale_temporaries(images: list[Path], max_age_s: float = STALE_TMP_AGE_S) -> list[str]:
+    """Remove the hidden `.<stem>_<W>x<H>_sd.npz.<random>.tmp` files that a run killed while writing
+    its disk cache left next to the images. Only cache temporaries, and only old ones: another run
+    that shares the data folder may be writing its own right now. Returns the names removed."""
+    import time
+
+    removed, now = [], time.time()
+    for folder in sorted({p.parent for p in images}):
+        try:
+            entries = list(folder.glob(".*_sd.npz.*.tmp"))
+        except OSError:
+            continue
+        for tmp in entries:
+            try:
+                if tmp.is_file() and now - tmp.stat().st_mtime > max_age_s:
+                    tmp.unlink()
+                    removed.append(tmp.name)
+            except OSError:  # gone already, or not ours to remove: leave it
+                continue
+    return removed
+
+
 def entry_key(image_hash: str, bucket: tuple[int, int], resized: tuple[int, int],
               crop: tuple[int, int], vae_id: str, alpha_mask: bool = False) -> str:
     """alpha_mask: the pixels were not composited on white (and the entry holds the mask), so an

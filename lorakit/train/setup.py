@@ -150,6 +150,9 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     if cfg.cache_latents or cfg.cache_latents_to_disk:  # disk caching implies caching, as kohya
         run.dataset.cache_latents(m.vae.to(run.device), batch_size=cfg.vae_batch_size, device=run.device,
                                   dtype=torch.float32, seed=seed)
+        if run.dataset.removed_temporaries:
+            run.warnings.append(f"removed {len(run.dataset.removed_temporaries)} temporary latent-cache file(s) that "
+                                "a killed run left beside the images")
     for module in (m.unet, m.text_encoder):  # frozen base weights in the autocast dtype, as kohya
         module.to(run.device) if run.weight_dtype == torch.float32 else module.to(run.device, run.weight_dtype)
 
