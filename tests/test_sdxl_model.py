@@ -18,8 +18,8 @@ from lorakit.models.sdxl import SDXLModel, time_ids
 from lorakit.models.sdxl_configs import SDXL_CONFIG_DIR, sdxl_unet_config
 from lorakit.models.sgm_layout import TE2_PREFIX, te2_key_map
 from lorakit.models.text import final_layer_norm
-from lorakit.models.tiny_sdxl import (TE2_PROJECTION, build_tiny_sdxl, save_tiny_sdxl_pipeline,
-                                      save_tiny_sdxl_single_file)
+from lorakit.models.tiny_sdxl import (CONTEXT, TE2_HIDDEN, TE2_PROJECTION, build_tiny_sdxl,
+                                      save_tiny_sdxl_pipeline, save_tiny_sdxl_single_file)
 
 EOS, BOS = 49407, 49406
 
@@ -165,7 +165,7 @@ def test_folder_and_single_file_load_identical_weights(xl, xl_files):
     sd = load_file(str(path))
     # open_clip keeps the projection as x @ P: the file holds the HF weight transposed
     assert torch.equal(sd[TE2_PREFIX + "text_projection"], xl.text_encoder_2.text_projection.weight.T)
-    assert sd[TE2_PREFIX + "text_projection"].shape == (48, TE2_PROJECTION)
+    assert sd[TE2_PREFIX + "text_projection"].shape == (TE2_HIDDEN, TE2_PROJECTION)
 
 
 def test_single_file_matches_diffusers_own_sdxl_converter(xl, xl_files):
@@ -235,7 +235,7 @@ def test_context_is_both_penultimate_states_without_final_norm_concatenated(xl):
     caps = ["a photo of a cat", "lkshape, red circle"]
     with torch.no_grad():
         e = xl.encode_prompts(caps, max_token_length=None, device="cpu")
-    assert e.context.shape == (2, 77, 32 + 48) and e.pooled.shape == (2, TE2_PROJECTION)
+    assert e.context.shape == (2, 77, 32 + TE2_HIDDEN) and e.pooled.shape == (2, TE2_PROJECTION)
     ids1 = xl.tokenizer(caps, padding="max_length", max_length=77, return_tensors="pt").input_ids
     ids2 = xl.tokenizer_2(caps, padding="max_length", max_length=77, return_tensors="pt").input_ids
     want = torch.cat([_penultimate_reference(xl.text_encoder, ids1), _penultimate_reference(xl.text_encoder_2, ids2)],
@@ -261,7 +261,7 @@ def test_long_prompts_in_75_token_chunks_pooled_from_the_first(xl):
     words = " ".join(["red"] * 100)          # 100 tokens: chunk 0 holds 75, chunk 1 the other 25
     with torch.no_grad():
         e = xl.encode_prompts([words], max_token_length=150, device="cpu")
-    assert e.context.shape == (1, 152, 80)
+    assert e.context.shape == (1, 152, CONTEXT)
     from lorakit.models.text import tokenize
 
     ids2 = tokenize(xl.tokenizer_2, [words], 150)[0]                 # (2, 77)
@@ -285,7 +285,7 @@ def test_weighted_captions_scale_both_encoders_states_not_pooled(xl):
         plain = xl.encode_prompts(["a red cat"], max_token_length=None, weighted=True, device="cpu")
         w = xl.encode_prompts(["a (red:1.5) cat"], max_token_length=None, weighted=True, device="cpu")
     ratio = w.context[0] / plain.context[0]
-    assert torch.allclose(ratio[2], torch.full((80,), 1.5), atol=1e-4)   # BOS, a, red, cat: "red" at 2
+    assert torch.allclose(ratio[2], torch.full((CONTEXT,), 1.5), atol=1e-4)   # BOS, a, red, cat: "red" at 2
     assert torch.allclose(w.context[0, [0, 1, 3, 4]], plain.context[0, [0, 1, 3, 4]], atol=1e-6)
     assert torch.equal(w.pooled, plain.pooled)
 
@@ -330,7 +330,7 @@ def test_unet_embeds_time_ids_as_sd_scripts_get_size_embeddings(xl):
 def test_predict_passes_pooled_and_time_ids(xl):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, 8, 8, generator=g)
-    e = PromptEmbeds(torch.randn(2, 77, 80, generator=g), torch.randn(2, TE2_PROJECTION, generator=g))
+    e = PromptEmbeds(torch.randn(2, 77, CONTEXT, generator=g), torch.randn(2, TE2_PROJECTION, generator=g))
     t = torch.tensor([10, 600])
     added = {"time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
     with torch.no_grad():

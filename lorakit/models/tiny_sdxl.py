@@ -21,7 +21,7 @@ from .sdxl_configs import (VAE_SCALE, load_sdxl_tokenizers, sdxl_model_index, sd
                            write_sdxl_tokenizers)
 from .tiny import TINY_HIDDEN, tiny_vae_config
 
-TE1_HIDDEN, TE2_HIDDEN, TE2_PROJECTION, TIME_DIM = TINY_HIDDEN, 48, 40, 8
+TE1_HIDDEN, TE2_HIDDEN, TE2_PROJECTION, TIME_DIM = TINY_HIDDEN, 64, 40, 8
 CONTEXT = TE1_HIDDEN + TE2_HIDDEN
 
 
