@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from .kohya_keys import (FIELDS, GUI_UNSET, MAPPED, NETWORK_ARGS, RUNTIME, SD_SCRIPTS_ARGS, ImportResult, Problems,
                          as_bool, blank, is_neutral, lookup, refusal, suggest, unknown_key)
 from .netargs import LYCORIS_MODULE, apply_network_args
-from .schema import parse_kv_args
+from .checks import parse_kv_args
 from .sdscripts import read_dataset_config
 
 # LoRA_type -> (network_type, the GUI keys it passes as network args): what the adapter types declare

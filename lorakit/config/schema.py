@@ -6,12 +6,13 @@ The kohya_ss importer (kohya.py) maps GUI JSON keys onto these fields.
 """
 from __future__ import annotations
 
-import ast
 import difflib
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator, model_validator
+
+from .checks import LR_WEIGHT_PRESETS, block_problems, is_number, parse_kv_args
+from .fields import RESUME_LR, RESUME_NOTED, RESUME_SAFE, F
 
 # Sections only group keys for display and for optional TOML tables; a key is
 # defined once whatever the table it is written in.
@@ -25,19 +26,17 @@ SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "caption_extension", 
                "conditioning_data_dir") + SUBSET_OPTIONS
 
 
-def F(default: Any, section: str, help: str, **kw: Any) -> Any:  # noqa: N802
-    return Field(default, description=help, json_schema_extra={"section": section}, **kw)
-
-
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # ---- model -------------------------------------------------------------------
     pretrained_model_name_or_path: Optional[str] = F(
-        None, "model", "Local SD1.x/2.x checkpoint: a diffusers folder or a single .safetensors/.ckpt file.")
+        None, "model", "Local SD1.x/2.x checkpoint: a diffusers folder or a single .safetensors/.ckpt file.",
+        resume=RESUME_SAFE)
     v2: bool = F(False, "model", "The checkpoint is SD2.x (detected from the file when it can be).")
     v_parameterization: bool = F(False, "model", "Train with the v-prediction target (SD2 768-v models).")
-    vae: Optional[str] = F(None, "model", "Optional separate VAE (diffusers folder or single file).")
+    vae: Optional[str] = F(None, "model", "Optional separate VAE (diffusers folder or single file).",
+        resume=RESUME_SAFE)
     clip_skip: int = F(1, "model", "Use the k-th last text-encoder layer (then final_layer_norm); 1 = last.",
                        ge=1, le=12)
     max_token_length: Literal[75, 150, 225] = F(
@@ -45,8 +44,9 @@ class TrainConfig(BaseModel):
 
     # ---- data --------------------------------------------------------------------
     train_data_dir: Optional[str] = F(
-        None, "data", "Folder of kohya subfolders named <repeats>_<name> holding images and captions.")
-    reg_data_dir: Optional[str] = F(None, "data", "Regularization images, same folder layout.")
+        None, "data", "Folder of kohya subfolders named <repeats>_<name> holding images and captions.",
+        resume=RESUME_SAFE)
+    reg_data_dir: Optional[str] = F(None, "data", "Regularization images, same folder layout.", resume=RESUME_SAFE)
     resolution: tuple[int, int] = F((512, 512), "data", "Training size 'W,H' or one number for square.")
     caption_extension: str = F(".txt", "data", "Caption file extension, next to each image.")
     shuffle_caption: bool = F(False, "data", "Shuffle comma-separated tags each time a caption is used.")
@@ -57,11 +57,12 @@ class TrainConfig(BaseModel):
         None, "data", "Reuse the text encoder's output for a caption string seen before (exact also with "
         "shuffled or dropped captions; the key is the string trained with), in up to 256 MB on the training "
         "device. Unset: on when the text encoder is not trained (text_encoder_lr = 0 or "
-        "network_train_unet_only); true with a trained text encoder is an error.")
+        "network_train_unet_only); true with a trained text encoder is an error.", resume=RESUME_SAFE)
     max_data_loader_n_workers: int = F(
         0, "data", "DataLoader worker processes that decode batches ahead of their step (0 = the main process "
-        "builds each batch when its step comes). Same results either way.", ge=0)
-    persistent_data_loader_workers: bool = F(False, "data", "Keep DataLoader workers alive between epochs.")
+        "builds each batch when its step comes). Same results either way.", ge=0, resume=RESUME_SAFE)
+    persistent_data_loader_workers: bool = F(False, "data", "Keep DataLoader workers alive between epochs.",
+        resume=RESUME_SAFE)
     prior_loss_weight: float = F(1.0, "data", "Loss weight of regularization images.", ge=0)
     cache_latents_to_disk: bool = F(
         False, "data", "Keep cached latents in <image>_<W>x<H>_sd.npz files; re-encoded when the image, "
@@ -103,13 +104,13 @@ class TrainConfig(BaseModel):
         None, "data", "Validation images in a separate folder, same <repeats>_<name> layout (repeats ignored).")
     validate_every_n_epochs: Optional[int] = F(
         None, "data", "Compute the validation loss every N epochs (unset = every epoch when validation is on).",
-        ge=1)
+        ge=1, resume=RESUME_SAFE)
     validate_every_n_steps: Optional[int] = F(
         None, "data", "Also compute the validation loss every N optimizer steps (sd-scripts: at steps N, 2N, ...); "
-        "unset or 0 = only per epoch.", ge=1)
+        "unset or 0 = only per epoch.", ge=1, resume=RESUME_SAFE)
     max_validation_steps: Optional[int] = F(
         None, "data", "Use at most this many validation batches (the first ones, in a fixed order) per "
-        "validation; unset or 0 = all.", ge=1)
+        "validation; unset or 0 = all.", ge=1, resume=RESUME_SAFE)
     dataset_subsets: list[dict[str, Any]] = F(
         [], "data", "Explicit image folders instead of train_data_dir/reg_data_dir (what an sd-scripts "
         "dataset_config gives): each {image_dir, num_repeats, class_tokens, caption_extension, is_reg} and "
@@ -145,7 +146,8 @@ class TrainConfig(BaseModel):
                          "(0 or unset = off).", ge=0)
     network_weights: Optional[str] = F(
         None, "network", "Start from this adapter file (.safetensors from lorakit, kohya or LyCORIS) instead of "
-                         "fresh adapters; its algorithm must be network_type. Not re-applied on --resume.")
+                         "fresh adapters; its algorithm must be network_type. Not re-applied on --resume.",
+                         resume=RESUME_SAFE)
     dim_from_weights: bool = F(
         False, "network", "Take network_dim/network_alpha and conv_dim/conv_alpha from the network_weights file "
                           "instead of the config.")
@@ -199,11 +201,12 @@ class TrainConfig(BaseModel):
     optimizer_type: str = F("AdamW", "optimizer", "Optimizer name (case-insensitive) or a module.Class path.")
     optimizer_args: dict[str, Any] = F(
         {}, "optimizer", "Optimizer keyword arguments; also accepts kohya's list of 'key=value' strings.")
-    learning_rate: float = F(1e-4, "optimizer", "Fallback learning rate for unet_lr / text_encoder_lr.", ge=0)
+    learning_rate: float = F(1e-4, "optimizer", "Fallback learning rate for unet_lr / text_encoder_lr.", ge=0,
+        resume=RESUME_LR)
     unet_lr: Optional[float] = F(None, "optimizer", "UNet adapter lr (unset = learning_rate; 0 = frozen).",
-                                 ge=0)
+                                 ge=0, resume=RESUME_LR)
     text_encoder_lr: Optional[float] = F(
-        None, "optimizer", "Text-encoder adapter lr (unset = learning_rate; 0 = frozen).", ge=0)
+        None, "optimizer", "Text-encoder adapter lr (unset = learning_rate; 0 = frozen).", ge=0, resume=RESUME_LR)
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                           "polynomial"] = F(
         "constant", "optimizer", "Learning-rate schedule, stepped once per optimizer step (diffusers' formulas).")
@@ -223,8 +226,9 @@ class TrainConfig(BaseModel):
     gradient_accumulation_steps: int = F(1, "training", "Micro-batches per optimizer step.", ge=1)
     max_train_steps: Optional[int] = F(
         None, "training", "Optimizer steps. With max_train_epochs too, training stops at whichever comes first. "
-                          "Neither set: 1600 (sd-scripts' default).", ge=1)
-    max_train_epochs: Optional[int] = F(None, "training", "Epochs to train (see max_train_steps).", ge=1)
+                          "Neither set: 1600 (sd-scripts' default).", ge=1, resume=RESUME_SAFE)
+    max_train_epochs: Optional[int] = F(None, "training", "Epochs to train (see max_train_steps).", ge=1,
+        resume=RESUME_SAFE)
     seed: Optional[int] = F(None, "training", "Random seed; unset = a random one, recorded in the metadata.",
                             ge=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = F("no", "training", "Autocast precision.")
@@ -245,21 +249,22 @@ class TrainConfig(BaseModel):
     # speed (lorakit/train/speed.py); none of these changes what is trained, only how fast
     torch_compile: bool = F(
         False, "training", "torch.compile the UNet in place after the adapters are applied (and the text "
-                           "encoder when it is trained); each new bucket shape compiles once.")
+                           "encoder when it is trained); each new bucket shape compiles once.", resume=RESUME_SAFE)
     dynamo_backend: str = F(
         "inductor", "training", "torch.compile backend (torch._dynamo.list_backends(): inductor, aot_eager, "
-                                "cudagraphs, ...); used with torch_compile. kohya GUI: 'no' = off.")
+                                "cudagraphs, ...); used with torch_compile. kohya GUI: 'no' = off.", resume=RESUME_SAFE)
     torch_compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune",
                                          "max-autotune-no-cudagraphs"]] = F(
         None, "training", "torch.compile mode (inductor only): default, reduce-overhead (CUDA graphs, for small "
-                          "batches), max-autotune, max-autotune-no-cudagraphs; unset = default.")
+                          "batches), max-autotune, max-autotune-no-cudagraphs; unset = default.", resume=RESUME_SAFE)
     torch_compile_scope: Literal["regional", "whole"] = F(
         "regional", "training", "What torch_compile compiles: regional = each repeated block (transformer and ResNet "
                                 "blocks, text-encoder layers) with its adapters, one graph per block shape, compiled "
-                                "several times faster; whole = the whole UNet (and text encoder) as one graph.")
+                                "several times faster; whole = the whole UNet (and text encoder) as one graph.",
+                                resume=RESUME_SAFE)
     channels_last: bool = F(
         False, "training", "UNet (and the VAE when it encodes during training) and their inputs in the "
-                           "channels_last memory format.")
+                           "channels_last memory format.", resume=RESUME_SAFE)
     # noise and timesteps (lorakit/train/noise.py); every draw comes from the sample's own seed
     noise_offset: float = F(0.0, "training", "Add noise_offset * randn per sample and channel to the noise "
                                              "(darker/brighter images; about 0.05-0.1); 0 = off.", ge=0, le=1)
@@ -302,55 +307,64 @@ class TrainConfig(BaseModel):
     huber_scale: float = F(1.0, "training", "Multiplies the Huber threshold (huber / smooth_l1 only).", gt=0)
 
     # ---- output ------------------------------------------------------------------
-    output_dir: Optional[str] = F(None, "output", "Folder for the adapter, metrics.jsonl and logs.")
+    output_dir: Optional[str] = F(None, "output", "Folder for the adapter, metrics.jsonl and logs.", resume=RESUME_SAFE)
     output_name: str = F("last", "output", "Adapter file name without extension.")
-    save_model_as: Literal["safetensors"] = F("safetensors", "output", "File format (safetensors only).")
-    save_precision: Literal["float", "fp16", "bf16"] = F("fp16", "output", "dtype of the saved tensors.")
-    save_every_n_epochs: Optional[int] = F(None, "output", "Also save <name>-<epoch:06d> every N epochs.", ge=1)
+    save_model_as: Literal["safetensors"] = F("safetensors", "output", "File format (safetensors only).",
+        resume=RESUME_NOTED)
+    save_precision: Literal["float", "fp16", "bf16"] = F("fp16", "output", "dtype of the saved tensors.",
+        resume=RESUME_NOTED)
+    save_every_n_epochs: Optional[int] = F(None, "output", "Also save <name>-<epoch:06d> every N epochs.", ge=1,
+        resume=RESUME_NOTED)
     save_every_n_steps: Optional[int] = F(None, "output", "Also save <name>-step<step:08d> every N steps.",
-                                          ge=1)
+                                          ge=1, resume=RESUME_NOTED)
     save_state: bool = F(False, "output", "Also save the full training state (for --resume) at each save "
-                                          "and at the end, as <name>-...-state folders.")
+                                          "and at the end, as <name>-...-state folders.", resume=RESUME_NOTED)
     save_state_on_train_end: bool = F(
         False, "output", "Save the training state as <name>-state at the end only (save_state saves it at "
-        "every save too).")
+        "every save too).", resume=RESUME_NOTED)
     resume: Optional[str] = F(
         None, "output", "Resume from this lorakit state folder (or 'auto': the newest in output_dir); the "
-        "command line's --resume wins.")
+        "command line's --resume wins.", resume=RESUME_SAFE)
     save_last_n_epochs: Optional[int] = F(
-        None, "output", "Keep only the newest N per-epoch files (the final file is always kept).", ge=1)
+        None, "output", "Keep only the newest N per-epoch files (the final file is always kept).", ge=1,
+        resume=RESUME_NOTED)
     save_last_n_steps: Optional[int] = F(
-        None, "output", "Keep only per-step files from the last N steps (kohya's rule).", ge=1)
+        None, "output", "Keep only per-step files from the last N steps (kohya's rule).", ge=1, resume=RESUME_NOTED)
     save_last_n_epochs_state: Optional[int] = F(None, "output", "As save_last_n_epochs, for state folders.",
-                                                ge=1)
-    save_last_n_steps_state: Optional[int] = F(None, "output", "As save_last_n_steps, for state folders.", ge=1)
-    logging_dir: Optional[str] = F(None, "output", "TensorBoard folder (unset = <output_dir>/logs).")
+                                                ge=1, resume=RESUME_NOTED)
+    save_last_n_steps_state: Optional[int] = F(None, "output", "As save_last_n_steps, for state folders.", ge=1,
+        resume=RESUME_NOTED)
+    logging_dir: Optional[str] = F(None, "output", "TensorBoard folder (unset = <output_dir>/logs).",
+        resume=RESUME_SAFE)
     log_with: Optional[Literal["tensorboard", "wandb", "all"]] = F(
         None, "output", "Where step metrics go besides metrics.jsonl: tensorboard (also when unset), wandb (needs "
-        "the wandb package; project log_tracker_name), or all (both).")
+        "the wandb package; project log_tracker_name), or all (both).", resume=RESUME_SAFE)
     log_tracker_name: Optional[str] = F(None, "output", "wandb project name (unset = 'network_train', as "
-                                                        "sd-scripts).")
+                                                        "sd-scripts).", resume=RESUME_SAFE)
     wandb_run_name: Optional[str] = F(None, "output", "wandb run name (unset = output_name, as the kohya GUI "
-                                                      "passes it).")
-    training_comment: Optional[str] = F(None, "output", "Stored as ss_training_comment in the file.")
+                                                      "passes it).", resume=RESUME_SAFE)
+    training_comment: Optional[str] = F(None, "output", "Stored as ss_training_comment in the file.",
+        resume=RESUME_SAFE)
 
     # ---- sample ------------------------------------------------------------------
     sample_prompts: Optional[str] = F(
         None, "sample", "Sample prompts, inline (one per line) or a .txt file; kohya options --n --w --h --d "
-                        "--s --l --ss.")
-    sample_every_n_epochs: Optional[int] = F(None, "sample", "Write sample images every N epochs.", ge=1)
-    sample_every_n_steps: Optional[int] = F(None, "sample", "Write sample images every N steps.", ge=1)
-    sample_at_first: bool = F(False, "sample", "Also sample before the first step.")
+                        "--s --l --ss.", resume=RESUME_NOTED)
+    sample_every_n_epochs: Optional[int] = F(None, "sample", "Write sample images every N epochs.", ge=1,
+        resume=RESUME_NOTED)
+    sample_every_n_steps: Optional[int] = F(None, "sample", "Write sample images every N steps.", ge=1,
+        resume=RESUME_NOTED)
+    sample_at_first: bool = F(False, "sample", "Also sample before the first step.", resume=RESUME_NOTED)
     sample_sampler: str = F("euler_a", "sample", "Sampler: ddim, pndm, lms, euler, euler_a, heun, dpm_2, "
                                                  "dpm_2_a, dpmsolver, dpmsolver++, dpmsingle, dpm++ 2m karras, "
-                                                 "unipc (k_ prefixes allowed).")
+                                                 "unipc (k_ prefixes allowed).", resume=RESUME_NOTED)
     dlr_spike_factor: float = F(
         3.0, "sample", "Warn when d*lr (Prodigy/DAdaptation) grows by more than this factor within "
-                       "dlr_spike_window steps after it has levelled off; 0 = off.", ge=0)
-    dlr_spike_window: int = F(20, "sample", "Steps over which a d*lr spike is measured.", ge=1)
+                       "dlr_spike_window steps after it has levelled off; 0 = off.", ge=0, resume=RESUME_SAFE)
+    dlr_spike_window: int = F(20, "sample", "Steps over which a d*lr spike is measured.", ge=1, resume=RESUME_SAFE)
     dlr_spike_action: Literal["warn", "save", "stop"] = F(
         "warn", "sample", "On a d*lr spike: warn; save the adapter as it was before the spike took effect; "
-                          "or stop there (adapter saved).")
+                          "or stop there (adapter saved).", resume=RESUME_SAFE)
 
     # ---- validators --------------------------------------------------------------
     @field_validator("resolution", mode="before")
@@ -464,10 +478,10 @@ class TrainConfig(BaseModel):
         text = v.strip()
         if not text:
             return None
-        if "," in text or _is_number(text):  # sd-scripts: an empty entry is 0
+        if "," in text or is_number(text):  # sd-scripts: an empty entry is 0
             return [float(p) if p.strip() else 0.0 for p in text.split(",")]
         name, _, plus = text.partition("+")
-        if name not in LR_WEIGHT_PRESETS or (plus and not _is_number(plus)):
+        if name not in LR_WEIGHT_PRESETS or (plus and not is_number(plus)):
             raise ValueError(f"'{v}' is neither up to 12 comma-separated numbers nor a preset "
                              f"({', '.join(LR_WEIGHT_PRESETS)}, optionally '+number', e.g. 'sine+0.5')")
         return text
@@ -525,52 +539,15 @@ class TrainConfig(BaseModel):
         return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
 
 
-def parse_kv_args(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """kohya's 'key=value' tokens; values through ast.literal_eval ('0.9,0.99' -> tuple)."""
-    out: dict[str, Any] = {}
-    for tok in tokens:
-        tok = str(tok).strip().strip('"').strip("'")
-        if not tok:
-            continue
-        if "=" not in tok:
-            raise ValueError(f"'{tok}' is not of the form key=value")
-        k, v = tok.split("=", 1)
-        try:
-            out[k.strip()] = ast.literal_eval(v.strip())
-        except (ValueError, SyntaxError):
-            out[k.strip()] = v.strip()  # kohya keeps a non-literal value as a string
-    return out
+def field_attr(name: str, attr: str, default: Any = None) -> Any:
+    """Field `name`'s `attr` as F() recorded it (fields.py), or `default`."""
+    return (TrainConfig.model_fields[name].json_schema_extra or {}).get(attr, default)  # type: ignore[union-attr]
+
+
+def fields_with(attr: str) -> dict[str, Any]:
+    """{field: its `attr`} for the fields F() gave `attr`, in schema order."""
+    return {k: field_attr(k, attr) for k in TrainConfig.model_fields if field_attr(k, attr) is not None}
 
 
 def field_section(name: str) -> str:
-    extra = TrainConfig.model_fields[name].json_schema_extra or {}
-    return extra.get("section", "training")  # type: ignore[union-attr]
-
-
-LR_WEIGHT_PRESETS = ("sine", "cosine", "linear", "reverse_linear", "zeros")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-def block_problems(cfg: "TrainConfig") -> list[str]:
-    """Block settings that sd-scripts would ignore without a word: each a problem with its fix."""
-    out = []
-    lr_weights = any(v is not None for v in (cfg.down_lr_weight, cfg.mid_lr_weight, cfg.up_lr_weight))
-    if not (cfg.block_dims is not None or lr_weights):
-        for key, value in (("block_alphas", cfg.block_alphas), ("conv_block_dims", cfg.conv_block_dims)):
-            if value is not None:
-                out.append(f"{key} is set but block_dims and the block lr weights are not (sd-scripts would ignore "
-                           f"it); also set block_dims (e.g. network_dim 25 times) or remove {key}")
-    if cfg.conv_block_alphas is not None and cfg.conv_block_dims is None:
-        out.append("conv_block_alphas is set but conv_block_dims is not (sd-scripts would ignore it); set "
-                   "conv_block_dims or remove conv_block_alphas")
-    if cfg.block_lr_zero_threshold and not lr_weights:
-        out.append("block_lr_zero_threshold is set but no block lr weight (down_lr_weight, mid_lr_weight, "
-                   "up_lr_weight); set one or remove block_lr_zero_threshold")
-    return out
+    return field_attr(name, "section", "training")

@@ -27,7 +27,8 @@ from ..errors import ConfigError
 from .kohya_keys import (DATASET_KEYS as SD_DATASET_KEYS, FIELDS, MAPPED, NETWORK_ARGS, RUNTIME, SD_SCRIPTS_ARGS,
                          ImportResult, Problems, is_neutral, lookup, refusal, suggest, unknown_key)
 from .netargs import apply_network_args
-from .schema import SUBSET_OPTIONS, TrainConfig, parse_kv_args
+from .checks import parse_kv_args
+from .schema import SUBSET_OPTIONS, TrainConfig
 
 # Keys only an sd-scripts config has: any of them (or a table that is not a lorakit section) marks one.
 MARKERS = ("network_module", "dataset_config")
