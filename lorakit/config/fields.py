@@ -14,10 +14,26 @@ RESUME_LR = "lr"        # may change, but not to or from 0 (that adds or drops a
 RESUME_KINDS = (RESUME_SAFE, RESUME_NOTED, RESUME_LR)
 
 
-def F(default: Any, section: str, help: str, *, resume: Optional[str] = None, **kw: Any) -> Any:  # noqa: N802
-    """A schema field. resume: how a change on --resume is treated (RESUME_KINDS; None = refused)."""
+# How a field's value is written as its ss_* metadata value (train/save.py build_metadata)
+SS_TEXT = "text"                  # str(value), as sd-scripts writes its argument
+SS_NEUTRAL_NONE = "neutral-none"  # "None" at the field's neutral value (sd-scripts' option is unset there)
+SS_FILE_NAME = "file-name"        # the file's name without its folders; no key when unset
+SS_WRITES = (SS_TEXT, SS_NEUTRAL_NONE, SS_FILE_NAME)
+_NONE = object()
+
+
+def F(default: Any, section: str, help: str, *, resume: Optional[str] = None, ss: Optional[str] = None,  # noqa: N802
+      ss_write: str = SS_TEXT, neutral: Any = _NONE, **kw: Any) -> Any:
+    """A schema field. resume: how a change on --resume is treated (RESUME_KINDS; None = refused).
+    ss: the ss_* metadata key the value is saved as, written as `ss_write` says (SS_WRITES).
+    neutral: the value that turns the setting off (where it is not plainly the default)."""
     extra: dict[str, Any] = {"section": section}
     if resume is not None:
         assert resume in RESUME_KINDS, resume
         extra["resume"] = resume
+    if ss is not None:
+        assert ss_write in SS_WRITES and (ss_write != SS_NEUTRAL_NONE or neutral is not _NONE), ss
+        extra["ss"], extra["ss_write"] = ss, ss_write
+    if neutral is not _NONE:
+        extra["neutral"] = neutral
     return Field(default, description=help, json_schema_extra=extra, **kw)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .checks import LR_WEIGHT_PRESETS, block_problems, is_number, parse_kv_args
-from .fields import RESUME_LR, RESUME_NOTED, RESUME_SAFE, F
+from .fields import RESUME_LR, RESUME_NOTED, RESUME_SAFE, SS_FILE_NAME, SS_NEUTRAL_NONE, F
 
 # Sections only group keys for display and for optional TOML tables; a key is
 # defined once whatever the table it is written in.
@@ -32,26 +32,31 @@ class TrainConfig(BaseModel):
     # ---- model -------------------------------------------------------------------
     pretrained_model_name_or_path: Optional[str] = F(
         None, "model", "Local SD1.x/2.x checkpoint: a diffusers folder or a single .safetensors/.ckpt file.",
-        resume=RESUME_SAFE)
+        resume=RESUME_SAFE, ss="ss_sd_model_name", ss_write=SS_FILE_NAME)
     v2: bool = F(False, "model", "The checkpoint is SD2.x (detected from the file when it can be).")
     v_parameterization: bool = F(False, "model", "Train with the v-prediction target (SD2 768-v models).")
     vae: Optional[str] = F(None, "model", "Optional separate VAE (diffusers folder or single file).",
         resume=RESUME_SAFE)
     clip_skip: int = F(1, "model", "Use the k-th last text-encoder layer (then final_layer_norm); 1 = last.",
-                       ge=1, le=12)
+                       ge=1, le=12, ss="ss_clip_skip")
     max_token_length: Literal[75, 150, 225] = F(
-        75, "model", "Caption tokens: 75, 150 or 225 (chunks of 75 encoded separately, as kohya).")
+        75, "model", "Caption tokens: 75, 150 or 225 (chunks of 75 encoded separately, as kohya).",
+        ss="ss_max_token_length")
 
     # ---- data --------------------------------------------------------------------
     train_data_dir: Optional[str] = F(
         None, "data", "Folder of kohya subfolders named <repeats>_<name> holding images and captions.",
         resume=RESUME_SAFE)
     reg_data_dir: Optional[str] = F(None, "data", "Regularization images, same folder layout.", resume=RESUME_SAFE)
-    resolution: tuple[int, int] = F((512, 512), "data", "Training size 'W,H' or one number for square.")
+    resolution: tuple[int, int] = F((512, 512), "data", "Training size 'W,H' or one number for square.",
+        ss="ss_resolution")
     caption_extension: str = F(".txt", "data", "Caption file extension, next to each image.")
-    shuffle_caption: bool = F(False, "data", "Shuffle comma-separated tags each time a caption is used.")
-    keep_tokens: int = F(0, "data", "Keep the first N comma-separated tags in place when shuffling.", ge=0)
-    cache_latents: bool = F(True, "data", "Encode every image with the VAE once, before training.")
+    shuffle_caption: bool = F(False, "data", "Shuffle comma-separated tags each time a caption is used.",
+        ss="ss_shuffle_caption")
+    keep_tokens: int = F(0, "data", "Keep the first N comma-separated tags in place when shuffling.", ge=0,
+        ss="ss_keep_tokens")
+    cache_latents: bool = F(True, "data", "Encode every image with the VAE once, before training.",
+        ss="ss_cache_latents")
     vae_batch_size: int = F(1, "data", "Batch size of the latent caching pass.", ge=1)
     cache_text_encoder_outputs: Optional[bool] = F(
         None, "data", "Reuse the text encoder's output for a caption string seen before (exact also with "
@@ -63,30 +68,37 @@ class TrainConfig(BaseModel):
         "builds each batch when its step comes). Same results either way.", ge=0, resume=RESUME_SAFE)
     persistent_data_loader_workers: bool = F(False, "data", "Keep DataLoader workers alive between epochs.",
         resume=RESUME_SAFE)
-    prior_loss_weight: float = F(1.0, "data", "Loss weight of regularization images.", ge=0)
+    prior_loss_weight: float = F(1.0, "data", "Loss weight of regularization images.", ge=0, ss="ss_prior_loss_weight")
     cache_latents_to_disk: bool = F(
         False, "data", "Keep cached latents in <image>_<W>x<H>_sd.npz files; re-encoded when the image, "
         "size or VAE changes.")
-    enable_bucket: bool = F(False, "data", "Aspect-ratio buckets: each image trains near its own aspect ratio.")
-    min_bucket_reso: int = F(256, "data", "Smallest bucket side (with enable_bucket).", ge=64)
-    max_bucket_reso: int = F(1024, "data", "Largest bucket side (with enable_bucket).", ge=64)
+    enable_bucket: bool = F(False, "data", "Aspect-ratio buckets: each image trains near its own aspect ratio.",
+        ss="ss_enable_bucket")
+    min_bucket_reso: int = F(256, "data", "Smallest bucket side (with enable_bucket).", ge=64, ss="ss_min_bucket_reso")
+    max_bucket_reso: int = F(1024, "data", "Largest bucket side (with enable_bucket).", ge=64, ss="ss_max_bucket_reso")
     bucket_reso_steps: int = F(64, "data", "Bucket sides are multiples of this (a multiple of 8).", ge=8)
-    bucket_no_upscale: bool = F(False, "data", "Never enlarge images: small images get small buckets.")
+    bucket_no_upscale: bool = F(False, "data", "Never enlarge images: small images get small buckets.",
+        ss="ss_bucket_no_upscale")
     caption_prefix: str = F("", "data", "Text put before every caption (joined with a space).")
     caption_suffix: str = F("", "data", "Text put after every caption (joined with a space).")
     keep_tokens_separator: str = F(
         "", "data", "Tags before this mark stay in place, tags after it are shuffled (e.g. '|||').")
-    caption_dropout_rate: float = F(0.0, "data", "Chance of training an image with an empty caption.", ge=0, le=1)
+    caption_dropout_rate: float = F(0.0, "data", "Chance of training an image with an empty caption.", ge=0, le=1,
+        ss="ss_caption_dropout_rate")
     caption_dropout_every_n_epochs: int = F(
-        0, "data", "Empty captions for the whole epoch when epoch % N == 0 (epochs count from 1; 0 = off).", ge=0)
+        0, "data", "Empty captions for the whole epoch when epoch % N == 0 (epochs count from 1; 0 = off).", ge=0,
+        ss="ss_caption_dropout_every_n_epochs")
     caption_tag_dropout_rate: float = F(
-        0.0, "data", "Chance of leaving out each movable tag (after keep_tokens).", ge=0, le=1)
-    flip_aug: bool = F(False, "data", "Mirror images left-right half of the time (works with cached latents).")
-    color_aug: bool = F(False, "data", "Small random hue or gamma change (not with cached latents).")
-    random_crop: bool = F(False, "data", "Crop at a random place instead of the centre (not with cached latents).")
+        0.0, "data", "Chance of leaving out each movable tag (after keep_tokens).", ge=0, le=1,
+        ss="ss_caption_tag_dropout_rate")
+    flip_aug: bool = F(False, "data", "Mirror images left-right half of the time (works with cached latents).",
+        ss="ss_flip_aug")
+    color_aug: bool = F(False, "data", "Small random hue or gamma change (not with cached latents).", ss="ss_color_aug")
+    random_crop: bool = F(False, "data", "Crop at a random place instead of the centre (not with cached latents).",
+        ss="ss_random_crop")
     alpha_mask: bool = F(
         False, "data", "Use each image's alpha channel as a loss mask (transparent pixels do not count; the RGB "
-        "is not composited on white); images without alpha count everywhere.")
+        "is not composited on white); images without alpha count everywhere.", ss="ss_alpha_mask")
     masked_loss: bool = F(
         False, "data", "kohya's masked loss: the loss counts each latent pixel by its mask value. The mask is the "
         "red channel of the same-named image in the subset's conditioning_data_dir (dataset_subsets), else the "
@@ -97,14 +109,14 @@ class TrainConfig(BaseModel):
         "its weight. No commas inside brackets when captions are shuffled or dropped.")
     validation_split: float = F(
         0.0, "data", "Fraction of each train folder's images held out of training for a validation loss "
-        "(chosen by validation_seed); 0 = off.", ge=0, lt=1)
+        "(chosen by validation_seed); 0 = off.", ge=0, lt=1, ss="ss_validation_split")
     validation_seed: Optional[int] = F(None, "data", "Seed that picks the validation_split images (unset = seed).",
-                                       ge=0)
+                                       ge=0, ss="ss_validation_seed")
     validation_data_dir: Optional[str] = F(
         None, "data", "Validation images in a separate folder, same <repeats>_<name> layout (repeats ignored).")
     validate_every_n_epochs: Optional[int] = F(
         None, "data", "Compute the validation loss every N epochs (unset = every epoch when validation is on).",
-        ge=1, resume=RESUME_SAFE)
+        ge=1, resume=RESUME_SAFE, ss="ss_validate_every_n_epochs")
     validate_every_n_steps: Optional[int] = F(
         None, "data", "Also compute the validation loss every N optimizer steps (sd-scripts: at steps N, 2N, ...); "
         "unset or 0 = only per epoch.", ge=1, resume=RESUME_SAFE)
@@ -130,7 +142,7 @@ class TrainConfig(BaseModel):
         None, "network", "Rank for 3x3 convs in ResNet blocks (enables LoCon); unset = not adapted.", ge=1)
     conv_alpha: Optional[float] = F(None, "network", "Alpha for conv layers (unset = conv_dim).", ge=0)
     network_dropout: Optional[float] = F(
-        None, "network", "Dropout on the down-projection output during training.", ge=0, lt=1)
+        None, "network", "Dropout on the down-projection output during training.", ge=0, lt=1, ss="ss_network_dropout")
     rank_dropout: Optional[float] = F(None, "network", "Drop each rank per sample with this probability.",
                                       ge=0, lt=1)
     module_dropout: Optional[float] = F(None, "network", "Skip a whole module's delta with this probability.",
@@ -143,11 +155,11 @@ class TrainConfig(BaseModel):
                        "decompose_both, train_on_input, block_size; each algorithm checks its own.")
     scale_weight_norms: Optional[float] = F(
         None, "network", "Max-norm: cap each module's ||delta W|| at this value once per optimizer step "
-                         "(0 or unset = off).", ge=0)
+                         "(0 or unset = off).", ge=0, ss="ss_scale_weight_norms")
     network_weights: Optional[str] = F(
         None, "network", "Start from this adapter file (.safetensors from lorakit, kohya or LyCORIS) instead of "
                          "fresh adapters; its algorithm must be network_type. Not re-applied on --resume.",
-                         resume=RESUME_SAFE)
+                         resume=RESUME_SAFE, ss="ss_network_weights", ss_write=SS_FILE_NAME)
     dim_from_weights: bool = F(
         False, "network", "Take network_dim/network_alpha and conv_dim/conv_alpha from the network_weights file "
                           "instead of the config.")
@@ -202,14 +214,15 @@ class TrainConfig(BaseModel):
     optimizer_args: dict[str, Any] = F(
         {}, "optimizer", "Optimizer keyword arguments; also accepts kohya's list of 'key=value' strings.")
     learning_rate: float = F(1e-4, "optimizer", "Fallback learning rate for unet_lr / text_encoder_lr.", ge=0,
-        resume=RESUME_LR)
+        resume=RESUME_LR, ss="ss_learning_rate")
     unet_lr: Optional[float] = F(None, "optimizer", "UNet adapter lr (unset = learning_rate; 0 = frozen).",
                                  ge=0, resume=RESUME_LR)
     text_encoder_lr: Optional[float] = F(
         None, "optimizer", "Text-encoder adapter lr (unset = learning_rate; 0 = frozen).", ge=0, resume=RESUME_LR)
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                           "polynomial"] = F(
-        "constant", "optimizer", "Learning-rate schedule, stepped once per optimizer step (diffusers' formulas).")
+        "constant", "optimizer", "Learning-rate schedule, stepped once per optimizer step (diffusers' formulas).",
+        ss="ss_lr_scheduler")
     lr_scheduler_num_cycles: int = F(1, "optimizer", "Hard restarts of cosine_with_restarts.", ge=1)
     lr_scheduler_power: float = F(1.0, "optimizer", "Exponent of the polynomial schedule (1 = linear).", gt=0)
     lr_scheduler_type: Optional[str] = F(
@@ -217,13 +230,15 @@ class TrainConfig(BaseModel):
     lr_scheduler_args: dict[str, Any] = F(
         {}, "optimizer", "Keyword arguments of lr_scheduler_type; also accepts kohya's list of 'key=value'.")
     lr_warmup_steps: float = F(
-        0, "optimizer", "Warmup optimizer steps; a value below 1 is a fraction of the total steps.", ge=0)
+        0, "optimizer", "Warmup optimizer steps; a value below 1 is a fraction of the total steps.", ge=0,
+        ss="ss_lr_warmup_steps")
     max_grad_norm: float = F(1.0, "optimizer", "Clip the gradient norm on each optimizer step (0 = off).",
-                             ge=0)
+                             ge=0, ss="ss_max_grad_norm")
 
     # ---- training ----------------------------------------------------------------
-    train_batch_size: int = F(1, "training", "Images per micro-batch.", ge=1)
-    gradient_accumulation_steps: int = F(1, "training", "Micro-batches per optimizer step.", ge=1)
+    train_batch_size: int = F(1, "training", "Images per micro-batch.", ge=1, ss="ss_batch_size_per_device")
+    gradient_accumulation_steps: int = F(1, "training", "Micro-batches per optimizer step.", ge=1,
+        ss="ss_gradient_accumulation_steps")
     max_train_steps: Optional[int] = F(
         None, "training", "Optimizer steps. With max_train_epochs too, training stops at whichever comes first. "
                           "Neither set: 1600 (sd-scripts' default).", ge=1, resume=RESUME_SAFE)
@@ -231,17 +246,19 @@ class TrainConfig(BaseModel):
         resume=RESUME_SAFE)
     seed: Optional[int] = F(None, "training", "Random seed; unset = a random one, recorded in the metadata.",
                             ge=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = F("no", "training", "Autocast precision.")
-    gradient_checkpointing: bool = F(False, "training", "Recompute activations in backward to save memory.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = F("no", "training", "Autocast precision.", ss="ss_mixed_precision")
+    gradient_checkpointing: bool = F(False, "training", "Recompute activations in backward to save memory.",
+        ss="ss_gradient_checkpointing")
     full_fp16: bool = F(
         False, "training", "Adapter weights, gradients and optimizer state in float16 (needs mixed_precision = "
-        "'fp16'; the gradient scaler still guards overflow). Saves memory, loses precision.")
+        "'fp16'; the gradient scaler still guards overflow). Saves memory, loses precision.", ss="ss_full_fp16")
     full_bf16: bool = F(
         False, "training", "Adapter weights, gradients and optimizer state in bfloat16 (needs mixed_precision = "
         "'bf16'). Saves memory, loses precision.")
     fp8_base: bool = F(
         False, "training", "Store the frozen UNet and text-encoder weights in float8_e4m3fn and compute in the "
-        "autocast dtype (needs CUDA and mixed_precision fp16/bf16). Saves memory, changes results slightly.")
+        "autocast dtype (needs CUDA and mixed_precision fp16/bf16). Saves memory, changes results slightly.",
+        ss="ss_fp8_base")
     stop_text_encoder_training: int = F(
         0, "training", "kohya GUI 'Stop TE (% of total steps)': the text encoder trains for the first "
         "ceil(total_steps * N / 100) optimizer steps, then its adapters are frozen (no gradient, no update, "
@@ -267,48 +284,57 @@ class TrainConfig(BaseModel):
                            "channels_last memory format.", resume=RESUME_SAFE)
     # noise and timesteps (lorakit/train/noise.py); every draw comes from the sample's own seed
     noise_offset: float = F(0.0, "training", "Add noise_offset * randn per sample and channel to the noise "
-                                             "(darker/brighter images; about 0.05-0.1); 0 = off.", ge=0, le=1)
+                                             "(darker/brighter images; about 0.05-0.1); 0 = off.", ge=0, le=1,
+                                             ss="ss_noise_offset", ss_write=SS_NEUTRAL_NONE, neutral=0)
     noise_offset_random_strength: bool = F(
-        False, "training", "Scale noise_offset by U(0,1), drawn per sample.")
+        False, "training", "Scale noise_offset by U(0,1), drawn per sample.", ss="ss_noise_offset_random_strength")
     adaptive_noise_scale: float = F(
         0.0, "training", "Per sample and channel: offset = max(noise_offset + this * |mean of the latent "
-                         "channel|, 0). Needs noise_offset; 0 = off.", ge=-1, le=1)
+                         "channel|, 0). Needs noise_offset; 0 = off.", ge=-1, le=1,
+                         ss="ss_adaptive_noise_scale", ss_write=SS_NEUTRAL_NONE, neutral=0)
     multires_noise_iterations: int = F(
-        0, "training", "Multi-resolution (pyramid) noise levels, about 6-10; 0 = off.", ge=0, le=64)
+        0, "training", "Multi-resolution (pyramid) noise levels, about 6-10; 0 = off.", ge=0, le=64,
+        ss="ss_multires_noise_iterations", ss_write=SS_NEUTRAL_NONE, neutral=0)
     multires_noise_discount: float = F(
-        0.3, "training", "Weight of pyramid level i is discount^i (with multires_noise_iterations).", gt=0, le=1)
+        0.3, "training", "Weight of pyramid level i is discount^i (with multires_noise_iterations).", gt=0, le=1,
+        ss="ss_multires_noise_discount")
     ip_noise_gamma: float = F(0.0, "training", "Input perturbation: noisy latents get noise + gamma*randn, the "
-                                               "target stays the noise (about 0.1); 0 = off.", ge=0, le=1)
+                                               "target stays the noise (about 0.1); 0 = off.", ge=0, le=1,
+                                               ss="ss_ip_noise_gamma", ss_write=SS_NEUTRAL_NONE, neutral=0)
     ip_noise_gamma_random_strength: bool = F(
-        False, "training", "Scale ip_noise_gamma by U(0,1), drawn per sample.")
+        False, "training", "Scale ip_noise_gamma by U(0,1), drawn per sample.", ss="ss_ip_noise_gamma_random_strength")
     min_timestep: Optional[int] = F(None, "training", "Lowest training timestep (unset = 0).", ge=0, le=999)
     max_timestep: Optional[int] = F(
         None, "training", "Timesteps are drawn from [min_timestep, max_timestep) (unset = 1000); "
                           "min = max trains that one timestep.", ge=0, le=1000)
     zero_terminal_snr: bool = F(
-        False, "training", "Rescale the DDPM betas so the last timestep is pure noise (for v-prediction).")
+        False, "training", "Rescale the DDPM betas so the last timestep is pure noise (for v-prediction).",
+        ss="ss_zero_terminal_snr")
     # loss (lorakit/train/loss.py)
     min_snr_gamma: float = F(
         0.0, "training", "Min-SNR weighting: min(snr, gamma)/snr (eps) or /(snr+1) (v-pred); about 5; 0 = off.",
-        ge=0)
+        ge=0, ss="ss_min_snr_gamma", ss_write=SS_NEUTRAL_NONE, neutral=0)
     debiased_estimation_loss: bool = F(
-        False, "training", "Weight the loss by 1/sqrt(snr) (eps) or 1/(snr+1) (v-pred), snr capped at 1000.")
+        False, "training", "Weight the loss by 1/sqrt(snr) (eps) or 1/(snr+1) (v-pred), snr capped at 1000.",
+        ss="ss_debiased_estimation")
     v_pred_like_loss: float = F(
         0.0, "training", "Add a v-prediction-like loss: loss * (1 + v_pred_like_loss * (snr + 1) / snr), snr capped "
         "at 1000 (sd-scripts' add_v_prediction_like_loss); 0 = off.", ge=0)
     scale_v_pred_loss_like_noise_pred: bool = F(
         False, "training", "v-prediction only: weight the loss by snr/(snr+1), like an eps loss.")
     loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = F(
-        "l2", "training", "Elementwise loss: l2, l1, or pseudo-Huber huber / smooth_l1 with huber_c.")
+        "l2", "training", "Elementwise loss: l2, l1, or pseudo-Huber huber / smooth_l1 with huber_c.",
+        ss="ss_loss_type")
     huber_schedule: Literal["constant", "exponential", "snr"] = F(
         "snr", "training", "Huber threshold over timesteps: constant c, exponential from 1 (t=0) to c (t=T), "
                            "or snr-based (huber / smooth_l1 only).")
-    huber_c: float = F(0.1, "training", "Huber threshold parameter c (huber / smooth_l1 only).", gt=0, le=1)
+    huber_c: float = F(0.1, "training", "Huber threshold parameter c (huber / smooth_l1 only).", gt=0, le=1,
+        ss="ss_huber_c")
     huber_scale: float = F(1.0, "training", "Multiplies the Huber threshold (huber / smooth_l1 only).", gt=0)
 
     # ---- output ------------------------------------------------------------------
     output_dir: Optional[str] = F(None, "output", "Folder for the adapter, metrics.jsonl and logs.", resume=RESUME_SAFE)
-    output_name: str = F("last", "output", "Adapter file name without extension.")
+    output_name: str = F("last", "output", "Adapter file name without extension.", ss="ss_output_name")
     save_model_as: Literal["safetensors"] = F("safetensors", "output", "File format (safetensors only).",
         resume=RESUME_NOTED)
     save_precision: Literal["float", "fp16", "bf16"] = F("fp16", "output", "dtype of the saved tensors.",
@@ -344,7 +370,7 @@ class TrainConfig(BaseModel):
     wandb_run_name: Optional[str] = F(None, "output", "wandb run name (unset = output_name, as the kohya GUI "
                                                       "passes it).", resume=RESUME_SAFE)
     training_comment: Optional[str] = F(None, "output", "Stored as ss_training_comment in the file.",
-        resume=RESUME_SAFE)
+        resume=RESUME_SAFE, ss="ss_training_comment")
 
     # ---- sample ------------------------------------------------------------------
     sample_prompts: Optional[str] = F(
