@@ -17,10 +17,11 @@ from typing import Any
 from ..adapters import registry
 from ..adapters.declare import GUI_BLOCK_ARGS
 from ..errors import ConfigError
-from .kohya_keys import (FIELDS, GUI_UNSET, MAPPED, NETWORK_ARGS, RUNTIME, SD_SCRIPTS_ARGS, ImportResult, Problems,
+from .checks import parse_kv_args
+from .kohya_keys import (FIELDS, MAPPED, NETWORK_ARGS, RUNTIME, SD_SCRIPTS_ARGS, ImportResult, Problems,
                          as_bool, blank, is_neutral, lookup, refusal, suggest, unknown_key)
 from .netargs import LYCORIS_MODULE, apply_network_args
-from .checks import parse_kv_args
+from .schema import field_attr
 from .sdscripts import read_dataset_config
 
 # LoRA_type -> (network_type, the GUI keys it passes as network args): what the adapter types declare
@@ -120,7 +121,7 @@ def _unset(name: str, value: Any) -> bool:
     if blank(value) or (_is_zero(value) and (FIELDS[name].default is None or name == "clip_skip")):
         return True
     try:
-        return not isinstance(value, bool) and float(value) in GUI_UNSET.get(name, ())
+        return not isinstance(value, bool) and float(value) in field_attr(name, "gui_unset", ())
     except (TypeError, ValueError):
         return False
 

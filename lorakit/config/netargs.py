@@ -21,15 +21,15 @@ from typing import Any
 from ..adapters import registry
 from ..errors import ConfigError
 from .kohya_keys import MAPPED, NETWORK_ARGS, RUNTIME, Problems, is_neutral, lookup, refusal, suggest
+from .schema import fields_with
 
 # sd-scripts network_module -> network_type, and LyCORIS algo -> network_type ("lora" in LyCORIS is
 # LoCon): what the adapter types declare (adapters/declare.py)
 NETWORK_MODULES = registry.network_modules()
 LYCORIS_MODULE = "lycoris.kohya"
 LYCORIS_ALGOS = registry.lycoris_algos()
-# network args that are schema keys of their own
-LIFTED_ARGS = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "dropout": "network_dropout",
-               "rank_dropout": "rank_dropout", "module_dropout": "module_dropout"}
+# network args that are schema keys of their own: {arg: field}
+LIFTED_ARGS = {arg: name for name, arg in fields_with("network_arg").items()}
 LYCORIS_PRESETS = ("full", "attn-mlp", "attn-only")  # the LyCORIS presets lorakit has as network_preset
 NO_CONV_DEFAULT = ("ia3",)  # LyCORIS algos whose conv_dim/conv_alpha do not default to network_dim/alpha
 

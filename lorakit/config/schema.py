@@ -49,7 +49,7 @@ class TrainConfig(BaseModel):
         resume=RESUME_SAFE)
     reg_data_dir: Optional[str] = F(None, "data", "Regularization images, same folder layout.", resume=RESUME_SAFE)
     resolution: tuple[int, int] = F((512, 512), "data", "Training size 'W,H' or one number for square.",
-        ss="ss_resolution")
+        ss="ss_resolution", dataset_key="resolution")
     caption_extension: str = F(".txt", "data", "Caption file extension, next to each image.")
     shuffle_caption: bool = F(False, "data", "Shuffle comma-separated tags each time a caption is used.",
         ss="ss_shuffle_caption")
@@ -57,7 +57,7 @@ class TrainConfig(BaseModel):
         ss="ss_keep_tokens")
     cache_latents: bool = F(True, "data", "Encode every image with the VAE once, before training.",
         ss="ss_cache_latents")
-    vae_batch_size: int = F(1, "data", "Batch size of the latent caching pass.", ge=1)
+    vae_batch_size: int = F(1, "data", "Batch size of the latent caching pass.", ge=1, gui_unset=(0,))
     cache_text_encoder_outputs: Optional[bool] = F(
         None, "data", "Reuse the text encoder's output for a caption string seen before (exact also with "
         "shuffled or dropped captions; the key is the string trained with), in up to 256 MB on the training "
@@ -73,12 +73,15 @@ class TrainConfig(BaseModel):
         False, "data", "Keep cached latents in <image>_<W>x<H>_sd.npz files; re-encoded when the image, "
         "size or VAE changes.")
     enable_bucket: bool = F(False, "data", "Aspect-ratio buckets: each image trains near its own aspect ratio.",
-        ss="ss_enable_bucket")
-    min_bucket_reso: int = F(256, "data", "Smallest bucket side (with enable_bucket).", ge=64, ss="ss_min_bucket_reso")
-    max_bucket_reso: int = F(1024, "data", "Largest bucket side (with enable_bucket).", ge=64, ss="ss_max_bucket_reso")
-    bucket_reso_steps: int = F(64, "data", "Bucket sides are multiples of this (a multiple of 8).", ge=8)
+        ss="ss_enable_bucket", dataset_key="enable_bucket")
+    min_bucket_reso: int = F(256, "data", "Smallest bucket side (with enable_bucket).", ge=64, ss="ss_min_bucket_reso",
+        dataset_key="min_bucket_reso")
+    max_bucket_reso: int = F(1024, "data", "Largest bucket side (with enable_bucket).", ge=64, ss="ss_max_bucket_reso",
+        dataset_key="max_bucket_reso")
+    bucket_reso_steps: int = F(64, "data", "Bucket sides are multiples of this (a multiple of 8).", ge=8,
+        dataset_key="bucket_reso_steps", gui_unset=(0, 1))
     bucket_no_upscale: bool = F(False, "data", "Never enlarge images: small images get small buckets.",
-        ss="ss_bucket_no_upscale")
+        ss="ss_bucket_no_upscale", dataset_key="bucket_no_upscale")
     caption_prefix: str = F("", "data", "Text put before every caption (joined with a space).")
     caption_suffix: str = F("", "data", "Text put after every caption (joined with a space).")
     keep_tokens_separator: str = F(
@@ -109,9 +112,9 @@ class TrainConfig(BaseModel):
         "its weight. No commas inside brackets when captions are shuffled or dropped.")
     validation_split: float = F(
         0.0, "data", "Fraction of each train folder's images held out of training for a validation loss "
-        "(chosen by validation_seed); 0 = off.", ge=0, lt=1, ss="ss_validation_split")
+        "(chosen by validation_seed); 0 = off.", ge=0, lt=1, ss="ss_validation_split", dataset_key="validation_split")
     validation_seed: Optional[int] = F(None, "data", "Seed that picks the validation_split images (unset = seed).",
-                                       ge=0, ss="ss_validation_seed")
+                                       ge=0, ss="ss_validation_seed", dataset_key="validation_seed")
     validation_data_dir: Optional[str] = F(
         None, "data", "Validation images in a separate folder, same <repeats>_<name> layout (repeats ignored).")
     validate_every_n_epochs: Optional[int] = F(
@@ -137,16 +140,19 @@ class TrainConfig(BaseModel):
     network_dim: int = F(8, "network", "Rank of each adapter.", ge=1)
     network_alpha: Optional[float] = F(
         1.0, "network", "Scale numerator: delta W is multiplied by alpha/dim. 0 or unset means alpha = dim.",
-        ge=0)
+        ge=0, kohya_none=0)
     conv_dim: Optional[int] = F(
-        None, "network", "Rank for 3x3 convs in ResNet blocks (enables LoCon); unset = not adapted.", ge=1)
-    conv_alpha: Optional[float] = F(None, "network", "Alpha for conv layers (unset = conv_dim).", ge=0)
+        None, "network", "Rank for 3x3 convs in ResNet blocks (enables LoCon); unset = not adapted.", ge=1,
+        network_arg="conv_dim")
+    conv_alpha: Optional[float] = F(None, "network", "Alpha for conv layers (unset = conv_dim).", ge=0,
+        network_arg="conv_alpha", kohya_none=0)
     network_dropout: Optional[float] = F(
-        None, "network", "Dropout on the down-projection output during training.", ge=0, lt=1, ss="ss_network_dropout")
+        None, "network", "Dropout on the down-projection output during training.", ge=0, lt=1, ss="ss_network_dropout",
+        network_arg="dropout")
     rank_dropout: Optional[float] = F(None, "network", "Drop each rank per sample with this probability.",
-                                      ge=0, lt=1)
+                                      ge=0, lt=1, network_arg="rank_dropout")
     module_dropout: Optional[float] = F(None, "network", "Skip a whole module's delta with this probability.",
-                                        ge=0, lt=1)
+                                        ge=0, lt=1, network_arg="module_dropout")
     network_preset: Literal["kohya", "attn-mlp", "attn-only", "full"] = F(
         "kohya", "network", "Which layers get adapters: kohya (kohya's default targets), attn-mlp, attn-only, "
                             "or full (+ conv blocks, conv_in, conv_out, time embedding).")
@@ -224,26 +230,28 @@ class TrainConfig(BaseModel):
         "constant", "optimizer", "Learning-rate schedule, stepped once per optimizer step (diffusers' formulas).",
         ss="ss_lr_scheduler")
     lr_scheduler_num_cycles: int = F(1, "optimizer", "Hard restarts of cosine_with_restarts.", ge=1)
-    lr_scheduler_power: float = F(1.0, "optimizer", "Exponent of the polynomial schedule (1 = linear).", gt=0)
+    lr_scheduler_power: float = F(1.0, "optimizer", "Exponent of the polynomial schedule (1 = linear).", gt=0,
+        gui_unset=(0,))
     lr_scheduler_type: Optional[str] = F(
         None, "optimizer", "A torch.optim.lr_scheduler class name or module.Class path; replaces lr_scheduler.")
     lr_scheduler_args: dict[str, Any] = F(
         {}, "optimizer", "Keyword arguments of lr_scheduler_type; also accepts kohya's list of 'key=value'.")
     lr_warmup_steps: float = F(
         0, "optimizer", "Warmup optimizer steps; a value below 1 is a fraction of the total steps.", ge=0,
-        ss="ss_lr_warmup_steps")
+        ss="ss_lr_warmup_steps", gui_unset=(0,))
     max_grad_norm: float = F(1.0, "optimizer", "Clip the gradient norm on each optimizer step (0 = off).",
                              ge=0, ss="ss_max_grad_norm")
 
     # ---- training ----------------------------------------------------------------
-    train_batch_size: int = F(1, "training", "Images per micro-batch.", ge=1, ss="ss_batch_size_per_device")
+    train_batch_size: int = F(1, "training", "Images per micro-batch.", ge=1, ss="ss_batch_size_per_device",
+        dataset_key="batch_size")
     gradient_accumulation_steps: int = F(1, "training", "Micro-batches per optimizer step.", ge=1,
         ss="ss_gradient_accumulation_steps")
     max_train_steps: Optional[int] = F(
         None, "training", "Optimizer steps. With max_train_epochs too, training stops at whichever comes first. "
                           "Neither set: 1600 (sd-scripts' default).", ge=1, resume=RESUME_SAFE)
     max_train_epochs: Optional[int] = F(None, "training", "Epochs to train (see max_train_steps).", ge=1,
-        resume=RESUME_SAFE)
+        resume=RESUME_SAFE, gui_unset=(0,))
     seed: Optional[int] = F(None, "training", "Random seed; unset = a random one, recorded in the metadata.",
                             ge=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = F("no", "training", "Autocast precision.", ss="ss_mixed_precision")
@@ -303,10 +311,11 @@ class TrainConfig(BaseModel):
                                                ss="ss_ip_noise_gamma", ss_write=SS_NEUTRAL_NONE, neutral=0)
     ip_noise_gamma_random_strength: bool = F(
         False, "training", "Scale ip_noise_gamma by U(0,1), drawn per sample.", ss="ss_ip_noise_gamma_random_strength")
-    min_timestep: Optional[int] = F(None, "training", "Lowest training timestep (unset = 0).", ge=0, le=999)
+    min_timestep: Optional[int] = F(None, "training", "Lowest training timestep (unset = 0).", ge=0, le=999,
+        gui_unset=(0,))
     max_timestep: Optional[int] = F(
         None, "training", "Timesteps are drawn from [min_timestep, max_timestep) (unset = 1000); "
-                          "min = max trains that one timestep.", ge=0, le=1000)
+                          "min = max trains that one timestep.", ge=0, le=1000, gui_unset=(0, 1000))
     zero_terminal_snr: bool = F(
         False, "training", "Rescale the DDPM betas so the last timestep is pure noise (for v-prediction).",
         ss="ss_zero_terminal_snr")
