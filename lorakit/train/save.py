@@ -51,9 +51,9 @@ def base_model_version(run: "Run") -> str:
 
 def config_metadata(cfg: TrainConfig) -> dict[str, str]:
     """The ss_* keys the schema's fields declare (F(..., ss=...)), written as each declares."""
-    md = {}
+    md, values = {}, cfg.model_dump()
     for name, key in fields_with("ss").items():
-        value, how = getattr(cfg, name), field_attr(name, "ss_write")
+        value, how = values[name], field_attr(name, "ss_write")
         if how == SS_FILE_NAME:
             if value is not None:
                 md[key] = Path(value).name  # the name only: folders can hold user names
