@@ -22,6 +22,10 @@ SECTIONS = ("model", "data", "network", "optimizer", "training", "output", "samp
 SUBSET_OPTIONS = ("shuffle_caption", "keep_tokens", "keep_tokens_separator", "caption_prefix", "caption_suffix",
                   "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
                   "flip_aug", "color_aug", "random_crop")
+# which layers get adapters (adapters/presets.py): kohya's own targets, then LyCORIS's presets
+NETWORK_PRESETS = ("kohya", "attn-mlp", "attn-only", "full")
+# the ranks of a network: from the config, or a network_weights file (dim_from_weights) or a resumed state
+DIM_KEYS = ("network_dim", "network_alpha", "conv_dim", "conv_alpha")
 SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg",
                "conditioning_data_dir") + SUBSET_OPTIONS
 
@@ -153,7 +157,7 @@ class TrainConfig(BaseModel):
                                       ge=0, lt=1, network_arg="rank_dropout")
     module_dropout: Optional[float] = F(None, "network", "Skip a whole module's delta with this probability.",
                                         ge=0, lt=1, network_arg="module_dropout")
-    network_preset: Literal["kohya", "attn-mlp", "attn-only", "full"] = F(
+    network_preset: Literal[NETWORK_PRESETS] = F(  # type: ignore[valid-type]
         "kohya", "network", "Which layers get adapters: kohya (kohya's default targets), attn-mlp, attn-only, "
                             "or full (+ conv blocks, conv_in, conv_out, time embedding).")
     network_args: dict[str, Any] = F(

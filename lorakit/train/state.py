@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config.fields import RESUME_LR, RESUME_NOTED, RESUME_SAFE
-from ..config.schema import TrainConfig, fields_with
+from ..config.schema import DIM_KEYS, TrainConfig, fields_with
 from ..errors import ConfigError, UserError
 from ..io import disk_error, file_mode
 from ..optim.optimizers import eval_mode, train_mode
@@ -28,8 +28,6 @@ from ..optim.optimizers import eval_mode, train_mode
 if TYPE_CHECKING:
     from .run import Run
 
-# the ranks a run built (cfg may have taken them from network_weights), saved beside the given config
-NETWORK_DIM_KEYS = ("network_dim", "network_alpha", "conv_dim", "conv_alpha")
 
 
 @dataclass
@@ -120,7 +118,7 @@ def state_meta(run: "Run", progress: Progress) -> dict[str, Any]:
     np_state = np.random.get_state()
     given = getattr(run, "given_cfg", None) or run.cfg
     return {"progress": asdict(progress), "seed": run.seed, "config": _config_dict(given),
-            "network_dims": {k: getattr(run.cfg, k) for k in NETWORK_DIM_KEYS},
+            "network_dims": run.cfg.model_dump(include=set(DIM_KEYS)),  # the ranks built, beside the given cfg
             "dataset": _run_fingerprint(run),
             "random_state": _py_state(), "numpy_state": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
 
@@ -246,7 +244,7 @@ def saved_network_dims(cfg: TrainConfig, state_dir: Path) -> TrainConfig:
     """cfg with the ranks the state's run built (states without them: cfg as is)."""
     meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
     dims = meta.get("network_dims")
-    return cfg.model_copy(update={k: dims[k] for k in NETWORK_DIM_KEYS if k in dims}) if dims else cfg
+    return cfg.model_copy(update={k: dims[k] for k in DIM_KEYS if k in dims}) if dims else cfg
 
 
 def load_state(run: "Run", state_dir: Path) -> Progress:
