@@ -40,7 +40,7 @@ class TrainConfig(BaseModel):
     v2: bool = F(False, "model", "The checkpoint is SD2.x (detected from the file when it can be).")
     v_parameterization: bool = F(False, "model", "Train with the v-prediction target (SD2 768-v models).")
     vae: Optional[str] = F(None, "model", "Optional separate VAE (diffusers folder or single file).",
-        resume=RESUME_SAFE)
+                           resume=RESUME_SAFE)
     clip_skip: int = F(1, "model", "Use the k-th last text-encoder layer (then final_layer_norm); 1 = last.",
                        ge=1, le=12, ss="ss_clip_skip")
     max_token_length: Literal[75, 150, 225] = F(
@@ -53,14 +53,14 @@ class TrainConfig(BaseModel):
         resume=RESUME_SAFE)
     reg_data_dir: Optional[str] = F(None, "data", "Regularization images, same folder layout.", resume=RESUME_SAFE)
     resolution: tuple[int, int] = F((512, 512), "data", "Training size 'W,H' or one number for square.",
-        ss="ss_resolution", dataset_key="resolution")
+                                    ss="ss_resolution", dataset_key="resolution")
     caption_extension: str = F(".txt", "data", "Caption file extension, next to each image.")
     shuffle_caption: bool = F(False, "data", "Shuffle comma-separated tags each time a caption is used.",
-        ss="ss_shuffle_caption")
+                              ss="ss_shuffle_caption")
     keep_tokens: int = F(0, "data", "Keep the first N comma-separated tags in place when shuffling.", ge=0,
-        ss="ss_keep_tokens")
+                         ss="ss_keep_tokens")
     cache_latents: bool = F(True, "data", "Encode every image with the VAE once, before training.",
-        ss="ss_cache_latents")
+                            ss="ss_cache_latents")
     vae_batch_size: int = F(1, "data", "Batch size of the latent caching pass.", ge=1, gui_unset=(0,))
     cache_text_encoder_outputs: Optional[bool] = F(
         None, "data", "Reuse the text encoder's output for a caption string seen before (exact also with "
@@ -71,27 +71,27 @@ class TrainConfig(BaseModel):
         0, "data", "DataLoader worker processes that decode batches ahead of their step (0 = the main process "
         "builds each batch when its step comes). Same results either way.", ge=0, resume=RESUME_SAFE)
     persistent_data_loader_workers: bool = F(False, "data", "Keep DataLoader workers alive between epochs.",
-        resume=RESUME_SAFE)
+                                             resume=RESUME_SAFE)
     prior_loss_weight: float = F(1.0, "data", "Loss weight of regularization images.", ge=0, ss="ss_prior_loss_weight")
     cache_latents_to_disk: bool = F(
         False, "data", "Keep cached latents in <image>_<W>x<H>_sd.npz files; re-encoded when the image, "
         "size or VAE changes.")
     enable_bucket: bool = F(False, "data", "Aspect-ratio buckets: each image trains near its own aspect ratio.",
-        ss="ss_enable_bucket", dataset_key="enable_bucket")
+                            ss="ss_enable_bucket", dataset_key="enable_bucket")
     min_bucket_reso: int = F(256, "data", "Smallest bucket side (with enable_bucket).", ge=64, ss="ss_min_bucket_reso",
-        dataset_key="min_bucket_reso")
+                             dataset_key="min_bucket_reso")
     max_bucket_reso: int = F(1024, "data", "Largest bucket side (with enable_bucket).", ge=64, ss="ss_max_bucket_reso",
-        dataset_key="max_bucket_reso")
+                             dataset_key="max_bucket_reso")
     bucket_reso_steps: int = F(64, "data", "Bucket sides are multiples of this (a multiple of 8).", ge=8,
-        dataset_key="bucket_reso_steps", gui_unset=(0, 1))
+                               dataset_key="bucket_reso_steps", gui_unset=(0, 1))
     bucket_no_upscale: bool = F(False, "data", "Never enlarge images: small images get small buckets.",
-        ss="ss_bucket_no_upscale", dataset_key="bucket_no_upscale")
+                                ss="ss_bucket_no_upscale", dataset_key="bucket_no_upscale")
     caption_prefix: str = F("", "data", "Text put before every caption (joined with a space).")
     caption_suffix: str = F("", "data", "Text put after every caption (joined with a space).")
     keep_tokens_separator: str = F(
         "", "data", "Tags before this mark stay in place, tags after it are shuffled (e.g. '|||').")
     caption_dropout_rate: float = F(0.0, "data", "Chance of training an image with an empty caption.", ge=0, le=1,
-        ss="ss_caption_dropout_rate")
+                                    ss="ss_caption_dropout_rate")
     caption_dropout_every_n_epochs: int = F(
         0, "data", "Empty captions for the whole epoch when epoch % N == 0 (epochs count from 1; 0 = off).", ge=0,
         ss="ss_caption_dropout_every_n_epochs")
@@ -99,10 +99,10 @@ class TrainConfig(BaseModel):
         0.0, "data", "Chance of leaving out each movable tag (after keep_tokens).", ge=0, le=1,
         ss="ss_caption_tag_dropout_rate")
     flip_aug: bool = F(False, "data", "Mirror images left-right half of the time (works with cached latents).",
-        ss="ss_flip_aug")
+                       ss="ss_flip_aug")
     color_aug: bool = F(False, "data", "Small random hue or gamma change (not with cached latents).", ss="ss_color_aug")
     random_crop: bool = F(False, "data", "Crop at a random place instead of the centre (not with cached latents).",
-        ss="ss_random_crop")
+                          ss="ss_random_crop")
     alpha_mask: bool = F(
         False, "data", "Use each image's alpha channel as a loss mask (transparent pixels do not count; the RGB "
         "is not composited on white); images without alpha count everywhere.", ss="ss_alpha_mask")
@@ -149,7 +149,7 @@ class TrainConfig(BaseModel):
         None, "network", "Rank for 3x3 convs in ResNet blocks (enables LoCon); unset = not adapted.", ge=1,
         network_arg="conv_dim")
     conv_alpha: Optional[float] = F(None, "network", "Alpha for conv layers (unset = conv_dim).", ge=0,
-        network_arg="conv_alpha", kohya_none=0)
+                                    network_arg="conv_alpha", kohya_none=0)
     network_dropout: Optional[float] = F(
         None, "network", "Dropout on the down-projection output during training.", ge=0, lt=1, ss="ss_network_dropout",
         network_arg="dropout")
@@ -224,7 +224,7 @@ class TrainConfig(BaseModel):
     optimizer_args: dict[str, Any] = F(
         {}, "optimizer", "Optimizer keyword arguments; also accepts kohya's list of 'key=value' strings.")
     learning_rate: float = F(1e-4, "optimizer", "Fallback learning rate for unet_lr / text_encoder_lr.", ge=0,
-        resume=RESUME_LR, ss="ss_learning_rate")
+                             resume=RESUME_LR, ss="ss_learning_rate")
     unet_lr: Optional[float] = F(None, "optimizer", "UNet adapter lr (unset = learning_rate; 0 = frozen).",
                                  ge=0, resume=RESUME_LR)
     text_encoder_lr: Optional[float] = F(
@@ -235,7 +235,7 @@ class TrainConfig(BaseModel):
         ss="ss_lr_scheduler")
     lr_scheduler_num_cycles: int = F(1, "optimizer", "Hard restarts of cosine_with_restarts.", ge=1)
     lr_scheduler_power: float = F(1.0, "optimizer", "Exponent of the polynomial schedule (1 = linear).", gt=0,
-        gui_unset=(0,))
+                                  gui_unset=(0,))
     lr_scheduler_type: Optional[str] = F(
         None, "optimizer", "A torch.optim.lr_scheduler class name or module.Class path; replaces lr_scheduler.")
     lr_scheduler_args: dict[str, Any] = F(
@@ -248,19 +248,19 @@ class TrainConfig(BaseModel):
 
     # ---- training ----------------------------------------------------------------
     train_batch_size: int = F(1, "training", "Images per micro-batch.", ge=1, ss="ss_batch_size_per_device",
-        dataset_key="batch_size")
+                              dataset_key="batch_size")
     gradient_accumulation_steps: int = F(1, "training", "Micro-batches per optimizer step.", ge=1,
-        ss="ss_gradient_accumulation_steps")
+                                         ss="ss_gradient_accumulation_steps")
     max_train_steps: Optional[int] = F(
         None, "training", "Optimizer steps. With max_train_epochs too, training stops at whichever comes first. "
                           "Neither set: 1600 (sd-scripts' default).", ge=1, resume=RESUME_SAFE)
     max_train_epochs: Optional[int] = F(None, "training", "Epochs to train (see max_train_steps).", ge=1,
-        resume=RESUME_SAFE, gui_unset=(0,))
+                                        resume=RESUME_SAFE, gui_unset=(0,))
     seed: Optional[int] = F(None, "training", "Random seed; unset = a random one, recorded in the metadata.",
                             ge=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = F("no", "training", "Autocast precision.", ss="ss_mixed_precision")
     gradient_checkpointing: bool = F(False, "training", "Recompute activations in backward to save memory.",
-        ss="ss_gradient_checkpointing")
+                                     ss="ss_gradient_checkpointing")
     full_fp16: bool = F(
         False, "training", "Adapter weights, gradients and optimizer state in float16 (needs mixed_precision = "
         "'fp16'; the gradient scaler still guards overflow). Saves memory, loses precision.", ss="ss_full_fp16")
@@ -316,7 +316,7 @@ class TrainConfig(BaseModel):
     ip_noise_gamma_random_strength: bool = F(
         False, "training", "Scale ip_noise_gamma by U(0,1), drawn per sample.", ss="ss_ip_noise_gamma_random_strength")
     min_timestep: Optional[int] = F(None, "training", "Lowest training timestep (unset = 0).", ge=0, le=999,
-        gui_unset=(0,))
+                                    gui_unset=(0,))
     max_timestep: Optional[int] = F(
         None, "training", "Timesteps are drawn from [min_timestep, max_timestep) (unset = 1000); "
                           "min = max trains that one timestep.", ge=0, le=1000, gui_unset=(0, 1000))
@@ -342,18 +342,18 @@ class TrainConfig(BaseModel):
         "snr", "training", "Huber threshold over timesteps: constant c, exponential from 1 (t=0) to c (t=T), "
                            "or snr-based (huber / smooth_l1 only).")
     huber_c: float = F(0.1, "training", "Huber threshold parameter c (huber / smooth_l1 only).", gt=0, le=1,
-        ss="ss_huber_c")
+                       ss="ss_huber_c")
     huber_scale: float = F(1.0, "training", "Multiplies the Huber threshold (huber / smooth_l1 only).", gt=0)
 
     # ---- output ------------------------------------------------------------------
     output_dir: Optional[str] = F(None, "output", "Folder for the adapter, metrics.jsonl and logs.", resume=RESUME_SAFE)
     output_name: str = F("last", "output", "Adapter file name without extension.", ss="ss_output_name")
     save_model_as: Literal["safetensors"] = F("safetensors", "output", "File format (safetensors only).",
-        resume=RESUME_NOTED)
+                                              resume=RESUME_NOTED)
     save_precision: Literal["float", "fp16", "bf16"] = F("fp16", "output", "dtype of the saved tensors.",
-        resume=RESUME_NOTED)
+                                                         resume=RESUME_NOTED)
     save_every_n_epochs: Optional[int] = F(None, "output", "Also save <name>-<epoch:06d> every N epochs.", ge=1,
-        resume=RESUME_NOTED)
+                                           resume=RESUME_NOTED)
     save_every_n_steps: Optional[int] = F(None, "output", "Also save <name>-step<step:08d> every N steps.",
                                           ge=1, resume=RESUME_NOTED)
     save_state: bool = F(False, "output", "Also save the full training state (for --resume) at each save "
@@ -372,9 +372,9 @@ class TrainConfig(BaseModel):
     save_last_n_epochs_state: Optional[int] = F(None, "output", "As save_last_n_epochs, for state folders.",
                                                 ge=1, resume=RESUME_NOTED)
     save_last_n_steps_state: Optional[int] = F(None, "output", "As save_last_n_steps, for state folders.", ge=1,
-        resume=RESUME_NOTED)
+                                               resume=RESUME_NOTED)
     logging_dir: Optional[str] = F(None, "output", "TensorBoard folder (unset = <output_dir>/logs).",
-        resume=RESUME_SAFE)
+                                   resume=RESUME_SAFE)
     log_with: Optional[Literal["tensorboard", "wandb", "all"]] = F(
         None, "output", "Where step metrics go besides metrics.jsonl: tensorboard (also when unset), wandb (needs "
         "the wandb package; project log_tracker_name), or all (both).", resume=RESUME_SAFE)
@@ -383,16 +383,16 @@ class TrainConfig(BaseModel):
     wandb_run_name: Optional[str] = F(None, "output", "wandb run name (unset = output_name, as the kohya GUI "
                                                       "passes it).", resume=RESUME_SAFE)
     training_comment: Optional[str] = F(None, "output", "Stored as ss_training_comment in the file.",
-        resume=RESUME_SAFE, ss="ss_training_comment")
+                                        resume=RESUME_SAFE, ss="ss_training_comment")
 
     # ---- sample ------------------------------------------------------------------
     sample_prompts: Optional[str] = F(
         None, "sample", "Sample prompts, inline (one per line) or a .txt file; kohya options --n --w --h --d "
                         "--s --l --ss.", resume=RESUME_NOTED)
     sample_every_n_epochs: Optional[int] = F(None, "sample", "Write sample images every N epochs.", ge=1,
-        resume=RESUME_NOTED)
+                                             resume=RESUME_NOTED)
     sample_every_n_steps: Optional[int] = F(None, "sample", "Write sample images every N steps.", ge=1,
-        resume=RESUME_NOTED)
+                                            resume=RESUME_NOTED)
     sample_at_first: bool = F(False, "sample", "Also sample before the first step.", resume=RESUME_NOTED)
     sample_sampler: str = F("euler_a", "sample", "Sampler: ddim, pndm, lms, euler, euler_a, heun, dpm_2, "
                                                  "dpm_2_a, dpmsolver, dpmsolver++, dpmsingle, dpm++ 2m karras, "
