@@ -182,7 +182,7 @@ def evaluate(run: "Run") -> ValidationResult:
         run.validation = vs
     if vs is None or len(vs) == 0:
         return ValidationResult(math.nan, 0, 0)
-    limit = getattr(run.cfg, "max_validation_steps", None)
+    limit = run.cfg.max_validation_steps
     cfg, m = run.cfg, run.model
     settings = getattr(run, "noise_settings", None) or NoiseSettings.from_config(cfg)
     timesteps = validation_timesteps(m.noise_scheduler.config.num_train_timesteps, settings.min_timestep,
