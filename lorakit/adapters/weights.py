@@ -48,7 +48,6 @@ from .network import TE_PREFIX, UNET_PREFIX, normalise_te_key
 KEY = "network_weights"
 # names of the 3x3 convs of SD1/2's UNet in kohya's diffusers-layout names
 CONV3X3_NAME = re.compile(r"(_resnets_\d+_conv[12]|_(down|up)samplers_\d+_conv|^lora_unet_conv_(in|out))$")
-DIM_KEYS = ("network_dim", "network_alpha", "conv_dim", "conv_alpha")
 
 
 @dataclass
