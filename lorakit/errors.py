@@ -6,6 +6,9 @@ other exception to exit code 1.
 """
 from __future__ import annotations
 
+import difflib
+from typing import Iterable, Optional
+
 
 class UserError(Exception):
     """Bad config or bad input: the CLI prints it and exits with 2."""
@@ -38,3 +41,10 @@ class DataError(UserError):
 
 class ModelError(UserError):
     """The model path is not a Stable Diffusion checkpoint lorakit can load."""
+
+
+def closest(name: str, known: Iterable[str]) -> Optional[str]:
+    """The known name closest to `name` (case-insensitive), for a "did you mean"; None if none is close."""
+    by_lower = {k.lower(): k for k in known}
+    match = difflib.get_close_matches(str(name).strip().lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[match[0]] if match else None

@@ -63,3 +63,20 @@ def test_tucker_locon_names_lycoris(tiny_model_dir, data, tmp_path):
     md = metadata(tiny_model_dir, data, tmp_path, network_type="locon")  # plain LoCon: networks.lora rebuilds it
     assert md["ss_network_module"] == "networks.lora"
     assert json.loads(md["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "2"}
+
+
+def test_config_metadata_from_the_fields():
+    """The ss_* keys the schema fields declare: str(value), "None" at a neutral value that sd-scripts
+    leaves unset, and file names without their folders (no key for an unset network_weights)."""
+    from lorakit.config.schema import TrainConfig
+    from lorakit.train.save import config_metadata
+
+    md = config_metadata(TrainConfig(pretrained_model_name_or_path="/models/sd15.safetensors", noise_offset=0.05,
+                                     resolution="512,768", debiased_estimation_loss=True))
+    assert (md["ss_noise_offset"], md["ss_min_snr_gamma"], md["ss_multires_noise_iterations"]) == ("0.05", "None",
+                                                                                                     "None")
+    assert (md["ss_sd_model_name"], md["ss_resolution"], md["ss_debiased_estimation"]) == ("sd15.safetensors",
+                                                                                            "(512, 768)", "True")
+    assert md["ss_batch_size_per_device"] == "1" and "ss_network_weights" not in md
+    md = config_metadata(TrainConfig(network_weights="/home/me/loras/prev.safetensors", min_snr_gamma=5))
+    assert (md["ss_network_weights"], md["ss_min_snr_gamma"]) == ("prev.safetensors", "5.0")

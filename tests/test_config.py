@@ -7,7 +7,7 @@ import pytest
 
 from lorakit.cli import main
 from lorakit.config.kohya import import_kohya_json, parse_optimizer_args, strip_trailing_commas
-from lorakit.config.load import load_config
+from lorakit.config.load import build_config, load_config
 from lorakit.errors import ConfigError
 from lorakit.optim.schedulers import lr_lambda, warmup_steps_for
 from lorakit.train.plan import make_plan
@@ -154,3 +154,45 @@ def test_docs_config_reference_is_current():
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert doc.read_text(encoding="utf-8").strip() == render_markdown().strip(), \
         "docs/config.md is stale: run `python -m lorakit.config.reference > docs/config.md`"
+
+
+# ---- names checked when the config is built ---------------------------------------------------
+@pytest.mark.parametrize("key,value,guess", [
+    ("optimizer_type", "AdamWW", "AdamW"), ("network_type", "lorra", "lora"), ("lr_scheduler", "cosinee", "cosine"),
+    ("lr_scheduler_type", "CosineAnnealingLRR", "CosineAnnealingLR"), ("sample_sampler", "eulr", "euler")])
+def test_build_config_refuses_unknown_names(key, value, guess):
+    with pytest.raises(ConfigError) as e:
+        build_config({key: value}, "run.toml")
+    assert e.value.key == key and e.value.file == "run.toml"
+    assert f"did you mean '{guess}'?" in e.value.fix
+
+
+def test_build_config_refuses_unknown_adapter_option():
+    with pytest.raises(ConfigError) as e:
+        build_config({"network_type": "lokr", "network_args": {"factr": 4}}, "run.toml")
+    assert e.value.key == "network_args" and "did you mean 'factor'?" in e.value.fix
+
+
+def test_build_config_names_every_bad_name_at_once():
+    """Four problems, one error: the three unknown names and the bad learning rate."""
+    with pytest.raises(ConfigError) as e:
+        build_config({"optimizer_type": "AdamWW", "network_type": "lorra", "lr_scheduler": "cosinee",
+                      "learning_rate": -1}, "run.toml")
+    text = str(e.value)
+    assert text.count("\n  - ") == 4 and "4 problems" in text
+    for part in ("'AdamWW'", "'lorra'", "'cosinee'", "learning_rate", "did you mean 'AdamW'?", "did you mean 'lora'?"):
+        assert part in text
+
+
+def test_build_config_keeps_names_it_cannot_judge():
+    """A module.Class optimizer or scheduler is looked up when the run starts; case does not matter."""
+    cfg = build_config({"optimizer_type": "prodigy", "lr_scheduler_type": "my.mod.Sched", "network_type": "LoKr",
+                        "sample_sampler": "k_euler_a"}, "run.toml")
+    assert (cfg.optimizer_type, cfg.network_type) == ("prodigy", "LoKr")
+
+
+def test_cli_exits_2_on_an_unknown_optimizer(tmp_path, capsys):
+    (tmp_path / "run.toml").write_text('optimizer_type = "AdamWW"\nnetwork_type = "lorra"\n')
+    assert main(["config", "show", str(tmp_path / "run.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'AdamW'?" in err and "did you mean 'lora'?" in err

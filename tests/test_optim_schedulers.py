@@ -8,6 +8,7 @@ import torch
 from diffusers.optimization import get_scheduler
 
 from lorakit.config.load import load_config
+from lorakit.config.schema import TrainConfig
 from lorakit.errors import ConfigError
 from lorakit.optim.optimizers import build_optimizer
 from lorakit.optim.schedulers import build_scheduler, lr_lambda, scheduler_warnings
@@ -101,7 +102,10 @@ def test_lr_scheduler_args_from_kohya_strings_and_dotted_path():
     opt = build_optimizer(cfg, two_groups(0.1, 0.1))
     lrs = [v[0] for v in lrs_over(build_scheduler(opt, cfg.lr_scheduler, 10, 0), opt, 7)]
     assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025])
-    bad = load_config(None, ['lr_scheduler_type="NoSuchLR"'])
+    with pytest.raises(ConfigError) as e:  # the config refuses the name when it is built
+        load_config(None, ['lr_scheduler_type="NoSuchLR"'])
+    assert e.value.key == "lr_scheduler_type"
+    bad = TrainConfig(lr_scheduler_type="NoSuchLR")  # and the schedule, for a config built without the check
     with pytest.raises(ConfigError) as e:
         build_scheduler(build_optimizer(bad, two_groups()), bad.lr_scheduler, 10, 0)
     assert e.value.key == "lr_scheduler_type"

@@ -186,3 +186,22 @@ def test_crash_during_a_state_save_resumes_from_the_previous_state(tiny_model_di
     assert losses(tmp_path) == straight[0]
     got = load_file(res.output_file)
     assert all((got[k] == straight[1][k]).all() for k in got)
+
+
+def test_resume_kinds_come_from_the_fields(tmp_path):
+    """check_resume_config reads each field's resume attribute: max_train_steps (safe) changes silently,
+    save_precision (noted) and learning_rate (lr) with a line each; network_dim (none) and a learning
+    rate going to 0 (a parameter group would vanish) are refused, both named in one error."""
+    from lorakit.config.schema import TrainConfig
+    from lorakit.train.state import check_resume_config
+
+    old = TrainConfig(max_train_steps=10, seed=7)
+    (tmp_path / "state.json").write_text(json.dumps({"config": old.model_dump(mode="json"), "seed": 7}))
+    cfg, warnings = check_resume_config(old.model_copy(update={"max_train_steps": 20, "save_precision": "float",
+                                                               "learning_rate": 2e-4, "seed": None}), tmp_path)
+    assert cfg.seed == 7 and cfg.max_train_steps == 20
+    assert [w.split(":")[1].strip() for w in warnings] == ["learning_rate", "save_precision"]
+    with pytest.raises(ConfigError) as e:
+        check_resume_config(old.model_copy(update={"network_dim": 16, "learning_rate": 0.0}), tmp_path)
+    assert "2 setting(s) differ" in e.value.message
+    assert "network_dim: was 8, now 16" in e.value.message and "learning_rate: was 0.0001, now 0.0" in e.value.message

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from lorakit.config.schema import TrainConfig
+from lorakit.config.schema import TrainConfig, fields_with
 from lorakit.data import TrainDataset
 from lorakit.data.augment import Draw
 from lorakit.data.folders import scan_subsets
@@ -26,7 +26,6 @@ from lorakit.train.loop import train
 from lorakit.train.loss import timestep_weights, v_pred_like_loss_weight
 from lorakit.train.plan import text_encoder_stop_step
 from lorakit.train.settings import check_train_settings
-from lorakit.train.state import RESUME_SAFE
 from train_helpers import tiny_run_config
 
 DEFAULTS = {"network_dim": 4, "network_alpha": 2, "learning_rate": 1e-3, "seed": 7, "max_train_steps": 2}
@@ -171,9 +170,10 @@ def test_state_on_train_end_and_resume_from_the_config(tiny_model_dir, data, tmp
     assert steps == [3, 4]
     res2, _, _ = run(tiny_model_dir, data, tmp_path / "none")
     assert not (tmp_path / "none" / "last-state").exists()
-    assert {"resume", "save_state_on_train_end", "log_with"} <= RESUME_SAFE
+    kinds = fields_with("resume")  # a key without a resume kind must not change on --resume
+    assert (kinds["resume"], kinds["log_with"], kinds["save_state_on_train_end"]) == ("safe", "safe", "noted")
     assert not {"stop_text_encoder_training", "weighted_captions", "v_pred_like_loss", "full_bf16",
-                "fp8_base"} & RESUME_SAFE
+                "fp8_base"} & set(kinds)
 
 
 # ---- precision -----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from .declare import LYCORIS_MODULE, FileFormat, GuiLoraType
+
+if TYPE_CHECKING:
+    from ..config.schema import TrainConfig
 
 # A layer kind decides which rank/alpha a target gets (kohya: 3x3 convs use conv_dim).
 LINEAR, CONV1X1, CONV3X3 = "linear", "conv1x1", "conv3x3"
@@ -404,10 +407,9 @@ class AdapterModule(nn.Module):
 
     # --- network hooks (class level) ---------------------------------------------------
     @classmethod
-    def parse_args(cls, cfg: Any) -> dict[str, Any]:
-        """cfg.network_args (or a dict) validated against ARGS, defaults filled in."""
-        raw = cfg if isinstance(cfg, dict) or cfg is None else getattr(cfg, "network_args", None)
-        return validate_network_args(cls, raw)
+    def parse_args(cls, cfg: "TrainConfig") -> dict[str, Any]:
+        """cfg.network_args validated against ARGS, defaults filled in."""
+        return validate_network_args(cls, cfg.network_args)
 
     @classmethod
     def target_rules(cls, cfg: Any) -> TargetRules:

@@ -18,7 +18,6 @@ from torch import nn
 
 from .base import CONV3X3, UNET_ATTENTION_PARENTS, UNET_CONV_PARENTS, TargetRules, lycoris_conv_rank
 
-PRESETS = ("kohya", "attn-mlp", "attn-only", "full")
 FULL_EXTRA = ("conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable, Optional, TypeVar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, closest
 from .declare import LYCORIS_MODULE, FileFormat, GuiLoraType, Tensors
 
 T = TypeVar("T", bound=type)
@@ -68,8 +68,10 @@ def get_algorithm(name: str) -> type:
     _load_builtin()
     key = str(name).strip().lower()
     if key not in _ALGORITHMS:
+        guess = closest(key, _ALGORITHMS)
         raise ConfigError(f"unknown network_type '{name}'", key="network_type",
-                          fix="use one of: " + ", ".join(sorted(_ALGORITHMS)))
+                          fix=(f"did you mean '{guess}'? " if guess else "") + "use one of: "
+                          + ", ".join(sorted(_ALGORITHMS)))
     return _ALGORITHMS[key]
 
 

@@ -52,7 +52,6 @@ CONV3X3_NAME = re.compile(r"(_resnets_\d+_conv[12]|_(down|up)samplers_\d+_conv|^
                           r"|_\d+_0_(in_layers_2|out_layers_3)|_middle_block_[02]_(in_layers_2|out_layers_3)"
                           r"|^lora_unet_input_blocks_\d+_0_op|^lora_unet_output_blocks_\d+_[12]_conv"
                           r"|^lora_unet_input_blocks_0_0|^lora_unet_out_2)$")
-DIM_KEYS = ("network_dim", "network_alpha", "conv_dim", "conv_alpha")
 
 
 @dataclass

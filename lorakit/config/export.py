@@ -9,10 +9,8 @@ from typing import Any
 from ..errors import ConfigError
 from .kohya import LORA_TYPES, NETWORK_ARG_KEYS
 from .kohya_keys import GUI_KEYS, SD_SCRIPTS_ARGS
-from .schema import SECTIONS, TrainConfig, field_section
+from .schema import SECTIONS, TrainConfig, field_attr, field_section
 
-# fields whose unset (None) value has a kohya spelling: alpha 0 means alpha = dim
-_NONE_AS = {"network_alpha": 0, "conv_alpha": 0}
 
 
 def _toml_value(v: Any) -> str:
@@ -41,7 +39,7 @@ def _values(cfg: TrainConfig) -> dict[str, Any]:
     for name, value in cfg.model_dump().items():
         if value is None:
             if TrainConfig.model_fields[name].default is not None:
-                out[name] = _NONE_AS[name]
+                out[name] = field_attr(name, "kohya_none")  # alpha 0 means alpha = dim
             continue
         out[name] = value
     return out

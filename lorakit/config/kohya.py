@@ -17,10 +17,11 @@ from typing import Any
 from ..adapters import registry
 from ..adapters.declare import GUI_BLOCK_ARGS
 from ..errors import ConfigError
-from .kohya_keys import (FIELDS, GUI_UNSET, MAPPED, NETWORK_ARGS, RUNTIME, SD_SCRIPTS_ARGS, ImportResult, Problems,
+from .checks import parse_kv_args
+from .kohya_keys import (FIELDS, MAPPED, NETWORK_ARGS, RUNTIME, SD_SCRIPTS_ARGS, ImportResult, Problems,
                          as_bool, blank, is_neutral, lookup, refusal, suggest, unknown_key)
-from .netargs import LYCORIS_MODULE, apply_network_args
-from .schema import parse_kv_args
+from .netargs import LYCORIS_MODULE, LYCORIS_PRESETS, apply_network_args, lycoris_conv_defaults
+from .schema import field_attr
 from .sdscripts import read_dataset_config
 
 # LoRA_type -> (network_type, the GUI keys it passes as network args): what the adapter types declare
@@ -120,7 +121,7 @@ def _unset(name: str, value: Any) -> bool:
     if blank(value) or (_is_zero(value) and (FIELDS[name].default is None or name == "clip_skip")):
         return True
     try:
-        return not isinstance(value, bool) and float(value) in GUI_UNSET.get(name, ())
+        return not isinstance(value, bool) and float(value) in field_attr(name, "gui_unset", ())
     except (TypeError, ValueError):
         return False
 
@@ -246,8 +247,7 @@ class _Importer:
             res.values.setdefault("enable_bucket", True)
             self.ignore("enable_bucket", "not in the file: the GUI default (on) is used")
         if "conv" in uses and lora_type.startswith("LyCORIS/") or lora_type == "LoCon":
-            res.values.setdefault("conv_dim", res.values.get("network_dim", 8))  # LyCORIS default
-            res.values.setdefault("conv_alpha", res.values.get("network_alpha", 1))
+            lycoris_conv_defaults(res.values)
         try:
             flags = parse_additional_parameters(str(raw.get("additional_parameters") or ""))
         except (ConfigError, ValueError) as e:
@@ -281,11 +281,11 @@ class _Importer:
         """LyCORIS presets apply to the LyCORIS types only (kohya_ss passes them to lycoris.kohya)."""
         if not lora_type.startswith("LyCORIS/"):
             self.ignore("LyCORIS_preset", f"LoRA_type '{lora_type}' is not a LyCORIS type")
-        elif value in ("full", "attn-mlp", "attn-only"):
+        elif value in LYCORIS_PRESETS:
             self.res.values["network_preset"] = value
         elif not blank(value):
             self.problems.add("LyCORIS_preset", f"LyCORIS_preset '{value}' is not supported yet",
-                              "use full, attn-mlp or attn-only")
+                              f"use {' or '.join(LYCORIS_PRESETS)}")
 
     def network_arg(self, key: str, value: Any) -> None:
         name = NETWORK_ARG_KEYS[key]

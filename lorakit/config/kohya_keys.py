@@ -350,10 +350,6 @@ for _switch, _keys in _FAMILY_OPTIONS.items():
         TABLE[_k] = _run(f"{FAMILY_SWITCHES[_switch]} option: the GUI passes it only with {_switch}")
 
 ALL_KEYS = frozenset(GUI_KEYS) | set(GUI_OLD_KEYS) | set(SD_SCRIPTS_ARGS) | set(DATASET_KEYS) | set(NETWORK_ARGS)
-# values the GUI writes for "not set" where the schema's own default differs (the GUI passes nothing)
-GUI_UNSET: dict[str, tuple] = {"vae_batch_size": (0,), "bucket_reso_steps": (0, 1), "max_timestep": (0, 1000),
-                               "min_timestep": (0,), "max_train_epochs": (0,), "lr_scheduler_power": (0,),
-                               "lr_warmup_steps": (0,)}
 
 
 def lookup(name: str) -> Optional[Key]:

@@ -7,11 +7,16 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
-from ..errors import ConfigError
+from ..adapters.base import validate_network_args
+from ..adapters.registry import get_algorithm
+from ..errors import ConfigError, closest
+from ..optim.optimizers import unknown_optimizer
+from ..optim.schedulers import unknown_scheduler_type
+from ..sample.samplers import canonical
 from .kohya import import_kohya_json, strip_trailing_commas
 from .kohya_keys import ImportResult, Problems, suggest
 from .schema import SECTIONS, TrainConfig
@@ -179,6 +184,8 @@ def build_config(values: dict[str, Any], file: str | None, problems: Problems | 
     for k in [k for k in values if k not in known]:
         problems.add(k, *_unknown_key(k, known), where=origins.get(k))
         values = {kk: v for kk, v in values.items() if kk != k}
+    for e in name_problems(values):
+        problems.add(e.key, e.message, e.fix or "", where=origins.get(e.key or ""))
     try:
         cfg = TrainConfig(**values)
     except ValidationError as e:
@@ -189,11 +196,53 @@ def build_config(values: dict[str, Any], file: str | None, problems: Problems | 
             msg = err["msg"] + ("" if isinstance(got, dict) else f" (got {got!r})")
             fix = (f"give {key} a valid value: {field.description[0].lower()}{field.description[1:]}"
                    if field and field.description else "see `lorakit config keys`")
+            guess = closest(str(got), _choices(field.annotation)) if field and err["type"] == "literal_error" else None
+            fix = f"did you mean {guess!r}? " + fix if guess else fix
             problems.add(key, msg, fix, where=origins.get(key.split(".")[0]) if key else None)
         problems.raise_all()
         raise AssertionError("unreachable: a ValidationError has errors")  # pragma: no cover
     problems.raise_all()
     return cfg
+
+
+def name_problems(values: dict[str, Any]) -> list[ConfigError]:
+    """The names among `values` that no optimizer, lr_scheduler_type, adapter type (and its
+    network_args) or sampler has, each an error with a "did you mean" (the train preflight then
+    checks that the optimizer's package is installed)."""
+    out = []
+    checks = [("optimizer_type", unknown_optimizer), ("lr_scheduler_type", unknown_scheduler_type),
+              ("sample_sampler", _sampler_problem), ("network_type", _adapter_problem)]
+    for key, check in checks:
+        if isinstance(values.get(key), str):
+            error = check(values[key]) if key != "network_type" else check(values[key], values.get("network_args"))
+            if error is not None:
+                out.append(error)
+    return out
+
+
+def _sampler_problem(name: str) -> ConfigError | None:
+    try:
+        canonical(name)
+    except ConfigError as e:
+        return e
+    return None
+
+
+def _adapter_problem(name: str, args: Any) -> ConfigError | None:
+    try:
+        algo = get_algorithm(name)
+        if isinstance(args, dict):
+            validate_network_args(algo, args)
+    except ConfigError as e:
+        return e
+    return None
+
+
+def _choices(annotation: Any) -> list[str]:
+    """The allowed values of a Literal field (Optional[Literal[...]] included), as text."""
+    if get_origin(annotation) is Literal:
+        return [str(a) for a in get_args(annotation)]
+    return [c for a in get_args(annotation) for c in _choices(a)]
 
 
 FORMATS = ("auto", "lorakit", "kohya", "sd-scripts")

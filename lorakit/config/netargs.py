@@ -19,18 +19,19 @@ from __future__ import annotations
 from typing import Any
 
 from ..adapters import registry
+from ..adapters.base import lycoris_conv_rank
 from ..errors import ConfigError
 from .kohya_keys import MAPPED, NETWORK_ARGS, RUNTIME, Problems, is_neutral, lookup, refusal, suggest
+from .schema import DIM_KEYS, NETWORK_PRESETS, TrainConfig, fields_with
 
 # sd-scripts network_module -> network_type, and LyCORIS algo -> network_type ("lora" in LyCORIS is
 # LoCon): what the adapter types declare (adapters/declare.py)
 NETWORK_MODULES = registry.network_modules()
 LYCORIS_MODULE = "lycoris.kohya"
 LYCORIS_ALGOS = registry.lycoris_algos()
-# network args that are schema keys of their own
-LIFTED_ARGS = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "dropout": "network_dropout",
-               "rank_dropout": "rank_dropout", "module_dropout": "module_dropout"}
-LYCORIS_PRESETS = ("full", "attn-mlp", "attn-only")  # the LyCORIS presets lorakit has as network_preset
+# network args that are schema keys of their own: {arg: field}
+LIFTED_ARGS = {arg: name for name, arg in fields_with("network_arg").items()}
+LYCORIS_PRESETS = tuple(p for p in NETWORK_PRESETS if p != "kohya")  # network_presets LyCORIS has as preset=
 NO_CONV_DEFAULT = ("ia3",)  # LyCORIS algos whose conv_dim/conv_alpha do not default to network_dim/alpha
 
 
@@ -81,12 +82,20 @@ def apply_network_args(module: str, args: dict[str, Any], values: dict[str, Any]
         if arg in args:
             values[schema_key] = args.pop(arg)
     if module == LYCORIS_MODULE and ntype not in NO_CONV_DEFAULT:
-        values.setdefault("conv_dim", values.get("network_dim", 8))  # LyCORIS' default
-        values.setdefault("conv_alpha", values.get("network_alpha", 1))
+        lycoris_conv_defaults(values)
     table_args(ntype, args, values, key, problems if problems is not None else Problems(file), raw or {},
                ignored if ignored is not None else [], raise_now=problems is None)
     check_algorithm_args(ntype, args, file, key)
     return args
+
+
+def lycoris_conv_defaults(values: dict[str, Any]) -> None:
+    """Set unset conv_dim / conv_alpha in `values` by LyCORIS's rule (adapters.base.lycoris_conv_rank),
+    so the config written back out and the file's ss_network_args show them."""
+    dims = TrainConfig.model_construct(**{k: values[k] for k in DIM_KEYS if k in values})  # the rest: defaults
+    conv_dim, conv_alpha = lycoris_conv_rank(dims)
+    values.setdefault("conv_dim", conv_dim)
+    values.setdefault("conv_alpha", conv_alpha)
 
 
 def table_args(network_type: str, args: dict[str, Any], values: dict[str, Any], key: str, problems: Problems,

@@ -6,12 +6,13 @@ The kohya_ss importer (kohya.py) maps GUI JSON keys onto these fields.
 """
 from __future__ import annotations
 
-import ast
 import difflib
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator, model_validator
+
+from .checks import LR_WEIGHT_PRESETS, block_problems, is_number, parse_kv_args
+from .fields import RESUME_LR, RESUME_NOTED, RESUME_SAFE, SS_FILE_NAME, SS_NEUTRAL_NONE, F
 
 # Sections only group keys for display and for optional TOML tables; a key is
 # defined once whatever the table it is written in.
@@ -21,12 +22,12 @@ SECTIONS = ("model", "data", "network", "optimizer", "training", "output", "samp
 SUBSET_OPTIONS = ("shuffle_caption", "keep_tokens", "keep_tokens_separator", "caption_prefix", "caption_suffix",
                   "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
                   "flip_aug", "color_aug", "random_crop")
+# which layers get adapters (adapters/presets.py): kohya's own targets, then LyCORIS's presets
+NETWORK_PRESETS = ("kohya", "attn-mlp", "attn-only", "full")
+# the ranks of a network: from the config, or a network_weights file (dim_from_weights) or a resumed state
+DIM_KEYS = ("network_dim", "network_alpha", "conv_dim", "conv_alpha")
 SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg",
                "conditioning_data_dir") + SUBSET_OPTIONS
-
-
-def F(default: Any, section: str, help: str, **kw: Any) -> Any:  # noqa: N802
-    return Field(default, description=help, json_schema_extra={"section": section}, **kw)
 
 
 class TrainConfig(BaseModel):
@@ -34,58 +35,77 @@ class TrainConfig(BaseModel):
 
     # ---- model -------------------------------------------------------------------
     pretrained_model_name_or_path: Optional[str] = F(
-        None, "model", "Local SD1.x/2.x checkpoint: a diffusers folder or a single .safetensors/.ckpt file.")
+        None, "model", "Local SD1.x/2.x checkpoint: a diffusers folder or a single .safetensors/.ckpt file.",
+        resume=RESUME_SAFE, ss="ss_sd_model_name", ss_write=SS_FILE_NAME)
     v2: bool = F(False, "model", "The checkpoint is SD2.x (detected from the file when it can be).")
     v_parameterization: bool = F(False, "model", "Train with the v-prediction target (SD2 768-v models).")
-    vae: Optional[str] = F(None, "model", "Optional separate VAE (diffusers folder or single file).")
+    vae: Optional[str] = F(None, "model", "Optional separate VAE (diffusers folder or single file).",
+                           resume=RESUME_SAFE)
     clip_skip: int = F(1, "model", "Use the k-th last text-encoder layer (then final_layer_norm); 1 = last.",
-                       ge=1, le=12)
+                       ge=1, le=12, ss="ss_clip_skip")
     max_token_length: Literal[75, 150, 225] = F(
-        75, "model", "Caption tokens: 75, 150 or 225 (chunks of 75 encoded separately, as kohya).")
+        75, "model", "Caption tokens: 75, 150 or 225 (chunks of 75 encoded separately, as kohya).",
+        ss="ss_max_token_length")
 
     # ---- data --------------------------------------------------------------------
     train_data_dir: Optional[str] = F(
-        None, "data", "Folder of kohya subfolders named <repeats>_<name> holding images and captions.")
-    reg_data_dir: Optional[str] = F(None, "data", "Regularization images, same folder layout.")
-    resolution: tuple[int, int] = F((512, 512), "data", "Training size 'W,H' or one number for square.")
+        None, "data", "Folder of kohya subfolders named <repeats>_<name> holding images and captions.",
+        resume=RESUME_SAFE)
+    reg_data_dir: Optional[str] = F(None, "data", "Regularization images, same folder layout.", resume=RESUME_SAFE)
+    resolution: tuple[int, int] = F((512, 512), "data", "Training size 'W,H' or one number for square.",
+                                    ss="ss_resolution", dataset_key="resolution")
     caption_extension: str = F(".txt", "data", "Caption file extension, next to each image.")
-    shuffle_caption: bool = F(False, "data", "Shuffle comma-separated tags each time a caption is used.")
-    keep_tokens: int = F(0, "data", "Keep the first N comma-separated tags in place when shuffling.", ge=0)
-    cache_latents: bool = F(True, "data", "Encode every image with the VAE once, before training.")
-    vae_batch_size: int = F(1, "data", "Batch size of the latent caching pass.", ge=1)
+    shuffle_caption: bool = F(False, "data", "Shuffle comma-separated tags each time a caption is used.",
+                              ss="ss_shuffle_caption")
+    keep_tokens: int = F(0, "data", "Keep the first N comma-separated tags in place when shuffling.", ge=0,
+                         ss="ss_keep_tokens")
+    cache_latents: bool = F(True, "data", "Encode every image with the VAE once, before training.",
+                            ss="ss_cache_latents")
+    vae_batch_size: int = F(1, "data", "Batch size of the latent caching pass.", ge=1, gui_unset=(0,))
     cache_text_encoder_outputs: Optional[bool] = F(
         None, "data", "Reuse the text encoder's output for a caption string seen before (exact also with "
         "shuffled or dropped captions; the key is the string trained with), in up to 256 MB on the training "
         "device. Unset: on when the text encoder is not trained (text_encoder_lr = 0 or "
-        "network_train_unet_only); true with a trained text encoder is an error.")
+        "network_train_unet_only); true with a trained text encoder is an error.", resume=RESUME_SAFE)
     max_data_loader_n_workers: int = F(
         0, "data", "DataLoader worker processes that decode batches ahead of their step (0 = the main process "
-        "builds each batch when its step comes). Same results either way.", ge=0)
-    persistent_data_loader_workers: bool = F(False, "data", "Keep DataLoader workers alive between epochs.")
-    prior_loss_weight: float = F(1.0, "data", "Loss weight of regularization images.", ge=0)
+        "builds each batch when its step comes). Same results either way.", ge=0, resume=RESUME_SAFE)
+    persistent_data_loader_workers: bool = F(False, "data", "Keep DataLoader workers alive between epochs.",
+                                             resume=RESUME_SAFE)
+    prior_loss_weight: float = F(1.0, "data", "Loss weight of regularization images.", ge=0, ss="ss_prior_loss_weight")
     cache_latents_to_disk: bool = F(
         False, "data", "Keep cached latents in <image>_<W>x<H>_sd.npz files; re-encoded when the image, "
         "size or VAE changes.")
-    enable_bucket: bool = F(False, "data", "Aspect-ratio buckets: each image trains near its own aspect ratio.")
-    min_bucket_reso: int = F(256, "data", "Smallest bucket side (with enable_bucket).", ge=64)
-    max_bucket_reso: int = F(1024, "data", "Largest bucket side (with enable_bucket).", ge=64)
-    bucket_reso_steps: int = F(64, "data", "Bucket sides are multiples of this (a multiple of 8).", ge=8)
-    bucket_no_upscale: bool = F(False, "data", "Never enlarge images: small images get small buckets.")
+    enable_bucket: bool = F(False, "data", "Aspect-ratio buckets: each image trains near its own aspect ratio.",
+                            ss="ss_enable_bucket", dataset_key="enable_bucket")
+    min_bucket_reso: int = F(256, "data", "Smallest bucket side (with enable_bucket).", ge=64, ss="ss_min_bucket_reso",
+                             dataset_key="min_bucket_reso")
+    max_bucket_reso: int = F(1024, "data", "Largest bucket side (with enable_bucket).", ge=64, ss="ss_max_bucket_reso",
+                             dataset_key="max_bucket_reso")
+    bucket_reso_steps: int = F(64, "data", "Bucket sides are multiples of this (a multiple of 8).", ge=8,
+                               dataset_key="bucket_reso_steps", gui_unset=(0, 1))
+    bucket_no_upscale: bool = F(False, "data", "Never enlarge images: small images get small buckets.",
+                                ss="ss_bucket_no_upscale", dataset_key="bucket_no_upscale")
     caption_prefix: str = F("", "data", "Text put before every caption (joined with a space).")
     caption_suffix: str = F("", "data", "Text put after every caption (joined with a space).")
     keep_tokens_separator: str = F(
         "", "data", "Tags before this mark stay in place, tags after it are shuffled (e.g. '|||').")
-    caption_dropout_rate: float = F(0.0, "data", "Chance of training an image with an empty caption.", ge=0, le=1)
+    caption_dropout_rate: float = F(0.0, "data", "Chance of training an image with an empty caption.", ge=0, le=1,
+                                    ss="ss_caption_dropout_rate")
     caption_dropout_every_n_epochs: int = F(
-        0, "data", "Empty captions for the whole epoch when epoch % N == 0 (epochs count from 1; 0 = off).", ge=0)
+        0, "data", "Empty captions for the whole epoch when epoch % N == 0 (epochs count from 1; 0 = off).", ge=0,
+        ss="ss_caption_dropout_every_n_epochs")
     caption_tag_dropout_rate: float = F(
-        0.0, "data", "Chance of leaving out each movable tag (after keep_tokens).", ge=0, le=1)
-    flip_aug: bool = F(False, "data", "Mirror images left-right half of the time (works with cached latents).")
-    color_aug: bool = F(False, "data", "Small random hue or gamma change (not with cached latents).")
-    random_crop: bool = F(False, "data", "Crop at a random place instead of the centre (not with cached latents).")
+        0.0, "data", "Chance of leaving out each movable tag (after keep_tokens).", ge=0, le=1,
+        ss="ss_caption_tag_dropout_rate")
+    flip_aug: bool = F(False, "data", "Mirror images left-right half of the time (works with cached latents).",
+                       ss="ss_flip_aug")
+    color_aug: bool = F(False, "data", "Small random hue or gamma change (not with cached latents).", ss="ss_color_aug")
+    random_crop: bool = F(False, "data", "Crop at a random place instead of the centre (not with cached latents).",
+                          ss="ss_random_crop")
     alpha_mask: bool = F(
         False, "data", "Use each image's alpha channel as a loss mask (transparent pixels do not count; the RGB "
-        "is not composited on white); images without alpha count everywhere.")
+        "is not composited on white); images without alpha count everywhere.", ss="ss_alpha_mask")
     masked_loss: bool = F(
         False, "data", "kohya's masked loss: the loss counts each latent pixel by its mask value. The mask is the "
         "red channel of the same-named image in the subset's conditioning_data_dir (dataset_subsets), else the "
@@ -96,20 +116,20 @@ class TrainConfig(BaseModel):
         "its weight. No commas inside brackets when captions are shuffled or dropped.")
     validation_split: float = F(
         0.0, "data", "Fraction of each train folder's images held out of training for a validation loss "
-        "(chosen by validation_seed); 0 = off.", ge=0, lt=1)
+        "(chosen by validation_seed); 0 = off.", ge=0, lt=1, ss="ss_validation_split", dataset_key="validation_split")
     validation_seed: Optional[int] = F(None, "data", "Seed that picks the validation_split images (unset = seed).",
-                                       ge=0)
+                                       ge=0, ss="ss_validation_seed", dataset_key="validation_seed")
     validation_data_dir: Optional[str] = F(
         None, "data", "Validation images in a separate folder, same <repeats>_<name> layout (repeats ignored).")
     validate_every_n_epochs: Optional[int] = F(
         None, "data", "Compute the validation loss every N epochs (unset = every epoch when validation is on).",
-        ge=1)
+        ge=1, resume=RESUME_SAFE, ss="ss_validate_every_n_epochs")
     validate_every_n_steps: Optional[int] = F(
         None, "data", "Also compute the validation loss every N optimizer steps (sd-scripts: at steps N, 2N, ...); "
-        "unset or 0 = only per epoch.", ge=1)
+        "unset or 0 = only per epoch.", ge=1, resume=RESUME_SAFE)
     max_validation_steps: Optional[int] = F(
         None, "data", "Use at most this many validation batches (the first ones, in a fixed order) per "
-        "validation; unset or 0 = all.", ge=1)
+        "validation; unset or 0 = all.", ge=1, resume=RESUME_SAFE)
     dataset_subsets: list[dict[str, Any]] = F(
         [], "data", "Explicit image folders instead of train_data_dir/reg_data_dir (what an sd-scripts "
         "dataset_config gives): each {image_dir, num_repeats, class_tokens, caption_extension, is_reg} and "
@@ -124,17 +144,20 @@ class TrainConfig(BaseModel):
     network_dim: int = F(8, "network", "Rank of each adapter.", ge=1)
     network_alpha: Optional[float] = F(
         1.0, "network", "Scale numerator: delta W is multiplied by alpha/dim. 0 or unset means alpha = dim.",
-        ge=0)
+        ge=0, kohya_none=0)
     conv_dim: Optional[int] = F(
-        None, "network", "Rank for 3x3 convs in ResNet blocks (enables LoCon); unset = not adapted.", ge=1)
-    conv_alpha: Optional[float] = F(None, "network", "Alpha for conv layers (unset = conv_dim).", ge=0)
+        None, "network", "Rank for 3x3 convs in ResNet blocks (enables LoCon); unset = not adapted.", ge=1,
+        network_arg="conv_dim")
+    conv_alpha: Optional[float] = F(None, "network", "Alpha for conv layers (unset = conv_dim).", ge=0,
+                                    network_arg="conv_alpha", kohya_none=0)
     network_dropout: Optional[float] = F(
-        None, "network", "Dropout on the down-projection output during training.", ge=0, lt=1)
+        None, "network", "Dropout on the down-projection output during training.", ge=0, lt=1, ss="ss_network_dropout",
+        network_arg="dropout")
     rank_dropout: Optional[float] = F(None, "network", "Drop each rank per sample with this probability.",
-                                      ge=0, lt=1)
+                                      ge=0, lt=1, network_arg="rank_dropout")
     module_dropout: Optional[float] = F(None, "network", "Skip a whole module's delta with this probability.",
-                                        ge=0, lt=1)
-    network_preset: Literal["kohya", "attn-mlp", "attn-only", "full"] = F(
+                                        ge=0, lt=1, network_arg="module_dropout")
+    network_preset: Literal[NETWORK_PRESETS] = F(  # type: ignore[valid-type]
         "kohya", "network", "Which layers get adapters: kohya (kohya's default targets), attn-mlp, attn-only, "
                             "or full (+ conv blocks, conv_in, conv_out, time embedding).")
     network_args: dict[str, Any] = F(
@@ -142,10 +165,11 @@ class TrainConfig(BaseModel):
                        "decompose_both, train_on_input, block_size; each algorithm checks its own.")
     scale_weight_norms: Optional[float] = F(
         None, "network", "Max-norm: cap each module's ||delta W|| at this value once per optimizer step "
-                         "(0 or unset = off).", ge=0)
+                         "(0 or unset = off).", ge=0, ss="ss_scale_weight_norms")
     network_weights: Optional[str] = F(
         None, "network", "Start from this adapter file (.safetensors from lorakit, kohya or LyCORIS) instead of "
-                         "fresh adapters; its algorithm must be network_type. Not re-applied on --resume.")
+                         "fresh adapters; its algorithm must be network_type. Not re-applied on --resume.",
+                         resume=RESUME_SAFE, ss="ss_network_weights", ss_write=SS_FILE_NAME)
     dim_from_weights: bool = F(
         False, "network", "Take network_dim/network_alpha and conv_dim/conv_alpha from the network_weights file "
                           "instead of the config.")
@@ -199,45 +223,54 @@ class TrainConfig(BaseModel):
     optimizer_type: str = F("AdamW", "optimizer", "Optimizer name (case-insensitive) or a module.Class path.")
     optimizer_args: dict[str, Any] = F(
         {}, "optimizer", "Optimizer keyword arguments; also accepts kohya's list of 'key=value' strings.")
-    learning_rate: float = F(1e-4, "optimizer", "Fallback learning rate for unet_lr / text_encoder_lr.", ge=0)
+    learning_rate: float = F(1e-4, "optimizer", "Fallback learning rate for unet_lr / text_encoder_lr.", ge=0,
+                             resume=RESUME_LR, ss="ss_learning_rate")
     unet_lr: Optional[float] = F(None, "optimizer", "UNet adapter lr (unset = learning_rate; 0 = frozen).",
-                                 ge=0)
+                                 ge=0, resume=RESUME_LR)
     text_encoder_lr: Optional[float] = F(
-        None, "optimizer", "Text-encoder adapter lr (unset = learning_rate; 0 = frozen).", ge=0)
+        None, "optimizer", "Text-encoder adapter lr (unset = learning_rate; 0 = frozen).", ge=0, resume=RESUME_LR)
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                           "polynomial"] = F(
-        "constant", "optimizer", "Learning-rate schedule, stepped once per optimizer step (diffusers' formulas).")
+        "constant", "optimizer", "Learning-rate schedule, stepped once per optimizer step (diffusers' formulas).",
+        ss="ss_lr_scheduler")
     lr_scheduler_num_cycles: int = F(1, "optimizer", "Hard restarts of cosine_with_restarts.", ge=1)
-    lr_scheduler_power: float = F(1.0, "optimizer", "Exponent of the polynomial schedule (1 = linear).", gt=0)
+    lr_scheduler_power: float = F(1.0, "optimizer", "Exponent of the polynomial schedule (1 = linear).", gt=0,
+                                  gui_unset=(0,))
     lr_scheduler_type: Optional[str] = F(
         None, "optimizer", "A torch.optim.lr_scheduler class name or module.Class path; replaces lr_scheduler.")
     lr_scheduler_args: dict[str, Any] = F(
         {}, "optimizer", "Keyword arguments of lr_scheduler_type; also accepts kohya's list of 'key=value'.")
     lr_warmup_steps: float = F(
-        0, "optimizer", "Warmup optimizer steps; a value below 1 is a fraction of the total steps.", ge=0)
+        0, "optimizer", "Warmup optimizer steps; a value below 1 is a fraction of the total steps.", ge=0,
+        ss="ss_lr_warmup_steps", gui_unset=(0,))
     max_grad_norm: float = F(1.0, "optimizer", "Clip the gradient norm on each optimizer step (0 = off).",
-                             ge=0)
+                             ge=0, ss="ss_max_grad_norm")
 
     # ---- training ----------------------------------------------------------------
-    train_batch_size: int = F(1, "training", "Images per micro-batch.", ge=1)
-    gradient_accumulation_steps: int = F(1, "training", "Micro-batches per optimizer step.", ge=1)
+    train_batch_size: int = F(1, "training", "Images per micro-batch.", ge=1, ss="ss_batch_size_per_device",
+                              dataset_key="batch_size")
+    gradient_accumulation_steps: int = F(1, "training", "Micro-batches per optimizer step.", ge=1,
+                                         ss="ss_gradient_accumulation_steps")
     max_train_steps: Optional[int] = F(
         None, "training", "Optimizer steps. With max_train_epochs too, training stops at whichever comes first. "
-                          "Neither set: 1600 (sd-scripts' default).", ge=1)
-    max_train_epochs: Optional[int] = F(None, "training", "Epochs to train (see max_train_steps).", ge=1)
+                          "Neither set: 1600 (sd-scripts' default).", ge=1, resume=RESUME_SAFE)
+    max_train_epochs: Optional[int] = F(None, "training", "Epochs to train (see max_train_steps).", ge=1,
+                                        resume=RESUME_SAFE, gui_unset=(0,))
     seed: Optional[int] = F(None, "training", "Random seed; unset = a random one, recorded in the metadata.",
                             ge=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = F("no", "training", "Autocast precision.")
-    gradient_checkpointing: bool = F(False, "training", "Recompute activations in backward to save memory.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = F("no", "training", "Autocast precision.", ss="ss_mixed_precision")
+    gradient_checkpointing: bool = F(False, "training", "Recompute activations in backward to save memory.",
+                                     ss="ss_gradient_checkpointing")
     full_fp16: bool = F(
         False, "training", "Adapter weights, gradients and optimizer state in float16 (needs mixed_precision = "
-        "'fp16'; the gradient scaler still guards overflow). Saves memory, loses precision.")
+        "'fp16'; the gradient scaler still guards overflow). Saves memory, loses precision.", ss="ss_full_fp16")
     full_bf16: bool = F(
         False, "training", "Adapter weights, gradients and optimizer state in bfloat16 (needs mixed_precision = "
         "'bf16'). Saves memory, loses precision.")
     fp8_base: bool = F(
         False, "training", "Store the frozen UNet and text-encoder weights in float8_e4m3fn and compute in the "
-        "autocast dtype (needs CUDA and mixed_precision fp16/bf16). Saves memory, changes results slightly.")
+        "autocast dtype (needs CUDA and mixed_precision fp16/bf16). Saves memory, changes results slightly.",
+        ss="ss_fp8_base")
     stop_text_encoder_training: int = F(
         0, "training", "kohya GUI 'Stop TE (% of total steps)': the text encoder trains for the first "
         "ceil(total_steps * N / 100) optimizer steps, then its adapters are frozen (no gradient, no update, "
@@ -245,112 +278,132 @@ class TrainConfig(BaseModel):
     # speed (lorakit/train/speed.py); none of these changes what is trained, only how fast
     torch_compile: bool = F(
         False, "training", "torch.compile the UNet in place after the adapters are applied (and the text "
-                           "encoder when it is trained); each new bucket shape compiles once.")
+                           "encoder when it is trained); each new bucket shape compiles once.", resume=RESUME_SAFE)
     dynamo_backend: str = F(
         "inductor", "training", "torch.compile backend (torch._dynamo.list_backends(): inductor, aot_eager, "
-                                "cudagraphs, ...); used with torch_compile. kohya GUI: 'no' = off.")
+                                "cudagraphs, ...); used with torch_compile. kohya GUI: 'no' = off.", resume=RESUME_SAFE)
     torch_compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune",
                                          "max-autotune-no-cudagraphs"]] = F(
         None, "training", "torch.compile mode (inductor only): default, reduce-overhead (CUDA graphs, for small "
-                          "batches), max-autotune, max-autotune-no-cudagraphs; unset = default.")
+                          "batches), max-autotune, max-autotune-no-cudagraphs; unset = default.", resume=RESUME_SAFE)
     torch_compile_scope: Literal["regional", "whole"] = F(
         "regional", "training", "What torch_compile compiles: regional = each repeated block (transformer and ResNet "
                                 "blocks, text-encoder layers) with its adapters, one graph per block shape, compiled "
-                                "several times faster; whole = the whole UNet (and text encoder) as one graph.")
+                                "several times faster; whole = the whole UNet (and text encoder) as one graph.",
+                                resume=RESUME_SAFE)
     channels_last: bool = F(
         False, "training", "UNet (and the VAE when it encodes during training) and their inputs in the "
-                           "channels_last memory format.")
+                           "channels_last memory format.", resume=RESUME_SAFE)
     # noise and timesteps (lorakit/train/noise.py); every draw comes from the sample's own seed
     noise_offset: float = F(0.0, "training", "Add noise_offset * randn per sample and channel to the noise "
-                                             "(darker/brighter images; about 0.05-0.1); 0 = off.", ge=0, le=1)
+                                             "(darker/brighter images; about 0.05-0.1); 0 = off.", ge=0, le=1,
+                                             ss="ss_noise_offset", ss_write=SS_NEUTRAL_NONE, neutral=0)
     noise_offset_random_strength: bool = F(
-        False, "training", "Scale noise_offset by U(0,1), drawn per sample.")
+        False, "training", "Scale noise_offset by U(0,1), drawn per sample.", ss="ss_noise_offset_random_strength")
     adaptive_noise_scale: float = F(
         0.0, "training", "Per sample and channel: offset = max(noise_offset + this * |mean of the latent "
-                         "channel|, 0). Needs noise_offset; 0 = off.", ge=-1, le=1)
+                         "channel|, 0). Needs noise_offset; 0 = off.", ge=-1, le=1,
+                         ss="ss_adaptive_noise_scale", ss_write=SS_NEUTRAL_NONE, neutral=0)
     multires_noise_iterations: int = F(
-        0, "training", "Multi-resolution (pyramid) noise levels, about 6-10; 0 = off.", ge=0, le=64)
+        0, "training", "Multi-resolution (pyramid) noise levels, about 6-10; 0 = off.", ge=0, le=64,
+        ss="ss_multires_noise_iterations", ss_write=SS_NEUTRAL_NONE, neutral=0)
     multires_noise_discount: float = F(
-        0.3, "training", "Weight of pyramid level i is discount^i (with multires_noise_iterations).", gt=0, le=1)
+        0.3, "training", "Weight of pyramid level i is discount^i (with multires_noise_iterations).", gt=0, le=1,
+        ss="ss_multires_noise_discount")
     ip_noise_gamma: float = F(0.0, "training", "Input perturbation: noisy latents get noise + gamma*randn, the "
-                                               "target stays the noise (about 0.1); 0 = off.", ge=0, le=1)
+                                               "target stays the noise (about 0.1); 0 = off.", ge=0, le=1,
+                                               ss="ss_ip_noise_gamma", ss_write=SS_NEUTRAL_NONE, neutral=0)
     ip_noise_gamma_random_strength: bool = F(
-        False, "training", "Scale ip_noise_gamma by U(0,1), drawn per sample.")
-    min_timestep: Optional[int] = F(None, "training", "Lowest training timestep (unset = 0).", ge=0, le=999)
+        False, "training", "Scale ip_noise_gamma by U(0,1), drawn per sample.", ss="ss_ip_noise_gamma_random_strength")
+    min_timestep: Optional[int] = F(None, "training", "Lowest training timestep (unset = 0).", ge=0, le=999,
+                                    gui_unset=(0,))
     max_timestep: Optional[int] = F(
         None, "training", "Timesteps are drawn from [min_timestep, max_timestep) (unset = 1000); "
-                          "min = max trains that one timestep.", ge=0, le=1000)
+                          "min = max trains that one timestep.", ge=0, le=1000, gui_unset=(0, 1000))
     zero_terminal_snr: bool = F(
-        False, "training", "Rescale the DDPM betas so the last timestep is pure noise (for v-prediction).")
+        False, "training", "Rescale the DDPM betas so the last timestep is pure noise (for v-prediction).",
+        ss="ss_zero_terminal_snr")
     # loss (lorakit/train/loss.py)
     min_snr_gamma: float = F(
         0.0, "training", "Min-SNR weighting: min(snr, gamma)/snr (eps) or /(snr+1) (v-pred); about 5; 0 = off.",
-        ge=0)
+        ge=0, ss="ss_min_snr_gamma", ss_write=SS_NEUTRAL_NONE, neutral=0)
     debiased_estimation_loss: bool = F(
-        False, "training", "Weight the loss by 1/sqrt(snr) (eps) or 1/(snr+1) (v-pred), snr capped at 1000.")
+        False, "training", "Weight the loss by 1/sqrt(snr) (eps) or 1/(snr+1) (v-pred), snr capped at 1000.",
+        ss="ss_debiased_estimation")
     v_pred_like_loss: float = F(
         0.0, "training", "Add a v-prediction-like loss: loss * (1 + v_pred_like_loss * (snr + 1) / snr), snr capped "
         "at 1000 (sd-scripts' add_v_prediction_like_loss); 0 = off.", ge=0)
     scale_v_pred_loss_like_noise_pred: bool = F(
         False, "training", "v-prediction only: weight the loss by snr/(snr+1), like an eps loss.")
     loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = F(
-        "l2", "training", "Elementwise loss: l2, l1, or pseudo-Huber huber / smooth_l1 with huber_c.")
+        "l2", "training", "Elementwise loss: l2, l1, or pseudo-Huber huber / smooth_l1 with huber_c.",
+        ss="ss_loss_type")
     huber_schedule: Literal["constant", "exponential", "snr"] = F(
         "snr", "training", "Huber threshold over timesteps: constant c, exponential from 1 (t=0) to c (t=T), "
                            "or snr-based (huber / smooth_l1 only).")
-    huber_c: float = F(0.1, "training", "Huber threshold parameter c (huber / smooth_l1 only).", gt=0, le=1)
+    huber_c: float = F(0.1, "training", "Huber threshold parameter c (huber / smooth_l1 only).", gt=0, le=1,
+                       ss="ss_huber_c")
     huber_scale: float = F(1.0, "training", "Multiplies the Huber threshold (huber / smooth_l1 only).", gt=0)
 
     # ---- output ------------------------------------------------------------------
-    output_dir: Optional[str] = F(None, "output", "Folder for the adapter, metrics.jsonl and logs.")
-    output_name: str = F("last", "output", "Adapter file name without extension.")
-    save_model_as: Literal["safetensors"] = F("safetensors", "output", "File format (safetensors only).")
-    save_precision: Literal["float", "fp16", "bf16"] = F("fp16", "output", "dtype of the saved tensors.")
-    save_every_n_epochs: Optional[int] = F(None, "output", "Also save <name>-<epoch:06d> every N epochs.", ge=1)
+    output_dir: Optional[str] = F(None, "output", "Folder for the adapter, metrics.jsonl and logs.", resume=RESUME_SAFE)
+    output_name: str = F("last", "output", "Adapter file name without extension.", ss="ss_output_name")
+    save_model_as: Literal["safetensors"] = F("safetensors", "output", "File format (safetensors only).",
+                                              resume=RESUME_NOTED)
+    save_precision: Literal["float", "fp16", "bf16"] = F("fp16", "output", "dtype of the saved tensors.",
+                                                         resume=RESUME_NOTED)
+    save_every_n_epochs: Optional[int] = F(None, "output", "Also save <name>-<epoch:06d> every N epochs.", ge=1,
+                                           resume=RESUME_NOTED)
     save_every_n_steps: Optional[int] = F(None, "output", "Also save <name>-step<step:08d> every N steps.",
-                                          ge=1)
+                                          ge=1, resume=RESUME_NOTED)
     save_state: bool = F(False, "output", "Also save the full training state (for --resume) at each save "
-                                          "and at the end, as <name>-...-state folders.")
+                                          "and at the end, as <name>-...-state folders.", resume=RESUME_NOTED)
     save_state_on_train_end: bool = F(
         False, "output", "Save the training state as <name>-state at the end only (save_state saves it at "
-        "every save too).")
+        "every save too).", resume=RESUME_NOTED)
     resume: Optional[str] = F(
         None, "output", "Resume from this lorakit state folder (or 'auto': the newest in output_dir); the "
-        "command line's --resume wins.")
+        "command line's --resume wins.", resume=RESUME_SAFE)
     save_last_n_epochs: Optional[int] = F(
-        None, "output", "Keep only the newest N per-epoch files (the final file is always kept).", ge=1)
+        None, "output", "Keep only the newest N per-epoch files (the final file is always kept).", ge=1,
+        resume=RESUME_NOTED)
     save_last_n_steps: Optional[int] = F(
-        None, "output", "Keep only per-step files from the last N steps (kohya's rule).", ge=1)
+        None, "output", "Keep only per-step files from the last N steps (kohya's rule).", ge=1, resume=RESUME_NOTED)
     save_last_n_epochs_state: Optional[int] = F(None, "output", "As save_last_n_epochs, for state folders.",
-                                                ge=1)
-    save_last_n_steps_state: Optional[int] = F(None, "output", "As save_last_n_steps, for state folders.", ge=1)
-    logging_dir: Optional[str] = F(None, "output", "TensorBoard folder (unset = <output_dir>/logs).")
+                                                ge=1, resume=RESUME_NOTED)
+    save_last_n_steps_state: Optional[int] = F(None, "output", "As save_last_n_steps, for state folders.", ge=1,
+                                               resume=RESUME_NOTED)
+    logging_dir: Optional[str] = F(None, "output", "TensorBoard folder (unset = <output_dir>/logs).",
+                                   resume=RESUME_SAFE)
     log_with: Optional[Literal["tensorboard", "wandb", "all"]] = F(
         None, "output", "Where step metrics go besides metrics.jsonl: tensorboard (also when unset), wandb (needs "
-        "the wandb package; project log_tracker_name), or all (both).")
+        "the wandb package; project log_tracker_name), or all (both).", resume=RESUME_SAFE)
     log_tracker_name: Optional[str] = F(None, "output", "wandb project name (unset = 'network_train', as "
-                                                        "sd-scripts).")
+                                                        "sd-scripts).", resume=RESUME_SAFE)
     wandb_run_name: Optional[str] = F(None, "output", "wandb run name (unset = output_name, as the kohya GUI "
-                                                      "passes it).")
-    training_comment: Optional[str] = F(None, "output", "Stored as ss_training_comment in the file.")
+                                                      "passes it).", resume=RESUME_SAFE)
+    training_comment: Optional[str] = F(None, "output", "Stored as ss_training_comment in the file.",
+                                        resume=RESUME_SAFE, ss="ss_training_comment")
 
     # ---- sample ------------------------------------------------------------------
     sample_prompts: Optional[str] = F(
         None, "sample", "Sample prompts, inline (one per line) or a .txt file; kohya options --n --w --h --d "
-                        "--s --l --ss.")
-    sample_every_n_epochs: Optional[int] = F(None, "sample", "Write sample images every N epochs.", ge=1)
-    sample_every_n_steps: Optional[int] = F(None, "sample", "Write sample images every N steps.", ge=1)
-    sample_at_first: bool = F(False, "sample", "Also sample before the first step.")
+                        "--s --l --ss.", resume=RESUME_NOTED)
+    sample_every_n_epochs: Optional[int] = F(None, "sample", "Write sample images every N epochs.", ge=1,
+                                             resume=RESUME_NOTED)
+    sample_every_n_steps: Optional[int] = F(None, "sample", "Write sample images every N steps.", ge=1,
+                                            resume=RESUME_NOTED)
+    sample_at_first: bool = F(False, "sample", "Also sample before the first step.", resume=RESUME_NOTED)
     sample_sampler: str = F("euler_a", "sample", "Sampler: ddim, pndm, lms, euler, euler_a, heun, dpm_2, "
                                                  "dpm_2_a, dpmsolver, dpmsolver++, dpmsingle, dpm++ 2m karras, "
-                                                 "unipc (k_ prefixes allowed).")
+                                                 "unipc (k_ prefixes allowed).", resume=RESUME_NOTED)
     dlr_spike_factor: float = F(
         3.0, "sample", "Warn when d*lr (Prodigy/DAdaptation) grows by more than this factor within "
-                       "dlr_spike_window steps after it has levelled off; 0 = off.", ge=0)
-    dlr_spike_window: int = F(20, "sample", "Steps over which a d*lr spike is measured.", ge=1)
+                       "dlr_spike_window steps after it has levelled off; 0 = off.", ge=0, resume=RESUME_SAFE)
+    dlr_spike_window: int = F(20, "sample", "Steps over which a d*lr spike is measured.", ge=1, resume=RESUME_SAFE)
     dlr_spike_action: Literal["warn", "save", "stop"] = F(
         "warn", "sample", "On a d*lr spike: warn; save the adapter as it was before the spike took effect; "
-                          "or stop there (adapter saved).")
+                          "or stop there (adapter saved).", resume=RESUME_SAFE)
 
     # ---- validators --------------------------------------------------------------
     @field_validator("resolution", mode="before")
@@ -464,10 +517,10 @@ class TrainConfig(BaseModel):
         text = v.strip()
         if not text:
             return None
-        if "," in text or _is_number(text):  # sd-scripts: an empty entry is 0
+        if "," in text or is_number(text):  # sd-scripts: an empty entry is 0
             return [float(p) if p.strip() else 0.0 for p in text.split(",")]
         name, _, plus = text.partition("+")
-        if name not in LR_WEIGHT_PRESETS or (plus and not _is_number(plus)):
+        if name not in LR_WEIGHT_PRESETS or (plus and not is_number(plus)):
             raise ValueError(f"'{v}' is neither up to 12 comma-separated numbers nor a preset "
                              f"({', '.join(LR_WEIGHT_PRESETS)}, optionally '+number', e.g. 'sine+0.5')")
         return text
@@ -525,52 +578,15 @@ class TrainConfig(BaseModel):
         return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
 
 
-def parse_kv_args(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """kohya's 'key=value' tokens; values through ast.literal_eval ('0.9,0.99' -> tuple)."""
-    out: dict[str, Any] = {}
-    for tok in tokens:
-        tok = str(tok).strip().strip('"').strip("'")
-        if not tok:
-            continue
-        if "=" not in tok:
-            raise ValueError(f"'{tok}' is not of the form key=value")
-        k, v = tok.split("=", 1)
-        try:
-            out[k.strip()] = ast.literal_eval(v.strip())
-        except (ValueError, SyntaxError):
-            out[k.strip()] = v.strip()  # kohya keeps a non-literal value as a string
-    return out
+def field_attr(name: str, attr: str, default: Any = None) -> Any:
+    """Field `name`'s `attr` as F() recorded it (fields.py), or `default`."""
+    return (TrainConfig.model_fields[name].json_schema_extra or {}).get(attr, default)  # type: ignore[union-attr]
+
+
+def fields_with(attr: str) -> dict[str, Any]:
+    """{field: its `attr`} for the fields F() gave `attr`, in schema order."""
+    return {k: field_attr(k, attr) for k in TrainConfig.model_fields if field_attr(k, attr) is not None}
 
 
 def field_section(name: str) -> str:
-    extra = TrainConfig.model_fields[name].json_schema_extra or {}
-    return extra.get("section", "training")  # type: ignore[union-attr]
-
-
-LR_WEIGHT_PRESETS = ("sine", "cosine", "linear", "reverse_linear", "zeros")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-def block_problems(cfg: "TrainConfig") -> list[str]:
-    """Block settings that sd-scripts would ignore without a word: each a problem with its fix."""
-    out = []
-    lr_weights = any(v is not None for v in (cfg.down_lr_weight, cfg.mid_lr_weight, cfg.up_lr_weight))
-    if not (cfg.block_dims is not None or lr_weights):
-        for key, value in (("block_alphas", cfg.block_alphas), ("conv_block_dims", cfg.conv_block_dims)):
-            if value is not None:
-                out.append(f"{key} is set but block_dims and the block lr weights are not (sd-scripts would ignore "
-                           f"it); also set block_dims (e.g. network_dim 25 times) or remove {key}")
-    if cfg.conv_block_alphas is not None and cfg.conv_block_dims is None:
-        out.append("conv_block_alphas is set but conv_block_dims is not (sd-scripts would ignore it); set "
-                   "conv_block_dims or remove conv_block_alphas")
-    if cfg.block_lr_zero_threshold and not lr_weights:
-        out.append("block_lr_zero_threshold is set but no block lr weight (down_lr_weight, mid_lr_weight, "
-                   "up_lr_weight); set one or remove block_lr_zero_threshold")
-    return out
+    return field_attr(name, "section", "training")

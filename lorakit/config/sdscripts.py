@@ -27,7 +27,8 @@ from ..errors import ConfigError
 from .kohya_keys import (DATASET_KEYS as SD_DATASET_KEYS, FIELDS, MAPPED, NETWORK_ARGS, RUNTIME, SD_SCRIPTS_ARGS,
                          ImportResult, Problems, is_neutral, lookup, refusal, suggest, unknown_key)
 from .netargs import apply_network_args
-from .schema import SUBSET_OPTIONS, TrainConfig, parse_kv_args
+from .checks import parse_kv_args
+from .schema import SUBSET_OPTIONS, TrainConfig, fields_with
 
 # Keys only an sd-scripts config has: any of them (or a table that is not a lorakit section) marks one.
 MARKERS = ("network_module", "dataset_config")
@@ -39,10 +40,7 @@ SD_SCRIPTS_TABLES = ("model_arguments", "additional_network_arguments", "optimiz
 OWN_KEYS = ("network_module", "network_args", "dataset_config")
 
 # dataset_config
-DATASET_KEYS = {"resolution": "resolution", "batch_size": "train_batch_size", "enable_bucket": "enable_bucket",
-                "min_bucket_reso": "min_bucket_reso", "max_bucket_reso": "max_bucket_reso",
-                "bucket_reso_steps": "bucket_reso_steps", "bucket_no_upscale": "bucket_no_upscale",
-                "validation_split": "validation_split", "validation_seed": "validation_seed"}
+DATASET_KEYS = {key: name for name, key in fields_with("dataset_key").items()}  # {sd-scripts key: field}
 SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg", "conditioning_data_dir")
 # subset-level keys that must be the same for every subset (the loss mask is one setting of the run)
 GLOBAL_SUBSET_KEYS = ("alpha_mask",)

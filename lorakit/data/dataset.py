@@ -115,21 +115,15 @@ class TrainDataset:
         if index is None:
             index = scan_config(cfg)
         apply_validation(cfg, index, seed)
-        g = lambda k, d=None: getattr(cfg, k, d)  # noqa: E731  (keys other sessions may not have yet)
         captions = CaptionOptions(
-            shuffle=cfg.shuffle_caption, keep_tokens=cfg.keep_tokens,
-            keep_tokens_separator=g("keep_tokens_separator") or "", prefix=g("caption_prefix") or "",
-            suffix=g("caption_suffix") or "", dropout_rate=g("caption_dropout_rate", 0.0) or 0.0,
-            dropout_every_n_epochs=g("caption_dropout_every_n_epochs", 0) or 0,
-            tag_dropout_rate=g("caption_tag_dropout_rate", 0.0) or 0.0)
-        buckets = BucketSet(cfg.resolution, enable=bool(g("enable_bucket", False)),
-                            min_reso=g("min_bucket_reso", 256), max_reso=g("max_bucket_reso", 1024),
-                            steps=g("bucket_reso_steps", 64), no_upscale=bool(g("bucket_no_upscale", False)))
-        augment = AugmentOptions(flip_aug=bool(g("flip_aug", False)), color_aug=bool(g("color_aug", False)),
-                                 random_crop=bool(g("random_crop", False)))
+            shuffle=cfg.shuffle_caption, keep_tokens=cfg.keep_tokens, keep_tokens_separator=cfg.keep_tokens_separator,
+            prefix=cfg.caption_prefix, suffix=cfg.caption_suffix, dropout_rate=cfg.caption_dropout_rate,
+            dropout_every_n_epochs=cfg.caption_dropout_every_n_epochs, tag_dropout_rate=cfg.caption_tag_dropout_rate)
+        buckets = BucketSet(cfg.resolution, enable=cfg.enable_bucket, min_reso=cfg.min_bucket_reso,
+                            max_reso=cfg.max_bucket_reso, steps=cfg.bucket_reso_steps, no_upscale=cfg.bucket_no_upscale)
+        augment = AugmentOptions(flip_aug=cfg.flip_aug, color_aug=cfg.color_aug, random_crop=cfg.random_crop)
         return cls(index, cfg.resolution, prior_loss_weight=cfg.prior_loss_weight, caption_options=captions,
-                   buckets=buckets, augment=augment, cache_to_disk=bool(g("cache_latents_to_disk", False)),
-                   alpha_mask=bool(g("alpha_mask", False)))
+                   buckets=buckets, augment=augment, cache_to_disk=cfg.cache_latents_to_disk, alpha_mask=cfg.alpha_mask)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -341,7 +335,7 @@ class TrainDataset:
 
 def validation_seed_for(cfg: "TrainConfig", seed: int | None = None) -> int:
     """validation_seed; unset: the run's seed (`seed`, else cfg.seed, else 0)."""
-    for v in (getattr(cfg, "validation_seed", None), seed, getattr(cfg, "seed", None)):
+    for v in (cfg.validation_seed, seed, cfg.seed):
         if v is not None:
             return int(v)
     return 0
@@ -351,8 +345,7 @@ def apply_validation(cfg: "TrainConfig", index: DatasetIndex, seed: int | None =
     """Take cfg's validation images out of `index` (in place; idempotent): validation_split holds
     a fraction of every train folder out, validation_data_dir (same layout) is scanned as the
     validation set (its repeats are ignored). Returns the index."""
-    split = float(getattr(cfg, "validation_split", 0.0) or 0.0)
-    vdir = getattr(cfg, "validation_data_dir", None)
+    split, vdir = cfg.validation_split, cfg.validation_data_dir
     if split:
         index.apply_validation_split(split, validation_seed_for(cfg, seed))
     elif vdir and index.validation_source != "validation_data_dir":

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config.schema import SUBSET_OPTIONS
+from ..config.schema import SUBSET_OPTIONS, TrainConfig
 from ..errors import DataError
 from .images import probe_image
 
@@ -312,11 +312,10 @@ def _finish(train: list, reg: list, warnings: list[str], skipped: list[tuple[Pat
     return index
 
 
-def scan_config(cfg, check_images: bool = True) -> DatasetIndex:
+def scan_config(cfg: TrainConfig, check_images: bool = True) -> DatasetIndex:
     """The dataset of a TrainConfig: its dataset_subsets when set, else its folders."""
-    subsets = getattr(cfg, "dataset_subsets", None)
-    if subsets:
-        return scan_subsets(subsets, check_images)
+    if cfg.dataset_subsets:
+        return scan_subsets(cfg.dataset_subsets, check_images)
     return scan_folders(cfg.train_data_dir, cfg.reg_data_dir, cfg.caption_extension, check_images)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..config.schema import TrainConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, closest
 from .groupscale import SCALABLE, is_adaptive, scaled_class
 from .schedulefree import eval_mode, in_train_mode, schedule_free_warnings, train_mode
 
@@ -96,20 +96,34 @@ def _import(module: str, cls: str, name: str, package: str | None) -> type:
                           fix="check the spelling, or update the package") from None
 
 
+def unknown_optimizer(name: str) -> ConfigError | None:
+    """The error for an optimizer_type that names no optimizer (a "did you mean"), else None. Only the
+    name: whether its package is installed is resolve_optimizer's question."""
+    n = name.strip()
+    if n.lower() in OPTIMIZERS or "." in n or isinstance(getattr(torch.optim, n, None), type):
+        return None
+    names = sorted({s.cls if s.module != "dadaptation.experimental" or k != "dadaptation"
+                    else "DAdaptation" for k, s in OPTIMIZERS.items()})
+    torch_names = [k for k, v in vars(torch.optim).items()
+                   if isinstance(v, type) and issubclass(v, torch.optim.Optimizer)]
+    guess = closest(n, names + torch_names)
+    return ConfigError(f"unknown optimizer '{name}'", key="optimizer_type",
+                       fix=(f"did you mean '{guess}'? " if guess else "") +
+                           f"use one of {', '.join(names)}, a torch.optim class or a module.Class path")
+
+
 def resolve_optimizer(name: str) -> tuple[type, Spec]:
     """(reference class, spec) for a kohya optimizer name, a torch.optim name or module.Class."""
+    error = unknown_optimizer(name)
+    if error is not None:
+        raise error
     spec = OPTIMIZERS.get(name.strip().lower())
     if spec is None:
         if "." in name:
             mod, _, cls = name.strip().rpartition(".")
             spec = Spec(mod, cls)
-        elif hasattr(torch.optim, name.strip()) and isinstance(getattr(torch.optim, name.strip()), type):
-            spec = Spec("torch.optim", name.strip())
         else:
-            names = sorted({s.cls if s.module != "dadaptation.experimental" or k != "dadaptation"
-                            else "DAdaptation" for k, s in OPTIMIZERS.items()})
-            raise ConfigError(f"unknown optimizer '{name}'", key="optimizer_type",
-                              fix=f"use one of {', '.join(names)}, a torch.optim class or a module.Class path")
+            spec = Spec("torch.optim", name.strip())
     return _import(spec.module, spec.cls, name, spec.package), spec
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, closest
 
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 POLY_LR_END = 1e-7  # diffusers' default lr_end for polynomial
@@ -76,8 +76,23 @@ def warmup_steps_for(value: float, total_steps: int) -> int:
     return int(round(value * total_steps)) if 0 < value < 1 else int(value)
 
 
+def unknown_scheduler_type(type_name: str) -> ConfigError | None:
+    """The error for an lr_scheduler_type that is no torch.optim.lr_scheduler class (a "did you mean"),
+    else None; a dotted module.Class is looked up when the schedule is built."""
+    sched = torch.optim.lr_scheduler
+    if "." in type_name or isinstance(getattr(sched, type_name, None), type):
+        return None
+    guess = closest(type_name, [k for k, v in vars(sched).items() if isinstance(v, type) and k[0] != "_"])
+    return ConfigError(f"torch.optim.lr_scheduler has no scheduler '{type_name}'", key="lr_scheduler_type",
+                       fix=(f"did you mean '{guess}'? " if guess else "") + "use a torch.optim.lr_scheduler name "
+                           "(e.g. CosineAnnealingLR) or module.Class")
+
+
 def scheduler_class(type_name: str) -> type:
     """kohya's lr_scheduler_type: a torch.optim.lr_scheduler name, or a dotted module.Class."""
+    error = unknown_scheduler_type(type_name)
+    if error is not None:
+        raise error
     if "." in type_name:
         mod_name, _, cls_name = type_name.rpartition(".")
     else:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, closest
 
 # name -> (diffusers class name, extra config)
 SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -29,8 +29,10 @@ def canonical(name: str) -> str:
     if n.startswith("k_"):
         n = n[2:]
     if n not in SAMPLERS:
+        guess = closest(n, SAMPLERS)
         raise ConfigError(f"unknown sampler '{name}'", key="sample_sampler",
-                          fix=f"use one of {', '.join(SAMPLERS)} (k_ prefixes allowed)")
+                          fix=(f"did you mean '{guess}'? " if guess else "") +
+                              f"use one of {', '.join(SAMPLERS)} (k_ prefixes allowed)")
     return n
 
 

@@ -18,32 +18,30 @@ sample (sd-scripts: by the std of the whole batch).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
+from ..config.schema import TrainConfig
 from ..errors import ConfigError
 
 
-@dataclass(frozen=True)
-class NoiseSettings:
-    noise_offset: float = 0.0
-    noise_offset_random_strength: bool = False
-    adaptive_noise_scale: float = 0.0
-    multires_noise_iterations: int = 0
-    multires_noise_discount: float = 0.3
-    ip_noise_gamma: float = 0.0
-    ip_noise_gamma_random_strength: bool = False
-    min_timestep: Optional[int] = None
-    max_timestep: Optional[int] = None
+# the schema fields that decide a sample's noise and timestep
+NOISE_KEYS = ("noise_offset", "noise_offset_random_strength", "adaptive_noise_scale", "multires_noise_iterations",
+              "multires_noise_discount", "ip_noise_gamma", "ip_noise_gamma_random_strength", "min_timestep",
+              "max_timestep")
+
+
+class NoiseSettings(make_dataclass("NoiseFields", [(k, TrainConfig.model_fields[k].annotation,
+                                                    field(default=TrainConfig.model_fields[k].default))
+                                                   for k in NOISE_KEYS], frozen=True)):
+    """NOISE_KEYS with their types and defaults from the schema (NoiseSettings() is all off)."""
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "NoiseSettings":
-        """The settings of a TrainConfig (keys the schema does not have yet keep their off value)."""
-        kw = {name: getattr(cfg, name) for name in cls.__dataclass_fields__ if hasattr(cfg, name)}
-        return cls(**{k: v for k, v in kw.items() if v is not None or k.endswith("_timestep")})
+    def from_config(cls, cfg: TrainConfig) -> "NoiseSettings":
+        return cls(**cfg.model_dump(include=set(NOISE_KEYS)))
 
 
 @dataclass
@@ -173,37 +171,33 @@ def training_scheduler(scheduler: Any, zero_terminal_snr: bool) -> Any:
 
 # ---- checks ------------------------------------------------------------------------
 
-def validate_noise_config(cfg: Any, v_parameterization: Optional[bool] = None) -> list[str]:
+def validate_noise_config(cfg: TrainConfig, v_parameterization: Optional[bool] = None) -> list[str]:
     """Raise ConfigError for contradictory noise/loss settings; return warnings for useless ones.
 
     v_parameterization: the model's resolved value (default: cfg.v_parameterization).
     """
-    def get(name: str, default: Any = None) -> Any:
-        v = getattr(cfg, name, default)
-        return default if v is None else v
-
-    v_param = bool(get("v_parameterization", False)) if v_parameterization is None else v_parameterization
+    v_param = cfg.v_parameterization if v_parameterization is None else v_parameterization
     warnings: list[str] = []
-    if get("adaptive_noise_scale", 0) and not get("noise_offset", 0):
+    if cfg.adaptive_noise_scale and not cfg.noise_offset:
         raise ConfigError("adaptive_noise_scale adds to noise_offset, which is off", key="adaptive_noise_scale",
                           fix="set noise_offset (e.g. 0.05) or remove adaptive_noise_scale")
-    if get("scale_v_pred_loss_like_noise_pred", False) and not v_param:
+    if cfg.scale_v_pred_loss_like_noise_pred and not v_param:
         raise ConfigError("scale_v_pred_loss_like_noise_pred needs a v-prediction model",
                           key="scale_v_pred_loss_like_noise_pred",
                           fix="remove it, or set v_parameterization for a v-prediction model")
-    lo, hi = get("min_timestep"), get("max_timestep")
+    lo, hi = cfg.min_timestep, cfg.max_timestep
     if lo is not None and hi is not None and lo > hi:
         raise ConfigError(f"min_timestep {lo} is above max_timestep {hi}", key="min_timestep",
                           fix="use min_timestep < max_timestep (timesteps are drawn from [min, max))")
-    if get("noise_offset_random_strength", False) and not get("noise_offset", 0):
+    if cfg.noise_offset_random_strength and not cfg.noise_offset:
         warnings.append("noise_offset_random_strength has no effect without noise_offset")
-    if get("ip_noise_gamma_random_strength", False) and not get("ip_noise_gamma", 0):
+    if cfg.ip_noise_gamma_random_strength and not cfg.ip_noise_gamma:
         warnings.append("ip_noise_gamma_random_strength has no effect without ip_noise_gamma")
-    if get("zero_terminal_snr", False) and not v_param:
+    if cfg.zero_terminal_snr and not v_param:
         warnings.append("zero_terminal_snr with an epsilon-prediction model: at the last timestep the input is "
                         "pure noise and the target is that noise; zero terminal SNR is meant for v-prediction")
-    if get("min_snr_gamma", 0) and get("debiased_estimation_loss", False):
+    if cfg.min_snr_gamma and cfg.debiased_estimation_loss:
         warnings.append("min_snr_gamma and debiased_estimation_loss are both on: both weights multiply")
-    if get("loss_type", "l2") in ("l2", "l1") and get("huber_schedule", "snr") != "snr":
-        warnings.append(f"huber_schedule has no effect with loss_type {get('loss_type')}")
+    if cfg.loss_type in ("l2", "l1") and cfg.huber_schedule != "snr":
+        warnings.append(f"huber_schedule has no effect with loss_type {cfg.loss_type}")
     return warnings

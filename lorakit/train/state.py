@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config.schema import TrainConfig
+from ..config.fields import RESUME_LR, RESUME_NOTED, RESUME_SAFE
+from ..config.schema import DIM_KEYS, TrainConfig, fields_with
 from ..errors import ConfigError, UserError
 from ..io import disk_error, file_mode
 from ..optim.optimizers import eval_mode, train_mode
@@ -27,25 +28,6 @@ from ..optim.optimizers import eval_mode, train_mode
 if TYPE_CHECKING:
     from .run import Run
 
-# Keys that may change between a run and its resumption.
-RESUME_SAFE = {
-    "max_train_steps", "max_train_epochs", "save_every_n_epochs", "save_every_n_steps", "save_state",
-    "save_last_n_steps", "save_last_n_epochs", "save_last_n_steps_state", "save_last_n_epochs_state",
-    "sample_prompts", "sample_every_n_epochs",
-    "sample_every_n_steps", "sample_at_first", "sample_sampler", "dlr_spike_factor", "dlr_spike_window",
-    "dlr_spike_action", "logging_dir", "training_comment", "max_data_loader_n_workers",
-    "persistent_data_loader_workers", "output_dir", "resume", "save_state_on_train_end", "log_with",
-    "log_tracker_name", "wandb_run_name", "pretrained_model_name_or_path", "train_data_dir",
-    "reg_data_dir", "vae", "cache_text_encoder_outputs", "validate_every_n_steps", "max_validation_steps",
-    "validate_every_n_epochs",
-    # the adapter comes from the state: network_weights is not read again on resume (so the file may
-    # have moved); dim_from_weights stays checked, the ranks are the state's either way
-    "network_weights",
-    # speed only: the same step, computed faster (lorakit/train/speed.py)
-    "torch_compile", "dynamo_backend", "torch_compile_mode", "torch_compile_scope", "channels_last",
-}
-# the ranks a run built (cfg may have taken them from network_weights), saved beside the given config
-NETWORK_DIM_KEYS = ("network_dim", "network_alpha", "conv_dim", "conv_alpha")
 
 
 @dataclass
@@ -136,7 +118,7 @@ def state_meta(run: "Run", progress: Progress) -> dict[str, Any]:
     np_state = np.random.get_state()
     given = getattr(run, "given_cfg", None) or run.cfg
     return {"progress": asdict(progress), "seed": run.seed, "config": _config_dict(given),
-            "network_dims": {k: getattr(run.cfg, k) for k in NETWORK_DIM_KEYS},
+            "network_dims": run.cfg.model_dump(include=set(DIM_KEYS)),  # the ranks built, beside the given cfg
             "dataset": _run_fingerprint(run),
             "random_state": _py_state(), "numpy_state": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
 
@@ -161,28 +143,23 @@ def find_state(output_dir: str | Path, resume: str) -> Path:
     return max(states, key=lambda p: json.loads((p / "state.json").read_text())["progress"]["step"])
 
 
-# safe to change on resume, but a change is worth a line: the learning rates take effect from the
-# resumed step on (load_state rescales the scheduler's base rates)
-RESUME_WARN = {"learning_rate", "unet_lr", "text_encoder_lr"}
-SAVE_SAMPLE_PREFIXES = ("save_", "sample_")
-
-
 def check_resume_config(cfg: TrainConfig, state_dir: Path) -> tuple[TrainConfig, list[str]]:
     """Refuse a changed config unless every change is safe, naming every unsafe change at once.
     Returns (cfg with the state's seed, a warning per safe change worth telling)."""
     meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
     old, new = meta["config"], _config_dict(cfg)
     bad, bad_keys, warnings = [], [], []
+    resume_kinds = fields_with("resume")
     for key in sorted(set(old) | set(new)):
         if key == "seed" and new.get("seed") is None or old.get(key) == new.get(key):
             continue
         change = f"{key}: was {old.get(key)!r}, now {new.get(key)!r}"
-        if key in RESUME_WARN and _lr_kept_sign(old, new, key):
+        kind = resume_kinds.get(key)
+        if kind == RESUME_LR and _lr_kept_sign(old, new, key):  # load_state rescales the scheduler's base rates
             warnings.append(f"resume: {change} (takes effect from the resumed step on)")
-        elif key in RESUME_SAFE or key.startswith(SAVE_SAMPLE_PREFIXES):
-            if key.startswith(SAVE_SAMPLE_PREFIXES):
-                warnings.append(f"resume: {change}")
-        else:
+        elif kind == RESUME_NOTED:
+            warnings.append(f"resume: {change}")
+        elif kind != RESUME_SAFE:
             bad.append(change)
             bad_keys.append(key)
     if bad:
@@ -267,7 +244,7 @@ def saved_network_dims(cfg: TrainConfig, state_dir: Path) -> TrainConfig:
     """cfg with the ranks the state's run built (states without them: cfg as is)."""
     meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
     dims = meta.get("network_dims")
-    return cfg.model_copy(update={k: dims[k] for k in NETWORK_DIM_KEYS if k in dims}) if dims else cfg
+    return cfg.model_copy(update={k: dims[k] for k in DIM_KEYS if k in dims}) if dims else cfg
 
 
 def load_state(run: "Run", state_dir: Path) -> Progress:

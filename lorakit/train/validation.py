@@ -43,12 +43,12 @@ NUM_VALIDATION_TIMESTEPS = 4  # sd-scripts' NUM_VALIDATION_TIMESTEPS
 
 
 def validation_enabled(cfg: "TrainConfig") -> bool:
-    return bool(getattr(cfg, "validation_split", 0.0) or getattr(cfg, "validation_data_dir", None))
+    return bool(cfg.validation_split or cfg.validation_data_dir)
 
 
 def should_validate(cfg: "TrainConfig", epoch: int) -> bool:
     """Validation is on and `epoch` (from 1) is a multiple of validate_every_n_epochs (default 1)."""
-    every = getattr(cfg, "validate_every_n_epochs", None) or 1
+    every = cfg.validate_every_n_epochs or 1
     return validation_enabled(cfg) and epoch % every == 0
 
 
@@ -56,7 +56,7 @@ def should_validate_step(cfg: "TrainConfig", step: int) -> bool:
     """Validation is on and optimizer step `step` (from 1) is a multiple of validate_every_n_steps
     (unset: never). sd-scripts' rule (global_step % N == 0, the last step included); the epoch rule
     (should_validate) applies as well, independently."""
-    every = getattr(cfg, "validate_every_n_steps", None)
+    every = cfg.validate_every_n_steps
     return validation_enabled(cfg) and bool(every) and step % every == 0
 
 
@@ -119,10 +119,10 @@ def build_validation_set(cfg: "TrainConfig", index: DatasetIndex, vae: Any, devi
     if ds is None:
         return None
     vseed = validation_seed_for(cfg, seed)
-    ds.cache_latents(vae.to(device), batch_size=getattr(cfg, "vae_batch_size", 1), device=device, dtype=dtype,
+    ds.cache_latents(vae.to(device), batch_size=cfg.vae_batch_size, device=device, dtype=dtype,
                      seed=vseed)
     return ValidationSet(ds, [file_sha256(it.path) for it in ds.items], vseed,
-                         max(1, int(getattr(cfg, "train_batch_size", 1))))
+                         cfg.train_batch_size)
 
 
 # ---- state kept across a validation pass ------------------------------------------------
@@ -182,7 +182,7 @@ def evaluate(run: "Run") -> ValidationResult:
         run.validation = vs
     if vs is None or len(vs) == 0:
         return ValidationResult(math.nan, 0, 0)
-    limit = getattr(run.cfg, "max_validation_steps", None)
+    limit = run.cfg.max_validation_steps
     cfg, m = run.cfg, run.model
     settings = getattr(run, "noise_settings", None) or NoiseSettings.from_config(cfg)
     timesteps = validation_timesteps(m.noise_scheduler.config.num_train_timesteps, settings.min_timestep,
