@@ -291,11 +291,19 @@ def test_weighted_captions_scale_both_encoders_states_not_pooled(xl):
 
 
 def test_clip_skip_is_ignored_as_sd_scripts(xl):
+    from lorakit.config.schema import TrainConfig
+    from lorakit.errors import ConfigError
+
     with torch.no_grad():
         a = xl.encode_prompts(["cat"], max_token_length=None, clip_skip=1, device="cpu")
-        with pytest.warns(UserWarning, match="ignores clip_skip"):
-            b = xl.encode_prompts(["cat"], max_token_length=None, clip_skip=2, device="cpu")
+        b = xl.encode_prompts(["cat"], max_token_length=None, clip_skip=2, device="cpu")
     assert torch.equal(a.context, b.context) and torch.equal(a.pooled, b.pooled)
+    (warning,) = xl.check_config(TrainConfig(clip_skip=2))
+    assert "clip_skip = 2 is ignored for SDXL" in warning
+    assert xl.check_config(TrainConfig(enable_bucket=True, bucket_reso_steps=32)) == []
+    with pytest.raises(ConfigError, match="multiple of 32") as e:   # sd-scripts' verify_bucket_reso_steps(32)
+        xl.check_config(TrainConfig(enable_bucket=True, bucket_reso_steps=48))
+    assert e.value.key == "bucket_reso_steps"
 
 
 # ---- size conditioning -------------------------------------------------------------------------

@@ -75,6 +75,10 @@ class ModelFamily:
         """Caption strings -> text conditioning, with kohya's tokenization, chunking and clip skip."""
         raise NotImplementedError
 
+    def check_config(self, cfg: Any) -> list[str]:
+        """Warnings about settings this family ignores; a ConfigError for settings it cannot take."""
+        return []
+
     def unet_module_name(self, path: str) -> str:
         """The UNet module ``path`` (diffusers) as adapter files name it (before '.' -> '_')."""
         return path

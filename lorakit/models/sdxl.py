@@ -23,7 +23,6 @@ each id with 256 sinusoidal features (cos first), as sd-scripts' ``get_size_embe
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,11 +64,22 @@ class SDXLModel(ModelFamily):
             self._unet_names = unet_module_paths(self.unet)
         return self._unet_names[path]
 
+    def check_config(self, cfg: Any) -> list[str]:
+        """sd-scripts' verify_sdxl_training_args and bucket check: SDXL's UNet halves the latent twice,
+        so bucket sizes step by multiples of 32; clip_skip is ignored with a warning."""
+        from ..errors import ConfigError
+
+        if cfg.enable_bucket and cfg.bucket_reso_steps % 32:
+            raise ConfigError(f"bucket_reso_steps is {cfg.bucket_reso_steps}; SDXL needs a multiple of 32",
+                              key="bucket_reso_steps", fix="set bucket_reso_steps to 32 or 64 (the default)")
+        if cfg.clip_skip > 1:
+            return [f"clip_skip = {cfg.clip_skip} is ignored for SDXL (as sd-scripts): both text encoders give "
+                    "their penultimate layer"]
+        return []
+
     def encode_prompts(self, captions: list[str], *, max_token_length: int | None, clip_skip: int = 1,
                        weighted: bool = False, device: torch.device | None = None) -> PromptEmbeds:
-        if clip_skip is not None and clip_skip > 1:
-            warnings.warn("SDXL ignores clip_skip (as sd-scripts): both encoders give their penultimate layer",
-                          stacklevel=2)
+        """``clip_skip`` is ignored (see :meth:`check_config`)."""
         return encode_sdxl(self.tokenizers, self.text_encoders, captions, max_token_length, weighted, device)
 
     def added_conditioning(self, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
