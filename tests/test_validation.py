@@ -16,6 +16,7 @@ from lorakit.data.validate import validate_data_config
 from lorakit.errors import ConfigError
 from lorakit.train.noise import NoiseSettings
 from lorakit.train.plan import plan_for_config
+from lorakit.models.sd import SDModel
 from lorakit.train import validation as V
 
 torch.set_num_threads(1)
@@ -119,8 +120,8 @@ def test_validation_loss_is_the_training_loss_at_fixed_noise(tmp_path, tiny_comp
     index = scan_folders(train)
     TrainDataset.from_config(cfg, index)
     unet = ZeroUNet().train()
-    model = SimpleNamespace(unet=unet, text_encoder=comps["text_encoder"].train(), vae=comps["vae"],
-                            tokenizer=comps["tokenizer"], noise_scheduler=comps["scheduler"], v_parameterization=False)
+    model = SDModel(unet, comps["vae"], comps["text_encoder"].train(), comps["tokenizer"], comps["scheduler"],
+                    v2=False, v_parameterization=False, source="diffusers", name="tiny")
     run = SimpleNamespace(cfg=cfg, model=model, index=index, device=torch.device("cpu"), seed=3,
                           accelerator=SimpleNamespace(autocast=nullcontext), weight_dtype=torch.float32,
                           memory_format=torch.preserve_format,
@@ -186,8 +187,8 @@ def fake_run(tmp_path, tiny_components, **kw):
     index = scan_folders(train)
     TrainDataset.from_config(cfg, index)
     unet = ZeroUNet().train()
-    model = SimpleNamespace(unet=unet, text_encoder=comps["text_encoder"], vae=comps["vae"],
-                            tokenizer=comps["tokenizer"], noise_scheduler=comps["scheduler"], v_parameterization=False)
+    model = SDModel(unet, comps["vae"], comps["text_encoder"], comps["tokenizer"], comps["scheduler"],
+                    v2=False, v_parameterization=False, source="diffusers", name="tiny")
     events = []
     bus = SimpleNamespace(emit=lambda kind, step, epoch, **data: events.append((kind, step, epoch, data)))
     return SimpleNamespace(cfg=cfg, model=model, index=index, device=torch.device("cpu"), seed=3,

@@ -15,8 +15,10 @@ import torch
 from ..config.schema import TrainConfig
 from ..data.loader import BatchLoader, rank_groups
 from ..events import EventBus, Subscriber
-from .loss import latent_seed, sample_seed, target, weighted_loss
+from ..models.family import PromptEmbeds
+from .loss import latent_seed, sample_seed
 from .noise import draw_noise
+from .objective import sample_losses
 from .hooks import RunHooks
 from .save import save_adapter
 from .settings import freeze_text_encoder
@@ -39,15 +41,14 @@ class TrainResult:
     network: Any = None
 
 
-def encode_prompts(run: Run, captions: list[str]) -> torch.Tensor:
-    from ..models.text import encode_captions
+def encode_prompts(run: Run, captions: list[str]) -> PromptEmbeds:
+    cfg = run.cfg
 
-    m, cfg = run.model, run.cfg
-
-    def forward(strings: list[str]) -> torch.Tensor:
+    def forward(strings: list[str]) -> PromptEmbeds:
         with torch.set_grad_enabled(run.te_training):
-            return encode_captions(m.tokenizer, m.text_encoder, strings, cfg.max_token_length, cfg.clip_skip,
-                                   cfg.weighted_captions, run.device)
+            return run.model.encode_prompts(strings, max_token_length=cfg.max_token_length,
+                                            clip_skip=cfg.clip_skip, weighted=cfg.weighted_captions,
+                                            device=run.device)
 
     # frozen TE: rows by caption string, only the batch's new strings go through the encoder
     return forward(captions) if run.text_cache is None else run.text_cache.encode(captions, forward)
@@ -72,25 +73,17 @@ def batch_latents(run: Run, batch, seeds: list[int]) -> torch.Tensor:
 
 def micro_step_loss(run: Run, batch, seeds: list[int]) -> torch.Tensor:
     """Weighted mean loss over the samples of one micro-batch."""
-    m, cfg = run.model, run.cfg
-    sched = m.noise_scheduler
     latents = batch_latents(run, batch, seeds)
-    d = draw_noise(latents, seeds, run.noise_settings, sched.config.num_train_timesteps)
-    noisy = sched.add_noise(latents, d.input_noise, d.timesteps)
+    d = draw_noise(latents, seeds, run.noise_settings, run.model.noise_scheduler.config.num_train_timesteps)
     # host-to-device copies before the UNet is queued: a blocking copy after it would make the
     # host wait for the whole forward before it can queue the loss and the backward
     weights = batch.loss_weights.to(run.device, non_blocking=True)
     mask = getattr(batch, "masks", None)
     mask = None if mask is None else mask.to(run.device, non_blocking=True)
     with run.accelerator.autocast():
-        context = encode_prompts(run, batch.captions)
-        # .to() returns the tensor itself when dtype and memory format already match (float32)
-        pred = m.unet(noisy.to(run.weight_dtype, memory_format=run.memory_format), d.timesteps,
-                      context.to(run.weight_dtype)).sample
-    tgt = target(sched, latents, d.noise, d.timesteps, m.v_parameterization)
-    losses = weighted_loss(cfg, sched, pred, tgt, d.timesteps, m.v_parameterization,
-                           sample_weights=weights, mask=mask)
-    return losses.mean()
+        embeds = encode_prompts(run, batch.captions)
+    added = run.model.added_conditioning(batch, run.device)
+    return sample_losses(run, latents, d, embeds, added, weights, mask).mean()
 
 
 def group_lrs(run: Run) -> dict[str, float]:

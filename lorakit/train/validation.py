@@ -32,8 +32,8 @@ import torch
 from ..data.dataset import Batch, TrainDataset, validation_seed_for
 from ..data.folders import DatasetIndex
 from ..data.latent_cache import file_sha256
-from .loss import target, weighted_loss
 from .noise import NoiseSettings, draw_noise
+from .objective import sample_losses
 
 if TYPE_CHECKING:
     from ..config.schema import TrainConfig
@@ -204,27 +204,20 @@ def evaluate(run: "Run") -> ValidationResult:
 
 def _batch_loss_sum(run: "Run", vs: ValidationSet, batch: Batch, timesteps: list[int],
                     settings: NoiseSettings) -> float:
-    """Sum over the batch's images x `timesteps` of the per-sample training loss (weighted_loss)."""
-    from ..models.text import encode_captions
-
+    """Sum over the batch's images x `timesteps` of the per-sample training loss (objective.sample_losses)."""
     cfg, m = run.cfg, run.model
-    sched = m.noise_scheduler
-    num_t = sched.config.num_train_timesteps
+    num_t = m.noise_scheduler.config.num_train_timesteps
     latents = batch.latents.to(run.device).float() * m.vae.config.scaling_factor
     hashes = [vs.hashes[i] for i in batch.item_indices]
     with run.accelerator.autocast():  # the captions are encoded once for every timestep
-        context = encode_captions(m.tokenizer, m.text_encoder, batch.captions, cfg.max_token_length,
-                                  cfg.clip_skip, cfg.weighted_captions, run.device).to(run.weight_dtype)
+        embeds = m.encode_prompts(batch.captions, max_token_length=cfg.max_token_length, clip_skip=cfg.clip_skip,
+                                  weighted=cfg.weighted_captions, device=run.device).to(run.weight_dtype)
+    added = m.added_conditioning(batch, run.device)
     total = 0.0
     for t in timesteps:
         seeds = [validation_noise_seed(vs.seed, h, t) for h in hashes]
         d = draw_noise(latents, seeds, replace(settings, min_timestep=t, max_timestep=t), num_t)
-        noisy = sched.add_noise(latents, d.input_noise, d.timesteps)
-        with run.accelerator.autocast():
-            pred = m.unet(noisy.to(run.weight_dtype, memory_format=run.memory_format), d.timesteps, context).sample
-        tgt = target(sched, latents, d.noise, d.timesteps, m.v_parameterization)
-        losses = weighted_loss(cfg, sched, pred, tgt, d.timesteps, m.v_parameterization,
-                               sample_weights=batch.loss_weights.to(run.device), mask=batch.masks)
+        losses = sample_losses(run, latents, d, embeds, added, batch.loss_weights.to(run.device), batch.masks)
         total += float(losses.double().sum().item())
     return total
 
