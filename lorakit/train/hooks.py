@@ -11,7 +11,7 @@ from .. import signals
 from ..optim.optimizers import eval_mode
 from .save import save_adapter
 from .spike import DlrSpikeDetector
-from .state import save_state
+from .state import Progress, save_state
 from .validation import maybe_validate
 
 if TYPE_CHECKING:
@@ -47,14 +47,15 @@ class RunHooks:
         if self.run.cfg.sample_at_first:
             self.sample(0, None)
 
-    def after_step(self, step: int, epoch: int, lrs: dict[str, float], dlr: dict[str, float]) -> bool:
+    def after_step(self, progress: Progress, lrs: dict[str, float], dlr: dict[str, float]) -> bool:
         """Returns True when the run must stop here."""
         signals.raise_pending()  # the step is done and counted: the loop saves it and stops
+        step, epoch = progress.step, progress.epoch
         cfg, run, last = self.run.cfg, self.run, step >= self.run.plan.total_steps
         if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0 and not last:
             save_adapter(run, step, epoch, f"{cfg.output_name}-step{step:08d}")
             if cfg.save_state:
-                save_state(run, f"{cfg.output_name}-step{step:08d}-state")
+                save_state(run, f"{cfg.output_name}-step{step:08d}-state", progress)
             self.retain_steps(step)
         if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0:
             self.sample(step, None)
@@ -82,12 +83,12 @@ class RunHooks:
             save_adapter(run, step, epoch, f"{cfg.output_name}-prespike-step{step:08d}")
         return action == "stop"
 
-    def after_epoch(self, step: int, epoch: int) -> None:
-        cfg, run = self.run.cfg, self.run
+    def after_epoch(self, progress: Progress) -> None:
+        cfg, run, step, epoch = self.run.cfg, self.run, progress.step, progress.epoch
         if cfg.save_every_n_epochs and epoch % cfg.save_every_n_epochs == 0 and step < run.plan.total_steps:
             save_adapter(run, step, epoch, f"{cfg.output_name}-{epoch:06d}")
             if cfg.save_state:
-                save_state(run, f"{cfg.output_name}-{epoch:06d}-state")
+                save_state(run, f"{cfg.output_name}-{epoch:06d}-state", progress)
             self.retain_epochs()
         if cfg.sample_every_n_epochs and epoch % cfg.sample_every_n_epochs == 0:
             self.sample(step, epoch)

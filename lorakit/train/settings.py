@@ -125,7 +125,7 @@ def freeze_text_encoder(run: "Run") -> None:
             p.requires_grad_(False)
             p.grad = None
     run.model.text_encoder.train(False)
-    run.te_training = False
-    run.te_stop_step = None
-    if run.cfg.cache_text_encoder_outputs is not False and run.text_cache is None:
-        run.text_cache = TextCache()  # frozen now: its outputs can be reused
+    run.text.training = False
+    run.text.stop_step = None
+    if run.cfg.cache_text_encoder_outputs is not False and run.text.cache is None:
+        run.text.cache = TextCache()  # frozen now: its outputs can be reused
