@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import random
-import time
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from ..checkpoints import sample_file_name
 from ..io import atomic_path
 from ..models.family import ModelFamily, PromptEmbeds
 from .prompts import SamplePrompt
@@ -77,13 +77,6 @@ def generate(model, sp: SamplePrompt, *, sampler: str = "euler_a", max_token_len
         return pipe(**pipeline_embeds(cond, uncond), width=sp.width, height=sp.height,
                     num_inference_steps=sp.steps, guidance_scale=sp.scale, generator=g,
                     output_type="pil").images[0]
-
-
-def sample_file_name(output_name: str, index: int, *, epoch: int | None, step: int, seed: int | None) -> str:
-    """kohya: <name>_<e%06d | %06d>_<idx:02d>_<time>[_<seed>].png"""
-    num = f"e{epoch:06d}" if epoch is not None else f"{step:06d}"
-    seed_part = f"_{seed}" if seed is not None else ""
-    return f"{output_name}_{num}_{index:02d}_{time.strftime('%Y%m%d%H%M%S')}{seed_part}.png"
 
 
 def sample_prompts(model, prompts: list[SamplePrompt], out_dir: str | Path, output_name: str, *,

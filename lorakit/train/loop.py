@@ -12,6 +12,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from ..checkpoints import checkpoint_name, state_name
 from ..config.schema import TrainConfig
 from ..data.dataset import Batch
 from ..data.loader import BatchLoader, rank_groups
@@ -204,19 +205,19 @@ def _train(cfg: TrainConfig, subscribers: Iterable[Subscriber], overwrite: bool,
             if stop:
                 break
     except Diverged as e:
-        path = save_adapter(run, step, epoch, f"{cfg.output_name}-step{step:08d}")
+        path = save_adapter(run, step, epoch, checkpoint_name(cfg.output_name, step=step))
         bus.emit("end", step, epoch, output_file=str(path), loss=e.loss, failed=True)
         raise e.user_error(step + 1, path) from None
     except KeyboardInterrupt:
-        path = save_adapter(run, step, epoch, f"{cfg.output_name}-step{step:08d}")
-        save_state(run, f"{cfg.output_name}-step{step:08d}-state", progress)
+        path = save_adapter(run, step, epoch, checkpoint_name(cfg.output_name, step=step))
+        save_state(run, state_name(cfg.output_name, step=step), progress)
         bus.emit("end", step, epoch, output_file=str(path), loss=loss, interrupted=True)
         raise
     finally:
         loader.close()  # persistent workers end with the run
     path = save_adapter(run, step, epoch, cfg.output_name)
     if cfg.save_state or cfg.save_state_on_train_end:
-        save_state(run, f"{cfg.output_name}-state", progress)
+        save_state(run, state_name(cfg.output_name), progress)
     bus.emit("end", step, epoch, output_file=str(path), loss=loss)
     return TrainResult(path, step, epoch, loss, run.seed, run.model, run.network)
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..checkpoints import STATE_GLOB
 from ..config.schema import TrainConfig
 from ..errors import ConfigError, UserError
 from ..io import disk_error, file_mode
@@ -151,7 +152,7 @@ def find_state(output_dir: str | Path, resume: str) -> Path:
             raise ConfigError("not a lorakit state folder (no state.json)", file=str(p), key="resume",
                               fix="give a folder named <output_name>-...-state written with save_state = true")
         return p
-    states = [p for p in Path(output_dir).glob("*-state") if (p / "state.json").is_file()]
+    states = [p for p in Path(output_dir).glob(STATE_GLOB) if (p / "state.json").is_file()]
     if not states:
         raise ConfigError("no saved state to resume from", file=str(output_dir), key="resume",
                           fix="train with save_state = true (and save_every_n_steps / _epochs), then --resume")
