@@ -1,6 +1,6 @@
 """Training noise and timesteps, drawn per sample from that sample's own seed.
 
-kohya-semantics.md 2.9. Every random number a sample uses comes from one CPU
+docs/kohya-rules.md 2.9. Every random number a sample uses comes from one CPU
 generator seeded with its per-sample seed, in this fixed order:
 
 1. timestep            randint[min_timestep, max_timestep)   (none if min == max)
@@ -41,7 +41,7 @@ class NoiseSettings:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "NoiseSettings":
-        """The settings of a TrainConfig (keys the schema does not have yet keep their off value)."""
+        """The settings of a TrainConfig (a config object without one of these keys leaves it off)."""
         kw = {name: getattr(cfg, name) for name in cls.__dataclass_fields__ if hasattr(cfg, name)}
         return cls(**{k: v for k, v in kw.items() if v is not None or k.endswith("_timestep")})
 

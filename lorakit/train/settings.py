@@ -1,5 +1,5 @@
 """Training-loop settings that need their own rules: checks before the model loads, and the
-precision and text-encoder-stop steps applied to a built run (kohya-semantics: sd-scripts'
+precision and text-encoder-stop steps applied to a built run (sd-scripts'
 full_fp16 / full_bf16, fp8_base, train_db's stop_text_encoder_training).
 """
 from __future__ import annotations
