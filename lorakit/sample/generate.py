@@ -70,7 +70,7 @@ def generate(model, sp: SamplePrompt, *, sampler: str = "euler_a", max_token_len
     dtype = next(p.dtype for p in model.unet.parameters() if p.dtype.itemsize > 1)
     device = next(model.unet.parameters()).device
     pipe = make_pipeline(model, sp.sampler or sampler)
-    with preserved_training_state(model.unet, model.text_encoder):
+    with preserved_training_state(model.unet, *model.text_encoders):
         cond = embed(model, [sp.prompt], max_token_length, clip_skip, dtype)
         uncond = embed(model, [sp.negative], max_token_length, clip_skip, dtype)
         g = torch.Generator(device=device).manual_seed(sp.seed if sp.seed is not None else seed)

@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 
@@ -32,6 +32,10 @@ from .validation import maybe_validate
 from .state import (Diverged, Progress, check_resume_config, check_resume_data, find_state, load_state,
                     save_state)
 
+if TYPE_CHECKING:
+    from ..adapters.network import AdapterNetwork
+    from ..models.sd import SDModel
+
 
 @dataclass
 class TrainResult:
@@ -40,8 +44,8 @@ class TrainResult:
     epochs: int
     final_loss: float
     seed: int
-    model: Any = None    # the loaded model, adapters still applied (for sampling after training)
-    network: Any = None
+    model: SDModel | None = None    # the loaded model, adapters still applied (for sampling after training)
+    network: AdapterNetwork | None = None
 
 
 def encode_prompts(run: Run, captions: list[str]) -> PromptEmbeds:

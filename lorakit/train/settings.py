@@ -124,7 +124,8 @@ def freeze_text_encoder(run: "Run") -> None:
         for p in module.parameters():
             p.requires_grad_(False)
             p.grad = None
-    run.model.text_encoder.train(False)
+    for encoder in run.model.text_encoders:
+        encoder.train(False)
     run.text.training = False
     run.text.stop_step = None
     if run.cfg.cache_text_encoder_outputs is not False and run.text.cache is None:

@@ -5,6 +5,7 @@ import os
 import random
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,11 @@ from .plan import check_scheduler, make_plan, text_encoder_stop_step
 from .run import DTYPES, Run, TextEncoderState
 from .settings import adapter_dtype, allow_fp16_gradients, check_train_settings, store_base_in_fp8
 from .speed import apply_speed_options, validate_speed_config
+
+if TYPE_CHECKING:
+    from ..adapters.network import AdapterNetwork
+    from ..adapters.weights import WeightsFile
+    from ..models.sd import SDModel
 
 def preflight(cfg: TrainConfig, overwrite: bool):
     """Checks that need no model: paths, output folder, data layout. Returns the dataset index."""
@@ -118,10 +124,7 @@ def seed_everything(seed: int) -> None:
 
 def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_dir: Path | None = None) -> Run:
     """state_dir: the state a resumed run will load (its adapter replaces network_weights)."""
-    from ..adapters.network import create_network
-    from ..adapters.weights import load_into
     from ..data.dataset import TrainDataset
-    from ..models.loader import load_sd_model
     from .text_cache import TextCache
     from .validation_set import ValidationState
 
@@ -139,35 +142,17 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     weight_dtype = DTYPES[cfg.mixed_precision]
     device = accelerator.device
 
-    m = load_sd_model(cfg.pretrained_model_name_or_path, v2=cfg.v2 or None,
-                      v_parameterization=cfg.v_parameterization or None, vae=cfg.vae)
-    # zero_terminal_snr rescales the schedule once; samples during training use it too
-    m.noise_scheduler = training_scheduler(m.noise_scheduler, cfg.zero_terminal_snr)
+    m = load_frozen_model(cfg)
     noise_warnings = validate_noise_config(cfg, m.v_parameterization)
-    for module in (m.unet, m.text_encoder, m.vae):
-        module.requires_grad_(False)
-        module.eval()
     dataset = TrainDataset.from_config(cfg, index, seed=seed)
     if cfg.cache_latents or cfg.cache_latents_to_disk:  # disk caching implies caching, as kohya
         dataset.cache_latents(m.vae.to(device), batch_size=cfg.vae_batch_size, device=device,
                               dtype=torch.float32, seed=seed)
-    for module in (m.unet, m.text_encoder):  # frozen base weights in the autocast dtype, as kohya
+    for module in (m.unet, *m.text_encoders):  # frozen base weights in the autocast dtype, as kohya
         module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
 
-    net = create_network(cfg, m.unet, m.text_encoder)
-    net.apply()
-    weights_warnings = load_into(net, weights) if weights is not None else []
-    net.to(device, adapter_dtype(cfg))
-    if cfg.fp8_base:  # after the adapters are applied: they wrap the modules whose weights become float8
-        store_base_in_fp8(net, m.unet, m.text_encoder)
+    net, weights_warnings = attach_network(cfg, m, weights, device)
     groups = net.param_groups(cfg.resolved_text_encoder_lr(), cfg.resolved_unet_lr())
-    if cfg.gradient_checkpointing:
-        m.unet.enable_gradient_checkpointing()
-        if net.train_text_encoder:  # transformers 5 renamed it
-            (getattr(m.text_encoder, "activation_checkpointing_enable", None)
-             or m.text_encoder.gradient_checkpointing_enable)()
-    m.unet.train(net.train_unet)
-    m.text_encoder.train(net.train_text_encoder)
     cache = TextCache() if cfg.cache_text_encoder_outputs is not False and not net.train_text_encoder else None
     # after the adapters, checkpointing and train flags: compiled in place
     memory_format = apply_speed_options(cfg, m, net, dataset, bus)
@@ -187,3 +172,41 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     return Run(cfg, given, bus, accelerator, seed, Path(cfg.output_dir), m, net, dataset, index, prepared, scheduler,
                plan, NoiseSettings.from_config(cfg), text, ValidationState(), weight_dtype=weight_dtype,
                memory_format=memory_format, overwrite=overwrite, warnings=tuple(warnings))
+
+
+def load_frozen_model(cfg: TrainConfig) -> SDModel:
+    """The base model, every weight frozen and in eval mode, with the training noise schedule."""
+    from ..models.loader import load_sd_model
+
+    m = load_sd_model(cfg.pretrained_model_name_or_path, v2=cfg.v2 or None,
+                      v_parameterization=cfg.v_parameterization or None, vae=cfg.vae)
+    # zero_terminal_snr rescales the schedule once; samples during training use it too
+    m.noise_scheduler = training_scheduler(m.noise_scheduler, cfg.zero_terminal_snr)
+    for module in (m.unet, *m.text_encoders, m.vae):
+        module.requires_grad_(False)
+        module.eval()
+    return m
+
+
+def attach_network(cfg: TrainConfig, m: SDModel, weights: WeightsFile | None, device: torch.device
+                   ) -> tuple[AdapterNetwork, list[str]]:
+    """The adapters applied to the model (from `weights` when given: network_weights or a state's),
+    on `device`, with checkpointing and the train flags set. Returns (network, warnings)."""
+    from ..adapters.network import create_network
+    from ..adapters.weights import load_into
+
+    net = create_network(cfg, m.unet, m.text_encoder)
+    net.apply()
+    warnings = load_into(net, weights) if weights is not None else []
+    net.to(device, adapter_dtype(cfg))
+    if cfg.fp8_base:  # after the adapters are applied: they wrap the modules whose weights become float8
+        store_base_in_fp8(net, m.unet, *m.text_encoders)
+    if cfg.gradient_checkpointing:
+        m.unet.enable_gradient_checkpointing()
+        if net.train_text_encoder:  # transformers 5 renamed it
+            (getattr(m.text_encoder, "activation_checkpointing_enable", None)
+             or m.text_encoder.gradient_checkpointing_enable)()
+    m.unet.train(net.train_unet)
+    for encoder in m.text_encoders:
+        encoder.train(net.train_text_encoder)
+    return net, warnings

@@ -43,12 +43,12 @@ NUM_VALIDATION_TIMESTEPS = 4  # sd-scripts' NUM_VALIDATION_TIMESTEPS
 
 
 def validation_enabled(cfg: "TrainConfig") -> bool:
-    return bool(getattr(cfg, "validation_split", 0.0) or getattr(cfg, "validation_data_dir", None))
+    return bool(cfg.validation_split or cfg.validation_data_dir)
 
 
 def should_validate(cfg: "TrainConfig", epoch: int) -> bool:
     """Validation is on and `epoch` (from 1) is a multiple of validate_every_n_epochs (default 1)."""
-    every = getattr(cfg, "validate_every_n_epochs", None) or 1
+    every = cfg.validate_every_n_epochs or 1
     return validation_enabled(cfg) and epoch % every == 0
 
 
@@ -56,7 +56,7 @@ def should_validate_step(cfg: "TrainConfig", step: int) -> bool:
     """Validation is on and optimizer step `step` (from 1) is a multiple of validate_every_n_steps
     (unset: never). sd-scripts' rule (global_step % N == 0, the last step included); the epoch rule
     (should_validate) applies as well, independently."""
-    every = getattr(cfg, "validate_every_n_steps", None)
+    every = cfg.validate_every_n_steps
     return validation_enabled(cfg) and bool(every) and step % every == 0
 
 
@@ -123,14 +123,14 @@ def evaluate(run: "Run") -> ValidationResult:
         vs = run.validation.set = build_validation_set(run.cfg, run.index, run.model.vae, run.device, run.seed)
     if vs is None or len(vs) == 0:
         return ValidationResult(math.nan, 0, 0)
-    limit = getattr(run.cfg, "max_validation_steps", None)
+    limit = run.cfg.max_validation_steps
     cfg, m = run.cfg, run.model
     settings = run.noise_settings
     timesteps = validation_timesteps(m.noise_scheduler.config.num_train_timesteps, settings.min_timestep,
                                      settings.max_timestep)
     total, count, batches, images = 0.0, 0, 0, 0
-    with _Preserved([m.unet, m.text_encoder, run.network]):
-        for module in (m.unet, m.text_encoder, run.network):
+    with _Preserved([m.unet, *m.text_encoders, run.network]):
+        for module in (m.unet, *m.text_encoders, run.network):
             if isinstance(module, torch.nn.Module):
                 module.eval()
         with _optimizer_eval(run), torch.no_grad():

@@ -59,10 +59,10 @@ def build_validation_set(cfg: "TrainConfig", index: DatasetIndex, vae: Any, devi
     if ds is None:
         return None
     vseed = validation_seed_for(cfg, seed)
-    ds.cache_latents(vae.to(device), batch_size=getattr(cfg, "vae_batch_size", 1), device=device, dtype=dtype,
+    ds.cache_latents(vae.to(device), batch_size=cfg.vae_batch_size, device=device, dtype=dtype,
                      seed=vseed)
     return ValidationSet(ds, [file_sha256(it.path) for it in ds.items], vseed,
-                         max(1, int(getattr(cfg, "train_batch_size", 1))))
+                         cfg.train_batch_size)
 
 
 @dataclass
