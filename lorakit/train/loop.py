@@ -174,10 +174,11 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
 
 def _train(cfg: TrainConfig, subscribers: Iterable[Subscriber], overwrite: bool, resume: str | None,
            resume_changed_data: bool, notes: list[str]) -> TrainResult:
+    resuming = bool(resume or cfg.resume)  # the command line's --resume wins over the config's
     run, progress = _start(cfg, subscribers, overwrite, resume, resume_changed_data, notes)
     cfg, plan, bus, loss = run.cfg, run.plan, run.bus, math.nan
     hooks, loader = RunHooks(run), BatchLoader.for_run(run)
-    if not (resume or cfg.resume):
+    if not resuming:
         hooks.at_start()
     recent: deque[float] = deque(maxlen=plan.steps_per_epoch)
     step, epoch, stop = progress.step, progress.epoch, step_done(progress.step, plan)
@@ -230,7 +231,7 @@ def _start(cfg: TrainConfig, subscribers: Iterable[Subscriber], overwrite: bool,
            resume_changed_data: bool, notes: list[str]) -> tuple[Run, Progress]:
     """Check a resume (config, dataset) before any model is loaded, set the run up, load the state
     and announce the start; returns the run and the progress to continue from."""
-    state_dir, resume = None, resume or cfg.resume  # the command line's --resume wins over the config's
+    state_dir, resume = None, resume or cfg.resume
     if resume:
         state_dir = find_state(cfg.output_dir, resume)
         cfg, changed = check_resume_config(cfg, state_dir)
