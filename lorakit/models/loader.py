@@ -9,32 +9,18 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..errors import ModelError
 from .configs_data import config_folder
+from .sd import SDModel
 from .single_file import (SINGLE_FILE_SUFFIXES, build_text_encoder, build_unet, build_vae, classify,
                           context_dim, read_state_dict, vae_state_dict_from_file)
 
 EXPECTED = "a Stable Diffusion 1.x/2.x diffusers folder (model_index.json, unet/, vae/, text_encoder/, " \
            "tokenizer/) or a single .safetensors/.ckpt checkpoint in the original layout"
-
-
-@dataclass
-class SDModel:
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    noise_scheduler: Any
-    v2: bool
-    v_parameterization: bool
-    source: str      # "diffusers" or "single_file"
-    name: str        # file or folder name, for metadata (ss_sd_model_name)
 
 
 def make_noise_scheduler(v_parameterization: bool):
