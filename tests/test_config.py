@@ -103,7 +103,7 @@ def test_kohya_json_first_cut(tmp_path):
 
 
 def test_kohya_json_unsupported_value_is_an_error(tmp_path, monkeypatch):
-    # a kohya setting lorakit does not implement yet (planted: every kohya setting seen so far is
+    # a kohya setting lorakit does not implement (planted: every kohya setting seen so far is
     # implemented), at a value that would change training
     from lorakit.config import kohya_keys
 

@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 
 from lorakit.events import Event, EventBus
 from lorakit.io import DiskError, atomic_path, clean_stale_temporaries
+from lorakit.train.state import Progress
 
 ST_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
 ST_READONLY = "Error while serializing: I/O error: Read-only file system (os error 30)"
@@ -77,10 +78,13 @@ def fake_run(tmp_path: Path):
     net(torch.ones(1, 4)).sum().backward()
     opt.step()
     (tmp_path / "out").mkdir()
-    from lorakit.train.state import Progress
+    from lorakit.train.run import RunCaches
     return SimpleNamespace(output_dir=tmp_path / "out", accelerator=SimpleNamespace(is_main_process=True),
                            network=net, optimizer=opt, scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1),
-                           progress=Progress(3, 1, 3), seed=1, cfg=cfg, given_cfg=cfg, bus=EventBus())
+                           caches=RunCaches(), seed=1, cfg=cfg, given_cfg=cfg, bus=EventBus())
+
+
+AT_STEP_3 = Progress(3, 1, 3)
 
 
 def test_state_torch_zip_writer_short_write(tmp_path, monkeypatch):
@@ -88,7 +92,7 @@ def test_state_torch_zip_writer_short_write(tmp_path, monkeypatch):
     import lorakit.train.state as st
 
     run = fake_run(tmp_path)
-    st.save_state(run, "last-step00000002-state")  # a good older state stays
+    st.save_state(run, "last-step00000002-state", AT_STEP_3)  # a good older state stays
     monkeypatch.setattr(io, "free_bytes", lambda folder: 1000)  # the folder is nearly full
 
     def short_write(obj, f, *a, **k):
@@ -97,7 +101,7 @@ def test_state_torch_zip_writer_short_write(tmp_path, monkeypatch):
 
     monkeypatch.setattr(st.torch, "save", short_write)
     with pytest.raises(DiskError) as e:
-        st.save_state(run, "last-step00000003-state")
+        st.save_state(run, "last-step00000003-state", AT_STEP_3)
     assert "no space left" in e.value.message and "needs" in e.value.message and "1000 bytes free" in e.value.message
     assert only(run.output_dir) == ["last-step00000002-state"]  # no .tmp folder, no half state
 
@@ -111,7 +115,7 @@ def test_state_torch_error_with_room_is_not_called_a_full_disk(tmp_path, monkeyp
     monkeypatch.setattr(io, "free_bytes", lambda folder: 10 << 30)
     monkeypatch.setattr(st.torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError(TORCH_SHORT_WRITE)))
     with pytest.raises(DiskError) as e:
-        st.save_state(run, "s-state")
+        st.save_state(run, "s-state", AT_STEP_3)
     assert "unexpected pos" in e.value.message and "no space" not in e.value.message
     assert only(run.output_dir) == []
 
@@ -129,7 +133,7 @@ def test_state_json_permission_denied(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "write_text", denied)
     with pytest.raises(DiskError) as e:
-        st.save_state(run, "s-state")
+        st.save_state(run, "s-state", AT_STEP_3)
     assert "permission denied" in e.value.message and "writable" in e.value.fix
     assert only(run.output_dir) == []
 

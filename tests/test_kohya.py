@@ -1,4 +1,4 @@
-"""kohya_ss GUI JSON import: the three seed-guide configs (byte for byte) and section 1 of kohya-semantics."""
+"""kohya_ss GUI JSON import: the three seed-guide configs (byte for byte) and section 1 of docs/kohya-rules.md."""
 from __future__ import annotations
 
 import re
@@ -11,8 +11,8 @@ from lorakit.config.load import build_config, load_config
 from lorakit.config.schema import TrainConfig
 from lorakit.errors import ConfigError
 
-# The JSON blocks of /work/shared/reference/000_*.txt (April 2023 DAdaptation guide) and
-# 001_*.txt (July 2023 Prodigy guide), byte for byte, trailing commas included.
+# The JSON blocks of the two seed guides (April 2023 DAdaptation guide and July 2023 Prodigy
+# guide; docs/kohya.md "The seed guides"), byte for byte, trailing commas included.
 DADAPT_LOHA = r'''{
   "v2": false,
   "v_parameterization": false,

@@ -15,20 +15,14 @@ from lorakit.adapters.file import read_adapter_file
 from lorakit.cli import main
 from lorakit.config.export import to_kohya_json, to_toml
 from lorakit.config.load import load, load_config
-from lorakit.config.schema import TrainConfig
 from lorakit.demo import make_synthetic_dataset
 
 PRESETS = sorted((Path(__file__).parent / "fixtures" / "kohya_presets").glob("*.json"))
-# preset -> the kohya key it sets that lorakit has no field for yet (another branch implements it)
-NEEDS = {"sd15 - GLoRA v1.0.json": "train_norm", "sd15 - LoKr v1.1.json": "train_norm"}
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None and torch.cuda.is_available()
 
 
 def _param(path: Path):
-    key = NEEDS.get(path.name)
-    marks = [pytest.mark.xfail(strict=True, reason=f"needs {key}")] if key and key not in TrainConfig.model_fields \
-        else []
-    return pytest.param(path, marks=marks, id=path.stem)
+    return pytest.param(path, id=path.stem)
 
 
 @pytest.fixture(scope="module")

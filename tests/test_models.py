@@ -264,3 +264,29 @@ def test_malicious_ckpt_loads_tensors_without_running_code(tmp_path, tiny_files)
     assert not m1.exists() and not m2.exists()
     ref = _outputs(load_sd_model(path, config_dir=cfg))
     assert torch.equal(_outputs(m)["unet"], ref["unet"])
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_sd_model_is_a_model_family(tiny_files, v2):
+    """The seam the step, validation and sampling use: family name, the one text encoder, prompt
+    embeddings equal to the kohya encoder's states (150 tokens: 2 chunks, clip skip 2, weighted),
+    no added conditioning, and predict = the UNet's sample."""
+    from lorakit.models.family import ModelFamily, PromptEmbeds
+    from lorakit.models.text import encode_captions
+
+    m = load_sd_model(tiny_files[v2, "dir"])
+    assert isinstance(m, ModelFamily) and m.family == ("sd2" if v2 else "sd1")
+    assert m.text_encoders == (m.text_encoder,)
+    captions = ["a (red:1.5) circle", "a blue square"]
+    with torch.no_grad():
+        e = m.encode_prompts(captions, max_token_length=150, clip_skip=2, weighted=True, device=None)
+        ref = encode_captions(m.tokenizer, m.text_encoder, captions, 150, 2, True)
+    assert isinstance(e, PromptEmbeds) and e.pooled is None and len(e) == 2
+    assert e.context.shape == (2, 152, m.text_encoder.config.hidden_size)
+    assert torch.equal(e.context, ref)
+    assert m.added_conditioning(None, torch.device("cpu")) is None
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 700])
+    with torch.no_grad():
+        assert torch.equal(m.predict(x, t, e), m.unet(x, t, ref).sample)
+    assert m.latent_scale == m.vae.config.scaling_factor

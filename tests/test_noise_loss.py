@@ -1,4 +1,4 @@
-"""Noise and loss: worked numbers (kohya-semantics.md 2.9, 2.10, 3.5)."""
+"""Noise and loss: worked numbers (docs/kohya-rules.md 2.9, 2.10, 3.4)."""
 from __future__ import annotations
 
 import math
@@ -219,7 +219,7 @@ def test_min_snr_weights_by_hand():
     torch.testing.assert_close(v, torch.tensor([5 * 0.00085, 5 / 9.453894, ABAR[500], ABAR[999]],
                                                dtype=torch.float64), rtol=1e-4, atol=0)
     assert eps[1].item() == pytest.approx(0.591443, rel=1e-4) and v[1].item() == pytest.approx(0.528883, rel=1e-4)
-    # the pre-2023-11 bug (3.5): v-pred used min(snr, g)/snr, 1.0 at t = 500 instead of 0.276
+    # the pre-2023-11 bug (docs/kohya-rules.md 3.4): v-pred used min(snr, g)/snr, 1.0 at t = 500 instead of 0.276
     assert v[2].item() == pytest.approx(0.276333, rel=1e-4)
     # zero SNR (zero terminal SNR's last step): eps weight is the limit 1, v weight 0
     zero = torch.tensor([0.0], dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Schedules: kohya-semantics 2.14 formulas at chosen steps, diffusers' get_scheduler step for step, lr_scheduler_type."""
+"""Schedules: docs/kohya-rules.md 2.14 formulas at chosen steps, diffusers' get_scheduler step for step, lr_scheduler_type."""
 from __future__ import annotations
 
 import math

@@ -9,6 +9,7 @@ from lorakit.config.load import load_config
 from lorakit.demo import make_synthetic_dataset
 from lorakit.errors import ConfigError
 from lorakit.train.loop import train
+from lorakit.models.family import PromptEmbeds
 from lorakit.train.text_cache import TextCache
 
 LOAD = model_loader.load_sd_model
@@ -75,20 +76,21 @@ def test_true_with_a_trained_text_encoder_is_refused_before_the_model_loads(tiny
 
 
 def test_lru_keeps_the_cap_and_the_batch_order():
-    row = torch.zeros(4, 8)  # 128 bytes in float32
-    cache = TextCache(max_mb=300 / 2**20)  # room for 2 rows
+    # a row: states (4, 8) and a pooled vector (8,), 160 bytes in float32; both are cached
+    cache = TextCache(max_mb=330 / 2**20)  # room for 2 rows
     calls = []
 
     def enc(strings):
         calls.append(list(strings))
-        return torch.stack([torch.full((4, 8), float(len(s))) for s in strings])
+        return PromptEmbeds(torch.stack([torch.full((4, 8), float(len(s))) for s in strings]),
+                            torch.stack([torch.full((8,), -float(len(s))) for s in strings]))
 
     out = cache.encode(["a", "bb", "a"], enc)
     assert calls == [["a", "bb"]]  # a repeated string in one batch is encoded once
-    assert out[:, 0, 0].tolist() == [1.0, 2.0, 1.0]
+    assert out.context[:, 0, 0].tolist() == [1.0, 2.0, 1.0] and out.pooled[:, 0].tolist() == [-1.0, -2.0, -1.0]
     cache.encode(["a"], enc)  # "a" is now the most recent: "ccc" evicts "bb"
     cache.encode(["ccc"], enc)
-    assert list(cache.rows) == ["a", "ccc"] and cache.bytes == 2 * row.numel() * 4
-    cache.encode(["bb", "a"], enc)
-    assert calls[-1] == ["bb"]
+    assert list(cache.rows) == ["a", "ccc"] and cache.bytes == 2 * 160
+    out = cache.encode(["bb", "a"], enc)
+    assert calls[-1] == ["bb"] and out.pooled[:, 0].tolist() == [-2.0, -1.0]
     assert cache.take_stats() == {"text_cache/hits": 2, "text_cache/misses": 5, "text_cache/rows": 2}

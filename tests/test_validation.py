@@ -16,7 +16,9 @@ from lorakit.data.validate import validate_data_config
 from lorakit.errors import ConfigError
 from lorakit.train.noise import NoiseSettings
 from lorakit.train.plan import plan_for_config
+from lorakit.models.sd import SDModel
 from lorakit.train import validation as V
+from lorakit.train.validation_set import ValidationState
 
 torch.set_num_threads(1)
 
@@ -119,12 +121,13 @@ def test_validation_loss_is_the_training_loss_at_fixed_noise(tmp_path, tiny_comp
     index = scan_folders(train)
     TrainDataset.from_config(cfg, index)
     unet = ZeroUNet().train()
-    model = SimpleNamespace(unet=unet, text_encoder=comps["text_encoder"].train(), vae=comps["vae"],
-                            tokenizer=comps["tokenizer"], noise_scheduler=comps["scheduler"], v_parameterization=False)
+    model = SDModel(unet, comps["vae"], comps["text_encoder"].train(), comps["tokenizer"], comps["scheduler"],
+                    v2=False, v_parameterization=False, source="diffusers", name="tiny")
     run = SimpleNamespace(cfg=cfg, model=model, index=index, device=torch.device("cpu"), seed=3,
                           accelerator=SimpleNamespace(autocast=nullcontext), weight_dtype=torch.float32,
                           memory_format=torch.preserve_format,
-                          noise_settings=NoiseSettings.from_config(cfg), network=None,
+                          noise_settings=NoiseSettings.from_config(cfg), network=None, optimizer=None,
+                          validation=ValidationState(),
                           bus=SimpleNamespace(emit=lambda *a, **k: None))
     torch.manual_seed(123)
     before = torch.get_rng_state()
@@ -133,7 +136,7 @@ def test_validation_loss_is_the_training_loss_at_fixed_noise(tmp_path, tiny_comp
     assert unet.training and comps["text_encoder"].training  # modes restored
     assert unet.seen_training == [False] * 4  # eval during validation: 1 batch x 4 timesteps
     # by hand: target = noise (eps), loss = mean(noise^2) * min(snr, 5) / snr, mean over 2 images x 4 t
-    vs = run.validation
+    vs = run.validation.set
     assert len(vs) == 2
     abar = comps["scheduler"].alphas_cumprod
     expect = []
@@ -186,14 +189,15 @@ def fake_run(tmp_path, tiny_components, **kw):
     index = scan_folders(train)
     TrainDataset.from_config(cfg, index)
     unet = ZeroUNet().train()
-    model = SimpleNamespace(unet=unet, text_encoder=comps["text_encoder"], vae=comps["vae"],
-                            tokenizer=comps["tokenizer"], noise_scheduler=comps["scheduler"], v_parameterization=False)
+    model = SDModel(unet, comps["vae"], comps["text_encoder"], comps["tokenizer"], comps["scheduler"],
+                    v2=False, v_parameterization=False, source="diffusers", name="tiny")
     events = []
     bus = SimpleNamespace(emit=lambda kind, step, epoch, **data: events.append((kind, step, epoch, data)))
     return SimpleNamespace(cfg=cfg, model=model, index=index, device=torch.device("cpu"), seed=3,
                            accelerator=SimpleNamespace(autocast=nullcontext), weight_dtype=torch.float32,
                            memory_format=torch.preserve_format,
-                           noise_settings=NoiseSettings.from_config(cfg), network=None,
+                           noise_settings=NoiseSettings.from_config(cfg), network=None, optimizer=None,
+                           validation=ValidationState(),
                            bus=bus), unet, events
 
 
@@ -207,14 +211,14 @@ def test_max_validation_steps_caps_the_batches(tmp_path, tiny_components):
     (kind, step, epoch, data), = events
     assert (kind, step, epoch, data["batches"], data["images"], data["trigger"]) == ("validation", 3, 1, 1, 1, "epoch")
     # the loss is that of the first image of the fixed order only: mean over its 4 timesteps of mean(noise^2)
-    it, lat = run.validation.dataset.items[0], run.validation.dataset._latents[0]
+    it, lat = run.validation.set.dataset.items[0], run.validation.set.dataset._latents[0]
     expect = [torch.randn(lat.shape, generator=torch.Generator().manual_seed(
         V.validation_noise_seed(3, file_sha256(it.path), t))).pow(2).mean().item() for t in (200, 400, 600, 800)]
     assert data["loss"] == pytest.approx(sum(expect) / 4, rel=1e-6)
     # unset (or 0, the GUI's "off") = every batch: 2 images x 4 timesteps
     for off in (None, 0):
         run.cfg = run.cfg.model_copy(update={"max_validation_steps": off})
-        run.validation_last, unet.seen_training = None, []
+        run.validation.last, unet.seen_training = None, []
         res = V.evaluate(run)
         assert (res.batches, res.images, len(unet.seen_training)) == (2, 2, 8)
     assert cfg_for(tmp_path, max_validation_steps=0).max_validation_steps is None

@@ -1,4 +1,4 @@
-"""kohya_ss GUI JSON -> our schema (kohya-semantics.md section 1; docs/kohya.md).
+"""kohya_ss GUI JSON -> our schema (docs/kohya-rules.md 1; docs/kohya.md).
 
 GUI exports are loose JSON (trailing commas, numbers as strings such as "1.0", "576,576", "31337");
 they are accepted as written. Every key goes through the one key table (kohya_keys.py): mapped onto

@@ -260,7 +260,7 @@ TABLE: dict[str, Key] = {
     "show_timesteps": _run("shows the timestep distribution; trains nothing"),
     "show_timesteps_resolution": _run("shows the timestep distribution; trains nothing"),
     "save_model_as": _map("save_model_as", "safetensors only"),
-    # ---- neutral-only: training settings lorakit does not implement (yet)
+    # ---- neutral-only: training settings lorakit does not implement
     "sdxl": _neutral("SDXL is not supported yet", False, fix="train an SD1.x/2.x checkpoint"),
     "stop_text_encoder_training": _neutral("stops training the text encoder after N steps", 0),
     "save_state_on_train_end": _neutral("saves the training state at the end", False, fix="use save_state"),

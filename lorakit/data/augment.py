@@ -1,4 +1,4 @@
-"""Per-draw image augmentation (kohya-semantics 2.8), all randomness from the `rng` given.
+"""Per-draw image augmentation (docs/kohya-rules.md 2.8), all randomness from the `rng` given.
 
 - flip_aug: mirror left-right with p = 0.5. With cached latents both the image's latent
   and its mirror's latent are cached and one is picked per draw.

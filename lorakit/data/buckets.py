@@ -1,4 +1,4 @@
-"""Aspect-ratio buckets (kohya-semantics 2.6, sd-scripts make_bucket_resolutions / BucketManager).
+"""Aspect-ratio buckets (docs/kohya-rules.md 2.6, sd-scripts make_bucket_resolutions / BucketManager).
 
 Upscale allowed (the default): the bucket set is fixed in advance from the training area
 A = W * H. It holds the square (floor(sqrt(A) / d) * d)^2 and, for every width w from

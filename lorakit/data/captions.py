@@ -1,4 +1,4 @@
-"""Per-draw caption processing (kohya-semantics 2.3, sd-scripts BaseDataset.process_caption).
+"""Per-draw caption processing (docs/kohya-rules.md 2.3, sd-scripts BaseDataset.process_caption).
 
 kohya's order, reproduced stage by stage in :meth:`CaptionOptions.apply`:
 

@@ -1,4 +1,4 @@
-"""The model-family seam: SD1/SD2 (:class:`lorakit.models.loader.SDModel`) and SDXL each implement
+"""The model-family seam: SD1/SD2 (:class:`lorakit.models.sd.SDModel`) and SDXL each implement
 :class:`ModelFamily`, and training, validation and sampling reach a model only through it, so a
 family is added in ``models/`` and not as ``if sdxl`` branches through the loop.
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..errors import ModelError
 from .configs_data import config_folder
 from .schedule import make_noise_scheduler  # noqa: F401  (callers import it from here)
+from .sd import SDModel
 from .sdxl import SDXLModel
 from .sdxl_configs import SDXL_CONFIG_DIR
 from .sdxl_loader import check_family, is_sdxl_folder, load_sdxl_folder, load_sdxl_state_dict
@@ -28,19 +27,6 @@ from .single_file import (SINGLE_FILE_SUFFIXES, build_text_encoder, build_unet, 
 
 EXPECTED = "a Stable Diffusion 1.x/2.x diffusers folder (model_index.json, unet/, vae/, text_encoder/, " \
            "tokenizer/) or a single .safetensors/.ckpt checkpoint in the original layout"
-
-
-@dataclass
-class SDModel:
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    noise_scheduler: Any
-    v2: bool
-    v_parameterization: bool
-    source: str      # "diffusers" or "single_file"
-    name: str        # file or folder name, for metadata (ss_sd_model_name)
 
 
 def use_sdpa(*models) -> None:

@@ -1,12 +1,12 @@
 """Caption tokens and text-encoder states, as kohya sd-scripts computes them.
 
-Tokens (kohya-semantics 2.4): captions are tokenized to ``max_token_length + 2`` ids
+Tokens (docs/kohya-rules.md 2.4): captions are tokenized to ``max_token_length + 2`` ids
 (padded/truncated); longer-than-77 sequences are cut into 77-token chunks
 ``[BOS] + ids[i:i+75] + [ids[-1]]`` for ``i in range(1, L - 77 + 2, 75)``. When pad != eos
 (SD2) each chunk is fixed up: if ``chunk[-2]`` is neither eos nor pad, ``chunk[-1] = eos``;
 if ``chunk[1]`` is pad, ``chunk[1] = eos``.
 
-States (2.4/2.5): every chunk is encoded on its own; ``clip_skip`` k takes
+States (2.4, 2.5): every chunk is encoded on its own; ``clip_skip`` k takes
 ``hidden_states[-k]`` through ``final_layer_norm``; the result keeps state 0 of the first
 chunk, positions 1..75 of every chunk and the last state of the last chunk: length n*75+2.
 """

@@ -1,6 +1,6 @@
 """Optimizer construction from the config: names as kohya spells them, any module.Class path.
 
-Names are case-insensitive (kohya-semantics.md 1, "Optimizer names"). A name that is not
+Names are case-insensitive (docs/kohya-rules.md 1). A name that is not
 in the table is a torch.optim class (exact case, e.g. "RAdam") or a dotted module.Class.
 Prodigy and the D-Adaptation family accept different text-encoder and UNet lrs through
 groupscale.GroupScaleMixin (docs/optimizers.md).

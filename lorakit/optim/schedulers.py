@@ -1,4 +1,4 @@
-"""Learning-rate schedules (kohya-semantics.md 2.14), stepped once per optimizer step, never per micro-step.
+"""Learning-rate schedules (docs/kohya-rules.md 2.14), stepped once per optimizer step, never per micro-step.
 
 The named schedules are multipliers of each group's lr, written as plain functions so
 that the formulas are visible and testable (they are diffusers' get_scheduler formulas,

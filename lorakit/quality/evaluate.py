@@ -31,7 +31,7 @@ def base_targets() -> list[Target]:
 
 def sample_images(model, prompts: list[str], seeds: list[int], *, steps: int = STEPS, scale: float = SCALE,
                   sampler: str = SAMPLER, batch: int = 16) -> list:
-    from ..sample.generate import embed, make_pipeline, preserved_training_state
+    from ..sample.generate import embed, make_pipeline, pipeline_embeds, preserved_training_state
 
     dtype = next(model.unet.parameters()).dtype
     device = next(model.unet.parameters()).device
@@ -43,7 +43,7 @@ def sample_images(model, prompts: list[str], seeds: list[int], *, steps: int = S
             cond = embed(model, ps, 75, 1, dtype)
             uncond = embed(model, [""] * len(ps), 75, 1, dtype)
             gens = [torch.Generator(device=device).manual_seed(s) for s in ss]
-            images += pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, width=shapes.SIZE,
+            images += pipe(**pipeline_embeds(cond, uncond), width=shapes.SIZE,
                            height=shapes.SIZE, num_inference_steps=steps, guidance_scale=scale, generator=gens,
                            output_type="pil").images
     return images

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import random
-import time
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from ..checkpoints import sample_file_name
 from ..io import atomic_path
+from ..models.family import ModelFamily, PromptEmbeds
 from .prompts import SamplePrompt
 from .samplers import make_scheduler
 
@@ -47,12 +48,19 @@ def make_pipeline(model, sampler: str):
     return pipe
 
 
-def embed(model, texts: list[str], max_token_length: int, clip_skip: int, dtype: torch.dtype) -> torch.Tensor:
-    from ..models.text import encode, tokenize
+def embed(model: ModelFamily, texts: list[str], max_token_length: int, clip_skip: int,
+          dtype: torch.dtype) -> PromptEmbeds:
+    device = next(model.text_encoders[0].parameters()).device
+    return model.encode_prompts(texts, max_token_length=max_token_length, clip_skip=clip_skip, weighted=False,
+                                device=device).to(dtype)
 
-    device = next(model.text_encoder.parameters()).device
-    ids = tokenize(model.tokenizer, texts, max_token_length).to(device)
-    return encode(model.text_encoder, ids, clip_skip=clip_skip).to(dtype)
+
+def pipeline_embeds(cond: PromptEmbeds, uncond: PromptEmbeds) -> dict[str, torch.Tensor]:
+    """The diffusers pipeline's keyword arguments for precomputed prompt embeddings."""
+    out = {"prompt_embeds": cond.context, "negative_prompt_embeds": uncond.context}
+    if cond.pooled is not None and uncond.pooled is not None:
+        out.update(pooled_prompt_embeds=cond.pooled, negative_pooled_prompt_embeds=uncond.pooled)
+    return out
 
 
 def generate(model, sp: SamplePrompt, *, sampler: str = "euler_a", max_token_length: int = 75,
@@ -62,20 +70,13 @@ def generate(model, sp: SamplePrompt, *, sampler: str = "euler_a", max_token_len
     dtype = next(p.dtype for p in model.unet.parameters() if p.dtype.itemsize > 1)
     device = next(model.unet.parameters()).device
     pipe = make_pipeline(model, sp.sampler or sampler)
-    with preserved_training_state(model.unet, model.text_encoder):
+    with preserved_training_state(model.unet, *model.text_encoders):
         cond = embed(model, [sp.prompt], max_token_length, clip_skip, dtype)
         uncond = embed(model, [sp.negative], max_token_length, clip_skip, dtype)
         g = torch.Generator(device=device).manual_seed(sp.seed if sp.seed is not None else seed)
-        return pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, width=sp.width, height=sp.height,
+        return pipe(**pipeline_embeds(cond, uncond), width=sp.width, height=sp.height,
                     num_inference_steps=sp.steps, guidance_scale=sp.scale, generator=g,
                     output_type="pil").images[0]
-
-
-def sample_file_name(output_name: str, index: int, *, epoch: int | None, step: int, seed: int | None) -> str:
-    """kohya: <name>_<e%06d | %06d>_<idx:02d>_<time>[_<seed>].png"""
-    num = f"e{epoch:06d}" if epoch is not None else f"{step:06d}"
-    seed_part = f"_{seed}" if seed is not None else ""
-    return f"{output_name}_{num}_{index:02d}_{time.strftime('%Y%m%d%H%M%S')}{seed_part}.png"
 
 
 def sample_prompts(model, prompts: list[SamplePrompt], out_dir: str | Path, output_name: str, *,

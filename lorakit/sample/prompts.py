@@ -1,4 +1,4 @@
-"""kohya's sample prompt syntax (kohya-semantics.md 2.17).
+"""kohya's sample prompt syntax (docs/kohya-rules.md 2.17).
 
 One prompt per line, options after " --": --n negative, --w/--h size (rounded down
 to a multiple of 8, at least 64), --d seed, --s steps (1-1000), --l CFG scale,

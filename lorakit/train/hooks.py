@@ -1,17 +1,17 @@
 """What happens between steps: periodic saves, sample images, step validation, the d*lr spike watch."""
 from __future__ import annotations
 
-import re
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from .. import signals
+from ..checkpoints import checkpoint_name, numbered_pattern, state_name
 from ..optim.optimizers import eval_mode
 from .save import save_adapter
 from .spike import DlrSpikeDetector
-from .state import save_state
+from .state import Progress, save_state
 from .validation import maybe_validate
 
 if TYPE_CHECKING:
@@ -47,14 +47,15 @@ class RunHooks:
         if self.run.cfg.sample_at_first:
             self.sample(0, None)
 
-    def after_step(self, step: int, epoch: int, lrs: dict[str, float], dlr: dict[str, float]) -> bool:
+    def after_step(self, progress: Progress, lrs: dict[str, float], dlr: dict[str, float]) -> bool:
         """Returns True when the run must stop here."""
         signals.raise_pending()  # the step is done and counted: the loop saves it and stops
+        step, epoch = progress.step, progress.epoch
         cfg, run, last = self.run.cfg, self.run, step >= self.run.plan.total_steps
         if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0 and not last:
-            save_adapter(run, step, epoch, f"{cfg.output_name}-step{step:08d}")
+            save_adapter(run, step, epoch, checkpoint_name(cfg.output_name, step=step))
             if cfg.save_state:
-                save_state(run, f"{cfg.output_name}-step{step:08d}-state")
+                save_state(run, state_name(cfg.output_name, step=step), progress)
             self.retain_steps(step)
         if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0:
             self.sample(step, None)
@@ -79,39 +80,37 @@ class RunHooks:
                "save": "Saved the adapter from before the spike.",
                "stop": "Stopping here; the adapter from before the spike is saved."}[action]))
         if action == "save":
-            save_adapter(run, step, epoch, f"{cfg.output_name}-prespike-step{step:08d}")
+            save_adapter(run, step, epoch, checkpoint_name(cfg.output_name, step=step, prespike=True))
         return action == "stop"
 
-    def after_epoch(self, step: int, epoch: int) -> None:
-        cfg, run = self.run.cfg, self.run
+    def after_epoch(self, progress: Progress) -> None:
+        cfg, run, step, epoch = self.run.cfg, self.run, progress.step, progress.epoch
         if cfg.save_every_n_epochs and epoch % cfg.save_every_n_epochs == 0 and step < run.plan.total_steps:
-            save_adapter(run, step, epoch, f"{cfg.output_name}-{epoch:06d}")
+            save_adapter(run, step, epoch, checkpoint_name(cfg.output_name, epoch=epoch))
             if cfg.save_state:
-                save_state(run, f"{cfg.output_name}-{epoch:06d}-state")
+                save_state(run, state_name(cfg.output_name, epoch=epoch), progress)
             self.retain_epochs()
         if cfg.sample_every_n_epochs and epoch % cfg.sample_every_n_epochs == 0:
             self.sample(step, epoch)
 
     # --- retention: runs after the new file is in place, so the newest good file is never removed ----
-    def _numbered(self, pattern: str) -> list[tuple[int, Path]]:
-        rx = re.compile(re.escape(self.run.cfg.output_name) + pattern)
+    def _numbered(self, by: Literal["step", "epoch"], state: bool) -> list[tuple[int, Path]]:
+        rx = numbered_pattern(self.run.cfg.output_name, by, state)
         found = [(int(m.group(1)), p) for p in self.run.output_dir.iterdir() if (m := rx.fullmatch(p.name))]
         return sorted(found)
 
     def retain_epochs(self) -> None:
         cfg = self.run.cfg
-        for keep, pattern in ((cfg.save_last_n_epochs, r"-(\d{6})\.safetensors"),
-                              (cfg.save_last_n_epochs_state, r"-(\d{6})-state")):
+        for keep, state in ((cfg.save_last_n_epochs, False), (cfg.save_last_n_epochs_state, True)):
             if keep and self.run.accelerator.is_main_process:
-                for _, path in self._numbered(pattern)[:-keep]:
+                for _, path in self._numbered("epoch", state)[:-keep]:
                     remove(path)
 
     def retain_steps(self, step: int) -> None:
         cfg = self.run.cfg
-        for window, pattern in ((cfg.save_last_n_steps, r"-step(\d{8})\.safetensors"),
-                                (cfg.save_last_n_steps_state, r"-step(\d{8})-state")):
+        for window, state in ((cfg.save_last_n_steps, False), (cfg.save_last_n_steps_state, True)):
             if window and self.run.accelerator.is_main_process:
-                for n, path in self._numbered(pattern):
+                for n, path in self._numbered("step", state):
                     if n < step - window:  # sd-scripts: files older than the last N steps go
                         remove(path)
 

@@ -8,24 +8,33 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 
+from ..checkpoints import checkpoint_name, state_name
 from ..config.schema import TrainConfig
+from ..data.dataset import Batch
 from ..data.loader import BatchLoader, rank_groups
 from ..events import EventBus, Subscriber
-from .loss import latent_seed, sample_seed, target, weighted_loss
-from .noise import draw_noise
+from ..lock import output_lock
+from ..models.family import PromptEmbeds
 from .hooks import RunHooks
+from .loss import latent_seed, sample_seed
+from .noise import draw_noise
+from .objective import sample_losses
+from .plan import Plan
+from .run import Run, StepResult
 from .save import save_adapter
 from .settings import freeze_text_encoder
-from .run import Run
 from .setup import check_output_paths, setup_run
 from .validation import maybe_validate
-from ..lock import output_lock
 from .state import (Diverged, Progress, check_resume_config, check_resume_data, find_state, load_state,
                     save_state)
+
+if TYPE_CHECKING:
+    from ..adapters.network import AdapterNetwork
+    from ..models.sd import SDModel
 
 
 @dataclass
@@ -35,25 +44,24 @@ class TrainResult:
     epochs: int
     final_loss: float
     seed: int
-    model: Any = None    # the loaded model, adapters still applied (for sampling after training)
-    network: Any = None
+    model: SDModel | None = None    # the loaded model, adapters still applied (for sampling after training)
+    network: AdapterNetwork | None = None
 
 
-def encode_prompts(run: Run, captions: list[str]) -> torch.Tensor:
-    from ..models.text import encode_captions
+def encode_prompts(run: Run, captions: list[str]) -> PromptEmbeds:
+    cfg = run.cfg
 
-    m, cfg = run.model, run.cfg
-
-    def forward(strings: list[str]) -> torch.Tensor:
-        with torch.set_grad_enabled(run.te_training):
-            return encode_captions(m.tokenizer, m.text_encoder, strings, cfg.max_token_length, cfg.clip_skip,
-                                   cfg.weighted_captions, run.device)
+    def forward(strings: list[str]) -> PromptEmbeds:
+        with torch.set_grad_enabled(run.text.training):
+            return run.model.encode_prompts(strings, max_token_length=cfg.max_token_length,
+                                            clip_skip=cfg.clip_skip, weighted=cfg.weighted_captions,
+                                            device=run.device)
 
     # frozen TE: rows by caption string, only the batch's new strings go through the encoder
-    return forward(captions) if run.text_cache is None else run.text_cache.encode(captions, forward)
+    return forward(captions) if run.text.cache is None else run.text.cache.encode(captions, forward)
 
 
-def batch_latents(run: Run, batch, seeds: list[int]) -> torch.Tensor:
+def batch_latents(run: Run, batch: Batch, seeds: list[int]) -> torch.Tensor:
     vae = run.model.vae
     if batch.latents is not None:  # non_blocking: pinned by the DataLoader on CUDA
         latents = batch.latents.to(run.device, non_blocking=True)
@@ -70,27 +78,18 @@ def batch_latents(run: Run, batch, seeds: list[int]) -> torch.Tensor:
     return latents.float() * vae.config.scaling_factor  # float(): no copy when already float32
 
 
-def micro_step_loss(run: Run, batch, seeds: list[int]) -> torch.Tensor:
+def micro_step_loss(run: Run, batch: Batch, seeds: list[int]) -> torch.Tensor:
     """Weighted mean loss over the samples of one micro-batch."""
-    m, cfg = run.model, run.cfg
-    sched = m.noise_scheduler
     latents = batch_latents(run, batch, seeds)
-    d = draw_noise(latents, seeds, run.noise_settings, sched.config.num_train_timesteps)
-    noisy = sched.add_noise(latents, d.input_noise, d.timesteps)
+    d = draw_noise(latents, seeds, run.noise_settings, run.model.noise_scheduler.config.num_train_timesteps)
     # host-to-device copies before the UNet is queued: a blocking copy after it would make the
     # host wait for the whole forward before it can queue the loss and the backward
     weights = batch.loss_weights.to(run.device, non_blocking=True)
-    mask = getattr(batch, "masks", None)
-    mask = None if mask is None else mask.to(run.device, non_blocking=True)
+    mask = None if batch.masks is None else batch.masks.to(run.device, non_blocking=True)
     with run.accelerator.autocast():
-        context = encode_prompts(run, batch.captions)
-        # .to() returns the tensor itself when dtype and memory format already match (float32)
-        pred = m.unet(noisy.to(run.weight_dtype, memory_format=run.memory_format), d.timesteps,
-                      context.to(run.weight_dtype)).sample
-    tgt = target(sched, latents, d.noise, d.timesteps, m.v_parameterization)
-    losses = weighted_loss(cfg, sched, pred, tgt, d.timesteps, m.v_parameterization,
-                           sample_weights=weights, mask=mask)
-    return losses.mean()
+        embeds = encode_prompts(run, batch.captions)
+    added = run.model.added_conditioning(batch, run.device)
+    return sample_losses(run, latents, d, embeds, added, weights, mask).mean()
 
 
 def group_lrs(run: Run) -> dict[str, float]:
@@ -115,14 +114,13 @@ def optimizer_step(run: Run) -> dict[str, float]:
     return {}
 
 
-def train_step(run: Run, mine: list[tuple[Any, int]], n_images: int, epoch: int) -> tuple[float, int]:
+def train_step(run: Run, mine: list[tuple[Batch, int]], n_images: int, epoch: int) -> StepResult:
     """One optimizer step over all micro-batches of the step, across processes.
 
     `mine`: (batch, start) of the micro-batches this process trains (r, r+W, ... of the step,
     see data/loader.rank_groups); `n_images`: images of the whole step, every process's.
     Each sample's noise is keyed by its position in the epoch (`start`), so the result does
     not depend on the batch size, the accumulation or the number of processes.
-    Returns (mean loss, images in the step).
     """
     acc = run.accelerator
     W = acc.num_processes
@@ -139,10 +137,10 @@ def train_step(run: Run, mine: list[tuple[Any, int]], n_images: int, epoch: int)
     total = loss_sum.item()
     if not math.isfinite(total):
         raise Diverged(total)
-    run.step_stats = optimizer_step(run)
-    if run.text_cache is not None:
-        run.step_stats.update(run.text_cache.take_stats())
-    return total / n_images, n_images
+    stats = optimizer_step(run)
+    if run.text.cache is not None:
+        stats.update(run.text.cache.take_stats())
+    return StepResult(total / n_images, n_images, stats)
 
 
 def sum_gradients(run: Run) -> None:
@@ -176,82 +174,99 @@ def train(cfg: TrainConfig, subscribers: Iterable[Subscriber] = (), *, overwrite
 
 def _train(cfg: TrainConfig, subscribers: Iterable[Subscriber], overwrite: bool, resume: str | None,
            resume_changed_data: bool, notes: list[str]) -> TrainResult:
-    state_dir, resume = None, resume or cfg.resume  # the command line's --resume wins over the config's
-    if resume:  # checked before any model is loaded
-        state_dir = find_state(cfg.output_dir, resume)
-        cfg, changed = check_resume_config(cfg, state_dir)
-        notes = notes + changed + check_resume_data(cfg, state_dir, resume_changed_data)
-    bus = EventBus(list(subscribers))
-    run = setup_run(cfg, bus, overwrite or state_dir is not None, state_dir=state_dir)
-    bus = run.bus  # silent on every process but rank 0
-    plan, ga = run.plan, cfg.gradient_accumulation_steps
-    progress = load_state(run, state_dir) if state_dir else Progress()
-    if progress.groups_done >= plan.steps_per_epoch:  # the state was saved at an epoch's end
-        progress = Progress(progress.step, progress.epoch + 1, 0)
-    bus.emit("start", plan=plan, seed=run.seed, config=cfg, resumed_at=progress.step)
-    for message in notes + run.index.warnings + run.warnings:
-        bus.emit("warning", message=message)
-    hooks = RunHooks(run)
-    if not resume:
+    resuming = bool(resume or cfg.resume)  # the command line's --resume wins over the config's
+    run, progress = _start(cfg, subscribers, overwrite, resume, resume_changed_data, notes)
+    cfg, plan, bus, loss = run.cfg, run.plan, run.bus, math.nan
+    hooks, loader = RunHooks(run), BatchLoader.for_run(run)
+    if not resuming:
         hooks.at_start()
     recent: deque[float] = deque(maxlen=plan.steps_per_epoch)
-    loader = BatchLoader.for_run(run)
-    step, epoch, loss_value, stop = progress.step, progress.epoch, math.nan, step_done(progress.step, plan)
+    step, epoch, stop = progress.step, progress.epoch, step_done(progress.step, plan)
     try:
         for epoch in range(max(1, progress.epoch), plan.epochs + 1):
-            ids = run.dataset.batch_plan(epoch, cfg.train_batch_size, run.seed)  # sample ids only
-            starts = list(accumulate(map(len, ids), initial=0))  # each batch's first sample in the epoch
-            per_step = ga * run.accelerator.num_processes
-            n_groups = math.ceil(len(ids) / per_step)
             done = progress.groups_done if epoch == progress.epoch else 0  # resume mid-epoch
-            # this process's batches of the steps still to run, built when their step comes
-            groups = [] if stop else rank_groups(len(ids), per_step, run.accelerator.num_processes,
-                                                 run.accelerator.process_index, done)
-            feed = loader.batches(epoch, [ids[k] for g in groups for k in g])
             epoch_losses: list[float] = []
-            for j, mine in zip(range(done, n_groups), groups):
-                if run.te_stop_step is not None and step >= run.te_stop_step:
+            for j, mine, n_images in [] if stop else epoch_steps(run, loader, epoch, done):
+                if run.text.stop_step is not None and step >= run.text.stop_step:
                     freeze_text_encoder(run)  # stop_text_encoder_training
                 lrs = group_lrs(run)  # the lr this step uses, before the scheduler moves on
                 t0 = time.perf_counter()
-                n_images = sum(map(len, ids[j * per_step:(j + 1) * per_step]))
-                loss_value, n_images = train_step(run, [(next(feed), starts[k]) for k in mine], n_images, epoch)
-                done, step = done + 1, step + 1
-                run.progress = Progress(step, epoch, done)
-                recent.append(loss_value)
-                epoch_losses.append(loss_value)
+                res = train_step(run, mine, n_images, epoch)
+                progress, step, loss = Progress(step + 1, epoch, j + 1), step + 1, res.loss
+                recent.append(loss)
+                epoch_losses.append(loss)
                 dlr = dlr_values(run, lrs)
-                bus.emit("step", step, epoch, loss=loss_value, loss_avg=sum(recent) / len(recent), lrs=lrs,
-                         images=n_images, dlr=dlr, images_per_s=n_images / (time.perf_counter() - t0),
-                         peak_memory_mb=peak_memory_mb(run.device), stats=run.step_stats)
-                stop = hooks.after_step(step, epoch, lrs, dlr) or step_done(step, plan)
+                bus.emit("step", step, epoch, loss=loss, loss_avg=sum(recent) / len(recent), lrs=lrs,
+                         images=res.images, dlr=dlr, images_per_s=res.images / (time.perf_counter() - t0),
+                         peak_memory_mb=peak_memory_mb(run.device), stats=res.stats)
+                stop = hooks.after_step(progress, lrs, dlr) or step_done(step, plan)
                 if stop:
                     break
-            if done == n_groups:  # a whole epoch, not a resume that started at its end
+            if progress.epoch == epoch and progress.groups_done == epoch_groups(run, epoch):
+                # a whole epoch, not a resume that started at its end
                 bus.emit("epoch", step, epoch, loss=sum(epoch_losses) / max(1, len(epoch_losses)))
-                hooks.after_epoch(step, epoch)
+                hooks.after_epoch(progress)
                 maybe_validate(run, step, epoch)  # held-out images at fixed timesteps and noise
             if stop:
                 break
     except Diverged as e:
-        path = save_adapter(run, step, epoch, f"{cfg.output_name}-step{step:08d}")
+        path = save_adapter(run, step, epoch, checkpoint_name(cfg.output_name, step=step))
         bus.emit("end", step, epoch, output_file=str(path), loss=e.loss, failed=True)
         raise e.user_error(step + 1, path) from None
     except KeyboardInterrupt:
-        path = save_adapter(run, step, epoch, f"{cfg.output_name}-step{step:08d}")
-        save_state(run, f"{cfg.output_name}-step{step:08d}-state")
-        bus.emit("end", step, epoch, output_file=str(path), loss=loss_value, interrupted=True)
+        path = save_adapter(run, step, epoch, checkpoint_name(cfg.output_name, step=step))
+        save_state(run, state_name(cfg.output_name, step=step), progress)
+        bus.emit("end", step, epoch, output_file=str(path), loss=loss, interrupted=True)
         raise
     finally:
         loader.close()  # persistent workers end with the run
     path = save_adapter(run, step, epoch, cfg.output_name)
     if cfg.save_state or cfg.save_state_on_train_end:
-        save_state(run, f"{cfg.output_name}-state")
-    bus.emit("end", step, epoch, output_file=str(path), loss=loss_value)
-    return TrainResult(path, step, epoch, loss_value, run.seed, run.model, run.network)
+        save_state(run, state_name(cfg.output_name), progress)
+    bus.emit("end", step, epoch, output_file=str(path), loss=loss)
+    return TrainResult(path, step, epoch, loss, run.seed, run.model, run.network)
 
 
-def step_done(step: int, plan) -> bool:
+def _start(cfg: TrainConfig, subscribers: Iterable[Subscriber], overwrite: bool, resume: str | None,
+           resume_changed_data: bool, notes: list[str]) -> tuple[Run, Progress]:
+    """Check a resume (config, dataset) before any model is loaded, set the run up, load the state
+    and announce the start; returns the run and the progress to continue from."""
+    state_dir, resume = None, resume or cfg.resume
+    if resume:
+        state_dir = find_state(cfg.output_dir, resume)
+        cfg, changed = check_resume_config(cfg, state_dir)
+        notes = notes + changed + check_resume_data(cfg, state_dir, resume_changed_data)
+    run = setup_run(cfg, EventBus(list(subscribers)), overwrite or state_dir is not None, state_dir=state_dir)
+    progress = load_state(run, state_dir) if state_dir else Progress()
+    if progress.groups_done >= run.plan.steps_per_epoch:  # the state was saved at an epoch's end
+        progress = Progress(progress.step, progress.epoch + 1, 0)
+    run.bus.emit("start", plan=run.plan, seed=run.seed, config=run.cfg, resumed_at=progress.step)
+    for message in notes + run.index.warnings + list(run.warnings):
+        run.bus.emit("warning", message=message)
+    return run, progress
+
+
+def epoch_groups(run: Run, epoch: int) -> int:
+    """Optimizer steps in `epoch` (every process together)."""
+    ids = run.dataset.batch_plan(epoch, run.cfg.train_batch_size, run.seed)
+    return math.ceil(len(ids) / (run.cfg.gradient_accumulation_steps * run.accelerator.num_processes))
+
+
+def epoch_steps(run: Run, loader: BatchLoader, epoch: int, done: int
+                ) -> Iterator[tuple[int, list[tuple[Batch, int]], int]]:
+    """(index of the step in the epoch, this process's (batch, start) pairs, images in the step of
+    every process) for the steps of `epoch` from step `done` on; batches are built when their step comes."""
+    acc = run.accelerator
+    ids = run.dataset.batch_plan(epoch, run.cfg.train_batch_size, run.seed)  # sample ids only
+    starts = list(accumulate(map(len, ids), initial=0))  # each batch's first sample in the epoch
+    per_step = run.cfg.gradient_accumulation_steps * acc.num_processes
+    groups = rank_groups(len(ids), per_step, acc.num_processes, acc.process_index, done)
+    feed = loader.batches(epoch, [ids[k] for g in groups for k in g])
+    for j, mine in zip(range(done, math.ceil(len(ids) / per_step)), groups):
+        yield j, [(next(feed), starts[k]) for k in mine], sum(map(len, ids[j * per_step:(j + 1) * per_step]))
+
+
+def step_done(step: int, plan: Plan) -> bool:
     return step >= plan.total_steps
 
 

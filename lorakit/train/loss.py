@@ -1,4 +1,4 @@
-"""Noise, timesteps, targets and the per-sample loss (kohya-semantics.md 2.9-2.10).
+"""Noise, timesteps, targets and the per-sample loss (docs/kohya-rules.md 2.9-2.10).
 
 Per sample: elementwise loss (l2, l1, huber, smooth_l1) -> optional mask -> mean -> (B,);
 then the timestep weights (min-SNR, v-pred-like-eps scaling, v_pred_like_loss, debiased estimation) and the

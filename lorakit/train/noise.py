@@ -1,6 +1,6 @@
 """Training noise and timesteps, drawn per sample from that sample's own seed.
 
-kohya-semantics.md 2.9. Every random number a sample uses comes from one CPU
+docs/kohya-rules.md 2.9. Every random number a sample uses comes from one CPU
 generator seeded with its per-sample seed, in this fixed order:
 
 1. timestep            randint[min_timestep, max_timestep)   (none if min == max)

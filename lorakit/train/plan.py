@@ -1,4 +1,4 @@
-"""Step/epoch arithmetic (kohya-semantics.md 2.13), stated so users can trust it."""
+"""Step/epoch arithmetic (docs/kohya-rules.md 2.13), stated so users can trust it."""
 from __future__ import annotations
 
 import math

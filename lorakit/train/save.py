@@ -34,12 +34,10 @@ def file_sha256(path: Path) -> str:
 
 
 def model_hashes(run: "Run") -> tuple[str, str]:
-    cached = getattr(run, "_model_hashes", None)
-    if cached is None:
+    if run.caches.model_hashes is None:
         p = Path(run.cfg.pretrained_model_name_or_path)
-        cached = (legacy_model_hash(p), file_sha256(p)) if p.is_file() else ("", "")
-        run._model_hashes = cached  # type: ignore[attr-defined]
-    return cached
+        run.caches.model_hashes = (legacy_model_hash(p), file_sha256(p)) if p.is_file() else ("", "")
+    return run.caches.model_hashes
 
 
 def base_model_version(run: "Run") -> str:

@@ -1,5 +1,5 @@
 """Training-loop settings that need their own rules: checks before the model loads, and the
-precision and text-encoder-stop steps applied to a built run (kohya-semantics: sd-scripts'
+precision and text-encoder-stop steps applied to a built run (sd-scripts'
 full_fp16 / full_bf16, fp8_base, train_db's stop_text_encoder_training).
 """
 from __future__ import annotations
@@ -124,8 +124,9 @@ def freeze_text_encoder(run: "Run") -> None:
         for p in module.parameters():
             p.requires_grad_(False)
             p.grad = None
-    run.model.text_encoder.train(False)
-    run.te_training = False
-    run.te_stop_step = None
-    if run.cfg.cache_text_encoder_outputs is not False and run.text_cache is None:
-        run.text_cache = TextCache()  # frozen now: its outputs can be reused
+    for encoder in run.model.text_encoders:
+        encoder.train(False)
+    run.text.training = False
+    run.text.stop_step = None
+    if run.cfg.cache_text_encoder_outputs is not False and run.text.cache is None:
+        run.text.cache = TextCache()  # frozen now: its outputs can be reused

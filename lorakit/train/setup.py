@@ -5,6 +5,7 @@ import os
 import random
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,10 +21,15 @@ from ..optim.optimizers import build_optimizer, optimizer_warnings, resolve_opti
 from ..optim.schedulers import build_scheduler, scheduler_warnings, warmup_steps_for
 from ..data.validate import validate_data_config
 from .noise import NoiseSettings, training_scheduler, validate_noise_config
-from .plan import Plan, check_scheduler, make_plan, text_encoder_stop_step
-from .run import DTYPES, Run
+from .plan import check_scheduler, make_plan, text_encoder_stop_step
+from .run import DTYPES, Run, TextEncoderState
 from .settings import adapter_dtype, allow_fp16_gradients, check_train_settings, store_base_in_fp8
 from .speed import apply_speed_options, validate_speed_config
+
+if TYPE_CHECKING:
+    from ..adapters.network import AdapterNetwork
+    from ..adapters.weights import WeightsFile
+    from ..models.sd import SDModel
 
 def preflight(cfg: TrainConfig, overwrite: bool):
     """Checks that need no model: paths, output folder, data layout. Returns the dataset index."""
@@ -118,10 +124,9 @@ def seed_everything(seed: int) -> None:
 
 def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_dir: Path | None = None) -> Run:
     """state_dir: the state a resumed run will load (its adapter replaces network_weights)."""
-    from ..adapters.network import create_network
-    from ..adapters.weights import load_into
     from ..data.dataset import TrainDataset
-    from ..models.loader import load_sd_model
+    from .text_cache import TextCache
+    from .validation_set import ValidationState
 
     index = preflight(cfg, overwrite)
     given, (cfg, weights) = cfg, network_weights_preflight(cfg, state_dir)
@@ -134,58 +139,77 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     if not accelerator.is_main_process:
         bus = EventBus()  # only rank 0 logs and writes files
-    run = Run(cfg, bus, accelerator, seed, Path(cfg.output_dir), index=index, overwrite=overwrite, given_cfg=given)
-    run.weight_dtype = DTYPES[cfg.mixed_precision]
+    weight_dtype = DTYPES[cfg.mixed_precision]
+    device = accelerator.device
 
-    run.model = m = load_sd_model(cfg.pretrained_model_name_or_path, v2=cfg.v2 or None,
-                                  v_parameterization=cfg.v_parameterization or None, vae=cfg.vae)
+    m = load_frozen_model(cfg)
+    noise_warnings = validate_noise_config(cfg, m.v_parameterization)
+    dataset = TrainDataset.from_config(cfg, index, seed=seed)
+    if cfg.cache_latents or cfg.cache_latents_to_disk:  # disk caching implies caching, as kohya
+        dataset.cache_latents(m.vae.to(device), batch_size=cfg.vae_batch_size, device=device,
+                              dtype=torch.float32, seed=seed)
+    for module in (m.unet, *m.text_encoders):  # frozen base weights in the autocast dtype, as kohya
+        module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
+
+    net, weights_warnings = attach_network(cfg, m, weights, device)
+    groups = net.param_groups(cfg.resolved_text_encoder_lr(), cfg.resolved_unet_lr())
+    cache = TextCache() if cfg.cache_text_encoder_outputs is not False and not net.train_text_encoder else None
+    # after the adapters, checkpointing and train flags: compiled in place
+    memory_format = apply_speed_options(cfg, m, net, dataset, bus)
+
+    plan = make_plan(cfg, len(dataset), dataset.num_batches_per_epoch(cfg.train_batch_size),
+                     accelerator.num_processes)
+    optimizer = build_optimizer(cfg, groups)
+    scheduler = build_scheduler(optimizer, cfg.lr_scheduler, plan.total_steps,
+                                warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps), cfg=cfg)
+    text = TextEncoderState(net.train_text_encoder,
+                            text_encoder_stop_step(cfg, plan.total_steps) if net.train_text_encoder else None, cache)
+    if dataset.removed_temporaries:
+        noise_warnings = noise_warnings + [f"removed {len(dataset.removed_temporaries)} temporary latent-cache file(s) "
+                                           "that a killed run left beside the images"]
+    warnings = (weights_warnings + noise_warnings + check_train_settings(cfg) + validate_speed_config(cfg)
+                + optimizer_warnings(cfg, groups) + scheduler_warnings(cfg, plan.total_steps))
+    prepared = accelerator.prepare(optimizer)
+    if cfg.full_fp16:
+        allow_fp16_gradients(accelerator)
+    return Run(cfg, given, bus, accelerator, seed, Path(cfg.output_dir), m, net, dataset, index, prepared, scheduler,
+               plan, NoiseSettings.from_config(cfg), text, ValidationState(), weight_dtype=weight_dtype,
+               memory_format=memory_format, overwrite=overwrite, warnings=tuple(warnings))
+
+
+def load_frozen_model(cfg: TrainConfig) -> SDModel:
+    """The base model, every weight frozen and in eval mode, with the training noise schedule."""
+    from ..models.loader import load_sd_model
+
+    m = load_sd_model(cfg.pretrained_model_name_or_path, v2=cfg.v2 or None,
+                      v_parameterization=cfg.v_parameterization or None, vae=cfg.vae)
     # zero_terminal_snr rescales the schedule once; samples during training use it too
     m.noise_scheduler = training_scheduler(m.noise_scheduler, cfg.zero_terminal_snr)
-    run.noise_settings = NoiseSettings.from_config(cfg)
-    noise_warnings = validate_noise_config(cfg, m.v_parameterization)
-    for module in (m.unet, m.text_encoder, m.vae):
+    for module in (m.unet, *m.text_encoders, m.vae):
         module.requires_grad_(False)
         module.eval()
-    run.dataset = TrainDataset.from_config(cfg, index, seed=seed)
-    if cfg.cache_latents or cfg.cache_latents_to_disk:  # disk caching implies caching, as kohya
-        run.dataset.cache_latents(m.vae.to(run.device), batch_size=cfg.vae_batch_size, device=run.device,
-                                  dtype=torch.float32, seed=seed)
-        if run.dataset.removed_temporaries:
-            run.warnings.append(f"removed {len(run.dataset.removed_temporaries)} temporary latent-cache file(s) that "
-                                "a killed run left beside the images")
-    for module in (m.unet, m.text_encoder):  # frozen base weights in the autocast dtype, as kohya
-        module.to(run.device) if run.weight_dtype == torch.float32 else module.to(run.device, run.weight_dtype)
+    return m
 
-    run.network = net = create_network(cfg, m.unet, m.text_encoder)
+
+def attach_network(cfg: TrainConfig, m: SDModel, weights: WeightsFile | None, device: torch.device
+                   ) -> tuple[AdapterNetwork, list[str]]:
+    """The adapters applied to the model (from `weights` when given: network_weights or a state's),
+    on `device`, with checkpointing and the train flags set. Returns (network, warnings)."""
+    from ..adapters.network import create_network
+    from ..adapters.weights import load_into
+
+    net = create_network(cfg, m.unet, m.text_encoder)
     net.apply()
-    weights_warnings = load_into(net, weights) if weights is not None else []
-    net.to(run.device, adapter_dtype(cfg))
+    warnings = load_into(net, weights) if weights is not None else []
+    net.to(device, adapter_dtype(cfg))
     if cfg.fp8_base:  # after the adapters are applied: they wrap the modules whose weights become float8
-        store_base_in_fp8(net, m.unet, m.text_encoder)
-    run.te_training = net.train_text_encoder
-    groups = net.param_groups(cfg.resolved_text_encoder_lr(), cfg.resolved_unet_lr())
+        store_base_in_fp8(net, m.unet, *m.text_encoders)
     if cfg.gradient_checkpointing:
         m.unet.enable_gradient_checkpointing()
         if net.train_text_encoder:  # transformers 5 renamed it
             (getattr(m.text_encoder, "activation_checkpointing_enable", None)
              or m.text_encoder.gradient_checkpointing_enable)()
     m.unet.train(net.train_unet)
-    m.text_encoder.train(net.train_text_encoder)
-    if cfg.cache_text_encoder_outputs is not False and not net.train_text_encoder:
-        from .text_cache import TextCache
-
-        run.text_cache = TextCache()
-    apply_speed_options(run)  # after the adapters, checkpointing and train flags: compiled in place
-
-    batches = run.dataset.num_batches_per_epoch(cfg.train_batch_size)
-    run.plan = plan = make_plan(cfg, len(run.dataset), batches, accelerator.num_processes)
-    optimizer = build_optimizer(cfg, groups)
-    run.scheduler = build_scheduler(optimizer, cfg.lr_scheduler, plan.total_steps,
-                                    warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps), cfg=cfg)
-    run.te_stop_step = text_encoder_stop_step(cfg, plan.total_steps) if net.train_text_encoder else None
-    run.warnings = (weights_warnings + noise_warnings + check_train_settings(cfg) + validate_speed_config(cfg)
-                    + optimizer_warnings(cfg, groups) + scheduler_warnings(cfg, plan.total_steps))
-    run.optimizer = accelerator.prepare(optimizer)
-    if cfg.full_fp16:
-        allow_fp16_gradients(accelerator)
-    return run
+    for encoder in m.text_encoders:
+        encoder.train(net.train_text_encoder)
+    return net, warnings

@@ -9,12 +9,19 @@ calls get graphs of their own instead of wrong ones.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import ConfigError
+from ..events import EventBus
 from . import compile as compiling
+
+if TYPE_CHECKING:
+    from ..adapters.network import AdapterNetwork
+    from ..config.schema import TrainConfig
+    from ..data.dataset import TrainDataset
+    from ..models.sd import SDModel
 
 # torch.compile modes; "reduce-overhead" adds CUDA graphs (pays at small, launch-bound batches)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -66,20 +73,22 @@ def training_shapes(dataset: Any, batch_size: int) -> int:
                 for b in dataset.fixed_batches(batch_size)})
 
 
-def apply_speed_options(run: Any) -> None:
-    """channels_last and torch.compile on the loaded model, after the adapters are applied."""
-    cfg, m, net = run.cfg, run.model, run.network
+def apply_speed_options(cfg: TrainConfig, m: "SDModel", net: "AdapterNetwork", dataset: "TrainDataset",
+                        bus: EventBus) -> torch.memory_format:
+    """channels_last and torch.compile on the loaded model, after the adapters are applied.
+    Returns the memory format of the UNet's inputs."""
+    memory_format = torch.preserve_format
     if cfg.channels_last:
-        run.memory_format = torch.channels_last
+        memory_format = torch.channels_last
         m.unet.to(memory_format=torch.channels_last)
-        if not run.dataset.latents_cached:  # the VAE encodes every step only without a latent cache
+        if not dataset.latents_cached:  # the VAE encodes every step only without a latent cache
             m.vae.to(memory_format=torch.channels_last)
         # the adapters' own conv weights stay contiguous: they are small, and the saved and resumed
         # tensors must be contiguous; the convolutions take mixed formats
     if cfg.gradient_checkpointing and net.train_unet:
         recompute_merged_weights(m.unet, net.unet_modules.values())
     if not cfg.torch_compile:
-        return
+        return memory_format
     import torch._dynamo as dynamo
 
     # graphs of an earlier run in this process (tests, the bench, a notebook) guard on other module
@@ -89,7 +98,7 @@ def apply_speed_options(run: Any) -> None:
     # kernels and rule out CUDA graphs ("reduce-overhead"). Buckets and the sampler bring a
     # bounded set of shapes, so the recompile limit (8 by default, then dynamo falls back to
     # eager for good) is raised to cover all of them.
-    shapes = 2 * training_shapes(run.dataset, cfg.train_batch_size) + EXTRA_SHAPES
+    shapes = 2 * training_shapes(dataset, cfg.train_batch_size) + EXTRA_SHAPES
     regional = cfg.torch_compile_scope == "regional"
     kw: dict[str, Any] = {"backend": cfg.dynamo_backend, "dynamic": False}
     if cfg.torch_compile_mode not in (None, "default"):
@@ -108,13 +117,14 @@ def apply_speed_options(run: Any) -> None:
     config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, 4 * per_code)
     if cfg.dynamo_backend == "inductor":
         compiling.enable_graph_cache()
-    stop = compiling.announce_compiles(lambda: run.bus.emit("compiling"))
-    run.bus.subscribe(lambda ev: stop() if ev.kind == "end" else None)
+    stop = compiling.announce_compiles(lambda: bus.emit("compiling"))
+    bus.subscribe(lambda ev: stop() if ev.kind == "end" else None)
     for module, names in targets:
         if regional:
             compiling.compile_regions(module, names, **kw)
         else:
             module.compile(**kw)
+    return memory_format
 
 
 def recompute_merged_weights(unet: Any, adapters: Any) -> int:

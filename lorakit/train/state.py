@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..checkpoints import STATE_GLOB
 from ..config.fields import RESUME_LR, RESUME_NOTED, RESUME_SAFE
 from ..config.schema import DIM_KEYS, TrainConfig, fields_with
 from ..errors import ConfigError, UserError
@@ -56,12 +57,12 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
 
 
-def save_state(run: "Run", name: str) -> Path:
+def save_state(run: "Run", name: str, progress: Progress) -> Path:
+    """The state after `progress` (the last finished step) in the folder `name` of the output folder."""
     final = run.output_dir / name
     if not run.accelerator.is_main_process:
         return final
     tmp = run.output_dir / f".{name}.tmp"
-    progress = getattr(run, "progress", Progress())
     with eval_mode(run.optimizer):  # adapter and optimizer state saved in the same mode (schedule-free)
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in run.network.state_dict().items()}
         blob = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
@@ -97,11 +98,9 @@ def save_state(run: "Run", name: str) -> Path:
 
 
 def _run_fingerprint(run: "Run") -> dict:
-    cached = getattr(run, "_dataset_fingerprint", None)
-    if cached is None:  # once per run: the dataset does not change while it trains
-        cached = dataset_fingerprint(getattr(run, "given_cfg", None) or run.cfg)
-        run._dataset_fingerprint = cached  # type: ignore[attr-defined]
-    return cached
+    if run.caches.dataset_fingerprint is None:  # once per run: the dataset does not change while it trains
+        run.caches.dataset_fingerprint = dataset_fingerprint(run.given_cfg)
+    return run.caches.dataset_fingerprint
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -116,8 +115,7 @@ def _tensor_bytes(obj: Any) -> int:
 
 def state_meta(run: "Run", progress: Progress) -> dict[str, Any]:
     np_state = np.random.get_state()
-    given = getattr(run, "given_cfg", None) or run.cfg
-    return {"progress": asdict(progress), "seed": run.seed, "config": _config_dict(given),
+    return {"progress": asdict(progress), "seed": run.seed, "config": _config_dict(run.given_cfg),
             "network_dims": run.cfg.model_dump(include=set(DIM_KEYS)),  # the ranks built, beside the given cfg
             "dataset": _run_fingerprint(run),
             "random_state": _py_state(), "numpy_state": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
@@ -136,7 +134,7 @@ def find_state(output_dir: str | Path, resume: str) -> Path:
             raise ConfigError("not a lorakit state folder (no state.json)", file=str(p), key="resume",
                               fix="give a folder named <output_name>-...-state written with save_state = true")
         return p
-    states = [p for p in Path(output_dir).glob("*-state") if (p / "state.json").is_file()]
+    states = [p for p in Path(output_dir).glob(STATE_GLOB) if (p / "state.json").is_file()]
     if not states:
         raise ConfigError("no saved state to resume from", file=str(output_dir), key="resume",
                           fix="train with save_state = true (and save_every_n_steps / _epochs), then --resume")
@@ -263,8 +261,7 @@ def load_state(run: "Run", state_dir: Path) -> Progress:
     ns = meta["numpy_state"]
     np.random.set_state((ns[0], np.array(ns[1], dtype=np.uint32), *ns[2:]))
     train_mode(run.optimizer)  # the state was saved in eval mode (schedule-free optimizers)
-    run.progress = Progress(**meta["progress"])
-    return run.progress
+    return Progress(**meta["progress"])
 
 
 def _rescale_lrs(run: "Run", wanted: list[float]) -> None:

@@ -1,4 +1,5 @@
-"""Text-encoder outputs cached by caption string while the text encoder is frozen.
+"""Text-encoder outputs (:class:`PromptEmbeds` rows: states and any pooled vector) cached by caption
+string while the text encoder is frozen.
 
 With the TE frozen (text_encoder_lr = 0 or network_train_unet_only) a caption's states
 depend on its string only, so each distinct string is encoded once and its row reused
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable
 
-import torch
+from ..models.family import PromptEmbeds
 
 # ~1000 SD1 rows in float32 (77 x 768 x 4 bytes = 231 KiB each); ~2000 in fp16/bf16
 DEFAULT_MAX_MB = 256.0
@@ -25,23 +26,23 @@ DEFAULT_MAX_MB = 256.0
 class TextCache:
     def __init__(self, max_mb: float = DEFAULT_MAX_MB):
         self.max_bytes = int(max_mb * 2**20)
-        self.rows: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.rows: OrderedDict[str, PromptEmbeds] = OrderedDict()
         self.bytes = 0
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def encode(self, captions: list[str], encode_fn: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
-        """States (B, L, D) of `captions`; `encode_fn(strings)` encodes the ones not cached."""
+    def encode(self, captions: list[str], encode_fn: Callable[[list[str]], PromptEmbeds]) -> PromptEmbeds:
+        """The embeddings of `captions`; `encode_fn(strings)` encodes the ones not cached."""
         missing = [c for c in dict.fromkeys(captions) if c not in self.rows]
-        fresh: dict[str, torch.Tensor] = {}
+        fresh: dict[str, PromptEmbeds] = {}
         if missing:
-            states = encode_fn(missing).detach()
-            fresh = {c: states[i].clone() for i, c in enumerate(missing)}  # own storage, not a view of the batch
+            embeds = encode_fn(missing).detach()
+            fresh = {c: embeds.row(i) for i, c in enumerate(missing)}
         n_hit = sum(c in self.rows for c in captions)
         self.hits, self.misses = self.hits + n_hit, self.misses + len(captions) - n_hit
-        out = torch.stack([fresh[c] if c in fresh else self.rows[c] for c in captions])
+        out = PromptEmbeds.stack([fresh[c] if c in fresh else self.rows[c] for c in captions])
         for c in captions:
             if c in self.rows:
                 self.rows.move_to_end(c)
@@ -49,13 +50,13 @@ class TextCache:
             self._put(c, row)
         return out
 
-    def _put(self, caption: str, row: torch.Tensor) -> None:
-        size = row.numel() * row.element_size()
+    def _put(self, caption: str, row: PromptEmbeds) -> None:
+        size = row.nbytes()
         if size > self.max_bytes:
             return
         while self.rows and self.bytes + size > self.max_bytes:
             _, old = self.rows.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
+            self.bytes -= old.nbytes()
         self.rows[caption] = row
         self.bytes += size
 

@@ -23,17 +23,17 @@ import hashlib
 import math
 import random
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ..data.dataset import Batch, TrainDataset, validation_seed_for
-from ..data.folders import DatasetIndex
-from ..data.latent_cache import file_sha256
-from .loss import target, weighted_loss
+from ..data.dataset import Batch
 from .noise import NoiseSettings, draw_noise
+from .objective import sample_losses
+from .validation_set import (ValidationResult, ValidationSet, ValidationState, build_validation_set,  # noqa: F401
+                             validation_dataset)
 
 if TYPE_CHECKING:
     from ..config.schema import TrainConfig
@@ -75,56 +75,6 @@ def validation_noise_seed(seed: int, image_hash: str, timestep: int) -> int:
     return int.from_bytes(d[:8], "little") & ((1 << 63) - 1)
 
 
-@dataclass
-class ValidationSet:
-    dataset: TrainDataset  # the validation images, repeats 1, no augmentation, latents cached
-    hashes: list[str]      # sha256 of each item's file (its noise seeds)
-    seed: int              # validation_seed (or the run's seed)
-    batch_size: int
-
-    def __len__(self) -> int:
-        return len(self.dataset.items)
-
-    def batches(self) -> Iterator[Batch]:
-        """Fixed batches (bucket by bucket, canonical order); the same every call."""
-        for ids in self.dataset.fixed_batches(self.batch_size):
-            yield self.dataset.make_batch(ids, 1, self.seed)
-
-
-FIXED_SUBSET_SETTINGS = ("caption_prefix", "caption_suffix")  # per-subset settings that hold no randomness
-
-
-def validation_dataset(cfg: "TrainConfig", index: DatasetIndex) -> TrainDataset | None:
-    """A TrainDataset of index.validation_items (each once), with the training buckets, resolution and
-    alpha_mask but no augmentation and no caption randomness (a subset's own caption_prefix/suffix are
-    kept: they are not random); None when there are no such images."""
-    items = [replace(it, repeats=1, settings={k: v for k, v in it.settings.items() if k in FIXED_SUBSET_SETTINGS})
-             for it in index.validation_items]
-    if not items:
-        return None
-    vcfg = cfg.model_copy(update={
-        "validation_split": 0.0, "validation_data_dir": None, "flip_aug": False, "color_aug": False,
-        "random_crop": False, "shuffle_caption": False, "caption_dropout_rate": 0.0,
-        "caption_dropout_every_n_epochs": 0, "caption_tag_dropout_rate": 0.0})
-    vindex = DatasetIndex(items=items, folders=[], num_train_images=len(items), num_reg_images=0)
-    return TrainDataset.from_config(vcfg, vindex)
-
-
-def build_validation_set(cfg: "TrainConfig", index: DatasetIndex, vae: Any, device: str | torch.device = "cpu",
-                         seed: int | None = None, dtype: torch.dtype = torch.float32) -> ValidationSet | None:
-    """The validation images of `index` (after TrainDataset.from_config / apply_validation), latents
-    encoded once now (from the disk cache with cache_latents_to_disk). None without validation images.
-    seed: the run's seed (validation_seed's default). Touches no global RNG."""
-    ds = validation_dataset(cfg, index)
-    if ds is None:
-        return None
-    vseed = validation_seed_for(cfg, seed)
-    ds.cache_latents(vae.to(device), batch_size=cfg.vae_batch_size, device=device, dtype=dtype,
-                     seed=vseed)
-    return ValidationSet(ds, [file_sha256(it.path) for it in ds.items], vseed,
-                         cfg.train_batch_size)
-
-
 # ---- state kept across a validation pass ------------------------------------------------
 
 class _Preserved:
@@ -155,41 +105,32 @@ def _optimizer_eval(run: "Run"):
     mode after; nesting is safe); a no-op for the others."""
     from ..optim.optimizers import eval_mode
 
-    opt = getattr(run, "optimizer", None)
-    return eval_mode(opt) if opt is not None else nullcontext()
-
-
-@dataclass
-class ValidationResult:
-    loss: float    # mean over the images used x timesteps; NaN without validation images
-    batches: int   # validation batches used (max_validation_steps caps them)
-    images: int    # images in those batches
+    return eval_mode(run.optimizer) if run.optimizer is not None else nullcontext()
 
 
 def validation_loss(run: "Run") -> float:
     """Mean loss over the validation images x fixed timesteps (see the module doc); NaN when there
     are no validation images. The set is built (latents cached) on the first call, kept in
-    run.validation. Model modes and every RNG are restored, so training does not change."""
+    run.validation.set. Model modes and every RNG are restored, so training does not change."""
     return evaluate(run).loss
 
 
 def evaluate(run: "Run") -> ValidationResult:
     """validation_loss with what it used: the first max_validation_steps batches of the fixed batch
     order (all when unset), as sd-scripts' `val_step >= validation_steps: break`."""
-    vs = getattr(run, "validation", None)
+    vs = run.validation.set
     if vs is None:
-        vs = build_validation_set(run.cfg, run.index, run.model.vae, run.device, run.seed)
-        run.validation = vs
+        vs = run.validation.set = build_validation_set(run.cfg, run.index, run.model.vae, run.device, run.seed)
     if vs is None or len(vs) == 0:
         return ValidationResult(math.nan, 0, 0)
     limit = run.cfg.max_validation_steps
     cfg, m = run.cfg, run.model
-    settings = getattr(run, "noise_settings", None) or NoiseSettings.from_config(cfg)
+    settings = run.noise_settings
     timesteps = validation_timesteps(m.noise_scheduler.config.num_train_timesteps, settings.min_timestep,
                                      settings.max_timestep)
     total, count, batches, images = 0.0, 0, 0, 0
-    with _Preserved([m.unet, m.text_encoder, getattr(run, "network", None)]):
-        for module in (m.unet, m.text_encoder, getattr(run, "network", None)):
+    with _Preserved([m.unet, *m.text_encoders, run.network]):
+        for module in (m.unet, *m.text_encoders, run.network):
             if isinstance(module, torch.nn.Module):
                 module.eval()
         with _optimizer_eval(run), torch.no_grad():
@@ -204,27 +145,20 @@ def evaluate(run: "Run") -> ValidationResult:
 
 def _batch_loss_sum(run: "Run", vs: ValidationSet, batch: Batch, timesteps: list[int],
                     settings: NoiseSettings) -> float:
-    """Sum over the batch's images x `timesteps` of the per-sample training loss (weighted_loss)."""
-    from ..models.text import encode_captions
-
+    """Sum over the batch's images x `timesteps` of the per-sample training loss (objective.sample_losses)."""
     cfg, m = run.cfg, run.model
-    sched = m.noise_scheduler
-    num_t = sched.config.num_train_timesteps
+    num_t = m.noise_scheduler.config.num_train_timesteps
     latents = batch.latents.to(run.device).float() * m.vae.config.scaling_factor
     hashes = [vs.hashes[i] for i in batch.item_indices]
     with run.accelerator.autocast():  # the captions are encoded once for every timestep
-        context = encode_captions(m.tokenizer, m.text_encoder, batch.captions, cfg.max_token_length,
-                                  cfg.clip_skip, cfg.weighted_captions, run.device).to(run.weight_dtype)
+        embeds = m.encode_prompts(batch.captions, max_token_length=cfg.max_token_length, clip_skip=cfg.clip_skip,
+                                  weighted=cfg.weighted_captions, device=run.device).to(run.weight_dtype)
+    added = m.added_conditioning(batch, run.device)
     total = 0.0
     for t in timesteps:
         seeds = [validation_noise_seed(vs.seed, h, t) for h in hashes]
         d = draw_noise(latents, seeds, replace(settings, min_timestep=t, max_timestep=t), num_t)
-        noisy = sched.add_noise(latents, d.input_noise, d.timesteps)
-        with run.accelerator.autocast():
-            pred = m.unet(noisy.to(run.weight_dtype, memory_format=run.memory_format), d.timesteps, context).sample
-        tgt = target(sched, latents, d.noise, d.timesteps, m.v_parameterization)
-        losses = weighted_loss(cfg, sched, pred, tgt, d.timesteps, m.v_parameterization,
-                               sample_weights=batch.loss_weights.to(run.device), mask=batch.masks)
+        losses = sample_losses(run, latents, d, embeds, added, batch.loss_weights.to(run.device), batch.masks)
         total += float(losses.double().sum().item())
     return total
 
@@ -241,15 +175,15 @@ def maybe_validate(run: "Run", step: int, epoch: int, trigger: str = "epoch") ->
     due = should_validate_step(run.cfg, step) if trigger == "step" else should_validate(run.cfg, epoch)
     if not due:
         return None
-    last = getattr(run, "validation_last", None)
+    last = run.validation.last
     if last is not None and last[0] == step:
         res = last[1]
     else:
         res = evaluate(run)
-        run.validation_last = (step, res)
-    if getattr(run, "validation", None) is None or math.isnan(res.loss):
+        run.validation.last = (step, res)
+    if run.validation.set is None or math.isnan(res.loss):
         return None
-    settings = getattr(run, "noise_settings", None) or NoiseSettings.from_config(run.cfg)
+    settings = run.noise_settings
     ts = validation_timesteps(run.model.noise_scheduler.config.num_train_timesteps, settings.min_timestep,
                               settings.max_timestep)
     run.bus.emit("validation", step, epoch, loss=res.loss, images=res.images, batches=res.batches, timesteps=ts,

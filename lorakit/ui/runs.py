@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checkpoints import ADAPTER_SUFFIX, SAMPLE_RE, STATE_GLOB
 from ..config.schema import TrainConfig
 from ..errors import UserError
 from ..io import atomic_write_bytes
@@ -26,7 +26,6 @@ from .writers import to_toml
 
 CONFIG_NAME = "lorakit-ui-config.toml"
 LOG_NAME = "lorakit-ui.log"
-SAMPLE_RE = re.compile(r"^(?P<name>.+)_(?P<at>e\d{6}|\d{6})_(?P<index>\d{2})_(?P<time>\d{14})(?:_(?P<seed>\d+))?\.png$")
 
 
 class Conflict(UserError):
@@ -84,7 +83,7 @@ def orphan_outcome(run: Run) -> int:
     """The exit code a run started by an earlier `lorakit ui` most likely had, read from what it wrote:
     0 with the final adapter, 130 with a state saved after it started, else 1."""
     out = Path(run.output_dir)
-    newer = [p for p in (out / f"{run.output_name}.safetensors", *out.glob("*-state"))
+    newer = [p for p in (out / (run.output_name + ADAPTER_SUFFIX), *out.glob(STATE_GLOB))
              if p.exists() and p.stat().st_mtime >= run.started]
     if any(p.suffix == ".safetensors" for p in newer):
         return 0
@@ -153,7 +152,7 @@ class RunManager:
         if run.status not in ("stopped", "failed"):
             raise Conflict(f"the run is {run.status}; only a stopped or failed run resumes", file=run.output_dir,
                            fix="start a new run (a finished run's folder: tick 'replace existing files')")
-        if not any((p / "state.json").is_file() for p in Path(run.output_dir).glob("*-state")):
+        if not any((p / "state.json").is_file() for p in Path(run.output_dir).glob(STATE_GLOB)):
             raise Conflict("no saved state to resume from", file=run.output_dir,
                            fix="stop a run (it saves its state) or train with save_state = true")
         run.resumes += 1

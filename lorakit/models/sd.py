@@ -1,0 +1,42 @@
+"""SD1.x / SD2.x as a :class:`~lorakit.models.family.ModelFamily`: one CLIP text encoder whose
+(chunked, clip-skipped) states are the UNet's only conditioning."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .family import ModelFamily, PromptEmbeds
+
+
+@dataclass
+class SDModel(ModelFamily):
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any
+    v2: bool
+    v_parameterization: bool
+    source: str      # "diffusers" or "single_file"
+    name: str        # file or folder name, for metadata (ss_sd_model_name)
+
+    @property
+    def family(self) -> str:  # type: ignore[override]
+        return "sd2" if self.v2 else "sd1"
+
+    @property
+    def text_encoders(self) -> tuple[torch.nn.Module, ...]:
+        return (self.text_encoder,)
+
+    def encode_prompts(self, captions: list[str], *, max_token_length: int | None, clip_skip: int,
+                       weighted: bool, device: torch.device | None) -> PromptEmbeds:
+        from .text import encode_captions
+
+        return PromptEmbeds(encode_captions(self.tokenizer, self.text_encoder, captions, max_token_length,
+                                            clip_skip, weighted, device))
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds,
+                added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.unet(noisy, timesteps, embeds.context).sample
