@@ -91,3 +91,18 @@ class ModelFamily:
                 added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The UNet's prediction (noise or v) for ``noisy`` latents."""
         raise NotImplementedError
+
+    # ---- sampling ----------------------------------------------------------------------------------
+    def make_pipeline(self, scheduler: Any) -> Any:
+        """The family's diffusers pipeline on the live modules (no copies), progress bar off."""
+        raise NotImplementedError
+
+    def pipeline_inputs(self, cond: PromptEmbeds, uncond: PromptEmbeds, width: int, height: int) -> dict[str, Any]:
+        """The pipeline's keyword arguments for one prompt's precomputed embeddings and image size."""
+        return {"prompt_embeds": cond.context, "negative_prompt_embeds": uncond.context, "width": width,
+                "height": height}
+
+    # ---- facts written into adapter files (ss_base_model_version, ss_v2, modelspec.architecture) ---
+    base_model_version: str
+    v2: bool
+    modelspec_architecture: str

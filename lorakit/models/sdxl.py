@@ -107,8 +107,7 @@ class SDXLModel(ModelFamily):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    @staticmethod
-    def pipeline_inputs(cond: PromptEmbeds, uncond: PromptEmbeds, width: int, height: int) -> dict[str, Any]:
+    def pipeline_inputs(self, cond: PromptEmbeds, uncond: PromptEmbeds, width: int, height: int) -> dict[str, Any]:
         """Pipeline keyword arguments of one sample: the embeddings and sd-scripts' sampling size
         conditioning (original = target = the image size, crop (0, 0))."""
         return {"prompt_embeds": cond.context, "pooled_prompt_embeds": cond.pooled,
@@ -116,9 +115,10 @@ class SDXLModel(ModelFamily):
                 "width": width, "height": height, "original_size": (height, width), "target_size": (height, width),
                 "crops_coords_top_left": (0, 0)}
 
-    # ---- facts written into adapter files --------------------------------------------------------
-    base_model_version = "sdxl_base_v1-0"                     # ss_base_model_version (sd-scripts)
-    modelspec_architecture = "stable-diffusion-xl-v1-base"    # modelspec.architecture, + "/lora" etc.
+    # ---- facts written into adapter files (as sd-scripts' sdxl_train_network.py writes them) -------
+    base_model_version = "sdxl_base_v1-0"
+    v2 = False
+    modelspec_architecture = "stable-diffusion-xl-v1-base"
 
 
 def time_ids(original_sizes, crop_top_lefts, target: tuple[int, int], n: int) -> torch.Tensor:
