@@ -124,3 +124,10 @@ def test_crash_and_resume_is_bit_identical(xl_dir, data, tmp_path):
     assert got_losses == want
     a, b = load_file(res.output_file), load_file(straight.output_file)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_checkpointing_on_unet_and_both_encoders_gives_the_same_losses(xl_dir, data, tmp_path):
+    _, plain = run(xl_dir, data, tmp_path / "a", max_train_steps=3, optimizer_type="SGD", learning_rate=0.1)
+    _, ckpt = run(xl_dir, data, tmp_path / "b", max_train_steps=3, optimizer_type="SGD", learning_rate=0.1,
+                  gradient_checkpointing=True)
+    assert ckpt == pytest.approx(plain, rel=1e-5, abs=1e-6)
