@@ -169,7 +169,8 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
         noise_warnings = noise_warnings + [f"removed {len(dataset.removed_temporaries)} temporary latent-cache file(s) "
                                            "that a killed run left beside the images"]
     warnings = (weights_warnings + noise_warnings + family_warnings + check_train_settings(cfg)
-                + validate_speed_config(cfg) + optimizer_warnings(cfg, groups) + scheduler_warnings(cfg, plan.total_steps))
+                + validate_speed_config(cfg) + optimizer_warnings(cfg, groups)
+                + scheduler_warnings(cfg, plan.total_steps))
     prepared = accelerator.prepare(optimizer)
     if cfg.full_fp16:
         allow_fp16_gradients(accelerator)
