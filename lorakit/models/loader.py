@@ -4,7 +4,7 @@ The family is detected from the weights; SDXL is loaded by ``sdxl_loader`` (an S
 
 Everything is local (``local_files_only=True``; nothing from the hub), fp32, with PyTorch
 SDPA attention in the UNet and VAE. Single files carry no configs: the matching shipped
-config folder (``configs/sd15``, ``sd2-512``, ``sd2-768-v``) is used unless ``config_dir``
+config folder (``configs/sd15``, ``sd2-512``, ``sd2-768-v``, ``sdxl``) is used unless ``config_dir``
 is given (tests pass the tiny models' config folder).
 """
 from __future__ import annotations
@@ -25,8 +25,9 @@ from .sdxl_loader import check_family, is_sdxl_folder, load_sdxl_folder, load_sd
 from .single_file import (SINGLE_FILE_SUFFIXES, build_text_encoder, build_unet, build_vae, classify,
                           context_dim, read_state_dict, vae_state_dict_from_file)
 
-EXPECTED = "a Stable Diffusion 1.x/2.x diffusers folder (model_index.json, unet/, vae/, text_encoder/, " \
-           "tokenizer/) or a single .safetensors/.ckpt checkpoint in the original layout"
+EXPECTED = "a Stable Diffusion 1.x/2.x or SDXL diffusers folder (model_index.json, unet/, vae/, text_encoder/, " \
+           "tokenizer/; SDXL also text_encoder_2/, tokenizer_2/) or a single .safetensors/.ckpt checkpoint in the " \
+           "original layout"
 
 
 def use_sdpa(*models) -> None:
@@ -119,8 +120,10 @@ def _load_single_file(p: Path, v2, v_param, config_dir: Path | None, sdxl: bool 
     if kind == "sdxl":
         return load_sdxl_state_dict(sd, p, v_param, config_dir)
     if kind == "class-conditioned":
-        raise ModelError("this UNet is class-conditioned (label_emb: SDXL or SD2 unCLIP); only SD1.x/SD2.x "
-                         "text-to-image checkpoints are supported", file=str(p), fix="use an SD1.x or SD2.x base model")
+        raise ModelError("this UNet is class-conditioned (label_emb) without SDXL's text encoders (SD2 unCLIP, or "
+                         "an SDXL file without its conditioner.embedders.* keys); only SD1.x/2.x and SDXL "
+                         "text-to-image checkpoints are supported", file=str(p),
+                         fix="use an SD1.x/2.x or a complete SDXL base model")
     if kind == "unknown":
         raise ModelError("no Stable Diffusion weights found (expected model.diffusion_model.*, "
                          "first_stage_model.* and cond_stage_model.* keys)", file=str(p), fix="use " + EXPECTED)
