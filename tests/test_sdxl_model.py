@@ -350,6 +350,17 @@ def test_predict_passes_pooled_and_time_ids(xl):
     assert (out - other).abs().max().item() > 1e-4
     with pytest.raises(ValueError, match="pooled text vector"):
         xl.predict(x, t, PromptEmbeds(e.context), added)
+    seen = []
+    handle = xl.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["added_cond_kwargs"]), with_kwargs=True)
+    try:   # bf16 text: the sizes still reach the UNet exactly (1213 is not a bf16 number)
+        with torch.no_grad():
+            xl.predict(x, t, e.to(torch.bfloat16), {"time_ids": torch.tensor([[1213.0, 877, 3, 0, 64, 64]] * 2)})
+    except RuntimeError:
+        pass   # a float32 UNet refuses bf16 inputs; only what it was given matters here
+    finally:
+        handle.remove()
+    assert seen[0]["time_ids"].dtype == torch.float32 and seen[0]["time_ids"][0, 0].item() == 1213.0
+    assert seen[0]["text_embeds"].dtype == torch.bfloat16
 
 
 def test_replacement_vae_keeps_sdxl_scaling(xl_files, tmp_path):

@@ -131,3 +131,9 @@ def test_gradient_checkpointing_on_unet_and_both_encoders_gives_the_same_losses(
     _, ckpt = run(xl_dir, data, tmp_path / "b", max_train_steps=3, optimizer_type="SGD", learning_rate=0.1,
                   gradient_checkpointing=True)
     assert ckpt == pytest.approx(plain, rel=1e-5, abs=1e-6)
+
+
+def test_bf16_mixed_precision_trains(xl_dir, data, tmp_path):
+    res, losses = run(xl_dir, data, tmp_path, mixed_precision="bf16", enable_bucket=True, min_bucket_reso=64,
+                      max_bucket_reso=128)
+    assert res.model.unet.dtype == torch.bfloat16 and all(torch.isfinite(torch.tensor(losses)))

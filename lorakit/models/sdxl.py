@@ -90,7 +90,9 @@ class SDXLModel(ModelFamily):
         if added is None or embeds.pooled is None:
             raise ValueError("SDXL needs the pooled text vector and the time ids (added_conditioning)")
         ctx = embeds.context
-        cond = {"text_embeds": embeds.pooled.to(ctx.dtype), "time_ids": added["time_ids"].to(ctx.dtype)}
+        # time ids stay float32: the UNet embeds them in float32 (as sd-scripts' get_size_embeddings),
+        # and bf16 cannot hold a size such as 1213
+        cond = {"text_embeds": embeds.pooled.to(ctx.dtype), "time_ids": added["time_ids"].float()}
         return self.unet(noisy, timesteps, ctx, added_cond_kwargs=cond, return_dict=False)[0]
 
 
