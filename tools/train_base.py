@@ -299,15 +299,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=BASE_DIR)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--vae-steps", type=int, default=200)
+    ap.add_argument("--vae-steps", type=int, default=1500)
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--vae-lr", type=float, default=2e-3)
     ap.add_argument("--kl", type=float, default=1e-6)
-    ap.add_argument("--fg-weight", type=float, default=0.0,
+    ap.add_argument("--fg-weight", type=float, default=3.0,
                     help="extra weight of the shape's pixels in the VAE and decoder losses (0: plain MSE)")
     ap.add_argument("--vae-from", type=Path, default=None, help="reuse a trained VAE folder (skips stage 1)")
     ap.add_argument("--images", type=int, default=4096)
-    ap.add_argument("--unet-steps", type=int, default=2000)
+    ap.add_argument("--unet-steps", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--ema", type=float, default=0.995)
@@ -351,7 +351,7 @@ def main(argv=None) -> int:
     log(f"latents {tuple(latents.shape)} scaling_factor {vae.config.scaling_factor} held-in recon mse {vae_mse:.5f}")
     text_encoder = comps["text_encoder"].eval().requires_grad_(False)
     states = caption_states(text_encoder, comps["tokenizer"])
-    info = {"seed": args.seed, "vae_steps": 0 if args.vae_from else args.vae_steps, "vae_batch": args.vae_batch,
+    info = {"seed": args.seed, "vae_steps": args.vae_steps, "vae_reused_from_stage_1": bool(args.vae_from), "vae_batch": args.vae_batch,
             "vae_lr": args.vae_lr, "kl_weight": args.kl, "fg_weight": args.fg_weight, "vae_recon_mse": round(vae_mse, 5),
             "scaling_factor": vae.config.scaling_factor, "images": args.images, "unet_steps": args.unet_steps,
             "batch": args.batch, "lr": args.lr, "ema": args.ema, "uncond": args.uncond,

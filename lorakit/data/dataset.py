@@ -103,6 +103,7 @@ class TrainDataset:
         self._latents_flipped: list[torch.Tensor] | None = None
         self._masks: list[torch.Tensor] | None = None  # (1, h, w) per item, unflipped (alpha_mask)
         self.cache_stats = {"encoded": 0, "from_disk": 0}
+        self.removed_temporaries: list[str] = []
 
     @classmethod
     def from_config(cls, cfg: "TrainConfig", index: DatasetIndex | None = None,
