@@ -16,7 +16,12 @@ TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found next to the interpreter")
-def test_two_processes_equal_doubled_batch(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("family,port", [("sd1", 29533), ("sdxl", 29534)])
+def test_two_processes_equal_doubled_batch(tiny_model_dir, tmp_path, family, port):
+    if family == "sdxl":
+        from lorakit.models.tiny_sdxl import save_tiny_sdxl_pipeline
+
+        tiny_model_dir = save_tiny_sdxl_pipeline(tmp_path / "xl", seed=1)
     data = make_synthetic_dataset(tmp_path / "data", n_images=4, repeats=1)
     conf = tmp_path / "c.toml"
     conf.write_text('resolution = 64\nnetwork_dim = 2\nseed = 9\nmax_train_steps = 3\nlearning_rate = 0.5\noptimizer_type = "SGD"\n'
@@ -26,7 +31,7 @@ def test_two_processes_equal_doubled_batch(tiny_model_dir, tmp_path):
     one = subprocess.run([sys.executable, "-m", "lorakit.cli", *base, "--output", str(tmp_path / "one"),
                           "--set", "train_batch_size=2"], env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_port", "29533", "-m", "lorakit.cli", *base,
+    two = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_port", str(port), "-m", "lorakit.cli", *base,
                           "--output", str(tmp_path / "two"), "--set", "train_batch_size=1"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]

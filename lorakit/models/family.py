@@ -75,6 +75,14 @@ class ModelFamily:
         """Caption strings -> text conditioning, with kohya's tokenization, chunking and clip skip."""
         raise NotImplementedError
 
+    def check_config(self, cfg: Any) -> list[str]:
+        """Warnings about settings this family ignores; a ConfigError for settings it cannot take."""
+        return []
+
+    def unet_module_name(self, path: str) -> str:
+        """The UNet module ``path`` (diffusers) as adapter files name it (before '.' -> '_')."""
+        return path
+
     def added_conditioning(self, batch: Any, device: torch.device) -> dict[str, torch.Tensor] | None:
         """Extra per-sample UNet inputs besides the text (SDXL's time ids); None where there are none."""
         return None
@@ -83,3 +91,18 @@ class ModelFamily:
                 added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The UNet's prediction (noise or v) for ``noisy`` latents."""
         raise NotImplementedError
+
+    # ---- sampling ----------------------------------------------------------------------------------
+    def make_pipeline(self, scheduler: Any) -> Any:
+        """The family's diffusers pipeline on the live modules (no copies), progress bar off."""
+        raise NotImplementedError
+
+    def pipeline_inputs(self, cond: PromptEmbeds, uncond: PromptEmbeds, width: int, height: int) -> dict[str, Any]:
+        """The pipeline's keyword arguments for one prompt's precomputed embeddings and image size."""
+        return {"prompt_embeds": cond.context, "negative_prompt_embeds": uncond.context, "width": width,
+                "height": height}
+
+    # ---- facts written into adapter files (ss_base_model_version, ss_v2, modelspec.architecture) ---
+    base_model_version: str
+    v2: bool
+    modelspec_architecture: str

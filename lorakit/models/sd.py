@@ -37,6 +37,26 @@ class SDModel(ModelFamily):
         return PromptEmbeds(encode_captions(self.tokenizer, self.text_encoder, captions, max_token_length,
                                             clip_skip, weighted, device))
 
+    @property
+    def base_model_version(self) -> str:  # type: ignore[override]
+        if not self.v2:
+            return "sd_v1"
+        return "sd_v2_v" if self.v_parameterization else "sd_v2"
+
+    @property
+    def modelspec_architecture(self) -> str:  # type: ignore[override]
+        return {"sd_v1": "stable-diffusion-v1", "sd_v2": "stable-diffusion-v2-512",
+                "sd_v2_v": "stable-diffusion-v2-768-v"}[self.base_model_version]
+
+    def make_pipeline(self, scheduler: Any) -> Any:
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                       unet=self.unet, scheduler=scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds,
                 added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         return self.unet(noisy, timesteps, embeds.context).sample

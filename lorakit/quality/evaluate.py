@@ -31,21 +31,20 @@ def base_targets() -> list[Target]:
 
 def sample_images(model, prompts: list[str], seeds: list[int], *, steps: int = STEPS, scale: float = SCALE,
                   sampler: str = SAMPLER, batch: int = 16) -> list:
-    from ..sample.generate import embed, make_pipeline, pipeline_embeds, preserved_training_state
+    from ..sample.generate import embed, make_pipeline, preserved_training_state
 
     dtype = next(model.unet.parameters()).dtype
     device = next(model.unet.parameters()).device
     pipe = make_pipeline(model, sampler)
     images = []
-    with preserved_training_state(model.unet, model.text_encoder):
+    with preserved_training_state(model.unet, *model.text_encoders):
         for i in range(0, len(prompts), batch):
             ps, ss = prompts[i:i + batch], seeds[i:i + batch]
             cond = embed(model, ps, 75, 1, dtype)
             uncond = embed(model, [""] * len(ps), 75, 1, dtype)
             gens = [torch.Generator(device=device).manual_seed(s) for s in ss]
-            images += pipe(**pipeline_embeds(cond, uncond), width=shapes.SIZE,
-                           height=shapes.SIZE, num_inference_steps=steps, guidance_scale=scale, generator=gens,
-                           output_type="pil").images
+            images += pipe(**model.pipeline_inputs(cond, uncond, shapes.SIZE, shapes.SIZE), num_inference_steps=steps,
+                           guidance_scale=scale, generator=gens, output_type="pil").images
     return images
 
 

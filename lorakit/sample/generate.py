@@ -38,14 +38,9 @@ def preserved_training_state(*modules: torch.nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
-def make_pipeline(model, sampler: str):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
-                                   unet=model.unet, scheduler=make_scheduler(sampler, model.noise_scheduler.config),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def make_pipeline(model: ModelFamily, sampler: str):
+    """The family's pipeline with kohya's `sampler` built from the model's scheduler config."""
+    return model.make_pipeline(make_scheduler(sampler, model.noise_scheduler.config))
 
 
 def embed(model: ModelFamily, texts: list[str], max_token_length: int, clip_skip: int,
@@ -53,14 +48,6 @@ def embed(model: ModelFamily, texts: list[str], max_token_length: int, clip_skip
     device = next(model.text_encoders[0].parameters()).device
     return model.encode_prompts(texts, max_token_length=max_token_length, clip_skip=clip_skip, weighted=False,
                                 device=device).to(dtype)
-
-
-def pipeline_embeds(cond: PromptEmbeds, uncond: PromptEmbeds) -> dict[str, torch.Tensor]:
-    """The diffusers pipeline's keyword arguments for precomputed prompt embeddings."""
-    out = {"prompt_embeds": cond.context, "negative_prompt_embeds": uncond.context}
-    if cond.pooled is not None and uncond.pooled is not None:
-        out.update(pooled_prompt_embeds=cond.pooled, negative_pooled_prompt_embeds=uncond.pooled)
-    return out
 
 
 def generate(model, sp: SamplePrompt, *, sampler: str = "euler_a", max_token_length: int = 75,
@@ -74,7 +61,7 @@ def generate(model, sp: SamplePrompt, *, sampler: str = "euler_a", max_token_len
         cond = embed(model, [sp.prompt], max_token_length, clip_skip, dtype)
         uncond = embed(model, [sp.negative], max_token_length, clip_skip, dtype)
         g = torch.Generator(device=device).manual_seed(sp.seed if sp.seed is not None else seed)
-        return pipe(**pipeline_embeds(cond, uncond), width=sp.width, height=sp.height,
+        return pipe(**model.pipeline_inputs(cond, uncond, sp.width, sp.height),
                     num_inference_steps=sp.steps, guidance_scale=sp.scale, generator=g,
                     output_type="pil").images[0]
 

@@ -34,7 +34,7 @@ from .state import (Diverged, Progress, check_resume_config, check_resume_data, 
 
 if TYPE_CHECKING:
     from ..adapters.network import AdapterNetwork
-    from ..models.sd import SDModel
+    from ..models.family import ModelFamily
 
 
 @dataclass
@@ -44,7 +44,7 @@ class TrainResult:
     epochs: int
     final_loss: float
     seed: int
-    model: SDModel | None = None    # the loaded model, adapters still applied (for sampling after training)
+    model: ModelFamily | None = None    # the loaded model, adapters still applied (for sampling after training)
     network: AdapterNetwork | None = None
 
 

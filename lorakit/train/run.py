@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..adapters.network import AdapterNetwork
     from ..data.dataset import TrainDataset
     from ..data.folders import DatasetIndex
-    from ..models.sd import SDModel
+    from ..models.family import ModelFamily
     from .noise import NoiseSettings
     from .text_cache import TextCache
     from .validation_set import ValidationState
@@ -54,7 +54,7 @@ class Run:
     accelerator: Accelerator
     seed: int
     output_dir: Path
-    model: "SDModel"
+    model: "ModelFamily"
     network: "AdapterNetwork"
     dataset: "TrainDataset"
     index: "DatasetIndex"

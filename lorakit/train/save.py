@@ -40,13 +40,6 @@ def model_hashes(run: "Run") -> tuple[str, str]:
     return run.caches.model_hashes
 
 
-def base_model_version(run: "Run") -> str:
-    m = run.model
-    if not m.v2:
-        return "sd_v1"
-    return "sd_v2_v" if m.v_parameterization else "sd_v2"
-
-
 def config_metadata(cfg: TrainConfig) -> dict[str, str]:
     """The ss_* keys the schema's fields declare (F(..., ss=...)), written as each declares."""
     md, values = {}, cfg.model_dump()
@@ -67,7 +60,6 @@ def build_metadata(run: "Run", step: int, epoch: int) -> dict[str, str]:
     cfg, plan, index = run.cfg, run.plan, run.index
     legacy, full = model_hashes(run)
     dim, alpha = get_algorithm(cfg.network_type).metadata_dims(cfg)  # "None" for iA3/full; OFT: the constraint
-    version = base_model_version(run)
     md = config_metadata(cfg)
     md.update({
         "ss_session_id": str(run.seed), "ss_seed": str(run.seed),
@@ -79,7 +71,7 @@ def build_metadata(run: "Run", step: int, epoch: int) -> dict[str, str]:
         "ss_max_train_steps": str(plan.total_steps), "ss_steps": str(step), "ss_epoch": str(epoch),
         "ss_network_module": run.network.network_module_name, "ss_network_dim": dim, "ss_network_alpha": alpha,
         "ss_network_args": json.dumps(run.network.network_args),
-        "ss_v2": str(run.model.v2), "ss_base_model_version": version,
+        "ss_v2": str(run.model.v2), "ss_base_model_version": run.model.base_model_version,
         "ss_optimizer": describe_optimizer(cfg),
         "ss_total_batch_size": str(cfg.train_batch_size * cfg.gradient_accumulation_steps
                                    * run.accelerator.num_processes),
@@ -87,8 +79,7 @@ def build_metadata(run: "Run", step: int, epoch: int) -> dict[str, str]:
         "ss_dataset_dirs": json.dumps(index.dataset_dirs()), "ss_tag_frequency": json.dumps(index.tag_frequency()),
         "ss_sd_model_hash": legacy, "ss_new_sd_model_hash": full,
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": ("stable-diffusion-v2-768-v" if version == "sd_v2_v"
-                                   else "stable-diffusion-v2-512" if run.model.v2 else "stable-diffusion-v1") + "/lora",
+        "modelspec.architecture": run.model.modelspec_architecture + "/lora",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
         "modelspec.title": cfg.output_name,
         "modelspec.resolution": f"{cfg.resolution[0]}x{cfg.resolution[1]}",

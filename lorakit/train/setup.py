@@ -29,7 +29,7 @@ from .speed import apply_speed_options, validate_speed_config
 if TYPE_CHECKING:
     from ..adapters.network import AdapterNetwork
     from ..adapters.weights import WeightsFile
-    from ..models.sd import SDModel
+    from ..models.family import ModelFamily
 
 def preflight(cfg: TrainConfig, overwrite: bool):
     """Checks that need no model: paths, output folder, data layout. Returns the dataset index."""
@@ -144,6 +144,7 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
 
     m = load_frozen_model(cfg)
     noise_warnings = validate_noise_config(cfg, m.v_parameterization)
+    family_warnings = m.check_config(cfg)  # settings the model family ignores or cannot take
     dataset = TrainDataset.from_config(cfg, index, seed=seed)
     if cfg.cache_latents or cfg.cache_latents_to_disk:  # disk caching implies caching, as kohya
         dataset.cache_latents(m.vae.to(device), batch_size=cfg.vae_batch_size, device=device,
@@ -167,8 +168,9 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     if dataset.removed_temporaries:
         noise_warnings = noise_warnings + [f"removed {len(dataset.removed_temporaries)} temporary latent-cache file(s) "
                                            "that a killed run left beside the images"]
-    warnings = (weights_warnings + noise_warnings + check_train_settings(cfg) + validate_speed_config(cfg)
-                + optimizer_warnings(cfg, groups) + scheduler_warnings(cfg, plan.total_steps))
+    warnings = (weights_warnings + noise_warnings + family_warnings + check_train_settings(cfg)
+                + validate_speed_config(cfg) + optimizer_warnings(cfg, groups)
+                + scheduler_warnings(cfg, plan.total_steps))
     prepared = accelerator.prepare(optimizer)
     if cfg.full_fp16:
         allow_fp16_gradients(accelerator)
@@ -177,7 +179,7 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
                memory_format=memory_format, overwrite=overwrite, warnings=tuple(warnings))
 
 
-def load_frozen_model(cfg: TrainConfig) -> SDModel:
+def load_frozen_model(cfg: TrainConfig) -> ModelFamily:
     """The base model, every weight frozen and in eval mode, with the training noise schedule."""
     from ..models.loader import load_sd_model
 
@@ -191,14 +193,14 @@ def load_frozen_model(cfg: TrainConfig) -> SDModel:
     return m
 
 
-def attach_network(cfg: TrainConfig, m: SDModel, weights: WeightsFile | None, device: torch.device
+def attach_network(cfg: TrainConfig, m: ModelFamily, weights: WeightsFile | None, device: torch.device
                    ) -> tuple[AdapterNetwork, list[str]]:
     """The adapters applied to the model (from `weights` when given: network_weights or a state's),
     on `device`, with checkpointing and the train flags set. Returns (network, warnings)."""
     from ..adapters.network import create_network
     from ..adapters.weights import load_into
 
-    net = create_network(cfg, m.unet, m.text_encoder)
+    net = create_network(cfg, m.unet, m.text_encoders, unet_module_name=m.unet_module_name)
     net.apply()
     warnings = load_into(net, weights) if weights is not None else []
     net.to(device, adapter_dtype(cfg))
@@ -206,9 +208,8 @@ def attach_network(cfg: TrainConfig, m: SDModel, weights: WeightsFile | None, de
         store_base_in_fp8(net, m.unet, *m.text_encoders)
     if cfg.gradient_checkpointing:
         m.unet.enable_gradient_checkpointing()
-        if net.train_text_encoder:  # transformers 5 renamed it
-            (getattr(m.text_encoder, "activation_checkpointing_enable", None)
-             or m.text_encoder.gradient_checkpointing_enable)()
+        for encoder in m.text_encoders if net.train_text_encoder else ():  # transformers 5 renamed it
+            (getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable)()
     m.unet.train(net.train_unet)
     for encoder in m.text_encoders:
         encoder.train(net.train_text_encoder)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..adapters.network import AdapterNetwork
     from ..config.schema import TrainConfig
     from ..data.dataset import TrainDataset
-    from ..models.sd import SDModel
+    from ..models.family import ModelFamily
 
 # torch.compile modes; "reduce-overhead" adds CUDA graphs (pays at small, launch-bound batches)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -73,7 +73,7 @@ def training_shapes(dataset: Any, batch_size: int) -> int:
                 for b in dataset.fixed_batches(batch_size)})
 
 
-def apply_speed_options(cfg: TrainConfig, m: "SDModel", net: "AdapterNetwork", dataset: "TrainDataset",
+def apply_speed_options(cfg: TrainConfig, m: "ModelFamily", net: "AdapterNetwork", dataset: "TrainDataset",
                         bus: EventBus) -> torch.memory_format:
     """channels_last and torch.compile on the loaded model, after the adapters are applied.
     Returns the memory format of the UNet's inputs."""
@@ -107,7 +107,7 @@ def apply_speed_options(cfg: TrainConfig, m: "SDModel", net: "AdapterNetwork", d
     # one small no-grad forward per step, which is not worth a compile (and may be cached away).
     targets = [(m.unet, compiling.UNET_REGIONS)]
     if net.train_text_encoder:
-        targets.append((m.text_encoder, compiling.TEXT_ENCODER_REGIONS))
+        targets += [(te, compiling.TEXT_ENCODER_REGIONS) for te in m.text_encoders]
     # regional: every compiled block runs nn.Module._call_impl, one code object, so all their graphs
     # (one per block shape and input shape, at most one per block) count against one recompile limit
     per_code = shapes * (sum(compiling.count_regions(mod, names) for mod, names in targets) if regional else 1)
