@@ -355,7 +355,7 @@ CASES = [
     ("no model given", c_no_model, ["--model"]),
     ("model path does not exist", c_model_missing, ["nomodel.safetensors", "does not exist"]),
     ("model file is not a checkpoint", c_model_not_sd, ["notes.safetensors"]),
-    ("SDXL checkpoint given", c_model_sdxl, ["xl.safetensors", "SDXL"]),
+    ("SDXL checkpoint with wrong tensors", c_model_sdxl, ["xl.safetensors", "SDXL"]),
     ("no data folder given", c_no_data_arg, ["--data"]),
     ("data folder missing", c_data_missing, ["nodata"]),
     ("data folder empty", c_data_empty, ["empty"]),

@@ -5,7 +5,7 @@ Run from the repository root: ``.venv/bin/python tools/make_model_configs.py``.
 The CLIP tokenizer files are derived offline from OpenAI's BPE list shipped in the
 open-clip-torch wheel (MIT licence): vocab = the 256 byte symbols, the same with
 "</w>", the joined merges, then the two special tokens (49408 entries). The model
-configs are the published SD1.5 / SD2-base / SD2-768-v diffusers configs, written
+configs are the published SD1.5 / SD2-base / SD2-768-v / SDXL base 1.0 diffusers configs, written
 from their known values (no weights).
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lorakit.models.configs_data import CONFIG_FOLDERS, write_config_folder  # noqa: E402
+from lorakit.models.sdxl_configs import SDXL_CONFIG_DIR, write_sdxl_config_folder  # noqa: E402
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -58,6 +59,8 @@ def main() -> None:
     for name in CONFIG_FOLDERS:
         write_config_folder(out / name, name, vocab, merges)
         print("wrote", out / name)
+    write_sdxl_config_folder(SDXL_CONFIG_DIR, vocab, merges)
+    print("wrote", SDXL_CONFIG_DIR)
 
 
 if __name__ == "__main__":

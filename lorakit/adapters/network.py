@@ -7,9 +7,12 @@ and Upsample2D: their 3x3 convs get conv_dim/conv_alpha, time_emb_proj and the 1
 conv_shortcut get network_dim (278 UNet modules). conv_in, conv_out and the time
 embedding are never adapted. The algorithm class may change the rules (TargetRules).
 
-Names: ``lora_unet_<diffusers module path, '.' -> '_'>`` and always
-``lora_te_text_model_<...>`` for the text encoder (transformers 5's CLIPTextModel has
-no ``.text_model`` submodule; A1111 and ComfyUI only load the text_model names).
+Names: ``lora_unet_<UNet module path, '.' -> '_'>`` and always ``<te prefix>text_model_<...>``
+for a text encoder (transformers 5's CLIPTextModel has no ``.text_model`` submodule; A1111 and
+ComfyUI only load the text_model names). The UNet path is the diffusers one for SD1/SD2 and the
+original-layout one for SDXL (the family's ``unet_module_name``: sd-scripts trains its own SDXL UNet
+class); the text encoder prefix is ``lora_te_`` with one encoder and ``lora_te1_``, ``lora_te2_``
+with two (sd-scripts' networks/lora.py rule).
 
 The adapters are children of the network under their kohya names, so
 ``network.state_dict()`` has the file's key names (alpha in float32).
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -36,6 +39,14 @@ from .registry import get_algorithm
 
 UNET_PREFIX = "lora_unet_"
 TE_PREFIX = "lora_te_"
+
+
+def te_prefixes(n: int) -> tuple[str, ...]:
+    """File prefixes of n text encoders: lora_te_ alone, lora_te1_, lora_te2_ for two (as sd-scripts)."""
+    return (TE_PREFIX,) if n == 1 else tuple(f"lora_te{i + 1}_" for i in range(n))
+
+
+TE_PREFIXES = te_prefixes(1) + te_prefixes(2)  # every text-encoder prefix a file may use
 
 
 def class_names(module: nn.Module) -> set[str]:
@@ -340,9 +351,14 @@ def extra_network_args(cfg: Any) -> dict[str, str]:
     return out
 
 
-def create_network(cfg: Any, unet: Optional[nn.Module], text_encoder: Optional[nn.Module], *,
-                   multiplier: float = 1.0) -> AdapterNetwork:
+def create_network(cfg: Any, unet: Optional[nn.Module],
+                   text_encoder: Optional[nn.Module] | Sequence[nn.Module], *, multiplier: float = 1.0,
+                   unet_module_name: Callable[[str], str] | None = None) -> AdapterNetwork:
     """The adapter network for `cfg` (a TrainConfig): modules built, not yet applied.
+
+    `text_encoder`: one module, or the family's text encoders in file order (SDXL: te1, te2).
+    `unet_module_name`: the family's UNet module path in files (SDXL: the original layout);
+    None keeps the diffusers path.
 
     A part is trained (and gets modules) unless network_train_*_only excludes it or its
     resolved lr is 0: kohya would still add zero-initialised modules there, which change
@@ -362,8 +378,9 @@ def create_network(cfg: Any, unet: Optional[nn.Module], text_encoder: Optional[n
     kw = dict(multiplier=multiplier, dropout=cfg.network_dropout, rank_dropout=cfg.rank_dropout,
               module_dropout=cfg.module_dropout, args=args, **ranks.extra)
     train_unet = unet is not None and not cfg.network_train_text_encoder_only and cfg.resolved_unet_lr() > 0
-    train_te = (text_encoder is not None and not cfg.network_train_unet_only
-                and cfg.resolved_text_encoder_lr() > 0)
+    encoders = [] if text_encoder is None else \
+        [text_encoder] if isinstance(text_encoder, nn.Module) else [t for t in text_encoder if t is not None]
+    train_te = bool(encoders) and not cfg.network_train_unet_only and cfg.resolved_text_encoder_lr() > 0
     if not (train_unet or train_te):
         raise ConfigError("nothing to train: the UNet and the text encoder both have learning rate 0",
                         key="unet_lr", fix="set unet_lr or text_encoder_lr above 0")
@@ -371,21 +388,32 @@ def create_network(cfg: Any, unet: Optional[nn.Module], text_encoder: Optional[n
     def by_kind_rank(name: str, kind: str) -> Optional[tuple[int, Optional[float]]]:
         return by_kind.get(kind)
 
-    te_modules = build_modules(algo_cls, text_encoder, TE_PREFIX, te_rules.te_match, te_rules, by_kind_rank,
-                               te_path, kw) if train_te else {}
+    te_modules: dict[str, AdapterModule] = {}
+    for encoder, prefix in zip(encoders if train_te else [], te_prefixes(len(encoders))):
+        te_modules.update(build_modules(algo_cls, encoder, prefix, te_rules.te_match, te_rules, by_kind_rank,
+                                        te_path, kw))
+    unet_path = unet_module_name or (lambda p: p)
     parents = set(unet_rules.unet_parents)
 
     def unet_match(names: set[str]) -> bool:
         return bool(names & parents)
 
     unet_rank = blocks.rank if blocks is not None else by_kind_rank
-    unet_modules = build_modules(algo_cls, unet, UNET_PREFIX, unet_match, unet_rules, unet_rank,
-                                 lambda p: p, kw) if train_unet else {}
-    if cfg.train_norm:
-        if train_te:
-            te_modules.update(build_norm_modules(text_encoder, TE_PREFIX, te_rules.te_match, te_path, kw))
+    try:
+        unet_modules = build_modules(algo_cls, unet, UNET_PREFIX, unet_match, unet_rules, unet_rank,
+                                     unet_path, kw) if train_unet else {}
+    except ValueError as e:  # BlockRanks.rank: a module outside the 25 SD1/SD2 blocks
+        if blocks is None:
+            raise
+        raise ConfigError(f"block-wise dims / lr weights follow sd-scripts' 25 SD1.x/2.x UNet blocks; this model's "
+                          f"UNet has other blocks ({e})", key="block_dims" if cfg.block_dims is not None
+                          else "down_lr_weight", fix="remove the block_* and *_lr_weight keys for this model "
+                                                    "(SDXL's block table is not implemented)") from None
+    if cfg.train_norm:  # after every algorithm module, in this order (the seeded initialisation)
+        for encoder, prefix in zip(encoders if train_te else [], te_prefixes(len(encoders))):
+            te_modules.update(build_norm_modules(encoder, prefix, te_rules.te_match, te_path, kw))
         if train_unet:
-            unet_modules.update(build_norm_modules(unet, UNET_PREFIX, unet_match, lambda p: p, kw))
+            unet_modules.update(build_norm_modules(unet, UNET_PREFIX, unet_match, unet_path, kw))
     return AdapterNetwork(algo_cls, unet_modules, te_modules, train_unet=train_unet,
                           train_text_encoder=train_te,
                           network_args={**algo_cls.network_args(cfg), **extra_network_args(cfg)},

@@ -43,11 +43,15 @@ from ..errors import ConfigError, UserError
 from . import registry
 from .base import CONV3X3, LINEAR
 from .declare import FileFormat
-from .network import TE_PREFIX, UNET_PREFIX, normalise_te_key
+from .network import TE_PREFIXES, UNET_PREFIX, normalise_te_key
 
 KEY = "network_weights"
-# names of the 3x3 convs of SD1/2's UNet in kohya's diffusers-layout names
-CONV3X3_NAME = re.compile(r"(_resnets_\d+_conv[12]|_(down|up)samplers_\d+_conv|^lora_unet_conv_(in|out))$")
+# names of the 3x3 convs of the UNet: SD1/2 in kohya's diffusers-layout names, SDXL in the original
+# layout (resnet in_layers.2 / out_layers.3, downsampler op, upsampler conv, conv_in, conv_out)
+CONV3X3_NAME = re.compile(r"(_resnets_\d+_conv[12]|_(down|up)samplers_\d+_conv|^lora_unet_conv_(in|out)"
+                          r"|_\d+_0_(in_layers_2|out_layers_3)|_middle_block_[02]_(in_layers_2|out_layers_3)"
+                          r"|^lora_unet_input_blocks_\d+_0_op|^lora_unet_output_blocks_\d+_[12]_conv"
+                          r"|^lora_unet_input_blocks_0_0|^lora_unet_out_2)$")
 
 
 @dataclass
@@ -76,7 +80,7 @@ def read_weights_file(path: str) -> WeightsFile:
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         name, dot, sub = normalise_te_key(key).partition(".")
-        if dot and name.startswith((UNET_PREFIX, TE_PREFIX)):
+        if dot and name.startswith((UNET_PREFIX,) + TE_PREFIXES):
             modules.setdefault(name, {})[sub] = t
     if not modules:
         peft = any("lora_A" in k or "lora_linear_layer" in k for k in tensors)
@@ -233,7 +237,7 @@ def load_into(network: Any, wf: WeightsFile) -> list[str]:
     """Copy the file's tensors into `network` (strict, see the module docstring); returns warnings."""
     own = {m.name: m for m in network.all_modules()}
     warnings = []
-    for prefix, part, trained in ((TE_PREFIX, "text-encoder", network.train_text_encoder),
+    for prefix, part, trained in ((TE_PREFIXES, "text-encoder", network.train_text_encoder),
                                   (UNET_PREFIX, "UNet", network.train_unet)):
         in_file = [n for n in wf.modules if n.startswith(prefix)]
         in_net = [n for n in own if n.startswith(prefix)]
@@ -242,7 +246,7 @@ def load_into(network: Any, wf: WeightsFile) -> list[str]:
             continue
         extra = [n for n in in_file if n not in own]
         if extra:
-            fix = (f"train the {part} too ({'text_encoder_lr' if prefix == TE_PREFIX else 'unet_lr'} above 0, "
+            fix = (f"train the {part} too ({'text_encoder_lr' if prefix == TE_PREFIXES else 'unet_lr'} above 0, "
                    f"no network_train_*_only that excludes it), or use a file without {part} modules"
                    if not trained else "set conv_dim / network_preset as the file was trained (or dim_from_weights "
                                        "= true), on the same base model architecture")

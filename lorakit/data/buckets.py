@@ -99,6 +99,28 @@ class BucketSet:
         return int(bh * ar + 0.5), bh
 
 
+def crop_ltrb(bucket: tuple[int, int], size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """sd-scripts' BucketManager.get_crop_ltrb, the crop SDXL's time ids record: the image of
+    (W, H) `size` fitted INSIDE the (W, H) `bucket` (Stability AI's preprocessing), centred;
+    left/top floored (float // 2), right/bottom = left/top + the fitted size (unrounded)."""
+    (bw, bh), (w, h) = bucket, size
+    bucket_ar, image_ar = bw / bh, w / h
+    if bucket_ar > image_ar:
+        rw, rh = bh * image_ar, bh
+    else:
+        rw, rh = bw, bw / image_ar
+    left, top = (bw - rw) // 2, (bh - rh) // 2
+    return left, top, left + rw, top + rh
+
+
+def crop_top_left(bucket: tuple[int, int], size: tuple[int, int], flipped: bool) -> tuple[int, int]:
+    """SDXL's crop conditioning (top, left) of one draw, as sd-scripts records it: int() of
+    crop_ltrb's top and left, and for a mirrored draw left = bucket width - right. Whatever
+    pixels the actual resize/crop (or random_crop) takes, kohya records this."""
+    left, top, right, _ = crop_ltrb(bucket, size)
+    return int(top), int(bucket[0] - right if flipped else left)
+
+
 def bucket_info(resos: list[tuple[int, int]], counts: dict[tuple[int, int], int],
                 ar_errors: list[float]) -> dict:
     """ss_bucket_info: {"buckets": {i: {"resolution": [w, h], "count": n}}, "mean_img_ar_error": x}.

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import DataError
 from .augment import AugmentOptions, Draw, apply_pixels, draw_augmentation
-from .buckets import BucketSet, Placement, bucket_info
+from .buckets import BucketSet, Placement, bucket_info, crop_top_left
 from .captions import CaptionOptions
 from .folders import DatasetIndex, ImageItem, scan_config, scan_folders
 from .images import (center_offset, latent_mask, load_image_rgb, load_image_rgb_alpha, load_mask_plane, probe_image,
@@ -53,6 +53,10 @@ class Batch:
     # alpha_mask: (B, 1, H/8, W/8) float32 loss weights in [0, 1] (alpha, area-averaged to the
     # latent's size, flipped with it); None without alpha_mask
     masks: torch.Tensor | None = None
+    # SDXL's size conditioning: each image's (W, H) before any resize, and the (top, left) crop
+    # sd-scripts records for it in the bucket (buckets.crop_top_left; the target size is `bucket`)
+    original_sizes: list[tuple[int, int]] = field(default_factory=list)
+    crop_top_lefts: list[tuple[int, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -86,8 +90,8 @@ class TrainDataset:
         # loss masks: alpha channels, or mask files of subsets with a conditioning_data_dir
         self.masked = self.alpha_mask or any(it.mask_path is not None for it in self.items)
         self.buckets = buckets or BucketSet(self.resolution, enable=False)
-        self.placements: list[Placement] = [self.buckets.place(it.size or probe_image(it.path))
-                                            for it in self.items]
+        self.sizes: list[tuple[int, int]] = [it.size or probe_image(it.path) for it in self.items]  # (W, H)
+        self.placements: list[Placement] = [self.buckets.place(size) for size in self.sizes]
         # canonical sample list: item i appears items[i].repeats times, items in index order
         self.samples: list[int] = [i for i, it in enumerate(self.items) for _ in range(it.repeats)]
         by_reso: dict[tuple[int, int], list[int]] = {}
@@ -312,6 +316,8 @@ class TrainDataset:
         draws = [self.augmentation_for(s, epoch, seed) for s in sample_ids]
         flips = [d.flip for d in draws]
         bucket = self.placements[item_ids[0]].bucket
+        sizes = {"original_sizes": [tuple(self.sizes[i]) for i in item_ids],
+                 "crop_top_lefts": [crop_top_left(bucket, self.sizes[i], f) for i, f in zip(item_ids, flips)]}
         if self._latents is not None:
             rows = [self._latents_flipped[i] if f and self._latents_flipped is not None else self._latents[i]
                     for i, f in zip(item_ids, flips)]
@@ -319,12 +325,12 @@ class TrainDataset:
             if self._masks is not None:
                 masks = torch.stack([self._masks[i].flip(-1) if f else self._masks[i] for i, f in zip(item_ids, flips)])
             return Batch(captions, weights, is_reg, latents=torch.stack(rows), item_indices=item_ids,
-                         flipped=flips, bucket=bucket, masks=masks)
+                         flipped=flips, bucket=bucket, masks=masks, **sizes)
         pms = [self._pixels_and_mask(i, d) for i, d in zip(item_ids, draws)]
         pixels = torch.stack([to_tensor(a) for a, _ in pms])
         masks = torch.stack([m for _, m in pms]) if self.masked else None
         return Batch(captions, weights, is_reg, pixels=pixels, item_indices=item_ids, flipped=flips, bucket=bucket,
-                     masks=masks)
+                     masks=masks, **sizes)
 
 
 def validation_seed_for(cfg: "TrainConfig", seed: int | None = None) -> int:

@@ -75,6 +75,10 @@ class ModelFamily:
         """Caption strings -> text conditioning, with kohya's tokenization, chunking and clip skip."""
         raise NotImplementedError
 
+    def unet_module_name(self, path: str) -> str:
+        """The UNet module ``path`` (diffusers) as adapter files name it (before '.' -> '_')."""
+        return path
+
     def added_conditioning(self, batch: Any, device: torch.device) -> dict[str, torch.Tensor] | None:
         """Extra per-sample UNet inputs besides the text (SDXL's time ids); None where there are none."""
         return None

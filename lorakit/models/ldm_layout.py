@@ -8,7 +8,8 @@ Layout facts (from the published checkpoints):
 - UNet ``model.diffusion_model.*``: ``input_blocks.0`` = conv_in, then per down level
   ``layers_per_block`` (resnet, attention) pairs and one downsampler; ``middle_block``
   0/1/2 = resnet/attention/resnet; ``output_blocks`` per up level ``layers_per_block+1``
-  (resnet, attention, upsampler); ``time_embed.0/2``; ``out.0/2``.
+  (resnet, attention, upsampler); ``time_embed.0/2``; ``out.0/2``; SDXL's ``add_embedding``
+  is ``label_emb.0.0/2``.
 - VAE ``first_stage_model.*``: ``encoder.down.i.block.j``, ``decoder.up`` in reverse order,
   ``mid.block_1/attn_1/block_2``; attention q/k/v/proj_out are 1x1 convs.
 - SD1 text encoder ``cond_stage_model.transformer.text_model.*`` (HF CLIP names).
@@ -44,6 +45,8 @@ def unet_key_map(keys, config) -> dict[str, str]:
         p = k.split(".")
         if p[0] == "time_embedding":
             m = {"linear_1": "time_embed.0", "linear_2": "time_embed.2"}[p[1]] + "." + ".".join(p[2:])
+        elif p[0] == "add_embedding":  # SDXL's pooled-text + size embedding
+            m = {"linear_1": "label_emb.0.0", "linear_2": "label_emb.0.2"}[p[1]] + "." + ".".join(p[2:])
         elif p[0] == "conv_in":
             m = "input_blocks.0.0." + ".".join(p[1:])
         elif p[0] == "conv_norm_out":

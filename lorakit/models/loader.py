@@ -1,4 +1,6 @@
-"""Load an SD1.x / SD2.x model (diffusers folder or original single file) for training.
+"""Load an SD1.x / SD2.x / SDXL model (diffusers folder or original single file) for training.
+
+The family is detected from the weights; SDXL is loaded by ``sdxl_loader`` (an SDXLModel).
 
 Everything is local (``local_files_only=True``; nothing from the hub), fp32, with PyTorch
 SDPA attention in the UNet and VAE. Single files carry no configs: the matching shipped
@@ -17,6 +19,10 @@ import torch
 
 from ..errors import ModelError
 from .configs_data import config_folder
+from .schedule import make_noise_scheduler  # noqa: F401  (callers import it from here)
+from .sdxl import SDXLModel
+from .sdxl_configs import SDXL_CONFIG_DIR
+from .sdxl_loader import check_family, is_sdxl_folder, load_sdxl_folder, load_sdxl_state_dict
 from .single_file import (SINGLE_FILE_SUFFIXES, build_text_encoder, build_unet, build_vae, classify,
                           context_dim, read_state_dict, vae_state_dict_from_file)
 
@@ -37,14 +43,6 @@ class SDModel:
     name: str        # file or folder name, for metadata (ss_sd_model_name)
 
 
-def make_noise_scheduler(v_parameterization: bool):
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear", clip_sample=False,
-                         prediction_type="v_prediction" if v_parameterization else "epsilon")
-
-
 def use_sdpa(*models) -> None:
     """Set PyTorch scaled-dot-product attention on diffusers models."""
     from diffusers.models.attention_processor import AttnProcessor2_0
@@ -54,12 +52,14 @@ def use_sdpa(*models) -> None:
 
 
 def load_sd_model(path, *, v2: bool | None = None, v_parameterization: bool | None = None,
-                  vae=None, config_dir=None) -> SDModel:
-    """Load ``path`` (diffusers folder or single file) as an :class:`SDModel`.
+                  vae=None, config_dir=None, sdxl: bool | None = None):
+    """Load ``path`` (diffusers folder or single file) as an :class:`SDModel` (SD1.x/2.x) or an
+    :class:`~lorakit.models.sdxl.SDXLModel`, as the weights say.
 
-    ``v2``/``v_parameterization`` None = detect (v2 from the weights or configs; v-prediction
-    from a folder's scheduler config; a single file cannot say, so it is eps unless set).
-    ``vae`` replaces the VAE (diffusers folder or single file). Raises :class:`ModelError`.
+    ``sdxl``/``v2``/``v_parameterization`` None = detect (the family from the weights or configs;
+    v-prediction from a folder's scheduler config, an SDXL file's ``v_pred`` marker; an SD
+    single file cannot say, so it is eps unless set); set flags that contradict the weights are a
+    ModelError naming both. ``vae`` replaces the VAE (diffusers folder or single file).
     """
     if not path:
         raise ModelError("no model given", key="pretrained_model_name_or_path",
@@ -69,15 +69,22 @@ def load_sd_model(path, *, v2: bool | None = None, v_parameterization: bool | No
         raise ModelError("the model path does not exist", file=str(p), key="pretrained_model_name_or_path",
                          fix="point pretrained_model_name_or_path at " + EXPECTED)
     if p.is_dir():
-        m = _load_folder(p, v2, v_parameterization)
+        if is_sdxl_folder(p):
+            check_family("sdxl", sdxl=sdxl, v2=v2, file=str(p))
+            m = load_sdxl_folder(p, v_parameterization)
+        else:
+            check_family("sd1", sdxl=sdxl, v2=None, file=str(p))
+            m = _load_folder(p, v2, v_parameterization)
     elif p.suffix.lower() in SINGLE_FILE_SUFFIXES:
-        m = _load_single_file(p, v2, v_parameterization, Path(config_dir) if config_dir else None)
+        m = _load_single_file(p, v2, v_parameterization, Path(config_dir) if config_dir else None, sdxl)
     else:
         raise ModelError(f"unsupported model file type '{p.suffix}'", file=str(p), fix="use " + EXPECTED)
+    is_sdxl = isinstance(m, SDXLModel)
     if vae:
-        m.vae = load_vae(vae, config_dir=Path(config_dir) if config_dir else config_folder(False, False))
+        default = SDXL_CONFIG_DIR if is_sdxl else config_folder(False, False)
+        m.vae = load_vae(vae, config_dir=Path(config_dir) if config_dir else default)
     use_sdpa(m.unet, m.vae)
-    for mod in (m.unet, m.vae, m.text_encoder):
+    for mod in (m.unet, m.vae) + ((m.text_encoder, m.text_encoder_2) if is_sdxl else (m.text_encoder,)):
         if any(t.dtype != torch.float32 for t in mod.parameters()):
             mod.to(dtype=torch.float32)
         mod.eval()
@@ -98,9 +105,6 @@ def _load_folder(p: Path, v2, v_param) -> SDModel:
 
     if not (p / "unet" / "config.json").exists() or not (p / "text_encoder").is_dir():
         raise ModelError("this folder is not a diffusers Stable Diffusion model", file=str(p), fix="use " + EXPECTED)
-    if (p / "text_encoder_2").exists() or _json(p / "unet" / "config.json").get("addition_embed_type"):
-        raise ModelError("this is an SDXL model; lorakit trains SD1.x/SD2.x only", file=str(p),
-                         fix="use an SD1.x or SD2.x base model")
     te_cfg = _json(p / "text_encoder" / "config.json")
     detected = te_cfg.get("hidden_act") == "gelu" or te_cfg.get("hidden_size") == 1024
     v2 = _check_v2(detected, v2, str(p))
@@ -119,14 +123,15 @@ def _load_folder(p: Path, v2, v_param) -> SDModel:
                    "diffusers", p.name)
 
 
-def _load_single_file(p: Path, v2, v_param, config_dir: Path | None) -> SDModel:
+def _load_single_file(p: Path, v2, v_param, config_dir: Path | None, sdxl: bool | None):
     from transformers import CLIPTokenizer
 
     sd = read_state_dict(p)
     kind = classify(sd)
+    if kind in ("sdxl", "sd1", "sd2"):
+        check_family(kind, sdxl=sdxl, v2=v2 if kind == "sdxl" else None, file=str(p))
     if kind == "sdxl":
-        raise ModelError("this is an SDXL checkpoint; SDXL is not supported by this path (SD1.x/SD2.x only)",
-                         file=str(p), fix="use an SD1.x or SD2.x base model")
+        return load_sdxl_state_dict(sd, p, v_param, config_dir)
     if kind == "class-conditioned":
         raise ModelError("this UNet is class-conditioned (label_emb: SDXL or SD2 unCLIP); only SD1.x/SD2.x "
                          "text-to-image checkpoints are supported", file=str(p), fix="use an SD1.x or SD2.x base model")

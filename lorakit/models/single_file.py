@@ -81,7 +81,7 @@ def _load_into(module, new_sd: dict, missing: list[str], what: str, file: str):
     if missing:
         shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
         raise ModelError(f"the {what} weights are incomplete: missing {shown}", file=file,
-                         fix="pass a complete SD1.x/SD2.x checkpoint (or a diffusers folder of this model)")
+                         fix="pass a complete SD1.x/2.x or SDXL checkpoint (or a diffusers folder of this model)")
     module.load_state_dict(new_sd, strict=True, assign=True)
     bad = [n for n, p in list(module.named_parameters()) + list(module.named_buffers()) if p.is_meta]
     if bad:
