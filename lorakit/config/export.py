@@ -116,6 +116,8 @@ def to_kohya_json(cfg: TrainConfig) -> str:
                 out[gui] = _kv_text(value)
         elif gui in GUI_KEYS:
             out[gui] = value
+        elif name == "no_half_vae" and cfg.sdxl:
+            out["sdxl_no_half_vae"] = value  # the GUI's SDXL checkbox (passed only with sdxl)
         elif value == defaults[name] or (name == "cache_text_encoder_outputs" and value is None):
             continue
         elif name in SD_SCRIPTS_ARGS:
