@@ -110,5 +110,7 @@ def test_sdxl_config_exports(tmp_path):
     assert out["sdxl"] is True and out["sdxl_no_half_vae"] is True and "--no_half_vae" not in out["additional_parameters"]
     for text, name in ((json.dumps(out), "b.json"), (to_toml(cfg), "b.toml")):
         assert load_config(write(tmp_path, name, text)).model_dump() == cfg.model_dump(), name
-    sd1 = load_config(write(tmp_path, "c.toml", "[model]\nno_half_vae = true\n"))
-    assert "--no_half_vae" in json.loads(to_kohya_json(sd1))["additional_parameters"]  # no GUI box without sdxl
+    unset = load_config(write(tmp_path, "c.toml", "[model]\nno_half_vae = true\n"))
+    out = json.loads(to_kohya_json(unset))
+    assert "--no_half_vae" in out["additional_parameters"]  # the GUI's checkbox acts only with sdxl
+    assert "sdxl" not in out and load_config(write(tmp_path, "c.json", json.dumps(out))).sdxl is None
