@@ -114,3 +114,13 @@ def test_sdxl_config_exports(tmp_path):
     out = json.loads(to_kohya_json(unset))
     assert "--no_half_vae" in out["additional_parameters"]  # the GUI's checkbox acts only with sdxl
     assert "sdxl" not in out and load_config(write(tmp_path, "c.json", json.dumps(out))).sdxl is None
+
+
+@pytest.mark.parametrize("flag, expect", [("true", True), ("false", None)])
+def test_cache_to_disk_turns_the_cache_on(tmp_path, flag, expect):
+    # sd-scripts (verify_sdxl_training_args): --cache_text_encoder_outputs_to_disk sets cache_text_encoder_outputs
+    text = f'network_module = "networks.lora"\nnetwork_train_unet_only = true\ncache_text_encoder_outputs_to_disk = {flag}\n'
+    assert load_config(write(tmp_path, "a.toml", text)).cache_text_encoder_outputs is expect
+    gui = load_config(write(tmp_path, "b.json", {"text_encoder_lr": 0,
+                                                 "additional_parameters": "--cache_text_encoder_outputs_to_disk"}))
+    assert gui.cache_text_encoder_outputs is True

@@ -218,6 +218,9 @@ TABLE: dict[str, Key] = {
     "sdxl_cache_text_encoder_outputs": _map(
         "cache_text_encoder_outputs", "true -> true; false leaves lorakit's own caching (same results); ignored "
         "with sdxl = false (the GUI passes --cache_text_encoder_outputs only for SDXL)"),
+    "cache_text_encoder_outputs_to_disk": _map(
+        "cache_text_encoder_outputs", "true -> true: sd-scripts turns the cache on with it (lorakit keeps the "
+        "outputs in memory); false changes nothing"),
     "sdxl_no_half_vae": _map("no_half_vae", "ignored with sdxl = false (the GUI passes --no_half_vae only for SDXL)"),
     "dynamo_backend": _map("torch_compile, dynamo_backend", '"no": off; any other backend compiles with it'),
     "dynamo_mode": _map("torch_compile_mode", "with a dynamo_backend; default: torch.compile's default"),
@@ -259,7 +262,6 @@ TABLE: dict[str, Key] = {
     "dynamo_use_dynamic": _run("lorakit compiles one static graph per bucket shape (same results)"),
     "highvram": _run(_MEMORY), "lowvram": _run(_MEMORY), "lowram": _run(_MEMORY),
     "blocks_to_swap": _run(_MEMORY), "cpu_offload_checkpointing": _run(_MEMORY),
-    "cache_text_encoder_outputs_to_disk": _run("lorakit keeps text-encoder outputs in memory"),
     "disable_mmap_load_safetensors": _run("how the checkpoint file is read"),
     "skip_cache_check": _run("lorakit re-encodes a cached latent when the image, size or VAE changes"),
     "cache_info": _run("a cache of image sizes: speed only"),

@@ -109,7 +109,7 @@ def import_sdscripts_toml(path: Path, raw: dict[str, Any] | None = None) -> Impo
     for key, value in flat.items():
         if key in OWN_KEYS:
             continue
-        if key == "cache_text_encoder_outputs" and not value:  # sd-scripts' default, not a request for "off"
+        if key in ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk") and not value:  # the default
             res.ignored.append((key, "off: lorakit caches on its own while the text encoder is frozen (same results)"))
         elif key in FIELDS:
             if key in ("optimizer_args", "lr_scheduler_args"):
