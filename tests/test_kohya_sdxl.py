@@ -124,3 +124,17 @@ def test_cache_to_disk_turns_the_cache_on(tmp_path, flag, expect):
     gui = load_config(write(tmp_path, "b.json", {"text_encoder_lr": 0,
                                                  "additional_parameters": "--cache_text_encoder_outputs_to_disk"}))
     assert gui.cache_text_encoder_outputs is True
+
+
+@pytest.mark.parametrize("fmt, name", [("kohya-json", "out.json"), ("toml", "out.toml")])
+def test_sdxl_preset_config_show_round_trip(tmp_path, capsys, fmt, name):
+    from pathlib import Path
+
+    from lorakit.cli import main
+
+    preset = Path(__file__).parent / "fixtures" / "kohya_presets_sdxl" / "SDXL - LoKR v1.0.json"
+    assert main(["config", "show", str(preset), "--as", fmt]) == 0
+    text = capsys.readouterr().out
+    cfg = load_config(write(tmp_path, name, text))
+    assert cfg.model_dump() == load_config(preset).model_dump()
+    assert (cfg.sdxl, cfg.no_half_vae, cfg.network_type, cfg.resolution) == (True, True, "lokr", (1024, 1024))
