@@ -138,3 +138,9 @@ def test_sdxl_preset_config_show_round_trip(tmp_path, capsys, fmt, name):
     cfg = load_config(write(tmp_path, name, text))
     assert cfg.model_dump() == load_config(preset).model_dump()
     assert (cfg.sdxl, cfg.no_half_vae, cfg.network_type, cfg.resolution) == (True, True, "lokr", (1024, 1024))
+
+
+def test_sdxl_and_v2_refused_before_loading(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "a.json", {"sdxl": True, "v2": True}))
+    assert "sdxl and v2 are both true" in str(e.value) and "v2 = false" in str(e.value)

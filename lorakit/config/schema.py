@@ -560,6 +560,8 @@ class TrainConfig(BaseModel):
         if self.network_train_unet_only and self.network_train_text_encoder_only:
             raise ValueError("network_train_unet_only and network_train_text_encoder_only are both set; "
                              "set at most one")
+        if self.sdxl and self.v2:  # sd-scripts' verify_sdxl_training_args asserts the same
+            raise ValueError("sdxl and v2 are both true; an SDXL model is not SD2.x: set v2 = false")
         problems = block_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
