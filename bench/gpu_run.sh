@@ -6,7 +6,8 @@
 #     bash bench/gpu_run.sh regional graphs    # only these groups (a second session continues)
 #     bash bench/gpu_run.sh --cpu              # here: the same logic on the tiny model, a dry run
 #
-# Groups, in this order: eager (seed A b1/b15, LoRA b1/b15, LoKr b1, iA3 b1), regional (the repeated
+# Groups, in this order: eager (seed A b1/b15, LoRA b1/b15, LoKr b1, iA3 b1), sdxl (issue 16: SDXL LoRA
+# b1/b4 at 1024 px, UNet only, TE outputs cached; the random SDXL is built first), regional (the repeated
 # blocks compiled; LoRA b1 once more to read the inductor cache), graphs (reduce-overhead: CUDA
 # graphs on the regions), whole (the whole UNet compiled, for the compile-time ratio), kohya (only
 # with a carried sd-scripts: KOHYA_DIR, KOHYA_SITE; see bench/README.md), tests (tests/test_gpu.py).
@@ -17,7 +18,7 @@ set -u
 cd "$(dirname "$0")/.."
 CPU=0
 if [ "${1:-}" = "--cpu" ]; then CPU=1; shift; fi
-GROUPS_WANTED=${*:-eager regional graphs whole kohya tests}
+GROUPS_WANTED=${*:-eager sdxl regional graphs whole kohya tests}
 OUT=${OUT:-$PWD/gpu-run-out}
 mkdir -p "$OUT"
 RES=$OUT/results.txt
@@ -32,7 +33,7 @@ if [ $CPU = 1 ]; then
     BACKEND=aot_eager            # no C++ compile here; the rows only check the script's logic
     EAGER_STEPS="--steps 2 --warmup 1"
     COMPILE_STEPS="--steps 2 --warmup 1"
-    T_EAGER=${T_EAGER:-60}; T_COMPILE=${T_COMPILE:-240}; T_WHOLE=${T_WHOLE:-240}
+    T_EAGER=${T_EAGER:-60}; T_COMPILE=${T_COMPILE:-240}; T_WHOLE=${T_WHOLE:-240}; T_SDXL=${T_SDXL:-120}
     BUDGET=${BUDGET_S:-1500}     # 2 shared cores: compiling the tiny model takes minutes here
     WORK=$WORK-cpu
     MODE_FLAG=--cpu
@@ -48,7 +49,7 @@ else
     # compile a new shape inside the timed steps)
     EAGER_STEPS="--steps 12 --warmup 4"
     COMPILE_STEPS="--steps 8 --warmup 5"
-    T_EAGER=${T_EAGER:-75}; T_COMPILE=${T_COMPILE:-150}; T_WHOLE=${T_WHOLE:-200}
+    T_EAGER=${T_EAGER:-75}; T_COMPILE=${T_COMPILE:-150}; T_WHOLE=${T_WHOLE:-200}; T_SDXL=${T_SDXL:-120}
     MODE_FLAG=
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
@@ -83,7 +84,8 @@ say "lorakit gpu_run $(date -u +%Y-%m-%dT%H:%MZ) commit $(git rev-parse --short 
     "device $($PY -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")')" \
     "budget ${BUDGET}s, groups: $GROUPS_WANTED"
 say "config          batch  res    img/s   med s   p90 s first s$([ $CPU = 1 ] || echo '  peak GB    MFU')  setting"
-timeout -k 10 $(( $(left) - 10 )) $PY bench/train_bench.py $MODE_FLAG --workdir "$WORK" --prepare >> "$LOG" 2>&1 \
+timeout -k 10 $(( $(left) - 10 )) $PY bench/train_bench.py $MODE_FLAG --workdir "$WORK" --prepare \
+    --configs lora_b1 >> "$LOG" 2>&1 \
     || { say "building the model and images failed or timed out (see rows.log)"; exit 1; }
 
 COMPILE="--set torch_compile=true --set dynamo_backend=$BACKEND"
@@ -91,6 +93,19 @@ if want eager; then
     for c in seed_a_b1 seed_a_b15 lora_b1 lora_b15 lokr_b1 seed_b_ia3_b1; do
         row eager "$T_EAGER" $c $EAGER_STEPS
     done
+fi
+if want sdxl; then  # issue 16 targets (H100/H200): >= 1.85 img/s at batch 1, peak <= 11 GB
+    lim=$(( $(left) - 10 )); [ "$T_SDXL" -lt "$lim" ] && lim=$T_SDXL
+    if [ "$lim" -lt 25 ]; then
+        say "sdxl: skipped, $(left)s left of ${BUDGET}s"
+    elif timeout -k 10 "$lim" $PY bench/train_bench.py $MODE_FLAG --workdir "$WORK" --prepare \
+            --configs sdxl_lora_b1 >> "$LOG" 2>&1; then
+        for c in sdxl_lora_b1 sdxl_lora_b4; do
+            row eager "$T_SDXL" $c $EAGER_STEPS
+        done
+    else
+        say "sdxl: building the random SDXL failed or took over ${T_SDXL}s (see rows.log)"
+    fi
 fi
 if want regional; then
     for c in lora_b15 seed_a_b1 lora_b1 seed_a_b15; do

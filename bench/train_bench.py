@@ -7,7 +7,12 @@ shared/reference/performance-anchors.md. Prints per config: img/s, step-time med
 peak VRAM and MFU (UNet forward 0.677 TFLOP at 512 px, 0.859 at 576; backward to the inputs
 about the same; checkpointing one more forward; H100 bf16 peak 798 TFLOP/s).
 
-CPU mode (--cpu, every session can run it): the tiny model at 64 px; prints the same columns
+SDXL rows (sdxl_lora_b1, sdxl_lora_b4; issue 16): a full-size SDXL base with random weights built from
+the shipped config folder (lorakit/models/configs/sdxl), the same images at 1024 px, bf16, gradient
+checkpointing, UNet-only LoRA with the text-encoder outputs cached (kohya's SDXL setting). Targets
+on one H100/H200: >= 1.85 img/s at batch 1, peak <= 11 GB. No MFU (no FLOP count of SDXL's UNet here).
+
+CPU mode (--cpu, every session can run it): the tiny model (SDXL rows: the tiny SDXL) at 64 px; prints the same columns
 plus the overhead ratio: lorakit's step time over a plain UNet forward+backward of the same
 batch, and the operator count of one training step over the plain UNet's (torch profiler).
 
@@ -49,6 +54,8 @@ COMMON = {"mixed_precision": "bf16", "cache_latents": True, "gradient_checkpoint
           "save_every_n_epochs": None, "save_every_n_steps": None, "sample_every_n_epochs": None}
 LORA = {"network_type": "lora", "network_dim": 8, "network_alpha": 8, "optimizer_type": "AdamW",
         "learning_rate": 1e-4, "resolution": 512}
+# a cached text encoder cannot train: the UNet-only LoRA SDXL guides use
+SDXL_LORA = {**LORA, "resolution": 1024, "network_train_unet_only": True, "cache_text_encoder_outputs": True}
 CONFIGS = {  # name -> (seed JSON block name or None, overrides)
     "lora_b1": (None, {**LORA, "train_batch_size": 1}),
     "lora_b15": (None, {**LORA, "train_batch_size": 15}),
@@ -56,7 +63,10 @@ CONFIGS = {  # name -> (seed JSON block name or None, overrides)
     "seed_a_b15": ("DADAPT_LOHA", {"train_batch_size": 15}),
     "seed_b_ia3_b1": ("PRODIGY_IA3", {"train_batch_size": 1, "resolution": 512}),
     "lokr_b1": ("PRODIGY_LOKR", {"train_batch_size": 1, "resolution": 512}),
+    "sdxl_lora_b1": (None, {**SDXL_LORA, "train_batch_size": 1}),
+    "sdxl_lora_b4": (None, {**SDXL_LORA, "train_batch_size": 4}),
 }
+SDXL_CONFIGS = ("sdxl_lora_b1", "sdxl_lora_b4")  # trained on the SDXL model
 # --levers: name -> values added to the config; fast_optimizer and cache_text_encoder_outputs only
 # where they apply (see levers())
 LEVERS = {
@@ -104,9 +114,40 @@ def build_model(tmp: Path, cpu: bool) -> Path:
     return tmp / "sd15-random"
 
 
+def build_sdxl(tmp: Path, cpu: bool) -> Path:
+    """SDXL base's architecture with random weights (fp16 files; the loader trains from float32), built
+    on the GPU where there is one (minutes less than on the CPU); --cpu: the tiny SDXL."""
+    if cpu:
+        from lorakit.models.tiny_sdxl import save_tiny_sdxl_pipeline
+
+        return save_tiny_sdxl_pipeline(tmp / "tiny-sdxl", seed=0)
+    import shutil
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from lorakit.models.sdxl_configs import SDXL_CONFIG_DIR
+
+    out = tmp / "sdxl-random"
+    shutil.copytree(SDXL_CONFIG_DIR, out)  # configs, tokenizers, scheduler, model_index.json
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        for sub, make in (("unet", lambda c: UNet2DConditionModel.from_config(json.loads(c.read_text()))),
+                          ("vae", lambda c: AutoencoderKL.from_config(json.loads(c.read_text()))),
+                          ("text_encoder", lambda c: CLIPTextModel(CLIPTextConfig.from_pretrained(c.parent))),
+                          ("text_encoder_2",
+                           lambda c: CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(c.parent)))):
+            module = make(out / sub / "config.json").to(torch.float16)
+            module.save_pretrained(out / sub, safe_serialization=True)
+            del module
+    return out
+
+
 def config_values(name: str, model: Path, data: Path, tmp: Path, cpu: bool, steps: int, warmup: int,
                   sets: dict) -> dict:
     block, overrides = CONFIGS[name]
+    if name in SDXL_CONFIGS:
+        model = model.parent / ("tiny-sdxl" if cpu else "sdxl-random")
     values = {**seed_values(block, tmp), **COMMON, **overrides,
               "pretrained_model_name_or_path": str(model), "train_data_dir": str(data),
               "output_dir": str(tmp / name), "max_train_steps": warmup + steps, "max_train_epochs": None}
@@ -164,19 +205,24 @@ def run_config(name: str, values: dict, steps: int, warmup: int) -> dict:
            "first_s": stamps[0] - started[0]}
     if torch.cuda.is_available():
         row["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        tflop = TFLOP_FWD.get(cfg.resolution[0], 0.677) * (3 if cfg.gradient_checkpointing else 2)
-        row["mfu"] = row["img_s"] * tflop / PEAK_TFLOPS
+        tflop = TFLOP_FWD.get(cfg.resolution[0], float("nan")) * (3 if cfg.gradient_checkpointing else 2)
+        row["mfu"] = row["img_s"] * tflop / PEAK_TFLOPS  # nan: the UNet's FLOPs at this size are not known
     return row
 
 
-def model_and_data(work: Path, cpu: bool) -> tuple[Path, Path]:
-    """The random-weight model and the 20 synthetic images under `work`, built unless already there."""
+def model_and_data(work: Path, cpu: bool, sdxl: bool = False) -> tuple[Path, Path]:
+    """The random-weight SD1.5 model (with `sdxl`: also the SDXL one, beside it) and the 20 synthetic
+    images under `work`, built unless already there."""
     import shutil
 
     model = work / ("tiny" if cpu else "sd15-random")
     if not (model / "model_index.json").is_file():
         shutil.rmtree(work / "model-tmp", ignore_errors=True)
         build_model(work / "model-tmp", cpu).rename(model)
+    xl = work / ("tiny-sdxl" if cpu else "sdxl-random")
+    if sdxl and not (xl / "unet" / "diffusion_pytorch_model.safetensors").is_file():
+        shutil.rmtree(work / "sdxl-tmp", ignore_errors=True)
+        build_sdxl(work / "sdxl-tmp", cpu).rename(xl)  # whole or absent, as the images
     data = work / "data"
     if not data.is_dir():
         shutil.rmtree(work / "data-tmp", ignore_errors=True)
@@ -249,7 +295,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         work = Path(args.workdir) if args.workdir else tmp
-        model, data = model_and_data(work, cpu)
+        model, data = model_and_data(work, cpu, sdxl=any(n in SDXL_CONFIGS for n in args.configs))
         if args.prepare:
             print(f"model {model}, images {data}", flush=True)
             return 0

@@ -50,6 +50,10 @@ class Report:
     def algorithms(self) -> Counter:
         return Counter(m.algo for m in self.modules)
 
+    def family(self) -> tuple[str, str]:
+        """(SDXL / SD2.x / SD1.x, how that is known): declare.FileContext.family over every module."""
+        return FileContext(self.tensors, self.metadata).family()
+
     def format_set(self) -> list[FileFormat]:
         return list({f.name: f for f in self.formats.values()}.values())
 
@@ -137,7 +141,9 @@ def _size(n: int) -> str:
 
 
 def _part(name: str) -> str:
-    return "UNet" if name.startswith("lora_unet_") else "text encoder"
+    if name.startswith("lora_unet_"):
+        return "UNet"
+    return {"lora_te1_": "text encoder 1", "lora_te2_": "text encoder 2"}.get(name[:9], "text encoder")
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -145,7 +151,9 @@ def _fmt(v: Optional[float]) -> str:
 
 
 def format_report(r: Report) -> str:
-    lines = [f"file:        {r.path}", f"size:        {r.file_size:,} bytes ({_size(r.file_size)})"]
+    family, known = r.family()
+    lines = [f"file:        {r.path}", f"size:        {r.file_size:,} bytes ({_size(r.file_size)})",
+             f"model:       {family} ({known})"]
     algos = r.algorithms()
     lines.append("algorithm:   " + ", ".join(f"{a} ({n} modules)" for a, n in sorted(algos.items())))
     parts = Counter(_part(m.name) for m in r.modules)
@@ -157,7 +165,7 @@ def format_report(r: Report) -> str:
     for (part, algo, dim, alpha, note), n in sorted(dist.items(), key=lambda kv: (
             kv[0][0], kv[0][1], kv[0][2] or 0, kv[0][3] or 0, kv[0][4])):
         what = f"dim {_fmt(dim)}, alpha {_fmt(alpha)}, scale {_fmt(alpha / dim)}" if dim else note
-        lines.append(f"  {part:12s} {algo:12s} {what}: {n} modules")
+        lines.append(f"  {part:14s} {algo:12s} {what}: {n} modules")
     te = [m.name for m in r.modules if m.name.startswith("lora_te_") and not m.name.startswith("lora_te_text_model_")]
     if te:
         lines.append(f"warning: {len(te)} text-encoder modules are named lora_te_<...> without text_model_ "
@@ -169,6 +177,9 @@ def format_report(r: Report) -> str:
     for ui, ans in r.loaders().items():
         lines.append(f"  {ui:10s} {ans}")
     formats = r.format_set()
+    if family == "SDXL":
+        lines.append("  note: an SDXL adapter: the UIs apply it to SDXL-family checkpoints (SDXL, Pony, Illustrious, "
+                     "NoobAI); on an SD1.x/2.x checkpoint they skip its modules")
     for note in dict.fromkeys(n for f in formats for n in f.notes):
         lines.append(f"  note: {note}")
     exp = sorted(f.name for f in formats if f.experimental)

@@ -272,7 +272,9 @@ def c_json_many_problems(t, m):
 
 def c_json_sdxl(t, m):
     p = t / "k.json"
-    p.write_text('{"sdxl": true, "LoRA_type": "Standard"}', encoding="utf-8")
+    p.write_text(json.dumps({"sdxl": True, "LoRA_type": "Standard", "pretrained_model_name_or_path": str(m),
+                             "train_data_dir": str(good_data(t)), "output_dir": str(t / "o"), "max_train_steps": 1,
+                             "max_resolution": "64,64"}), encoding="utf-8")
     return ["train", str(p)]
 
 
@@ -374,7 +376,7 @@ CASES = [
     ("kohya JSON with an unknown key", c_json_unknown_key, ["netwrok_dim", "network_dim"]),
     ("kohya JSON: wrong type, typo, key twice, family switch", c_json_many_problems,
      ["4 problems", "'eight'", "did you mean 'network_alpha'", "'seed' is set twice", "flux1_checkbox"]),
-    ("kohya JSON with sdxl true", c_json_sdxl, ["sdxl", "SDXL is not supported yet"]),
+    ("kohya JSON with sdxl true, SD1.x model", c_json_sdxl, ["sdxl = true", "SD1.x"]),
     ("unknown sample prompt option", c_sample_option, ["--zz"]),
     ("unknown sampler", c_sampler_name, ["euler_b", "euler_a"]),
     ("sample prompt file missing", c_prompt_file_missing, ["prompts.txt", "not found"]),

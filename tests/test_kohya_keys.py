@@ -70,8 +70,11 @@ def test_gui_defaults_import(tmp_path):
     assert cfg.optimizer_type == "AdamW8bit" and cfg.max_train_steps == 1600 and cfg.max_train_epochs == 1
     assert cfg.vae_batch_size == 1 and cfg.bucket_reso_steps == 64  # the GUI's unset 0 -> the default
     assert cfg.enable_bucket and cfg.bucket_no_upscale and cfg.max_bucket_reso == 2048
-    for key in ("xformers", "num_processes", "huggingface_token", "ae", "sd3_t5xxl", "anima_vae", "sdxl"):
+    for key in ("xformers", "num_processes", "huggingface_token", "ae", "sd3_t5xxl", "anima_vae",
+                "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs"):
         assert key in ignored, key
+    # sdxl = false: the config says SD1.x/2.x (the loader checks it against the weights)
+    assert cfg.sdxl is False and cfg.no_half_vae is False and "sdxl" not in ignored
     assert ignored["gpu_ids"].startswith("accelerate launch")
     assert len(loaded.ignored) == len({k for k, _ in loaded.ignored})  # one line per key
 
@@ -87,8 +90,6 @@ def test_family_switch_is_refused_by_name(tmp_path, switch, capsys):
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert e.value.key == switch and FAMILY_SWITCHES[switch] in e.value.message
-    if switch == "sdxl":
-        assert "SDXL is not supported yet" in e.value.message
     assert main(["plan", str(p)]) == 2
     assert switch in capsys.readouterr().err
 

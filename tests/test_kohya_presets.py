@@ -1,7 +1,8 @@
 """Every SD1.x/2.x LoRA preset the kohya_ss GUI ships (tests/fixtures/kohya_presets, v26.0.0) imports and
 trains 2 steps on the tiny model, as given (only --model, --data, --output and --set for the tiny run).
-An 8-bit optimizer without bitsandbytes (or without CUDA) exits 2 naming bitsandbytes. A preset that needs
-a setting lorakit does not implement yet is xfail(strict) naming the key, until the schema has that field."""
+Every SDXL LoRA preset (tests/fixtures/kohya_presets_sdxl) imports, round-trips and trains 2 steps on the
+tiny SDXL.
+An 8-bit optimizer without bitsandbytes (or without CUDA) exits 2 naming bitsandbytes."""
 from __future__ import annotations
 
 import importlib.util
@@ -18,6 +19,7 @@ from lorakit.config.load import load, load_config
 from lorakit.demo import make_synthetic_dataset
 
 PRESETS = sorted((Path(__file__).parent / "fixtures" / "kohya_presets").glob("*.json"))
+SDXL_PRESETS = sorted((Path(__file__).parent / "fixtures" / "kohya_presets_sdxl").glob("*.json"))
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None and torch.cuda.is_available()
 
 
@@ -37,13 +39,20 @@ def test_all_sd1_presets_are_here():
         assert not raw.get("sdxl") and "sdxl" not in p.name.lower() and "flux" not in p.name.lower()
 
 
-@pytest.mark.parametrize("path", [_param(p) for p in PRESETS])
+def test_all_sdxl_presets_are_here():
+    assert len(SDXL_PRESETS) == 19
+    for p in SDXL_PRESETS:
+        assert json.loads(p.read_text(encoding="utf-8"))["sdxl"] is True
+
+
+@pytest.mark.parametrize("path", [_param(p) for p in PRESETS + SDXL_PRESETS])
 def test_preset_imports_and_round_trips(path, tmp_path):
     loaded = load(path, ["resolution=512"])  # the EDG presets' 512,650 is not a multiple of 8 (refused)
     cfg = loaded.cfg
     for text, name in ((to_toml(cfg), "p.toml"), (to_kohya_json(cfg), "p.json")):
         (tmp_path / name).write_text(text, encoding="utf-8")
         assert load_config(tmp_path / name).model_dump(mode="json") == cfg.model_dump(mode="json"), name
+    assert cfg.sdxl is json.loads(path.read_text(encoding="utf-8")).get("sdxl")  # absent in older SD1 presets
 
 
 @pytest.mark.parametrize("path", [_param(p) for p in PRESETS])
@@ -58,3 +67,23 @@ def test_preset_trains_two_steps(path, data, tiny_model_dir, tmp_path, capsys):
     assert code == 0, err
     _, meta = read_adapter_file(out / "last.safetensors")
     assert meta["ss_steps"] == "2"
+
+
+@pytest.fixture(scope="module")
+def sdxl_preset_model(tmp_path_factory):
+    from lorakit.models.tiny_sdxl import save_tiny_sdxl_pipeline
+    return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("preset-sdxl") / "tiny-sdxl")
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem) for p in SDXL_PRESETS])
+def test_sdxl_preset_trains_two_steps(path, data, sdxl_preset_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["train", str(path), "--model", str(sdxl_preset_model), "--data", str(data), "--output", str(out),
+                 "--set", "max_train_steps=2", "--set", "resolution=64", "--set", "min_bucket_reso=64", "--quiet"])
+    err = capsys.readouterr().err
+    if "8bit" in json.loads(path.read_text(encoding="utf-8"))["optimizer"].lower() and not HAS_BNB:
+        assert code == 2 and "bitsandbytes" in err, err
+        return
+    assert code == 0, err
+    _, meta = read_adapter_file(out / "last.safetensors")
+    assert meta["ss_steps"] == "2" and meta["ss_base_model_version"] == "sdxl_base_v1-0"

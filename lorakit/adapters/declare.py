@@ -20,6 +20,10 @@ from typing import Any, Callable, Optional, Union
 Tensors = dict[str, Any]  # one module's tensors, names without the module prefix
 
 LOADERS = ("A1111", "Forge", "ComfyUI", "diffusers", "LyCORIS")
+# kohya's SDXL names: one prefix per text encoder; the UNet in its original (SGM) layout
+SDXL_TE_PREFIXES = ("lora_te1_", "lora_te2_")
+SGM_UNET_PREFIXES = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+SD1_SGM_ATTENTION = "lora_unet_input_blocks_1_1_"
 YES, NO = "yes", "no"
 LYCORIS_MODULE = "lycoris.kohya"
 # the GUI keys the kohya_ss GUI turns into network args for its LyCORIS LoRA_types ("conv": conv_dim /
@@ -60,6 +64,22 @@ class FileContext:
             return False
         return any(name.startswith("lora_te_") and any(_width(t) == 1024 for t in ts.values())
                    for name, ts in self.modules.items())
+
+    def family(self) -> tuple[str, str]:
+        """(the model family the file was trained on: "SDXL", "SD2.x" or "SD1.x", how that is known).
+        ss_base_model_version first (sd-scripts writes sd_v1 / sd_v2 / sdxl_base_v1-0); else kohya's SDXL
+        names: lora_te1_ / lora_te2_, or UNet names in the original layout without SD1's attention at input
+        block 1 (SDXL has none there; an SD1 file converted to that layout has)."""
+        version = self.metadata.get("ss_base_model_version", "")
+        if version.startswith("sdxl"):
+            return "SDXL", f"ss_base_model_version {version}"
+        if not version and any(n.startswith(SDXL_TE_PREFIXES) for n in self.modules):
+            return "SDXL", "text-encoder modules named lora_te1_ / lora_te2_"
+        unet = [n for n in self.modules if n.startswith(SGM_UNET_PREFIXES)]
+        if not version and unet and not any(n.startswith(SD1_SGM_ATTENTION) for n in unet):
+            return "SDXL", "UNet modules named in SDXL's original layout (lora_unet_input_blocks_..)"
+        name = "SD2.x" if self.sd2() else "SD1.x"
+        return name, f"ss_base_model_version {version}" if version else "no SDXL module names"
 
 
 def _width(t: Any) -> int:

@@ -22,6 +22,54 @@ def parse_kv_args(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def parse_resolution(v: Any) -> Any:
+    """'W,H', 'WxH' or one number -> (W, H); other values are left to the field's type check."""
+    if isinstance(v, (int, float)):
+        return (int(v), int(v))
+    if not isinstance(v, str):
+        return v
+    try:
+        nums = [int(float(p.strip())) for p in v.replace("x", ",").split(",") if p.strip()]
+    except ValueError:
+        nums = []
+    if len(nums) not in (1, 2):
+        raise ValueError(f"'{v}' is not 'W,H' or a single number")
+    return (nums[0], nums[-1])
+
+
+def text_encoder_lrs(v: Any) -> tuple[Any, list[Any]]:
+    """sd-scripts' text_encoder_lr takes several values (nargs="*"; the kohya_ss GUI writes one per SDXL text
+    encoder, [lr, lr]), but networks.lora and lycoris.kohya train every text encoder at the first one
+    (train_network.py: text_encoder_lr[0] without prepare_optimizer_params_with_multiple_te_lrs).
+    Returns (the value used, the later values that differ from it and so are not used)."""
+    if isinstance(v, str) and "," in v:  # `--text_encoder_lr 1e-4 5e-5` in additional_parameters
+        v = [p.strip() for p in v.split(",") if p.strip()]
+    if not isinstance(v, (list, tuple)):
+        return v, []
+    if not v:
+        return None, []
+    first = v[0]
+    return first, [x for x in v[1:] if not _same_number(x, first)]
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return a == b
+
+
+def one_text_encoder_lr(v: Any) -> tuple[Any, list[Any]]:
+    """text_encoder_lr as lorakit's own TOML takes it: one value, or a list of equal values (what the kohya_ss
+    GUI writes); a list of different values is refused (the importers apply sd-scripts' first-value rule
+    and say so)."""
+    first, dropped = text_encoder_lrs(v)
+    if dropped:
+        raise ValueError(f"{list(v)}: sd-scripts trains every text encoder (SDXL: both) at the first value and "
+                         f"ignores {', '.join(map(str, dropped))}; write one value, e.g. text_encoder_lr = {first}")
+    return first, dropped
+
+
 LR_WEIGHT_PRESETS = ("sine", "cosine", "linear", "reverse_linear", "zeros")
 
 

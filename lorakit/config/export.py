@@ -84,7 +84,8 @@ def to_kohya_json(cfg: TrainConfig) -> str:
     default (the GUI could not pass them): otherwise a ConfigError names them."""
     values, defaults = _values(cfg), {k: f.default for k, f in TrainConfig.model_fields.items()}
     for name, value in cfg.model_dump().items():  # unset: the GUI's "not set" (0 or blank), not its default
-        if value is None and name in GUI_KEYS and name not in values:
+        # sdxl unset (detected from the weights) has no GUI spelling: left out, it reads back as unset
+        if value is None and name in GUI_KEYS and name not in values and name != "sdxl":
             values[name] = "" if "str" in str(TrainConfig.model_fields[name].annotation) else 0
     out: dict[str, Any] = {"LoRA_type": _lora_type(cfg)}
     uses = LORA_TYPES[out["LoRA_type"]][1]
@@ -116,6 +117,8 @@ def to_kohya_json(cfg: TrainConfig) -> str:
                 out[gui] = _kv_text(value)
         elif gui in GUI_KEYS:
             out[gui] = value
+        elif name == "no_half_vae" and cfg.sdxl:
+            out["sdxl_no_half_vae"] = value  # the GUI's SDXL checkbox (passed only with sdxl)
         elif value == defaults[name] or (name == "cache_text_encoder_outputs" and value is None):
             continue
         elif name in SD_SCRIPTS_ARGS:

@@ -19,7 +19,8 @@ from ..adapters.declare import GUI_BLOCK_ARGS
 from ..errors import ConfigError
 from .checks import parse_kv_args
 from .kohya_keys import (FIELDS, MAPPED, NETWORK_ARGS, RUNTIME, SD_SCRIPTS_ARGS, ImportResult, Problems,
-                         as_bool, blank, is_neutral, lookup, refusal, suggest, unknown_key)
+                         adafactor_scheduler, as_bool, blank, first_text_encoder_lr, is_neutral, lookup, refusal,
+                         suggest, unknown_key)
 from .netargs import LYCORIS_MODULE, LYCORIS_PRESETS, apply_network_args, lycoris_conv_defaults
 from .schema import field_attr
 from .sdscripts import read_dataset_config
@@ -43,6 +44,8 @@ NETWORK_ARG_KEYS = {"factor": "factor", "decompose_both": "decompose_both", "use
                     "dora_wd": "dora_wd", "constrain": "constraint", "rescaled": "rescaled"}
 # network-arg keys the table decides (neutral-only until implemented); read only for the types passing them
 TABLE_ARG_KEYS = ("rank_dropout_scale", "train_norm", "bypass_mode", "use_scalar", *GUI_BLOCK_ARGS)
+# the GUI's SDXL checkboxes: it passes their sd-scripts flag only with sdxl ticked
+SDXL_ONLY = ("sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae")
 DYNAMO_KEYS = ("dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic")
 
 
@@ -182,9 +185,6 @@ class _Importer:
             self.ignore(where, entry.why)
         elif is_neutral(entry, value, self.raw):
             self.ignore(where, f"{value!r} changes nothing ({entry.why})")
-        elif key == "sdxl":
-            self.problems.add(key, "sdxl = true: SDXL is not supported yet", "train an SD1.x/2.x checkpoint "
-                                                                              "(set sdxl to false)")
         else:
             self.problems.add(key, *refusal(where, entry, value))
 
@@ -230,6 +230,8 @@ class _Importer:
             elif key == "lr_scheduler_num_cycles" and blank(value):
                 if scheduler == "cosine_with_restarts" and not blank(raw.get("epoch")):
                     res.values["lr_scheduler_num_cycles"] = raw["epoch"]  # GUI: blank -> epoch
+            elif key in SDXL_ONLY and "sdxl" in raw and not as_bool(raw["sdxl"]):
+                self.ignore(key, "sdxl is false: the GUI passes it only for SDXL")
             elif key == "sdxl_cache_text_encoder_outputs":  # the GUI's checkbox for --cache_text_encoder_outputs
                 if as_bool(value):
                     res.values["cache_text_encoder_outputs"] = True
@@ -242,6 +244,7 @@ class _Importer:
             else:
                 self.set(key, value)
         self.dynamo()
+        adafactor_scheduler(res)
         self.dataset_toml()
         if "enable_bucket" not in raw:  # the GUI's checkbox defaults to on
             res.values.setdefault("enable_bucket", True)
@@ -397,6 +400,8 @@ class _Importer:
             self.res.values[key] = value
             return
         value = True if not values else values[0] if len(values) == 1 else ",".join(values)
+        if key == "text_encoder_lr":  # nargs="*" in sd-scripts
+            value = first_text_encoder_lr(values, self.res, "--text_encoder_lr")
         if key in FIELDS:
             self.res.values[key] = gui_number(key, value)
         elif key in SD_SCRIPTS_ARGS:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Iterable, Optional
 
 from ..errors import ConfigError
+from .checks import parse_kv_args, text_encoder_lrs
 from .schema import TrainConfig
 
 MAPPED, RUNTIME, NEUTRAL, REFUSED = "mapped", "runtime-only", "neutral-only", "refused"
@@ -89,6 +90,7 @@ lumina_system_prompt lumina_use_flash_attn lumina_use_sage_attn lumina_checkbox
 # the current one dropped
 GUI_OLD_KEYS = tuple("""
 no_token_padding use_8bit_adam lora_network_weights locon conv_dims conv_alphas use_wandb
+stop_text_encoder_training_pct
 """.split())
 
 # sd-scripts train_network.py / sdxl_train_network.py arguments (setup_parser and the add_*_arguments
@@ -149,7 +151,8 @@ block_lr_zero_threshold loraplus_lr_ratio loraplus_unet_lr_ratio loraplus_text_e
 use_scalar rank_dropout_scale bypass_mode
 """.split())
 
-FAMILY_SWITCHES = {"sdxl": "SDXL", "flux1_checkbox": "FLUX.1", "sd3_checkbox": "SD3",
+# the switches of the model families lorakit does not train (SDXL's `sdxl` is a schema field)
+FAMILY_SWITCHES = {"flux1_checkbox": "FLUX.1", "sd3_checkbox": "SD3",
                    "hunyuan_image_checkbox": "HunyuanImage", "anima_checkbox": "Anima", "lumina_checkbox": "Lumina"}
 FIELDS = TrainConfig.model_fields
 
@@ -206,8 +209,19 @@ TABLE: dict[str, Key] = {
     "LoRA_type": _map("network_type", "see LoRA_type -> network_type; also picks the network args read"),
     "LyCORIS_preset": _map("network_preset", "full / attn-mlp / attn-only (LyCORIS types only; others refused)"),
     "lr_warmup": _map("lr_warmup_steps", "a percent of the total steps: lr_warmup_steps = pct / 100"),
+    "sdxl": _map("sdxl", "true: the model must be SDXL (sdxl_train_network.py); false: SD1.x/2.x; checked "
+                 "against the weights before training (exit 2 naming both); not in the file: detected"),
+    "text_encoder_lr": _map("text_encoder_lr", "a list (sd-scripts' nargs; the GUI writes [lr, lr] for SDXL): the "
+                            "first value, which networks.lora / lycoris.kohya give every text encoder"),
+    "lr_scheduler": _map("lr_scheduler", "'adafactor': dropped with Adafactor computing its own lr (relative_step), "
+                         "which uses AdafactorSchedule anyway; refused with any other optimizer, as sd-scripts stops"),
     "sdxl_cache_text_encoder_outputs": _map(
-        "cache_text_encoder_outputs", "true -> true; false leaves lorakit's own caching (same results)"),
+        "cache_text_encoder_outputs", "true -> true; false leaves lorakit's own caching (same results); ignored "
+        "with sdxl = false (the GUI passes --cache_text_encoder_outputs only for SDXL)"),
+    "cache_text_encoder_outputs_to_disk": _map(
+        "cache_text_encoder_outputs", "true -> true: sd-scripts turns the cache on with it (lorakit keeps the "
+        "outputs in memory); false changes nothing"),
+    "sdxl_no_half_vae": _map("no_half_vae", "ignored with sdxl = false (the GUI passes --no_half_vae only for SDXL)"),
     "dynamo_backend": _map("torch_compile, dynamo_backend", '"no": off; any other backend compiles with it'),
     "dynamo_mode": _map("torch_compile_mode", "with a dynamo_backend; default: torch.compile's default"),
     "noise_offset_type": _map("noise_offset, multires_noise_*", "Original: noise_offset keys; Multires: multires_*"),
@@ -248,10 +262,7 @@ TABLE: dict[str, Key] = {
     "dynamo_use_dynamic": _run("lorakit compiles one static graph per bucket shape (same results)"),
     "highvram": _run(_MEMORY), "lowvram": _run(_MEMORY), "lowram": _run(_MEMORY),
     "blocks_to_swap": _run(_MEMORY), "cpu_offload_checkpointing": _run(_MEMORY),
-    "cache_text_encoder_outputs_to_disk": _run("lorakit keeps text-encoder outputs in memory"),
     "disable_mmap_load_safetensors": _run("how the checkpoint file is read"),
-    "no_half_vae": _run("lorakit keeps the SD1.x/2.x VAE in float32"),
-    "sdxl_no_half_vae": _run("lorakit keeps the VAE in float32"),
     "skip_cache_check": _run("lorakit re-encodes a cached latent when the image, size or VAE changes"),
     "cache_info": _run("a cache of image sizes: speed only"),
     "tokenizer_cache_dir": _run("lorakit reads the tokenizer from the checkpoint"),
@@ -261,8 +272,8 @@ TABLE: dict[str, Key] = {
     "show_timesteps_resolution": _run("shows the timestep distribution; trains nothing"),
     "save_model_as": _map("save_model_as", "safetensors only"),
     # ---- neutral-only: training settings lorakit does not implement
-    "sdxl": _neutral("SDXL is not supported yet", False, fix="train an SD1.x/2.x checkpoint"),
     "stop_text_encoder_training": _neutral("stops training the text encoder after N steps", 0),
+    "stop_text_encoder_training_pct": _neutral("the GUI's percent form of stop_text_encoder_training (v21-v24)", 0),
     "save_state_on_train_end": _neutral("saves the training state at the end", False, fix="use save_state"),
     "v_pred_like_loss": _neutral("adds a v-prediction-like loss term", 0),
     "weighted_captions": _neutral("(word:1.2) caption weights", False),
@@ -326,10 +337,9 @@ for _k in NETWORK_ARGS[8:11]:
     TABLE[_k] = _neutral("LoRA+ learning-rate ratio of the up weights", 0, 1)
 TABLE["train_norm"] = _neutral("trains the norm layers too (LyCORIS)", False)
 
-# the other model families: their switch is refused (SDXL: not yet), their options only act with it
+# the other model families: their switch is refused, their options only act with it
 for _switch, _name in FAMILY_SWITCHES.items():
-    if _switch != "sdxl":
-        TABLE[_switch] = _refuse(f"{_name} models are not supported: lorakit trains SD1.x/2.x", False)
+    TABLE[_switch] = _refuse(f"{_name} models are not supported: lorakit trains SD1.x/2.x and SDXL", False)
 _FAMILY_OPTIONS = {
     "flux1_checkbox": """flux1_cache_text_encoder_outputs flux1_cache_text_encoder_outputs_to_disk model_type ae clip_l
         t5xxl discrete_flow_shift model_prediction_type timestep_sampling split_mode train_blocks t5xxl_max_token_length
@@ -431,6 +441,38 @@ def unknown_key(key: str, known: Iterable[str] = ()) -> tuple[str, str]:
     guess = suggest(key, set(known) | set(ALL_KEYS) | set(FIELDS))
     return f"unknown key '{key}'", (f"did you mean '{guess}'?" if guess else "remove it; docs/kohya.md lists "
                                                                                "every kohya key")
+
+
+def first_text_encoder_lr(value: Any, res: "ImportResult", where: str) -> Any:
+    """sd-scripts' reading of a text_encoder_lr list (checks.text_encoder_lrs): the first value, the
+    differing later ones noted as unused."""
+    first, dropped = text_encoder_lrs(value)
+    if dropped:
+        res.ignored.append((where, f"{', '.join(map(str, dropped))} not used: sd-scripts' networks.lora and "
+                                   f"lycoris.kohya train every text encoder (SDXL: both) at the first value, {first}"))
+    return first
+
+
+def adafactor_scheduler(res: "ImportResult") -> None:
+    """sd-scripts' lr_scheduler "adafactor" is transformers' AdafactorSchedule, which sd-scripts (and lorakit)
+    use anyway whenever Adafactor computes its own lr (relative_step, Adafactor's default in sd-scripts); with
+    any other optimizer sd-scripts stops. The value is dropped with that reason, or is a problem."""
+    if str(res.values.get("lr_scheduler", "")).strip().lower() != "adafactor":
+        return
+    del res.values["lr_scheduler"]
+    args = res.values.get("optimizer_args") or {}
+    try:
+        args = parse_kv_args(args) if isinstance(args, (list, tuple)) else dict(args)
+    except (TypeError, ValueError):
+        args = {}  # reported with optimizer_args
+    relative = as_bool(args.get("relative_step", True)) or as_bool(args.get("warmup_init", False))
+    if str(res.values.get("optimizer_type", "")).lower() == "adafactor" and relative:
+        res.ignored.append(("lr_scheduler", "'adafactor': Adafactor with relative_step computes its own lr "
+                                            "(AdafactorSchedule), which lorakit uses for it anyway"))
+    else:
+        res.problems.add("lr_scheduler", "lr_scheduler 'adafactor' is the schedule of optimizer Adafactor with "
+                         "relative_step = True (sd-scripts stops with any other optimizer)",
+                         "set optimizer_type = Adafactor, or choose another lr_scheduler (constant, cosine, ...)")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator, model_validator
 
-from .checks import LR_WEIGHT_PRESETS, block_problems, is_number, parse_kv_args
+from .checks import LR_WEIGHT_PRESETS, block_problems, is_number, one_text_encoder_lr, parse_kv_args, parse_resolution
 from .fields import RESUME_LR, RESUME_NOTED, RESUME_SAFE, SS_FILE_NAME, SS_NEUTRAL_NONE, F
 
 # Sections only group keys for display and for optional TOML tables; a key is
@@ -35,12 +35,18 @@ class TrainConfig(BaseModel):
 
     # ---- model -------------------------------------------------------------------
     pretrained_model_name_or_path: Optional[str] = F(
-        None, "model", "Local SD1.x/2.x checkpoint: a diffusers folder or a single .safetensors/.ckpt file.",
+        None, "model", "Local SD1.x/2.x or SDXL checkpoint: a diffusers folder or a single .safetensors/.ckpt file.",
         resume=RESUME_SAFE, ss="ss_sd_model_name", ss_write=SS_FILE_NAME)
+    sdxl: Optional[bool] = F(
+        None, "model", "The checkpoint is SDXL (kohya_ss's sdxl checkbox; sd-scripts' sdxl_train_network.py). Unset: "
+        "the family is detected from the weights; true / false is an error when the weights say otherwise.")
     v2: bool = F(False, "model", "The checkpoint is SD2.x (detected from the file when it can be).")
     v_parameterization: bool = F(False, "model", "Train with the v-prediction target (SD2 768-v models).")
     vae: Optional[str] = F(None, "model", "Optional separate VAE (diffusers folder or single file).",
                            resume=RESUME_SAFE)
+    no_half_vae: bool = F(
+        False, "model", "kohya's switch to keep the VAE in float32 (kohya_ss: sdxl_no_half_vae; SDXL's VAE overflows "
+        "in fp16). lorakit always encodes in float32, so either value gives the same latents.", resume=RESUME_SAFE)
     clip_skip: int = F(1, "model", "Use the k-th last text-encoder layer (then final_layer_norm); 1 = last.",
                        ge=1, le=12, ss="ss_clip_skip")
     max_token_length: Literal[75, 150, 225] = F(
@@ -228,7 +234,8 @@ class TrainConfig(BaseModel):
     unet_lr: Optional[float] = F(None, "optimizer", "UNet adapter lr (unset = learning_rate; 0 = frozen).",
                                  ge=0, resume=RESUME_LR)
     text_encoder_lr: Optional[float] = F(
-        None, "optimizer", "Text-encoder adapter lr (unset = learning_rate; 0 = frozen).", ge=0, resume=RESUME_LR)
+        None, "optimizer", "Text-encoder adapter lr (unset = learning_rate; 0 = frozen); SDXL: both encoders. A "
+        "list of equal values (the kohya_ss GUI writes one per SDXL encoder) is read as one.", ge=0, resume=RESUME_LR)
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                           "polynomial"] = F(
         "constant", "optimizer", "Learning-rate schedule, stepped once per optimizer step (diffusers' formulas).",
@@ -409,20 +416,7 @@ class TrainConfig(BaseModel):
     @field_validator("resolution", mode="before")
     @classmethod
     def _resolution(cls, v: Any) -> Any:
-        if isinstance(v, (int, float)):
-            return (int(v), int(v))
-        if isinstance(v, str):
-            parts = [p.strip() for p in v.replace("x", ",").split(",") if p.strip()]
-            try:
-                nums = [int(float(p)) for p in parts]
-            except ValueError:
-                raise ValueError(f"'{v}' is not 'W,H' or a single number") from None
-            if len(nums) == 1:
-                return (nums[0], nums[0])
-            if len(nums) == 2:
-                return tuple(nums)
-            raise ValueError(f"'{v}' is not 'W,H' or a single number")
-        return v
+        return parse_resolution(v)
 
     @field_validator("resolution")
     @classmethod
@@ -431,6 +425,11 @@ class TrainConfig(BaseModel):
             if n < 64 or n % 8:
                 raise ValueError(f"{n} must be a multiple of 8 and at least 64")
         return v
+
+    @field_validator("text_encoder_lr", mode="before")
+    @classmethod
+    def _te_lr(cls, v: Any) -> Any:
+        return one_text_encoder_lr(v)[0]
 
     @field_validator("save_every_n_epochs", "save_every_n_steps", "sample_every_n_epochs",
                      "sample_every_n_steps", "save_last_n_epochs", "save_last_n_steps",
@@ -561,6 +560,8 @@ class TrainConfig(BaseModel):
         if self.network_train_unet_only and self.network_train_text_encoder_only:
             raise ValueError("network_train_unet_only and network_train_text_encoder_only are both set; "
                              "set at most one")
+        if self.sdxl and self.v2:  # sd-scripts' verify_sdxl_training_args asserts the same
+            raise ValueError("sdxl and v2 are both true; an SDXL model is not SD2.x: set v2 = false")
         problems = block_problems(self)
         if problems:
             raise ValueError("; ".join(problems))

@@ -25,7 +25,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from .kohya_keys import (DATASET_KEYS as SD_DATASET_KEYS, FIELDS, MAPPED, NETWORK_ARGS, RUNTIME, SD_SCRIPTS_ARGS,
-                         ImportResult, Problems, is_neutral, lookup, refusal, suggest, unknown_key)
+                         ImportResult, Problems, adafactor_scheduler, first_text_encoder_lr, is_neutral, lookup,
+                         refusal, suggest, unknown_key)
 from .netargs import apply_network_args
 from .checks import parse_kv_args
 from .schema import SUBSET_OPTIONS, TrainConfig, fields_with
@@ -108,11 +109,13 @@ def import_sdscripts_toml(path: Path, raw: dict[str, Any] | None = None) -> Impo
     for key, value in flat.items():
         if key in OWN_KEYS:
             continue
-        if key == "cache_text_encoder_outputs" and not value:  # sd-scripts' default, not a request for "off"
+        if key in ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk") and not value:  # the default
             res.ignored.append((key, "off: lorakit caches on its own while the text encoder is frozen (same results)"))
         elif key in FIELDS:
             if key in ("optimizer_args", "lr_scheduler_args"):
                 value = _kv(value, key, file)
+            elif key == "text_encoder_lr":
+                value = first_text_encoder_lr(value, res, key)
             res.values[key] = value
         else:
             _table_key(key, value, flat, res)
@@ -123,6 +126,7 @@ def import_sdscripts_toml(path: Path, raw: dict[str, Any] | None = None) -> Impo
     except ConfigError as e:
         res.problems.add(e.key or "network_args", e.message, e.fix or "")
         rest = {}
+    adafactor_scheduler(res)
     res.problems.raise_all()
     if rest:
         res.values["network_args"] = rest

@@ -183,7 +183,7 @@ def load_frozen_model(cfg: TrainConfig) -> ModelFamily:
     """The base model, every weight frozen and in eval mode, with the training noise schedule."""
     from ..models.loader import load_sd_model
 
-    m = load_sd_model(cfg.pretrained_model_name_or_path, v2=cfg.v2 or None,
+    m = load_sd_model(cfg.pretrained_model_name_or_path, v2=cfg.v2 or None, sdxl=cfg.sdxl,
                       v_parameterization=cfg.v_parameterization or None, vae=cfg.vae)
     # zero_terminal_snr rescales the schedule once; samples during training use it too
     m.noise_scheduler = training_scheduler(m.noise_scheduler, cfg.zero_terminal_snr)
