@@ -274,7 +274,7 @@ def c_json_sdxl(t, m):
     p = t / "k.json"
     p.write_text(json.dumps({"sdxl": True, "LoRA_type": "Standard", "pretrained_model_name_or_path": str(m),
                              "train_data_dir": str(good_data(t)), "output_dir": str(t / "o"), "max_train_steps": 1,
-                             "max_resolution": "64,64"}), encoding="utf-8")
+                             "max_resolution": "64,64", "enable_bucket": False}), encoding="utf-8")
     return ["train", str(p)]
 
 

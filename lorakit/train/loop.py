@@ -93,7 +93,8 @@ def micro_step_loss(run: Run, batch: Batch, seeds: list[int]) -> torch.Tensor:
 
 
 def group_lrs(run: Run) -> dict[str, float]:
-    return {g.get("name", str(i)): g["lr"] for i, g in enumerate(run.optimizer.param_groups)}
+    # float(): Adafactor with relative_step writes its computed lr back into the group as a tensor
+    return {g.get("name", str(i)): float(g["lr"]) for i, g in enumerate(run.optimizer.param_groups)}
 
 
 def optimizer_step(run: Run) -> dict[str, float]:
