@@ -160,8 +160,8 @@ def openclip_key_map(keys) -> dict[str, tuple[str, int | None]]:
     return out
 
 
-def to_ldm(unet, vae, text_encoder, v2: bool) -> dict[str, torch.Tensor]:
-    """A full LDM-layout state dict from diffusers/transformers modules (fp32, contiguous)."""
+def unet_vae_to_ldm(unet, vae) -> dict[str, torch.Tensor]:
+    """The UNet's and VAE's weights under their original-layout keys (SD1/SD2 and SDXL share them)."""
     sd: dict[str, torch.Tensor] = {}
     u = unet.state_dict()
     for k, m in unet_key_map(list(u), unet.config).items():
@@ -170,8 +170,14 @@ def to_ldm(unet, vae, text_encoder, v2: bool) -> dict[str, torch.Tensor]:
     for k, m in vae_key_map(list(v), vae.config).items():
         t = v[k]
         if ".mid.attn_1." in m and m.endswith("weight") and t.dim() == 2:
-            t = t[:, :, None, None]  # LDM keeps these as 1x1 convs
+            t = t[:, :, None, None]  # the original VAE keeps these as 1x1 convs
         sd[VAE_PREFIX + m] = t
+    return sd
+
+
+def to_ldm(unet, vae, text_encoder, v2: bool) -> dict[str, torch.Tensor]:
+    """A full LDM-layout state dict from diffusers/transformers modules (fp32, contiguous)."""
+    sd = unet_vae_to_ldm(unet, vae)
     t_sd = text_encoder.state_dict()
     if not v2:
         for k, m in clip_key_map(list(t_sd)).items():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .ldm_layout import UNET_PREFIX, VAE_PREFIX, clip_key_map, openclip_key_map, unet_key_map, vae_key_map
+from .ldm_layout import clip_key_map, openclip_key_map, unet_key_map, unet_vae_to_ldm
 
 TE1_PREFIX = "conditioner.embedders.0.transformer."
 TE2_PREFIX = "conditioner.embedders.1.model."
@@ -47,16 +47,7 @@ def unet_module_paths(unet) -> dict[str, str]:
 
 def to_sgm(unet, vae, text_encoder, text_encoder_2, logit_scale: float = 4.6052) -> dict[str, torch.Tensor]:
     """A full SGM-layout SDXL state dict from diffusers/transformers modules (fp32, contiguous)."""
-    sd: dict[str, torch.Tensor] = {}
-    u = unet.state_dict()
-    for k, m in unet_key_map(list(u), unet.config).items():
-        sd[UNET_PREFIX + m] = u[k]
-    v = vae.state_dict()
-    for k, m in vae_key_map(list(v), vae.config).items():
-        t = v[k]
-        if ".mid.attn_1." in m and m.endswith("weight") and t.dim() == 2:
-            t = t[:, :, None, None]  # the original VAE keeps these as 1x1 convs
-        sd[VAE_PREFIX + m] = t
+    sd = unet_vae_to_ldm(unet, vae)
     t1 = text_encoder.state_dict()
     for k, m in clip_key_map(list(t1)).items():
         sd[TE1_PREFIX + m] = t1[k]
