@@ -20,7 +20,7 @@ from .schedule import make_noise_scheduler
 from .sdxl import SDXLModel
 from .sdxl_configs import SDXL_CONFIG_DIR, load_sdxl_tokenizers
 from .sgm_layout import TE1_PREFIX, TE2_PREFIX, te2_key_map
-from .single_file import _empty, _fit, _gather, _load_into, build_unet, build_vae
+from .single_file import _empty, _gather, _gather_openclip, _load_into, build_unet, build_vae
 
 EXPECTED_SDXL = "an SDXL diffusers folder (model_index.json, unet/, vae/, text_encoder/, text_encoder_2/, " \
                 "tokenizer/, tokenizer_2/) or a single .safetensors in the original SGM layout"
@@ -118,23 +118,7 @@ def build_te2(sd: dict, config_dir: Path, file: str):
 
     cfg = CLIPTextConfig.from_pretrained(str(config_dir / "text_encoder_2"), local_files_only=True)
     te = _empty(lambda: CLIPTextModelWithProjection(cfg))
-    target = te.state_dict()
-    key_map = te2_key_map(list(target))
-    new_sd, missing = {}, []
-    for k, t in target.items():
-        if k not in key_map:  # position_ids: the module's own buffer
-            new_sd[k] = t
-            continue
-        key, slot, transposed = key_map[k]
-        if TE2_PREFIX + key not in sd:
-            missing.append(TE2_PREFIX + key)
-            continue
-        src = sd[TE2_PREFIX + key].float()
-        if slot is not None:
-            src = src.chunk(3, dim=0)[slot]
-        if transposed:
-            src = src.T
-        new_sd[k] = _fit(src.contiguous(), t.shape, TE2_PREFIX + key, file)
+    new_sd, missing = _gather_openclip(te, te2_key_map(list(te.state_dict())), sd, TE2_PREFIX, file)
     return _load_into(te, new_sd, missing, "text encoder 2", file)
 
 

@@ -110,6 +110,29 @@ def _gather(module, key_map: dict[str, str], sd: dict, prefix: str, file: str):
     return new_sd, missing
 
 
+def _gather_openclip(module, key_map: dict[str, tuple], sd: dict, prefix: str, file: str):
+    """_gather for an open_clip text encoder: key_map gives (open_clip key, q/k/v slot of its fused
+    in_proj or None[, transposed]); a fused tensor is cut in three, a transposed one (SDXL's
+    text_projection) turned back."""
+    new_sd, missing = {}, []
+    for k, t in module.state_dict().items():
+        m = key_map.get(k)
+        if m is None:  # position_ids: the module's own buffer
+            new_sd[k] = t
+            continue
+        key, slot, transposed = (*m, False)[:3]
+        if prefix + key not in sd:
+            missing.append(prefix + key)
+            continue
+        src = sd[prefix + key].float()
+        if slot is not None:
+            src = src.chunk(3, dim=0)[slot]
+        if transposed:
+            src = src.T
+        new_sd[k] = _fit(src.contiguous(), t.shape, prefix + key, file)
+    return new_sd, missing
+
+
 def build_unet(sd: dict, config_dir: Path, file: str):
     from diffusers import UNet2DConditionModel
 
@@ -145,20 +168,8 @@ def build_text_encoder(sd: dict, config_dir: Path, v2: bool, file: str):
             key_map = {k: m[len("text_model."):] for k, m in key_map.items()}
         new_sd, missing = _gather(te, key_map, sd, SD1_TE_PREFIX, file)
         return _load_into(te, new_sd, missing, "text encoder", file)
-    new_sd, missing = {}, []
-    for k, t in target.items():
-        m = openclip_key_map([k]).get(k)
-        if m is None:
-            new_sd[k] = t
-            continue
-        key, slot = m
-        if SD2_TE_PREFIX + key not in sd:
-            missing.append(SD2_TE_PREFIX + key)
-            continue
-        src = sd[SD2_TE_PREFIX + key].float()
-        if slot is not None:
-            src = src.chunk(3, dim=0)[slot]
-        new_sd[k] = _fit(src, t.shape, SD2_TE_PREFIX + key, file)
+    key_map = {k: m for k in target for m in [openclip_key_map([k]).get(k)] if m is not None}
+    new_sd, missing = _gather_openclip(te, key_map, sd, SD2_TE_PREFIX, file)
     return _load_into(te, new_sd, missing, "text encoder", file)
 
 
