@@ -81,8 +81,8 @@ def test_shipped_configs_have_the_published_sizes():
     unet_768 = json.loads((config_folder(True, True) / "unet" / "config.json").read_text())
     assert unet_768["sample_size"] == 96 and unet_768["attention_head_dim"] == [5, 10, 20, 20]
     total = sum(f.stat().st_size for f in CONFIGS_ROOT.rglob("*") if f.is_file())
-    # five CLIP tokenizer copies (1.5 MB each: sd15, sd2-512, sd2-768-v, SDXL's two), no weights
-    assert total < 8_000_000 and not list(CONFIGS_ROOT.rglob("*.safetensors"))
+    # one CLIP BPE pair (1,485,762 bytes in clip-bpe/, shared by the five tokenizers) + JSON configs, no weights
+    assert total < 1_650_000 and not list(CONFIGS_ROOT.rglob("*.safetensors"))
 
 
 # ---- loading: diffusers folder vs single file -------------------------------------------

@@ -2,7 +2,8 @@
 
 Run from the repository root: ``.venv/bin/python tools/make_model_configs.py``.
 
-The CLIP tokenizer files are derived offline from OpenAI's BPE list shipped in the
+The CLIP BPE pair (configs/clip-bpe/vocab.json, merges.txt), written once and shared by every
+config folder's tokenizer settings, is derived offline from OpenAI's BPE list shipped in the
 open-clip-torch wheel (MIT licence): vocab = the 256 byte symbols, the same with
 "</w>", the joined merges, then the two special tokens (49408 entries). The model
 configs are the published SD1.5 / SD2-base / SD2-768-v / SDXL base 1.0 diffusers configs, written
@@ -19,10 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lorakit.models.clip_tokenizer import BOS, CLIP_BPE_DIR, EOS, write_bpe  # noqa: E402
 from lorakit.models.configs_data import CONFIG_FOLDERS, write_config_folder  # noqa: E402
 from lorakit.models.sdxl_configs import SDXL_CONFIG_DIR, write_sdxl_config_folder  # noqa: E402
-
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -55,11 +55,13 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
 
 def main() -> None:
     vocab, merges = clip_vocab_and_merges()
+    write_bpe(CLIP_BPE_DIR, vocab, merges)
+    print("wrote", CLIP_BPE_DIR)
     out = ROOT / "lorakit" / "models" / "configs"
     for name in CONFIG_FOLDERS:
-        write_config_folder(out / name, name, vocab, merges)
+        write_config_folder(out / name, name)
         print("wrote", out / name)
-    write_sdxl_config_folder(SDXL_CONFIG_DIR, vocab, merges)
+    write_sdxl_config_folder(SDXL_CONFIG_DIR)
     print("wrote", SDXL_CONFIG_DIR)
 
 

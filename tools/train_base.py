@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lorakit.models.base import BASE_DIR, build_base_components  # noqa: E402
-from lorakit.models.configs_data import write_tokenizer  # noqa: E402
+from lorakit.models.clip_tokenizer import write_tokenizer  # noqa: E402
 from lorakit.models.text import encode, tokenize  # noqa: E402
 from lorakit.quality import shapes  # noqa: E402
 

@@ -8,6 +8,7 @@
 - ``sgm_layout`` / ``ldm_layout``: original-layout key tables (single files, SDXL adapter names)
 - ``safe_pickle.safe_torch_load`` (``.ckpt`` without running pickled code)
 - ``configs_data.config_folder(v2, v_prediction)``, ``sdxl_configs.SDXL_CONFIG_DIR``: the shipped config-only folders
+- ``clip_tokenizer.load_tokenizer(folder)``: the CLIP tokenizer of a folder (the shipped ones share one BPE pair)
 
 Submodules import diffusers/transformers lazily; import them directly.
 """

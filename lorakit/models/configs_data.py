@@ -2,16 +2,17 @@
 
 The folders under ``lorakit/models/configs/`` are generated from these dicts by
 ``tools/make_model_configs.py``; they carry no weights. Single-file checkpoints carry no
-configs, so the loader reads the matching folder from here.
+configs, so the loader reads the matching folder from here. Their tokenizer folders hold only
+settings; the BPE pair is shared (:mod:`lorakit.models.clip_tokenizer`).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from .clip_tokenizer import write_tokenizer
+
 CONFIGS_ROOT = Path(__file__).resolve().parent / "configs"
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 SCALED_LINEAR = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                  "beta_schedule": "scaled_linear", "trained_betas": None, "clip_sample": False,
@@ -82,12 +83,6 @@ def scheduler_config(v_prediction: bool) -> dict:
             "prediction_type": "epsilon"}
 
 
-def tokenizer_config(v2: bool) -> dict:
-    return {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": BOS, "eos_token": EOS,
-            "unk_token": EOS, "pad_token": "!" if v2 else EOS, "do_lower_case": True, "errors": "replace",
-            "add_prefix_space": False, "clean_up_tokenization_spaces": True}
-
-
 def model_index() -> dict:
     return {
         "_class_name": "StableDiffusionPipeline",
@@ -121,29 +116,8 @@ def _dump(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def write_tokenizer(folder: Path, v2: bool, vocab: dict[str, int] | None = None,
-                    merges: list[str] | None = None) -> Path:
-    """Write CLIP tokenizer files (vocab.json, merges.txt, configs) into ``folder``.
-
-    Without ``vocab``/``merges`` the shipped files are copied.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if vocab is None or merges is None:
-        src = CONFIGS_ROOT / "sd15" / "tokenizer"
-        for name in TOKENIZER_FILES:
-            (folder / name).write_bytes((src / name).read_bytes())
-    else:
-        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    cfg = tokenizer_config(v2)
-    _dump(folder / "tokenizer_config.json", cfg)
-    _dump(folder / "special_tokens_map.json",
-          {k: cfg[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")})
-    return folder
-
-
-def write_config_folder(folder: Path, name: str, vocab=None, merges=None) -> Path:
+def write_config_folder(folder: Path, name: str) -> Path:
+    """The config-only folder ``name`` of :data:`CONFIG_FOLDERS` (tokenizer settings without the BPE pair)."""
     v2, v_pred, unet_size, vae_size, upcast = CONFIG_FOLDERS[name]
     folder = Path(folder)
     index = model_index()
@@ -153,5 +127,5 @@ def write_config_folder(folder: Path, name: str, vocab=None, merges=None) -> Pat
     _dump(folder / "vae" / "config.json", vae_config(vae_size))
     _dump(folder / "text_encoder" / "config.json", text_encoder_config(v2))
     _dump(folder / "scheduler" / "scheduler_config.json", scheduler_config(v_pred))
-    write_tokenizer(folder / "tokenizer", v2, vocab, merges)
+    write_tokenizer(folder / "tokenizer", v2, bpe=False)
     return folder

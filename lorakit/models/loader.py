@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
+from .clip_tokenizer import load_tokenizer
 from .configs_data import config_folder
 from .schedule import make_noise_scheduler  # noqa: F401  (callers import it from here)
 from .sd import SDModel
@@ -88,7 +89,7 @@ def _check_v2(detected: bool, v2: bool | None, file: str) -> bool:
 
 def _load_folder(p: Path, v2, v_param) -> SDModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
     if not (p / "unet" / "config.json").exists() or not (p / "text_encoder").is_dir():
         raise ModelError("this folder is not a diffusers Stable Diffusion model", file=str(p), fix="use " + EXPECTED)
@@ -103,7 +104,7 @@ def _load_folder(p: Path, v2, v_param) -> SDModel:
         unet = UNet2DConditionModel.from_pretrained(str(p), subfolder="unet", **kw)
         vae = AutoencoderKL.from_pretrained(str(p), subfolder="vae", **kw)
         te = CLIPTextModel.from_pretrained(str(p), subfolder="text_encoder", **kw)
-        tok = CLIPTokenizer.from_pretrained(str(p), subfolder="tokenizer", local_files_only=True)
+        tok = load_tokenizer(p / "tokenizer")
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelError(f"cannot load the diffusers folder: {e}", file=str(p), fix="use " + EXPECTED) from None
     return SDModel(unet, vae, te, tok, make_noise_scheduler(bool(v_param)), bool(v2), bool(v_param),
@@ -111,8 +112,6 @@ def _load_folder(p: Path, v2, v_param) -> SDModel:
 
 
 def _load_single_file(p: Path, v2, v_param, config_dir: Path | None, sdxl: bool | None):
-    from transformers import CLIPTokenizer
-
     sd = read_state_dict(p)
     kind = classify(sd)
     if kind in ("sdxl", "sd1", "sd2"):
@@ -147,7 +146,7 @@ def _load_single_file(p: Path, v2, v_param, config_dir: Path | None, sdxl: bool 
     vae = build_vae(sd, config_dir, name)
     te = build_text_encoder(sd, config_dir, v2, name)
     del sd
-    tok = CLIPTokenizer.from_pretrained(str(config_dir / "tokenizer"), local_files_only=True)
+    tok = load_tokenizer(Path(config_dir) / "tokenizer")
     return SDModel(unet, vae, te, tok, make_noise_scheduler(bool(v_param)), bool(v2), bool(v_param),
                    "single_file", p.name)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .configs_data import CONFIGS_ROOT, SCALED_LINEAR, text_encoder_config, vae_config, write_tokenizer
+from .clip_tokenizer import load_tokenizer, write_tokenizer
+from .configs_data import CONFIGS_ROOT, SCALED_LINEAR, text_encoder_config, vae_config
 
 SDXL_CONFIG_DIR = CONFIGS_ROOT / "sdxl"
 VAE_SCALE = 0.13025
@@ -116,13 +117,14 @@ def _dump(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def write_sdxl_tokenizers(folder: Path, vocab=None, merges=None) -> None:
-    """tokenizer/ (pad = eos, as CLIP ViT-L's) and tokenizer_2/ (pad "!", id 0, as sd-scripts sets it)."""
-    write_tokenizer(Path(folder) / "tokenizer", False, vocab, merges)
-    write_tokenizer(Path(folder) / "tokenizer_2", True, vocab, merges)
+def write_sdxl_tokenizers(folder: Path, bpe: bool = True) -> None:
+    """tokenizer/ (pad = eos, as CLIP ViT-L's) and tokenizer_2/ (pad "!", id 0, as sd-scripts sets it);
+    ``bpe``: with their copies of the shared BPE pair (see :func:`clip_tokenizer.write_tokenizer`)."""
+    write_tokenizer(Path(folder) / "tokenizer", False, bpe)
+    write_tokenizer(Path(folder) / "tokenizer_2", True, bpe)
 
 
-def write_sdxl_config_folder(folder: Path, vocab=None, merges=None) -> Path:
+def write_sdxl_config_folder(folder: Path) -> Path:
     folder = Path(folder)
     _dump(folder / "model_index.json", sdxl_model_index())
     _dump(folder / "unet" / "config.json", sdxl_unet_config())
@@ -130,14 +132,11 @@ def write_sdxl_config_folder(folder: Path, vocab=None, merges=None) -> Path:
     _dump(folder / "text_encoder" / "config.json", sdxl_text_encoder_config())
     _dump(folder / "text_encoder_2" / "config.json", sdxl_text_encoder_2_config())
     _dump(folder / "scheduler" / "scheduler_config.json", sdxl_scheduler_config())
-    write_sdxl_tokenizers(folder, vocab, merges)
+    write_sdxl_tokenizers(folder, bpe=False)
     return folder
 
 
 def load_sdxl_tokenizers(folder: Path | None = None):
     """(tokenizer, tokenizer_2) from ``folder`` (default: the shipped SDXL configs), offline."""
-    from transformers import CLIPTokenizer
-
     folder = Path(folder or SDXL_CONFIG_DIR)
-    return tuple(CLIPTokenizer.from_pretrained(str(folder / sub), local_files_only=True)
-                 for sub in ("tokenizer", "tokenizer_2"))
+    return tuple(load_tokenizer(folder / sub) for sub in ("tokenizer", "tokenizer_2"))

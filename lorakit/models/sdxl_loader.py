@@ -56,7 +56,7 @@ def check_family(detected: str, *, sdxl: bool | None, v2: bool | None, file: str
 
 def load_sdxl_folder(p: Path, v_param: bool | None):
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 
     missing = [s for s in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
@@ -71,8 +71,7 @@ def load_sdxl_folder(p: Path, v_param: bool | None):
         vae = AutoencoderKL.from_pretrained(str(p), subfolder="vae", **kw)
         te1 = CLIPTextModel.from_pretrained(str(p), subfolder="text_encoder", **kw)
         te2 = CLIPTextModelWithProjection.from_pretrained(str(p), subfolder="text_encoder_2", **kw)
-        tok1 = CLIPTokenizer.from_pretrained(str(p), subfolder="tokenizer", local_files_only=True)
-        tok2 = CLIPTokenizer.from_pretrained(str(p), subfolder="tokenizer_2", local_files_only=True)
+        tok1, tok2 = load_sdxl_tokenizers(p)
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelError(f"cannot load the SDXL diffusers folder: {e}", file=str(p),
                          fix="use " + EXPECTED_SDXL) from None

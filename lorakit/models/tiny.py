@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .configs_data import model_index, scheduler_config, write_tokenizer
+from .clip_tokenizer import load_tokenizer, write_tokenizer
+from .configs_data import CONFIGS_ROOT, model_index, scheduler_config
 from .ldm_layout import SD2_TE_PREFIX, to_ldm
 
 TINY_HIDDEN = 32
@@ -47,12 +48,7 @@ def tiny_text_config(v2: bool):
 
 def load_clip_tokenizer(v2: bool):
     """The shipped CLIP tokenizer (SD1: pad = eos; SD2: pad "!" = id 0), offline."""
-    from transformers import CLIPTokenizer
-
-    from .configs_data import CONFIGS_ROOT
-
-    folder = CONFIGS_ROOT / ("sd2-512" if v2 else "sd15") / "tokenizer"
-    return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return load_tokenizer(CONFIGS_ROOT / ("sd2-512" if v2 else "sd15") / "tokenizer")
 
 
 def make_scheduler(v_prediction: bool):
@@ -113,7 +109,7 @@ def write_tiny_config_dir(folder, v2: bool = False, v_prediction: bool = False) 
     tiny_text_config(v2).save_pretrained(str(folder / "text_encoder"))
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2), encoding="utf-8")
-    write_tokenizer(folder / "tokenizer", v2)
+    write_tokenizer(folder / "tokenizer", v2, bpe=False)  # as the shipped config folders
     return folder
 
 

@@ -110,7 +110,7 @@ def write_tiny_sdxl_config_dir(folder, v_prediction: bool = False) -> Path:
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(
         json.dumps(sdxl_scheduler_config(v_prediction), indent=2), encoding="utf-8")
-    write_sdxl_tokenizers(folder)
+    write_sdxl_tokenizers(folder, bpe=False)  # as the shipped config folder
     return folder
 
 
