@@ -3,12 +3,12 @@
     python bench/quality.py                 # about 10 minutes on 2 shared CPU cores
     python bench/quality.py --images 240 --n 8 --configs lora dadapt-loha
 
-Every config trains on the same concept (lorakit.demo: a dozen blue shapes captioned
+Every config trains on the same concept (lorakit.demo: a dozen purple shapes captioned
 "a zkv <shape>", with the base prompts' procedural images as reg_data_dir) from the shipped base
 model, for the same number of images seen. The seed
 configs run verbatim (the guides' JSON bytes, from tests/test_kohya.py) with only what a user
 must set for this model: resolution 64, the bucket range, max_train_steps, no sample images.
-Reported: the concept score (samples of "a zkv <shape>" that the pixel scorer reads as blue), the prior score (the 16 base prompts still drawn right), the adapter
+Reported: the concept score (samples of "a zkv <shape>" that the pixel scorer reads as purple), the prior score (the 16 base prompts still drawn right), the adapter
 file's size, the training wall time, and the concept score at strength 0 / 0.5 / 1.
 """
 from __future__ import annotations

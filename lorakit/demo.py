@@ -1,11 +1,11 @@
 """`make demo`: teach the shipped base model a concept it never saw, with a LoRA, on the CPU.
 
 The base model (lorakit/models/base/) was trained on "a red circle" and the other shapes x
-colours; it never saw the trigger word "zkv". A dozen images of blue shapes captioned with it
-("a zkv circle") teach it that zkv means blue (the base model's VAE renders purple as blue, so a
-truly new colour is not drawable yet: see the model's CARD.md). The demo scores the concept before and after, checks that the base
-prompts still draw what they did, and writes a grid: the same prompts and seeds before training
-and after each epoch. Also writes the adapter, metrics.jsonl, TensorBoard logs and loss/lr plots.
+colours; it never saw the trigger word "zkv" nor the colour purple. A dozen images of purple shapes
+captioned with it ("a zkv circle") teach it that zkv means purple. The demo scores the concept before
+and after, checks that the base prompts still draw what they did, and writes a grid: the same prompts
+and seeds before training and after each epoch. Also writes the adapter, metrics.jsonl, TensorBoard
+logs and loss/lr plots.
 
 ``make_synthetic_dataset`` (random shapes for the tiny random-weight test model) stays for the tests.
 """
@@ -61,7 +61,7 @@ def make_synthetic_dataset(root: Path, n_images: int = 8, size: int = 64, repeat
 
 
 TRIGGER = "zkv"
-CONCEPT_COLOUR = "blue"
+CONCEPT_COLOUR = "purple"  # never shown to the base model's UNet (models/base/CARD.md)
 GRID_SEEDS = (1,)
 
 
@@ -85,7 +85,7 @@ def make_concept_dataset(root: Path, n_images: int = 12, repeats: int = 5, seed:
 
 def make_prior_dataset(root: Path, n_images: int = 16, repeats: int = 5, seed: int = 1) -> Path:
     """Regularisation images (kohya's reg_data_dir): the base's own prompts, drawn procedurally,
-    so that the LoRA learns what zkv means and not "everything is blue"."""
+    so that the LoRA learns what zkv means and not "everything is purple"."""
     rng = np.random.default_rng(seed)
     folder = root / f"{repeats}_prior"
     folder.mkdir(parents=True, exist_ok=True)
@@ -108,8 +108,8 @@ def demo_config(model: Path, data_dir: Path, run_dir: Path, **overrides) -> dict
     """The demo's run (kohya keys); the learning test and bench/quality.py start from it."""
     cfg = {"pretrained_model_name_or_path": str(model), "train_data_dir": str(data_dir),
            "output_dir": str(run_dir), "output_name": "demo-lora", "resolution": shapes.SIZE,
-           "network_dim": 8, "network_alpha": 8, "learning_rate": 5e-3,
-           "optimizer_type": "AdamW", "train_batch_size": 4, "max_train_epochs": 4, "lr_scheduler": "constant",
+           "network_dim": 8, "network_alpha": 8, "learning_rate": 2e-3,
+           "optimizer_type": "AdamW", "train_batch_size": 4, "max_train_epochs": 3, "lr_scheduler": "constant",
            "seed": 42, "network_train_unet_only": True, "training_comment": "lorakit demo",
            "sample_sampler": "ddim", "sample_at_first": True, "sample_every_n_epochs": 1,
            "sample_prompts": "\n".join(grid_prompts())}

@@ -1,6 +1,7 @@
 """Training teaches: a LoRA on the shipped base model learns the demo's concept (issue 15).
 
-One concept (trigger "zkv" = blue), the demo's LoRA + AdamW config, 20 steps. Fails if
+One concept (trigger "zkv" = purple, a colour the base never saw), the demo's LoRA + AdamW config,
+20 steps. Fails if
 the loss trains against the wrong target, if the adapter is not applied at sampling, or if the
 learning rate does not reach the optimizer (each planted once: the concept score stays near 0).
 The same adapter file loaded in diffusers (load_lora_weights) draws the concept as well.
@@ -18,11 +19,13 @@ from lorakit.quality.evaluate import SAMPLER, SCALE, STEPS, mean, score_targets
 from lorakit.quality.score import classify
 from lorakit.train.loop import train
 
-LEARN_STEPS = 20
+LEARN_STEPS = 60
+LEARN_LR = 5e-3  # the demo's 2e-3 needs its 90 steps; 60 steps at 5e-3 teach the colour as well
 N = 2  # seeds per concept prompt
 
 
 def short_run(tmp, **overrides):
+    overrides = {"learning_rate": LEARN_LR, **overrides}
     data = make_concept_dataset(tmp / "data")
     cfg = load_config(None, [f"max_train_steps={LEARN_STEPS}"], demo_config(
         base_model_path(), data, tmp / "run", sample_prompts=None, sample_at_first=False,
