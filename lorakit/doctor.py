@@ -126,7 +126,17 @@ def diagnose(data_dir: str | Path, *, reg_data_dir: str | Path | None = None, ca
     if empty:
         rep.notes.append(f"{len(empty)} caption files are empty: {_names(empty, root)}")
 
-    # tags
+    _tags(rep, captions, n_cap, rare_percent, top)
+    images = _duplicates(rep, paths, root)
+    _sizes_and_buckets(rep, images, root, resolution, min_bucket_reso, max_bucket_reso, bucket_reso_steps)
+    for wmsg in idx.warnings:
+        if "unreadable" not in wmsg:
+            rep.notes.append(wmsg)
+    return rep
+
+
+def _tags(rep: Report, captions: dict, n_cap: int, rare_percent: float, top: int) -> None:
+    add = rep.lines.append
     tags: Counter[str] = Counter()
     for c in captions.values():
         if c:
@@ -143,7 +153,9 @@ def diagnose(data_dir: str | Path, *, reg_data_dir: str | Path | None = None, ca
         if everywhere and n_cap > 1:
             add(f"  in every caption: {', '.join(everywhere)}")
 
-    # duplicates
+
+def _duplicates(rep: Report, paths: list[Path], root: Path) -> dict:
+    """Exact and near duplicates; returns the decoded image of each distinct file."""
     by_sha: dict[str, list[Path]] = {}
     for p in paths:
         by_sha.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), []).append(p)
@@ -164,8 +176,12 @@ def diagnose(data_dir: str | Path, *, reg_data_dir: str | Path | None = None, ca
                 rep.near_duplicates.append((a, b, d))
                 rep.fixes.append(f"near duplicates ({d}/64 dHash bits differ, colours within {c:.0f}/441): "
                                  f"{_names([a, b], root)} (resized or re-encoded copies; keep one)")
+    return images
 
-    # sizes and buckets
+
+def _sizes_and_buckets(rep: Report, images: dict, root: Path, resolution: tuple[int, int], min_bucket_reso: int,
+                       max_bucket_reso: int, bucket_reso_steps: int) -> None:
+    add = rep.lines.append
     sizes = {p: im.size for p, im in images.items()}
     shorts = sorted(min(s) for s in sizes.values())
     add(f"Sizes: short side min {shorts[0]}, median {int(statistics.median(shorts))}, max {shorts[-1]}")
@@ -181,7 +197,3 @@ def diagnose(data_dir: str | Path, *, reg_data_dir: str | Path | None = None, ca
     if single and len(counts) > 1:
         rep.notes.append(f"buckets with a single image: {', '.join(sorted(single))} "
                          "(batches of one there whatever the batch size)")
-    for wmsg in idx.warnings:
-        if "unreadable" not in wmsg:
-            rep.notes.append(wmsg)
-    return rep
