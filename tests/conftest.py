@@ -34,6 +34,14 @@ def tiny_model_dir(tmp_path_factory):
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-model") / "tiny-sd1", seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    """A tiny SDXL diffusers folder (seed 1: both text encoders, text_time embedding), written once."""
+    from lorakit.models.tiny_sdxl import save_tiny_sdxl_pipeline
+
+    return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "tiny-sdxl", seed=1)
+
+
 
 # LyCORIS 4.1.3 as an independent loader of adapter files
 @pytest.fixture

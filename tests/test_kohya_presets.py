@@ -70,16 +70,10 @@ def test_preset_trains_two_steps(path, data, tiny_model_dir, tmp_path, capsys):
     assert meta["ss_steps"] == "2"
 
 
-@pytest.fixture(scope="module")
-def sdxl_preset_model(tmp_path_factory):
-    from lorakit.models.tiny_sdxl import save_tiny_sdxl_pipeline
-    return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("preset-sdxl") / "tiny-sdxl")
-
-
 @pytest.mark.parametrize("path", [pytest.param(p, id=p.stem) for p in SDXL_PRESETS])
-def test_sdxl_preset_trains_two_steps(path, data, sdxl_preset_model, tmp_path, capsys):
+def test_sdxl_preset_trains_two_steps(path, data, tiny_sdxl_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["train", str(path), "--model", str(sdxl_preset_model), "--data", str(data), "--output", str(out),
+    code = main(["train", str(path), "--model", str(tiny_sdxl_dir), "--data", str(data), "--output", str(out),
                  "--set", "max_train_steps=2", "--set", "resolution=64", "--set", "min_bucket_reso=64", "--quiet"])
     err = capsys.readouterr().err
     preset = json.loads(path.read_text(encoding="utf-8"))

@@ -11,13 +11,7 @@ from lorakit.adapters.file import read_adapter_file
 from lorakit.cli import main
 from lorakit.config.kohya import LORA_TYPES
 from lorakit.demo import make_synthetic_dataset
-from lorakit.models.tiny_sdxl import save_tiny_sdxl_pipeline
 
-
-
-@pytest.fixture(scope="module")
-def sdxl_dir(tmp_path_factory):
-    return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("sdxl") / "tiny-sdxl", seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +39,8 @@ def _train(path, capsys):
 
 
 @pytest.mark.parametrize("lora_type", sorted(LORA_TYPES))
-def test_gui_json_trains_tiny_sdxl(lora_type, sdxl_dir, data, tmp_path, capsys):
-    code, err = _train(gui_json(tmp_path, sdxl_dir, data, LoRA_type=lora_type), capsys)
+def test_gui_json_trains_tiny_sdxl(lora_type, tiny_sdxl_dir, data, tmp_path, capsys):
+    code, err = _train(gui_json(tmp_path, tiny_sdxl_dir, data, LoRA_type=lora_type), capsys)
     assert code == 0, err
     tensors, meta = read_adapter_file(tmp_path / "out" / "last.safetensors")
     assert meta["ss_steps"] == "2" and meta["ss_base_model_version"] == "sdxl_base_v1-0"
@@ -58,8 +52,8 @@ def test_gui_json_trains_tiny_sdxl(lora_type, sdxl_dir, data, tmp_path, capsys):
         assert any(k.startswith(prefix) for k in tensors), prefix
 
 
-def test_gui_json_cached_text_encoder_outputs_trains_unet_only(sdxl_dir, data, tmp_path, capsys):
-    path = gui_json(tmp_path, sdxl_dir, data, sdxl_cache_text_encoder_outputs=True, text_encoder_lr=0,
+def test_gui_json_cached_text_encoder_outputs_trains_unet_only(tiny_sdxl_dir, data, tmp_path, capsys):
+    path = gui_json(tmp_path, tiny_sdxl_dir, data, sdxl_cache_text_encoder_outputs=True, text_encoder_lr=0,
                     network_train_unet_only=True)
     code, err = _train(path, capsys)
     assert code == 0, err
@@ -74,7 +68,7 @@ def test_sdxl_true_with_sd1_model_exits_2(tiny_model_dir, data, tmp_path, capsys
     assert not (tmp_path / "out" / "last.safetensors").exists()
 
 
-def test_sdxl_false_with_sdxl_model_exits_2(sdxl_dir, data, tmp_path, capsys):
-    code, err = _train(gui_json(tmp_path, sdxl_dir, data, sdxl=False), capsys)
+def test_sdxl_false_with_sdxl_model_exits_2(tiny_sdxl_dir, data, tmp_path, capsys):
+    code, err = _train(gui_json(tmp_path, tiny_sdxl_dir, data, sdxl=False), capsys)
     assert code == 2 and "sdxl = false" in err and "SDXL" in err, err
     assert not (tmp_path / "out" / "last.safetensors").exists()

@@ -21,11 +21,6 @@ DEFAULTS = {"network_dim": 4, "network_alpha": 2, "learning_rate": 1e-3, "seed":
 
 
 @pytest.fixture(scope="module")
-def xl_dir(tmp_path_factory):
-    return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("xl") / "tiny-sdxl", seed=1)
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("data"), n_images=3, repeats=1)
 
@@ -44,11 +39,11 @@ def _read(path):
 
 
 @pytest.mark.parametrize("algo", available())
-def test_every_adapter_type_trains_and_saves_kohya_sdxl_names(xl_dir, data, tmp_path, algo):
+def test_every_adapter_type_trains_and_saves_kohya_sdxl_names(tiny_sdxl_dir, data, tmp_path, algo):
     kw = {"network_type": algo}
     if algo in ("loha", "lokr", "locon"):
         kw.update(conv_dim=2, conv_alpha=1)
-    res, losses = run(xl_dir, data, tmp_path, **kw)
+    res, losses = run(tiny_sdxl_dir, data, tmp_path, **kw)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     tensors, md = _read(res.output_file)
     modules = {k.split(".")[0] for k in tensors}
@@ -61,7 +56,7 @@ def test_every_adapter_type_trains_and_saves_kohya_sdxl_names(xl_dir, data, tmp_
     assert md["modelspec.prediction_type"] == "epsilon"
 
 
-def test_text_cache_keeps_pooled_rows_and_losses(xl_dir, data, tmp_path, monkeypatch):
+def test_text_cache_keeps_pooled_rows_and_losses(tiny_sdxl_dir, data, tmp_path, monkeypatch):
     """A frozen text encoder's outputs cached by caption (states and pooled vector) give the
     losses of encoding every step, bit for bit."""
     from lorakit.train.text_cache import TextCache
@@ -70,17 +65,17 @@ def test_text_cache_keeps_pooled_rows_and_losses(xl_dir, data, tmp_path, monkeyp
     put = TextCache._put
     monkeypatch.setattr(TextCache, "_put", lambda self, c, row: (rows.append(row), put(self, c, row))[1])
     common = dict(network_train_unet_only=True, max_train_steps=4, train_batch_size=2, shuffle_caption=True)
-    _, cached = run(xl_dir, data, tmp_path / "a", **common)
+    _, cached = run(tiny_sdxl_dir, data, tmp_path / "a", **common)
     assert rows and all(r.pooled is not None and r.pooled.shape == (40,) and r.context.shape == (77, CONTEXT)
                         for r in rows)
     n = len(rows)
-    _, fresh = run(xl_dir, data, tmp_path / "b", cache_text_encoder_outputs=False, **common)
+    _, fresh = run(tiny_sdxl_dir, data, tmp_path / "b", cache_text_encoder_outputs=False, **common)
     assert len(rows) == n      # nothing cached on the second run
     assert cached == fresh
 
 
-def test_latent_cache_and_flip_train(xl_dir, data, tmp_path):
-    res, losses = run(xl_dir, data, tmp_path, cache_latents=True, flip_aug=True, max_train_steps=3)
+def test_latent_cache_and_flip_train(tiny_sdxl_dir, data, tmp_path):
+    res, losses = run(tiny_sdxl_dir, data, tmp_path, cache_latents=True, flip_aug=True, max_train_steps=3)
     assert len(losses) == 3 and res.output_file.exists()
 
 
@@ -94,10 +89,10 @@ def test_v_prediction_with_zero_terminal_snr(tmp_path, data):
     assert float(res.model.noise_scheduler.alphas_cumprod[-1]) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_validation_and_sampling_during_training(xl_dir, data, tmp_path):
+def test_validation_and_sampling_during_training(tiny_sdxl_dir, data, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle --w 128 --h 64 --s 3 --d 5\n")
-    res, _ = run(xl_dir, data, tmp_path / "out", validation_split=0.34, validate_every_n_steps=2,
+    res, _ = run(tiny_sdxl_dir, data, tmp_path / "out", validation_split=0.34, validate_every_n_steps=2,
                  sample_prompts=str(prompts), sample_every_n_steps=2, max_train_steps=2)
     samples = list((tmp_path / "out" / "sample").glob("*.png"))
     assert len(samples) == 1
@@ -108,10 +103,10 @@ def test_validation_and_sampling_during_training(xl_dir, data, tmp_path):
     assert any("validation_loss" in r for r in lines)
 
 
-def test_crash_and_resume_is_bit_identical(xl_dir, data, tmp_path):
+def test_crash_and_resume_is_bit_identical(tiny_sdxl_dir, data, tmp_path):
     common = dict(max_train_steps=4, save_every_n_steps=2, save_state=True, optimizer_type="AdamW")
-    straight, want = run(xl_dir, data, tmp_path / "straight", **common)
-    cfg = tiny_run_config(xl_dir, data, tmp_path / "r", DEFAULTS, **common)
+    straight, want = run(tiny_sdxl_dir, data, tmp_path / "straight", **common)
+    cfg = tiny_run_config(tiny_sdxl_dir, data, tmp_path / "r", DEFAULTS, **common)
 
     def crash(ev):
         if ev.kind == "step" and ev.step == 3:
@@ -126,14 +121,14 @@ def test_crash_and_resume_is_bit_identical(xl_dir, data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_gradient_checkpointing_on_unet_and_both_encoders_gives_the_same_losses(xl_dir, data, tmp_path):
-    _, plain = run(xl_dir, data, tmp_path / "a", max_train_steps=3, optimizer_type="SGD", learning_rate=0.1)
-    _, ckpt = run(xl_dir, data, tmp_path / "b", max_train_steps=3, optimizer_type="SGD", learning_rate=0.1,
+def test_gradient_checkpointing_on_unet_and_both_encoders_gives_the_same_losses(tiny_sdxl_dir, data, tmp_path):
+    _, plain = run(tiny_sdxl_dir, data, tmp_path / "a", max_train_steps=3, optimizer_type="SGD", learning_rate=0.1)
+    _, ckpt = run(tiny_sdxl_dir, data, tmp_path / "b", max_train_steps=3, optimizer_type="SGD", learning_rate=0.1,
                   gradient_checkpointing=True)
     assert ckpt == pytest.approx(plain, rel=1e-5, abs=1e-6)
 
 
-def test_bf16_mixed_precision_trains(xl_dir, data, tmp_path):
-    res, losses = run(xl_dir, data, tmp_path, mixed_precision="bf16", enable_bucket=True, min_bucket_reso=64,
+def test_bf16_mixed_precision_trains(tiny_sdxl_dir, data, tmp_path):
+    res, losses = run(tiny_sdxl_dir, data, tmp_path, mixed_precision="bf16", enable_bucket=True, min_bucket_reso=64,
                       max_bucket_reso=128)
     assert res.model.unet.dtype == torch.bfloat16 and all(torch.isfinite(torch.tensor(losses)))
