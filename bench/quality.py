@@ -85,7 +85,7 @@ def table(rows: list[dict], images: int, n: int) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", default=["lora", "dadapt-loha", "prodigy-ia3", "prodigy-lokr"])
-    ap.add_argument("--images", type=int, default=240, help="images seen by every config")
+    ap.add_argument("--images", type=int, default=480, help="images seen by every config")
     ap.add_argument("--n", type=int, default=4, help="seeds per concept prompt")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
