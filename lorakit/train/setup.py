@@ -165,10 +165,9 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
                                 warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps), cfg=cfg)
     text = TextEncoderState(net.train_text_encoder,
                             text_encoder_stop_step(cfg, plan.total_steps) if net.train_text_encoder else None, cache)
-    if dataset.removed_temporaries:
-        noise_warnings = noise_warnings + [f"removed {len(dataset.removed_temporaries)} temporary latent-cache file(s) "
-                                           "that a killed run left beside the images"]
-    warnings = (weights_warnings + noise_warnings + family_warnings + check_train_settings(cfg)
+    cache_warnings = [f"removed {len(dataset.removed_temporaries)} temporary latent-cache file(s) that a killed "
+                      "run left beside the images"] if dataset.removed_temporaries else []
+    warnings = (weights_warnings + noise_warnings + cache_warnings + family_warnings + check_train_settings(cfg)
                 + validate_speed_config(cfg) + optimizer_warnings(cfg, groups)
                 + scheduler_warnings(cfg, plan.total_steps))
     prepared = accelerator.prepare(optimizer)
