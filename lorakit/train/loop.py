@@ -97,15 +97,16 @@ def group_lrs(run: Run) -> dict[str, float]:
     return {g.get("name", str(i)): float(g["lr"]) for i, g in enumerate(run.optimizer.param_groups)}
 
 
+def clip_gradients(run: Run) -> torch.Tensor | None:
+    """max_grad_norm: clip the adapter gradients; returns their norm before clipping (on the device)."""
+    if run.cfg.max_grad_norm <= 0:
+        return None
+    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+    return run.accelerator.clip_grad_norm_(params, run.cfg.max_grad_norm)
+
+
 def optimizer_step(run: Run) -> dict[str, float]:
     cfg = run.cfg
-    if cfg.max_grad_norm > 0:
-        params = [p for g in run.optimizer.param_groups for p in g["params"]]
-        norm = run.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-        # fp16's grad scaler skips inf steps itself; elsewhere a non-finite gradient would make
-        # the adapter NaN, so stop before the update (the saved adapter stays finite)
-        if cfg.mixed_precision != "fp16" and norm is not None and not math.isfinite(float(norm)):
-            raise Diverged(float(norm), "gradient norm")
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -135,9 +136,16 @@ def train_step(run: Run, mine: list[tuple[Batch, int]], n_images: int, epoch: in
     if W > 1:
         sum_gradients(run)
         loss_sum = acc.reduce(loss_sum, "sum")
-    total = loss_sum.item()
+    norm = clip_gradients(run)
+    # the step's one device -> host read (each read makes the host wait for the device): the loss
+    # for the log, and both values to stop before an update that would make the adapter non-finite
+    total, grad_norm = (torch.stack([loss_sum, norm.to(loss_sum)]).tolist() if norm is not None
+                        else (loss_sum.item(), None))
     if not math.isfinite(total):
         raise Diverged(total)
+    # fp16's grad scaler skips inf steps itself
+    if grad_norm is not None and run.cfg.mixed_precision != "fp16" and not math.isfinite(grad_norm):
+        raise Diverged(grad_norm, "gradient norm")
     stats = optimizer_step(run)
     if run.text.cache is not None:
         stats.update(run.text.cache.take_stats())
@@ -285,12 +293,14 @@ def dlr_values(run: Run, lrs: dict[str, float]) -> dict[str, float]:
 
     inner = getattr(run.optimizer, "optimizer", run.optimizer)
     prodigy = isinstance(inner, prodigyopt.Prodigy)  # also lorakit's foreach and group-scaled Prodigy
-    out = {}
-    for i, g in enumerate(run.optimizer.param_groups):
-        if "d" in g:
-            name = g.get("name", str(i))
-            out[name] = float(g["d"]) * lrs[name] * bias_correction(g, prodigy)
-    return out
+    groups = [(g.get("name", str(i)), g) for i, g in enumerate(run.optimizer.param_groups) if "d" in g]
+    # lorakit's foreach optimizers keep d on the device: one read for every group
+    ds = [g["d"] for _, g in groups]
+    on_device = [d for d in ds if isinstance(d, torch.Tensor)]
+    if on_device:
+        ds = torch.stack([torch.as_tensor(d, dtype=on_device[0].dtype, device=on_device[0].device)
+                          for d in ds]).tolist()
+    return {name: float(d) * lrs[name] * bias_correction(g, prodigy) for (name, g), d in zip(groups, ds)}
 
 
 def bias_correction(group: dict, prodigy: bool = True) -> float:
