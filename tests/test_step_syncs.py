@@ -23,6 +23,7 @@ from train_helpers import tiny_run_config
 
 LORAKIT = Path(__file__).resolve().parents[1] / "lorakit"
 READS = {"item", "tolist", "__float__", "__int__", "__bool__", "numpy", "__index__"}
+TORCH = Path(torch.__file__).resolve().parent
 CPU_DRAWS = {LORAKIT / "train" / "noise.py"}
 
 
@@ -33,10 +34,12 @@ class HostReads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if getattr(func, "__name__", "") in READS:
-            caller = traceback.extract_stack(limit=3)[0]
-            path = Path(caller.filename).resolve()
+            # the innermost frame outside torch (Tensor.__float__ is Python code in torch, tolist is not)
+            outside = [f for f in traceback.extract_stack(limit=6)[:-1]
+                       if TORCH not in Path(f.filename).resolve().parents]
+            path = Path(outside[-1].filename).resolve() if outside else TORCH
             if path.is_relative_to(LORAKIT) and path not in CPU_DRAWS:
-                self.where[f"{path.relative_to(LORAKIT)}:{caller.lineno}"] += 1
+                self.where[f"{path.relative_to(LORAKIT)}:{outside[-1].lineno}"] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -70,6 +73,12 @@ def test_prodigy_step_reads_the_device_twice(tiny_model_dir, data, tmp_path):
     where = reads_in_step_2(tiny_model_dir, data, tmp_path, optimizer_type="Prodigy", learning_rate=1.0,
                             optimizer_args=["implementation=fast"], text_encoder_lr=0.5)
     assert sum(where.values()) == 2, where
+
+
+def test_max_norm_reads_every_module_norm_at_once(tiny_model_dir, data, tmp_path):
+    where = reads_in_step_2(tiny_model_dir, data, tmp_path, optimizer_type="AdamW", learning_rate=1e-3,
+                            scale_weight_norms=1.0)
+    assert sum(where.values()) == 2, where  # was 1 + one per adapted module (61 here)
 
 
 def test_the_counter_sees_lorakit_reads_only():

@@ -250,24 +250,27 @@ class AdapterNetwork(nn.Module):
         are scaled (LoRA: up and down by sqrt(ratio)). Returns (keys_scaled, average
         norm, max norm), the norms measured after scaling.
         """
-        norms: list[float] = []
+        # LyCORIS leaves the norm offsets out of max-norm
+        mods = [m for m in self.all_modules() if not isinstance(m, NormModule)]
+        if not mods:
+            return 0, 0.0, 0.0
+        with torch.no_grad():  # each delta W is freed once its norm is taken: one at a time in memory
+            norms_on_device = torch.stack([_to(m.delta_weight(), device).float().norm() for m in mods])
+        # one device read for every module (kohya reads each norm: a host wait per module per step)
+        norms = norms_on_device.tolist()
         scaled = 0
-        for m in self.all_modules():
-            if isinstance(m, NormModule):  # LyCORIS leaves the norm offsets out of max-norm
-                continue
-            dw = m.delta_weight()
-            if device is not None:
-                dw = dw.to(device)
-            norm = dw.float().norm().item()
+        for i, (m, norm) in enumerate(zip(mods, norms)):
             n = max(norm, max_norm / 2)
             ratio = min(n, max_norm) / n
             if ratio != 1:
                 m.scale_delta(ratio)
                 scaled += 1
-            norms.append(norm * ratio)
-        if not norms:
-            return 0, 0.0, 0.0
+            norms[i] = norm * ratio
         return scaled, sum(norms) / len(norms), max(norms)
+
+
+def _to(t: torch.Tensor, device: Optional[torch.device | str]) -> torch.Tensor:
+    return t if device is None else t.to(device)
 
 
 RankOf = Callable[[str, str], Optional[tuple[int, Optional[float]]]]
