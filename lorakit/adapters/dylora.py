@@ -53,9 +53,9 @@ class DyLoRAModule(LoRAModule):
         b = int(torch.randint(1, self.dim // self.unit + 1, (1,)).item())
         return b * self.unit
 
-    def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def scaled_delta(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         if not self.dropouts_active():
-            return super().delta_forward(x)
+            return super().scaled_delta(x)
         r = self.last_rank = self.draw_rank()
         down, up = self.lora_down.weight, self.lora_up.weight
         k = r - self.unit
@@ -64,10 +64,10 @@ class DyLoRAModule(LoRAModule):
         if self.is_conv:
             h = F.conv2d(x, down, None, self.lora_down.stride, self.lora_down.padding, self.lora_down.dilation)
             h, factor = self.rank_dropouts(h)
-            return F.conv2d(h, up) * (self.scale * factor)
+            return F.conv2d(h, up), self.scale * factor
         h = F.linear(x, down)
         h, factor = self.rank_dropouts(h)
-        return F.linear(h, up) * (self.scale * factor)
+        return F.linear(h, up), self.scale * factor
 
     @classmethod
     def network_args(cls, cfg: Any) -> dict[str, str]:

@@ -103,7 +103,7 @@ class IA3Module(AdapterModule):
         if bias is not None:
             y = y - self._channels(bias.to(y.dtype), y.dim())
         delta = y * self._channels(self.scale_vector(), y.dim())
-        return out + (delta * self.multiplier).to(out.dtype)
+        return self.add_delta(out, delta)
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.scale_vector()

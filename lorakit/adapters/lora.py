@@ -87,9 +87,12 @@ class LoRAModule(AdapterModule):
         return self.merged_call(x, self.delta_weight)
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.lora_down(x)
-        h, factor = self.rank_dropouts(h)
-        return self.lora_up(h) * (self.scale * factor)
+        delta, factor = self.scaled_delta(x)
+        return delta * factor
+
+    def scaled_delta(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        h, factor = self.rank_dropouts(self.lora_down(x))
+        return self.lora_up(h), self.scale * factor
 
     def delta_weight(self, up: Optional[torch.Tensor] = None) -> torch.Tensor:
         up = self.lora_up.weight if up is None else up
@@ -166,13 +169,13 @@ class LoConModule(DoRA, LoRAModule):
             dw = F.dropout(dw, p=self.dropout, training=True)
         return self.decomposed(dw)
 
-    def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def scaled_delta(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         if self.wd:
-            return self.op(x, self.dora_delta().to(x.dtype))
+            return self.op(x, self.dora_delta().to(x.dtype)), 1.0
         if not self.tucker:
-            return super().delta_forward(x)
+            return super().scaled_delta(x)
         h, factor = self.rank_dropouts(self.lora_mid(self.lora_down(x)))
-        return self.lora_up(h) * (self.scale * factor)
+        return self.lora_up(h), self.scale * factor
 
     def delta_weight(self, up: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.tucker:
