@@ -267,7 +267,11 @@ class AdapterModule(nn.Module):
         in this form."""
         org = self.org
         w = org.weight
-        weight = w + (dw.to(w.device) * self.multiplier).to(w.dtype)
+        dw = dw.to(w.device)
+        if dw.dtype == w.dtype:  # the multiplier inside the sum: one pass over the full-size weight, not two
+            weight = w + dw if self.multiplier == 1 else torch.add(w, dw, alpha=self.multiplier)
+        else:
+            weight = w + (dw * self.multiplier).to(w.dtype)
         bias = org.bias if bias is None else bias
         if self.is_conv:
             return org._conv_forward(x, weight, bias)  # honours padding_mode
