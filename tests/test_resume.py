@@ -113,8 +113,11 @@ def test_ctrl_c_saves_adapter_and_state_then_exits_130(tiny_model_dir, data, tmp
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lorakit.cli", "train", str(conf), "--model", str(tiny_model_dir),
            "--data", str(data), "--output", str(out), "--quiet"]
+    # SIGINT as a terminal delivers it: a pytest started in the background by a shell without job
+    # control ignores SIGINT, and its children would inherit that
     proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if (out / "metrics.jsonl").is_file() and len(losses(out)) >= 3:

@@ -259,4 +259,35 @@ def test_runs_of_an_earlier_ui_are_read_from_their_files(tmp_path):
     (tmp_path / "state" / "runs.json").write_text(json.dumps(runs))
     manager = RunManager(tmp_path / "state")
     assert {r.id: (r.status, r.returncode) for r in manager.all()} == {
-        "done": ("finished", 0), "stopped": ("stopped", 130), "crashed": ("failed", 1)}
+        "done": ("finished", 0), "stopped": ("stopped", 143), "crashed": ("failed", 1)}
+
+
+def test_stop_saves_and_ends_a_run_even_when_the_ui_ignores_sigint(tmp_path, tiny_model_dir):
+    """A UI started in the background by a script (no job control) ignores SIGINT and passes that on to
+    its runs; Stop must still end the run the way Ctrl-C does: adapter and state saved, status stopped."""
+    import signal
+
+    from lorakit.ui.runs import RunManager
+
+    data = make_synthetic_dataset(tmp_path / "data", n_images=2, repeats=1)
+    cfg = load_config(None, [], {"pretrained_model_name_or_path": str(tiny_model_dir), "train_data_dir": str(data),
+                                 "output_dir": str(tmp_path / "out"), "resolution": 64, "max_train_steps": 2000,
+                                 "network_dim": 2, "output_name": "t", "sample_prompts": None})
+    manager = RunManager(tmp_path / "state")
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run = manager.start(cfg, tmp_path / "out", False, 2000)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    try:
+        metrics, deadline = tmp_path / "out" / "metrics.jsonl", time.time() + 120
+        while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count('"loss"') >= 2):
+            assert manager.refresh(run).status == "running", (tmp_path / "out" / "lorakit-ui.log").read_text()
+            time.sleep(0.1)
+        manager.stop(run.id)
+        manager.procs[run.id].wait(120)
+    finally:
+        manager.stop_all()
+    run = manager.refresh(run)
+    assert (run.status, run.returncode) == ("stopped", 143), (tmp_path / "out" / "lorakit-ui.log").read_text()
+    assert len(list((tmp_path / "out").glob("t-step*-state"))) == 1

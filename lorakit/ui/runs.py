@@ -1,9 +1,11 @@
 """Training runs started from the UI: each is `python -m lorakit.cli train CONFIG` in its own process.
 
 A run is known by its output folder (one active run per folder); the list survives a restart
-of the UI in <state_dir>/runs.json. Stop sends SIGINT, which the training loop handles as
-Ctrl-C: it saves the adapter and the state (<name>-stepN, <name>-stepN-state) and exits 130;
-resume starts the same config with `--resume` (the newest state in the folder).
+of the UI in <state_dir>/runs.json. Stop sends SIGTERM, which the training loop handles as
+Ctrl-C once the step in progress has ended: it saves the adapter and the state (<name>-stepN,
+<name>-stepN-state) and exits 143; resume starts the same config with `--resume` (the newest state
+in the folder). Not SIGINT: a UI started in the background by a shell without job control (a
+script's `lorakit ui &`) passes an ignored SIGINT on to its children, and the run would not stop.
 """
 from __future__ import annotations
 
@@ -79,15 +81,19 @@ def _alive(pid: int) -> bool:
     return not cmdline.exists() or b"lorakit" in cmdline.read_bytes()
 
 
+# exit codes of a run that was stopped: Ctrl-C (130) and SIGTERM (143, the UI's Stop), or killed by either
+STOPPED = (130, 143, -signal.SIGINT, -signal.SIGTERM)
+
+
 def orphan_outcome(run: Run) -> int:
     """The exit code a run started by an earlier `lorakit ui` most likely had, read from what it wrote:
-    0 with the final adapter, 130 with a state saved after it started, else 1."""
+    0 with the final adapter, 143 (stopped) with a state saved after it started, else 1."""
     out = Path(run.output_dir)
     newer = [p for p in (out / (run.output_name + ADAPTER_SUFFIX), *out.glob(STATE_GLOB))
              if p.exists() and p.stat().st_mtime >= run.started]
     if any(p.suffix == ".safetensors" for p in newer):
         return 0
-    return 130 if newer else 1
+    return 143 if newer else 1
 
 
 class RunManager:
@@ -115,7 +121,7 @@ class RunManager:
         if code is None:
             return run
         run.returncode, run.ended = code, time.time()
-        run.status = "finished" if code == 0 else "stopped" if code in (130, -signal.SIGINT) else "failed"
+        run.status = "finished" if code == 0 else "stopped" if code in STOPPED else "failed"
         run.events.append(f"{time.strftime('%H:%M:%S')} {run.status} (exit {code})")
         self.procs.pop(run.id, None)
         self.save()
@@ -163,9 +169,9 @@ class RunManager:
         run = self.get(rid)
         if run.status != "running" or run.pid is None:
             raise Conflict(f"the run is {run.status}, not running", file=run.output_dir)
-        os.kill(run.pid, signal.SIGINT)  # the loop saves adapter and state, as on Ctrl-C
+        os.kill(run.pid, signal.SIGTERM)  # the loop saves adapter and state, as on Ctrl-C
         run.status = "stopping"
-        run.events.append(f"{time.strftime('%H:%M:%S')} stop requested (SIGINT)")
+        run.events.append(f"{time.strftime('%H:%M:%S')} stop requested (SIGTERM)")
         self.save()
         return run
 
@@ -200,7 +206,7 @@ class RunManager:
         """For tests and shutdown of a test server: end every run this process started."""
         for rid, proc in list(self.procs.items()):
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGTERM)
                 try:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
