@@ -390,3 +390,44 @@ def test_loha_saves_only_its_factors_for_backward():
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
     assert n_bytes == 2 * (64 * 4 + 4 * 96) * 4  # the four factors, float32
     assert ref_bytes >= n_bytes + 2 * 64 * 96 * 4  # and both halves
+
+
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_loha_fused_merged_weight_equals_delta_then_sum(layer, autocast):
+    # W + scale * multiplier * (a1 @ b1) * (a2 @ b2) in one addcmul (HadamardMerged) against building
+    # delta W and adding it (the form with dropouts or DoRA): same output and factor gradients
+    torch.manual_seed(0)
+    org = nn.Linear(48, 40) if layer == "linear" else nn.Conv2d(12, 16, 3, padding=1)
+    org.requires_grad_(False)
+    m = LoHaModule("x", org, 4, 2.0, multiplier=0.7).apply()
+    with torch.no_grad():
+        m.hada_w2_a.normal_(0, 0.1)
+    x = torch.randn(2, 5, 48) if layer == "linear" else torch.randn(2, 12, 8, 8)
+    up = torch.randn_like(org(x) if not autocast else org(x).float())
+    dtype = torch.bfloat16
+
+    def run(fused: bool):
+        m.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype, enabled=autocast):
+            if autocast:
+                org.to(dtype)
+            assert m.fused_weight() is not None  # the weight's dtype is the matmuls' (autocast's) dtype
+            out = m.merged(x) if fused else m.merged_call(x, m.training_delta)
+            org.float()
+        (out.float() * up).sum().backward()
+        return out.float(), [p.grad.clone() for p in (m.hada_w1_a, m.hada_w1_b, m.hada_w2_a, m.hada_w2_b)]
+
+    ref, ref_grads = run(fused=False)
+    out, grads = run(fused=True)
+    tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, ref, **tol)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **tol)
+    m.dropout = 0.5  # while a dropout acts the two-step form runs (its mask is on delta W)
+    m.train()
+
+    def refuse():
+        raise AssertionError("fused while a dropout acts")
+    m.fused_weight = refuse
+    assert m.dropouts_active() and m.merged(x).shape == ref.shape

@@ -265,13 +265,18 @@ class AdapterModule(nn.Module):
         """op(x, W + multiplier * dw) with the wrapped layer's bias (or `bias`): one op where the
         bypass runs two or three (docs/adapters.md "Speed"). No per-sample dropout can act
         in this form."""
-        org = self.org
-        w = org.weight
+        w = self.org.weight
         dw = dw.to(w.device)
         if dw.dtype == w.dtype:  # the multiplier inside the sum: one pass over the full-size weight, not two
             weight = w + dw if self.multiplier == 1 else torch.add(w, dw, alpha=self.multiplier)
         else:
             weight = w + (dw * self.multiplier).to(w.dtype)
+        return self.weight_forward(x, weight, bias)
+
+    def weight_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+                       ) -> torch.Tensor:
+        """The wrapped layer's op with `weight` (and its own bias, or `bias`)."""
+        org = self.org
         bias = org.bias if bias is None else bias
         if self.is_conv:
             return org._conv_forward(x, weight, bias)  # honours padding_mode

@@ -67,12 +67,25 @@ class MergedOpModule(DoRA, AdapterModule):
         active = self.dropouts_active()
         return self.applied_delta(self.dropped(self.delta_weight(train=active)))
 
+    def fused_weight(self) -> Optional[torch.Tensor]:
+        """W + multiplier * delta W built in fewer passes than delta W and then the sum, where the
+        algorithm has such a form (LoHa); None: the two-step form. Called only while no dropout and
+        no DoRA act."""
+        return None
+
+    def merged(self, x: torch.Tensor) -> torch.Tensor:
+        dropouts = self.dropouts_active() and bool(self.dropout or self.rank_dropout or self.module_dropout)
+        weight = None if dropouts or self.wd else self.fused_weight()
+        if weight is None:
+            return self.merged_call(x, self.training_delta)
+        return self.weight_forward(x, weight)
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if not self.plain_call(args, kwargs):  # extra arguments keep the exact 2-op form
             return AdapterModule.forward(self, x, *args, **kwargs)
         if self.recompute_merged and torch.is_grad_enabled():  # the same draws again: RNG state is replayed
-            return checkpoint(self.merged_call, x, self.training_delta, use_reentrant=False)
-        return self.merged_call(x, self.training_delta)
+            return checkpoint(self.merged, x, use_reentrant=False)
+        return self.merged(x)
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x, self.training_delta().to(x.dtype))
