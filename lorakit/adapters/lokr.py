@@ -135,7 +135,10 @@ class LoKrModule(MergedOpModule):
 
     def delta_weight(self, train: bool = False) -> torch.Tensor:  # type: ignore[override]
         # kron((a, c), (b, d*kk)) = (a*b, c*d*kk): row i*b+j, column l*d*kk + m -> (out, in, k, k)
-        dw = torch.kron(self._w1(train), self._w2(train)).reshape(self.org.weight.shape) * self.scale
+        # the scale on W1, the small factor: one pass over (a, c) elements instead of the full-size delta W,
+        # and none at scale 1 (both factors full, or alpha = dim)
+        w1 = self._w1(train) if self.scale == 1 else self._w1(train) * self.scale
+        dw = torch.kron(w1, self._w2(train)).reshape(self.org.weight.shape)
         if train and self.full_w1 and self.full_w2:
             keep = self.rank_keep(dw.shape[0], dw.device)
             if keep is not None:
