@@ -114,3 +114,15 @@ def test_transformers5_diffusers_folder_keeps_its_tokenizer_json(tiny_model_dir)
 def test_folder_without_tokenizer_files_fails_as_from_pretrained_does(tmp_path):
     with pytest.raises(OSError):
         load_tokenizer(tmp_path / "missing")
+
+
+def test_a_folder_read_again_gives_the_same_tokenizer_until_its_files_change(tmp_path):
+    folder = write_tokenizer(tmp_path / "tok", v2=False)
+    first = load_tokenizer(folder)
+    assert load_tokenizer(folder) is first  # read once per process
+    assert first("a red circle").input_ids == [49406, 320, 736, 7117, 49407]
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):  # SD2's padding
+        config = json.loads((folder / name).read_text())
+        (folder / name).write_text(json.dumps({**config, "pad_token": "!"}))
+    changed = load_tokenizer(folder)
+    assert changed is not first and changed.pad_token == "!" and first.pad_token != "!"
