@@ -99,8 +99,27 @@ def test_cli_second_run_exits_2(tiny_model_dir, data, tmp_path, capsys):
     assert code == 2 and f"pid {sleeper.pid}" in err, err
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_sigterm_and_sighup_save_adapter_and_state(tiny_model_dir, data, tmp_path, sig, code):
+def test_sighup_is_handled_as_sigterm_with_its_own_exit_code():
+    # the same handler as SIGTERM (whose whole path the next test runs in a real process): held while a
+    # step runs, raised at the step's end, then exit 128 + 1
+    from lorakit import signals
+
+    before = signal.getsignal(signal.SIGHUP)
+    with signals.handled():
+        signals.steps_begin()
+        os.kill(os.getpid(), signal.SIGHUP)  # during a step: held
+        with pytest.raises(signals.Terminated) as info:
+            signals.raise_pending()
+    assert (info.value.name, info.value.exit_code) == ("SIGHUP", 129)
+    with signals.handled(), pytest.raises(signals.Terminated) as info:
+        os.kill(os.getpid(), signal.SIGHUP)  # outside the steps: at once
+        time.sleep(1)
+    assert info.value.exit_code == 129
+    assert signal.getsignal(signal.SIGHUP) == before  # put back after the run
+
+
+def test_sigterm_saves_adapter_and_state(tiny_model_dir, data, tmp_path):
+    sig, code = signal.SIGTERM, 143
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lorakit.cli", "train", "--model", str(tiny_model_dir), "--data", str(data),
            "--output", str(out), "--quiet", "--set", "resolution=64", "--set", "network_dim=2",
