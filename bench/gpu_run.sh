@@ -6,7 +6,8 @@
 #     bash bench/gpu_run.sh regional graphs    # only these groups (a second session continues)
 #     bash bench/gpu_run.sh --cpu              # here: the same logic on the tiny model, a dry run
 #
-# Groups, in this order: eager (seed A b1/b15, LoRA b1/b15, LoKr b1, iA3 b1), sdxl (issue 16: SDXL LoRA
+# Groups, in this order: eager (seed A b1/b15, LoRA b1/b15, LoKr b1, iA3 b1), kernels (CUDA kernel launches
+# of one LoRA and one seed A step, bench/kernels_cpu.py --cuda), sdxl (issue 16: SDXL LoRA
 # b1/b4 at 1024 px, UNet only, TE outputs cached; the random SDXL is built first), regional (the repeated
 # blocks compiled; LoRA b1 once more to read the inductor cache), graphs (reduce-overhead: CUDA
 # graphs on the regions), whole (the whole UNet compiled, for the compile-time ratio), kohya (only
@@ -18,7 +19,7 @@ set -u
 cd "$(dirname "$0")/.."
 CPU=0
 if [ "${1:-}" = "--cpu" ]; then CPU=1; shift; fi
-GROUPS_WANTED=${*:-eager sdxl regional graphs whole kohya tests}
+GROUPS_WANTED=${*:-eager kernels sdxl regional graphs whole kohya tests}
 OUT=${OUT:-$PWD/gpu-run-out}
 mkdir -p "$OUT"
 RES=$OUT/results.txt
@@ -93,6 +94,17 @@ if want eager; then
     for c in seed_a_b1 seed_a_b15 lora_b1 lora_b15 lokr_b1 seed_b_ia3_b1; do
         row eager "$T_EAGER" $c $EAGER_STEPS
     done
+fi
+if want kernels; then  # the CUDA kernel launches per step that bench/kernels_cpu.py's op counts stand for
+    lim=$(( $(left) - 10 )); [ 90 -lt "$lim" ] && lim=90
+    if [ "$lim" -lt 25 ]; then
+        say "kernels: skipped, $(left)s left of ${BUDGET}s"
+    else
+        n=$(wc -l < "$RES")
+        timeout -k 10 "$lim" $PY bench/kernels_cpu.py $([ $CPU = 1 ] || echo --cuda) --configs lora_b1 seed_a_b1 \
+            2>> "$LOG" | grep -v "^ " >> "$RES" || say "kernels: failed or timed out (see rows.log)"
+        tail -n +$((n + 1)) "$RES"
+    fi
 fi
 if want sdxl; then  # issue 16 targets (H100/H200): >= 1.85 img/s at batch 1, peak <= 11 GB
     lim=$(( $(left) - 10 )); [ "$T_SDXL" -lt "$lim" ] && lim=$T_SDXL

@@ -17,6 +17,7 @@ tensor). Prodigy / DAdaptation rows use lorakit's foreach implementation.
 
     .venv/bin/python bench/kernels_cpu.py              # about 1 minute on 2 cores
     .venv/bin/python bench/kernels_cpu.py --configs lora_b1 --by-op
+    python bench/kernels_cpu.py --cuda                  # GPU machine: the launches the proxy stands for
 """
 from __future__ import annotations
 
@@ -81,14 +82,28 @@ def phased(phase: list[str]) -> None:
         setattr(loop, attr, wrapped)
 
 
-def count_step(values: dict, phase: list[str]) -> collections.Counter:
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch")
+
+
+def count_step(values: dict, phase: list[str], launches: list[int] | None = None) -> collections.Counter:
+    """The ops of the third step; with `launches` (CUDA) also its kernel launches, appended there."""
     mode = Ops(phase)
+    # the launch calls are CUDA runtime events, recorded with the CUDA activity (CUPTI)
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    prof = torch.profiler.profile(activities=activities) if launches is not None else None
 
     def on(ev):
         if ev.kind == "step" and ev.step == 2:
+            if prof is not None:
+                torch.cuda.synchronize()
+                prof.__enter__()
             mode.__enter__()
         elif ev.kind == "step" and ev.step == 3:
             mode.__exit__(None, None, None)
+            if prof is not None:
+                torch.cuda.synchronize()
+                prof.__exit__(None, None, None)
+                launches.append(sum(e.name in LAUNCHES for e in prof.events()))
     loop.train(load_config(None, [], {**values, "max_train_steps": 3}), [on], overwrite=True)
     return mode.count
 
@@ -122,12 +137,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
     ap.add_argument("--by-op", action="store_true", help="also the 8 most frequent ops of each phase")
+    ap.add_argument("--cuda", action="store_true",
+                    help="on the GPU in bf16: also count the step's CUDA kernel launches (torch profiler)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     phase = ["other"]
     phased(phase)
     phases = ["text encoder", "latents", "unet forward", "backward", "optimizer", "other"]
-    print(f"compute ops per step (tiny model, 64 px, batch 1, fp32, checkpointing, torch {torch.__version__})")
+    device = torch.cuda.get_device_name() if args.cuda else "cpu"
+    print(f"compute ops per step (tiny model, 64 px, batch 1, {'bf16' if args.cuda else 'fp32'}, checkpointing, "
+          f"{device}, torch {torch.__version__})")
     print(f"{'config':24s}" + "".join(f"{p[:12]:>13s}" for p in phases) + f"{'total':>8s}{'x ref':>7s}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -139,7 +158,12 @@ def main() -> int:
             values = {**tb.config_values(base, model, data, tmp, True, 1, 2, {}), **overrides}
             if "optimizer_args" in overrides:
                 values["optimizer_args"] = {**(values.get("optimizer_args") or {}), **overrides["optimizer_args"]}
-            rows.append((name, count_step(values, phase)))
+            if args.cuda:
+                values["mixed_precision"] = "bf16"
+            launches: list[int] | None = [] if args.cuda else None
+            rows.append((name, count_step(values, phase, launches)))
+            if launches:
+                print(f"{name}: {launches[0]} CUDA kernel launches in the step", flush=True)
         total_ref = sum(ref.values())
         for name, c in rows:
             by = collections.Counter()
