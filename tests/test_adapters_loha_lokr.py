@@ -431,3 +431,20 @@ def test_loha_fused_merged_weight_equals_delta_then_sum(layer, autocast):
         raise AssertionError("fused while a dropout acts")
     m.fused_weight = refuse
     assert m.dropouts_active() and m.merged(x).shape == ref.shape
+
+
+def test_loha_fused_merged_weight_saves_only_the_factors():
+    from lorakit.adapters.loha import HadamardMerged
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 96, generator=g)
+    a1, b1, a2, b2 = (torch.randn(s, generator=g, requires_grad=True) for s in ((64, 4), (4, 96), (64, 4), (4, 96)))
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = HadamardMerged.apply(w, a1, b1, a2, b2, 0.5)
+    assert sum(seen.values()) == 2 * (64 * 4 + 4 * 96) * 4  # not W, not the two full-size halves
+    torch.testing.assert_close(out, w + (a1 @ b1) * (a2 @ b2) * 0.5)
