@@ -30,6 +30,7 @@ import torch
 
 from .family import ModelFamily, PromptEmbeds
 from .sgm_layout import unet_module_paths
+from ..transfer import to_device
 from .text import apply_token_weights, tokenize, tokenize_weighted
 
 
@@ -83,7 +84,8 @@ class SDXLModel(ModelFamily):
         return encode_sdxl(self.tokenizers, self.text_encoders, captions, max_token_length, weighted, device)
 
     def added_conditioning(self, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
-        return {"time_ids": time_ids(batch.original_sizes, batch.crop_top_lefts, batch.bucket, len(batch)).to(device)}
+        return {"time_ids": to_device(time_ids(batch.original_sizes, batch.crop_top_lefts, batch.bucket, len(batch)),
+                                      device)}
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds,
                 added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -165,8 +167,8 @@ def encode_sdxl(tokenizers, text_encoders, captions: list[str], max_token_length
         ids1, ids2 = (tokenize(t, captions, max_token_length) for t in (tok1, tok2))
         w1 = w2 = None
     b, n, width = ids1.shape
-    flat1 = ids1.reshape(b * n, width).to(device or te1.device)
-    flat2 = ids2.reshape(b * n, width).to(device or te2.device)
+    flat1 = to_device(ids1.reshape(b * n, width), device or te1.device)
+    flat2 = to_device(ids2.reshape(b * n, width), device or te2.device)
     out1 = te1(flat1, output_hidden_states=True, return_dict=True)
     h1 = merge_chunks(out1.hidden_states[-2], b, n)
     out2 = te2(flat2, output_hidden_states=True, return_dict=True)

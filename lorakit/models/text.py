@@ -16,6 +16,8 @@ import re
 
 import torch
 
+from ..transfer import to_device
+
 CHUNK = 77
 BODY = CHUNK - 2
 
@@ -148,7 +150,7 @@ def apply_token_weights(states: torch.Tensor, weights: torch.Tensor) -> torch.Te
     """Each token's state (B, n*75+2, D) times its weight (B, n, 77): one chunk multiplies all 77
     states; several chunks multiply their 75 body states each (BOS and EOS states keep theirs),
     as sd-scripts' encode_tokens_with_weights (no renormalisation of the mean)."""
-    w = weights.to(states.device, states.dtype)
+    w = to_device(weights, states.device, states.dtype)
     if w.shape[1] == 1:
         return states * w[:, 0, :, None]
     body = torch.cat([w[:, c, 1:-1] for c in range(w.shape[1])], dim=1)
@@ -163,5 +165,5 @@ def encode_captions(tokenizer, text_encoder, captions: list[str], max_token_leng
         ids, weights = tokenize_weighted(tokenizer, captions, max_token_length)
     else:
         ids, weights = tokenize(tokenizer, captions, max_token_length), None
-    states = encode(text_encoder, ids.to(device or text_encoder.device), clip_skip=clip_skip)
+    states = encode(text_encoder, to_device(ids, device or text_encoder.device), clip_skip=clip_skip)
     return states if weights is None else apply_token_weights(states, weights)

@@ -18,6 +18,7 @@ from ..data.dataset import Batch
 from ..data.loader import BatchLoader, rank_groups
 from ..events import EventBus, Subscriber
 from ..lock import output_lock
+from ..transfer import to_device
 from ..models.family import PromptEmbeds
 from .hooks import RunHooks
 from .loss import latent_seed, sample_seed
@@ -74,7 +75,7 @@ def batch_latents(run: Run, batch: Batch, seeds: list[int]) -> torch.Tensor:
         # seed instead of one stream: a resumed run, or W processes, draw what a straight run does
         eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=torch.Generator().manual_seed(latent_seed(s)))
                            for s in seeds])
-        latents = dist.mean + dist.std * eps.to(run.device, dist.mean.dtype)
+        latents = dist.mean + dist.std * to_device(eps, run.device, dist.mean.dtype)
     return latents.float() * vae.config.scaling_factor  # float(): no copy when already float32
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..config.schema import TrainConfig
 from ..errors import ConfigError
+from ..transfer import to_device
 
 
 # the schema fields that decide a sample's noise and timestep
@@ -125,10 +126,10 @@ def draw_noise(latents: torch.Tensor, seeds: list[int], settings: NoiseSettings,
     cpu = latents.detach().float().cpu() if settings.adaptive_noise_scale and settings.noise_offset else None
     parts = [sample_one(shape, seed, settings, lo, hi, None if cpu is None else cpu[i])
              for i, seed in enumerate(seeds)]
-    noise = torch.stack([p[0] for p in parts]).to(latents.device, latents.dtype)
+    noise = to_device(torch.stack([p[0] for p in parts]), latents.device, latents.dtype)
     input_noise = noise if not settings.ip_noise_gamma else \
-        torch.stack([p[1] for p in parts]).to(latents.device, latents.dtype)
-    timesteps = torch.tensor([p[2] for p in parts], dtype=torch.long, device=latents.device)
+        to_device(torch.stack([p[1] for p in parts]), latents.device, latents.dtype)
+    timesteps = to_device(torch.tensor([p[2] for p in parts], dtype=torch.long), latents.device)
     return NoiseDraw(noise, input_noise, timesteps)
 
 
