@@ -143,7 +143,8 @@ class LoHaModule(MergedOpModule):
 
     def fused_weight(self) -> Optional[torch.Tensor]:
         w = self.org.weight
-        if self.tucker or w.requires_grad:
+        # a channels_last weight would be copied to reshape it; the two-step sum keeps its format
+        if self.tucker or w.requires_grad or not w.is_contiguous():
             return None
         a1, b1, a2, b2 = self.hada_w1_a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b
         # the matmuls' dtype: the autocast dtype, else the factors'; the sum needs the weight's
