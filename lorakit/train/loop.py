@@ -64,8 +64,8 @@ def encode_prompts(run: Run, captions: list[str]) -> PromptEmbeds:
 
 def batch_latents(run: Run, batch: Batch, seeds: list[int]) -> torch.Tensor:
     vae = run.model.vae
-    if batch.latents is not None:  # non_blocking: pinned by the DataLoader on CUDA
-        latents = batch.latents.to(run.device, non_blocking=True)
+    if batch.latents is not None:  # pinned by the DataLoader's workers on CUDA, else here
+        latents = to_device(batch.latents, run.device)
     else:
         with torch.no_grad():
             pixels = batch.pixels.to(run.device, dtype=vae.dtype, non_blocking=True,
@@ -85,8 +85,8 @@ def micro_step_loss(run: Run, batch: Batch, seeds: list[int]) -> torch.Tensor:
     d = draw_noise(latents, seeds, run.noise_settings, run.model.noise_scheduler.config.num_train_timesteps)
     # host-to-device copies before the UNet is queued: a blocking copy after it would make the
     # host wait for the whole forward before it can queue the loss and the backward
-    weights = batch.loss_weights.to(run.device, non_blocking=True)
-    mask = None if batch.masks is None else batch.masks.to(run.device, non_blocking=True)
+    weights = to_device(batch.loss_weights, run.device)
+    mask = None if batch.masks is None else to_device(batch.masks, run.device)
     with run.accelerator.autocast():
         embeds = encode_prompts(run, batch.captions)
     added = run.model.added_conditioning(batch, run.device)
