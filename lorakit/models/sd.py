@@ -51,6 +51,10 @@ class SDModel(ModelFamily):
     def make_pipeline(self, scheduler: Any) -> Any:
         from diffusers import StableDiffusionPipeline
 
+        if scheduler.config.get("steps_offset", 1) != 1:
+            # the pipeline sets steps_offset to 1 itself and prints a deprecation notice with the whole
+            # scheduler config (on every sample); setting it first gives the same sampler, quietly
+            scheduler.register_to_config(steps_offset=1)
         pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
                                        unet=self.unet, scheduler=scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
