@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 from .events import Event
@@ -134,13 +135,18 @@ class TensorBoard:
 
 
 class ProgressBar:
-    """step/total, ETA, smoothed loss, lr (or d*lr), images/s; a line per finished epoch."""
+    """step/total, ETA, smoothed loss, lr (or d*lr), images/s; a line per finished epoch.
+
+    images/s is the training rate of the last RATE_STEPS steps (each step's own time): sampling,
+    saving and validation between steps are left out, as are the steps before them, so the figure
+    is the one a benchmark or kohya's it/s x batch would give."""
+
+    RATE_STEPS = 20
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
         self.bar = None
-        self.images = 0
-        self.t0 = 0.0
+        self.recent: deque[tuple[int, float]] = deque(maxlen=self.RATE_STEPS)  # (images, seconds)
 
     def __call__(self, ev: Event) -> None:
         from tqdm import tqdm
@@ -149,17 +155,18 @@ class ProgressBar:
             plan = ev.data["plan"]
             self.stream.write(f"lorakit: {plan.describe()}\n")
             self.bar = tqdm(total=plan.total_steps, file=self.stream, unit="step", dynamic_ncols=True)
-            self.t0 = time.perf_counter()
         elif ev.kind == "compiling" and self.bar is not None and self.bar.desc != "compiling":
             self.bar.set_description_str("compiling", refresh=True)  # the first step of a shape: not stuck
         elif ev.kind == "step" and self.bar is not None:
             if self.bar.desc:
                 self.bar.set_description_str("", refresh=False)
-            self.images += ev.data["images"]
-            rate = self.images / max(1e-9, time.perf_counter() - self.t0)
+            if ev.data.get("images_per_s"):
+                self.recent.append((ev.data["images"], ev.data["images"] / ev.data["images_per_s"]))
+            rate = {"img_s": f"{sum(n for n, _ in self.recent) / sum(t for _, t in self.recent):.2f}"} \
+                if self.recent else {}
             lr = ev.data.get("dlr") or ev.data["lrs"]
             shown = {("d*lr " if ev.data.get("dlr") else "lr ") + k: f"{v:.3g}" for k, v in lr.items()}
-            self.bar.set_postfix(loss=f"{ev.data['loss_avg']:.4f}", img_s=f"{rate:.2f}", **shown, refresh=False)
+            self.bar.set_postfix(loss=f"{ev.data['loss_avg']:.4f}", **rate, **shown, refresh=False)
             self.bar.update(1)
         elif ev.kind == "epoch" and self.bar is not None:
             self.bar.write(f"epoch {ev.epoch}: mean loss {ev.data['loss']:.4f} (step {ev.step})", file=self.stream)

@@ -189,3 +189,23 @@ def test_validation_loss_logged_per_epoch(tiny_model_dir, tmp_path):
     acc.Reload()
     tb = [e.value for e in acc.Scalars("loss/validation/epoch_average")]
     assert tb == pytest.approx([r["validation_loss"] for r in val], rel=1e-6)
+
+
+def test_progress_bar_images_per_second_is_the_training_rate_of_recent_steps():
+    # the rate of the steps themselves (4 images in 0.5 s, then in 0.25 s): not images since the start,
+    # which counted the sampling before step 1 and made a 33 img/s run read 5 img/s
+    import io
+    import time
+    from types import SimpleNamespace
+
+    from lorakit.events import Event
+    from lorakit.monitors import ProgressBar
+
+    bar = ProgressBar(io.StringIO())
+    bar(Event("start", data={"plan": SimpleNamespace(total_steps=3, describe=lambda: "3 steps")}))
+    time.sleep(0.3)  # sampling before training
+    for step, ips in ((1, 8.0), (2, 16.0)):
+        bar(Event("step", step, 1, {"images": 4, "images_per_s": ips, "loss_avg": 0.5, "loss": 0.5,
+                                    "lrs": {"unet": 1e-4}}))
+    assert "img_s=10.67" in bar.bar.postfix.split(", ")  # 8 images in 0.75 s
+    bar(Event("end", 2, 1))
