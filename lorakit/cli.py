@@ -7,6 +7,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .console import quiet_libraries
 from .errors import UserError
 
 
@@ -41,7 +42,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     with signals.handled():  # SIGTERM / SIGHUP save like Ctrl-C
         result = train(cfg, subs, overwrite=args.overwrite, resume=args.resume,
                        resume_changed_data=args.resume_changed_data)
-    print(f"lorakit: wrote {result.output_file} ({result.steps} steps, seed {result.seed})")
+    steps = f"{result.steps} step" + ("" if result.steps == 1 else "s")
+    print(f"lorakit: wrote {result.output_file} ({steps}, seed {result.seed})")
     return 0
 
 
@@ -184,6 +186,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     try:
         return args.fn(args)
     except UserError as e:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .console import quiet_libraries
 from .quality import shapes
 from .quality.evaluate import Target, base_targets, mean, score_targets
 
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=4, help="seeded samples per prompt for the scores")
     ap.add_argument("--model", type=Path, default=None, help="another base model folder (default: the shipped one)")
     args = ap.parse_args(argv)
+    quiet_libraries()
     out = Path(args.output)
     t0 = time.perf_counter()
     base = args.model or base_model_path()
