@@ -114,7 +114,7 @@ def test_reg_surplus_is_dropped_with_warning(tmp_path):
     assert idx.num_train_images == 4 and idx.num_reg_images == 9
     assert [(it.path.name, it.repeats) for it in idx.reg_items] == [("0.png", 3), ("1.png", 3)]
     assert idx.num_reg_samples == 6  # kohya overshoots: first pass adds whole images
-    assert any("1 reg images are not used" in w for w in idx.warnings)
+    assert any("1 of the 3 reg images is not used" in w for w in idx.warnings)
     assert idx.tag_frequency()["3_b"] == {"b": 3}  # counted before balancing, as kohya
 
 

@@ -353,8 +353,9 @@ def _assemble(train: list["_Folder"], reg: list["_Folder"], scan_warnings: list[
     reg_items = [it for group in reg_copies for it in group]
     used_reg = balance_reg_repeats(reg_items, num_train)
     if num_reg > num_train:
+        unused = len(reg_items) - len(used_reg)
         warnings.append(f"{num_reg} reg images with repeats but only {num_train} train images: "
-                        f"{len(reg_items) - len(used_reg)} reg images are not used")
+                        f"{unused} of the {len(reg_items)} reg images {'is' if unused == 1 else 'are'} not used")
 
     used_ids = {id(it) for it in used_reg}
     folders = []
