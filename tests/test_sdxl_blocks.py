@@ -201,3 +201,19 @@ def test_train_tiny_sdxl_with_block_dims_and_lr_weights(tiny_sdxl_dir, tmp_path)
                                  "unet_block5": 4e-3 / 8, "unet_block6": 5e-3 / 8, "unet_block10": 5e-4,
                                  "unet_block11": 1e-3, "unet_block12": 1e-3,
                                  **{f"unet_block{b}": 1e-3 for b in (13, 14, 15, 17, 18)}}, rel=1e-9)
+
+
+def test_an_sd1_list_on_sdxl_stops_after_the_load_before_training(tiny_sdxl_dir, tmp_path):
+    from lorakit.demo import make_synthetic_dataset
+    from lorakit.train.loop import train
+    from train_helpers import tiny_run_config
+
+    data = make_synthetic_dataset(tmp_path / "data", n_images=1, repeats=1)
+    c = tiny_run_config(tiny_sdxl_dir, data, tmp_path / "out", {}, network_dim=4, max_train_steps=1,
+                        block_dims=",".join(["2"] * 25), up_lr_weight=",".join(["1"] * 10))
+    steps = []
+    with pytest.raises(ConfigError) as e:
+        train(c, [lambda ev: steps.append(ev) if ev.kind == "step" else None], overwrite=True)
+    assert e.value.key == "block_dims" and "2 network settings conflict" in e.value.message
+    assert "the SDXL UNet has 23 blocks" in e.value.message and "up_lr_weight has 10 values" in e.value.message
+    assert not steps and not list((tmp_path / "out").glob("*.safetensors"))
