@@ -78,7 +78,6 @@ class BlockTable:
         return len(self.names)
 
 
-
 SD_BLOCKS = BlockTable("SD1.x/2.x", tuple([f"IN{i:02d}" for i in range(12)] + ["MID"]
                                           + [f"OUT{i:02d}" for i in range(12)]),
                        side=12, mid=1, first_down=0, index=sd_block_index,
