@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adapters_helpers import cfg, diffusers_reload, inputs, randomize_up, run_models, sd15_meta, tiny_models
-from lorakit.adapters.blockwise import BLOCK_NAMES, block_index, block_lr_weights, preset_weights
+from lorakit.adapters.blockwise import SD_BLOCKS, block_lr_weights, preset_weights, sd_block_index
 from lorakit.adapters.file import read_adapter_file, save_adapter_file
 from lorakit.adapters.network import check_network_config, create_network
 from lorakit.config.load import load_config
@@ -19,15 +19,17 @@ P = "lora_unet_"
 
 
 def test_block_index_counts_as_sd_scripts():
-    assert len(BLOCK_NAMES) == 25 and BLOCK_NAMES[12] == "MID" and BLOCK_NAMES[13] == "OUT00"
+    names = SD_BLOCKS.names
+    assert len(names) == 25 and names[12] == "MID" and names[13] == "OUT00"
     cases = {"down_blocks_0_attentions_0_proj_in": 1, "down_blocks_0_resnets_1_conv1": 2,
              "down_blocks_0_downsamplers_0_conv": 3, "down_blocks_1_attentions_0_proj_out": 4,
              "down_blocks_3_resnets_1_time_emb_proj": 11, "mid_block_attentions_0_proj_in": 12,
              "up_blocks_0_resnets_0_conv1": 13, "up_blocks_0_upsamplers_0_conv": 15,
              "up_blocks_1_attentions_2_transformer_blocks_0_attn1_to_q": 18, "up_blocks_1_upsamplers_0_conv": 18,
              "up_blocks_3_attentions_2_proj_out": 24}
-    assert {k: block_index(P + k) for k in cases} == cases
-    assert block_index(P + "conv_in") is None and block_index("lora_te_text_model_encoder_layers_0_mlp_fc1") is None
+    assert {k: sd_block_index(P + k) for k in cases} == cases
+    assert sd_block_index(P + "conv_in") is None
+    assert sd_block_index("lora_te_text_model_encoder_layers_0_mlp_fc1") is None
 
 
 def test_block_dims_give_each_sd15_module_its_blocks_rank():

@@ -95,13 +95,3 @@ def test_sd1_names_unchanged_with_one_encoder():
     assert all(n.startswith(sd1)
                for n in a.unet_modules.keys() | a.text_encoder_modules.keys())
 
-
-def test_block_settings_on_sdxl_are_a_clear_config_error(full_sdxl):
-    from lorakit.errors import ConfigError
-
-    m = full_sdxl
-    for kw, key in ((dict(block_dims=[4] * 25), "block_dims"), (dict(down_lr_weight="sine"), "down_lr_weight")):
-        with pytest.raises(ConfigError, match="25 SD1.x/2.x UNet blocks") as e:
-            create_network(cfg(network_dim=4, network_alpha=1, **kw), m.unet, m.text_encoders,
-                           unet_module_name=m.unet_module_name)
-        assert e.value.key == key and "input_blocks" in e.value.message

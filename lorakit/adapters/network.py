@@ -32,7 +32,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import CONV1X1, CONV3X3, LINEAR, UNET_CONV_PARENTS, AdapterModule, TargetRules, fmt_num
-from .blockwise import block_index, block_lr_weights, block_network_args, block_ranks, blockwise_on
+from .blockwise import (SD_BLOCKS, BlockTable, block_lr_weights, block_network_args, block_ranks, blocks_for,
+                        blockwise_on, count_problems, declared_blocks)
 from .norm import NormModule, build_norm_modules
 from .presets import apply_preset
 from .registry import get_algorithm
@@ -112,11 +113,12 @@ class AdapterNetwork(nn.Module):
     def __init__(self, algo_cls: type[AdapterModule], unet_modules: dict[str, AdapterModule],
                  text_encoder_modules: dict[str, AdapterModule], *, train_unet: bool, train_text_encoder: bool,
                  network_args: Optional[dict[str, str]] = None, multiplier: float = 1.0,
-                 block_lr_weights: Optional[list[float]] = None,
+                 block_lr_weights: Optional[list[float]] = None, block_table: BlockTable = SD_BLOCKS,
                  loraplus_ratios: tuple[Optional[float], Optional[float]] = (None, None),
                  network_module: Optional[str] = None):
         super().__init__()
-        self.block_lr_weights = block_lr_weights  # 25 UNet lr multipliers (blockwise.py) or None
+        self.block_lr_weights = block_lr_weights  # one UNet lr multiplier per block of block_table, or None
+        self.block_table = block_table
         self.loraplus_ratios = loraplus_ratios    # (text encoder, UNet): lora_up lr = lr x ratio
         self.algo = algo_cls.algo
         self.network_module_name = network_module or algo_cls.network_module
@@ -181,7 +183,7 @@ class AdapterNetwork(nn.Module):
         else:
             by_block: dict[int, list[AdapterModule]] = {}
             for name, m in self.unet_modules.items():
-                by_block.setdefault(block_index(name), []).append(m)
+                by_block.setdefault(self.block_table.index(name), []).append(m)
             parts += [(f"unet_block{b}", ms, unet_lr * self.block_lr_weights[b], unet_ratio)
                       for b, ms in by_block.items()]
         groups = []
@@ -298,9 +300,10 @@ def loraplus_ratios(cfg: Any) -> tuple[Optional[float], Optional[float]]:
             cfg.loraplus_unet_lr_ratio or cfg.loraplus_lr_ratio)
 
 
-def check_network_config(cfg: Any) -> None:
+def check_network_config(cfg: Any, family: Optional[str] = None) -> None:
     """The kohya network settings the algorithm cannot take, all in one ConfigError (before the model
-    loads; create_network checks again). An unknown network_type fails here too."""
+    loads; again with the loaded model's `family`, and in create_network). An unknown network_type
+    fails here too. The block keys' value counts are the family's (sdxl / v2 name it before the load)."""
     algo_cls = get_algorithm(cfg.network_type)
     algo = cfg.network_type
     problems: list[tuple[str, str, str]] = []  # (key, what, fix)
@@ -312,7 +315,10 @@ def check_network_config(cfg: Any) -> None:
                                                        "block_* and *_lr_weight keys"))
         if cfg.network_preset == "full":
             problems.append((key, "network_preset full adapts conv_in, conv_out and the time embedding, which "
-                                  "lie outside the 25 blocks", "use network_preset kohya with block settings"))
+                                  "have no block value of their own", "use network_preset kohya with block settings"))
+        table = blocks_for(family) if family is not None else declared_blocks(cfg)
+        if table is not None:
+            problems += count_problems(cfg, table)
         if cfg.dim_from_weights:
             problems.append(("dim_from_weights", "dim_from_weights takes one rank per layer kind from the file; "
                              "block_dims gives each block its own", "remove dim_from_weights and set block_dims "
@@ -356,23 +362,24 @@ def extra_network_args(cfg: Any) -> dict[str, str]:
 
 def create_network(cfg: Any, unet: Optional[nn.Module],
                    text_encoder: Optional[nn.Module] | Sequence[nn.Module], *, multiplier: float = 1.0,
-                   unet_module_name: Callable[[str], str] | None = None) -> AdapterNetwork:
+                   unet_module_name: Callable[[str], str] | None = None, family: str = "sd1") -> AdapterNetwork:
     """The adapter network for `cfg` (a TrainConfig): modules built, not yet applied.
 
     `text_encoder`: one module, or the family's text encoders in file order (SDXL: te1, te2).
     `unet_module_name`: the family's UNet module path in files (SDXL: the original layout);
-    None keeps the diffusers path.
+    None keeps the diffusers path. `family` ("sd1", "sd2", "sdxl") picks the block table of block_dims & co.
 
     A part is trained (and gets modules) unless network_train_*_only excludes it or its
     resolved lr is 0: kohya would still add zero-initialised modules there, which change
     nothing but the file size.
     """
     algo_cls = get_algorithm(cfg.network_type)
-    check_network_config(cfg)
+    check_network_config(cfg, family)
     args = algo_cls.parse_args(cfg)  # unknown network_args keys fail here, before any module is built
     rules = algo_cls.target_rules(cfg)
     ranks = algo_cls.rank_settings(cfg)
-    blocks = block_ranks(cfg)
+    table = blocks_for(family)
+    blocks = block_ranks(cfg, table)
     if blocks is not None and blocks.conv_dims is not None and not rules.conv3x3:
         # conv_block_dims adapts the conv blocks as conv_dim does (sd-scripts: its target list)
         rules = replace(rules, unet_parents=rules.unet_parents + UNET_CONV_PARENTS, conv3x3=True)
@@ -405,13 +412,12 @@ def create_network(cfg: Any, unet: Optional[nn.Module],
     try:
         unet_modules = build_modules(algo_cls, unet, UNET_PREFIX, unet_match, unet_rules, unet_rank,
                                      unet_path, kw) if train_unet else {}
-    except ValueError as e:  # BlockRanks.rank: a module outside the 25 SD1/SD2 blocks
+    except ValueError as e:  # BlockRanks.rank: a module outside the family's blocks (a custom UNet)
         if blocks is None:
             raise
-        raise ConfigError(f"block-wise dims / lr weights follow sd-scripts' 25 SD1.x/2.x UNet blocks; this model's "
-                          f"UNet has other blocks ({e})", key="block_dims" if cfg.block_dims is not None
-                          else "down_lr_weight", fix="remove the block_* and *_lr_weight keys for this model "
-                                                    "(SDXL's block table is not implemented)") from None
+        raise ConfigError(f"block-wise dims / lr weights follow sd-scripts' {table.family} UNet blocks; this "
+                          f"model's UNet has other modules ({e})", key="block_dims" if cfg.block_dims is not None
+                          else "down_lr_weight", fix="remove the block_* and *_lr_weight keys for this model") from None
     if cfg.train_norm:  # after every algorithm module, in this order (the seeded initialisation)
         for encoder, prefix in zip(encoders if train_te else [], te_prefixes(len(encoders))):
             te_modules.update(build_norm_modules(encoder, prefix, te_rules.te_match, te_path, kw))
@@ -420,5 +426,5 @@ def create_network(cfg: Any, unet: Optional[nn.Module],
     return AdapterNetwork(algo_cls, unet_modules, te_modules, train_unet=train_unet,
                           train_text_encoder=train_te,
                           network_args={**algo_cls.network_args(cfg), **extra_network_args(cfg)},
-                          multiplier=multiplier, block_lr_weights=block_lr_weights(cfg),
+                          multiplier=multiplier, block_lr_weights=block_lr_weights(cfg, table), block_table=table,
                           loraplus_ratios=loraplus_ratios(cfg), network_module=algo_cls.module_for(cfg))

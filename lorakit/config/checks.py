@@ -89,10 +89,16 @@ def block_problems(cfg: Any) -> list[str]:
         for key, value in (("block_alphas", cfg.block_alphas), ("conv_block_dims", cfg.conv_block_dims)):
             if value is not None:
                 out.append(f"{key} is set but block_dims and the block lr weights are not (sd-scripts would ignore "
-                           f"it); also set block_dims (e.g. network_dim 25 times) or remove {key}")
+                           f"it); also set block_dims (e.g. network_dim 25 times, SDXL 23) or remove {key}")
     if cfg.conv_block_alphas is not None and cfg.conv_block_dims is None:
         out.append("conv_block_alphas is set but conv_block_dims is not (sd-scripts would ignore it); set "
                    "conv_block_dims or remove conv_block_alphas")
+    counts = {key: len(value) for key, value in (("block_dims", cfg.block_dims), ("block_alphas", cfg.block_alphas),
+                                                 ("conv_block_dims", cfg.conv_block_dims),
+                                                 ("conv_block_alphas", cfg.conv_block_alphas)) if value is not None}
+    if len(set(counts.values())) > 1:
+        out.append("the block lists have different lengths (" + ", ".join(f"{k} {n}" for k, n in counts.items())
+                   + "); give each one value per block of the model's family: 25 for SD1.x/2.x, 23 for SDXL")
     if cfg.block_lr_zero_threshold and not lr_weights:
         out.append("block_lr_zero_threshold is set but no block lr weight (down_lr_weight, mid_lr_weight, "
                    "up_lr_weight); set one or remove block_lr_zero_threshold")

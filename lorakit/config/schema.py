@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator, model_validator
 
+from ..adapters.blockwise import SD_BLOCKS, SDXL_BLOCKS
 from .checks import LR_WEIGHT_PRESETS, block_problems, is_number, one_text_encoder_lr, parse_kv_args, parse_resolution
 from .fields import RESUME_LR, RESUME_NOTED, RESUME_SAFE, SS_FILE_NAME, SS_NEUTRAL_NONE, F
 
@@ -179,31 +180,36 @@ class TrainConfig(BaseModel):
     dim_from_weights: bool = F(
         False, "network", "Take network_dim/network_alpha and conv_dim/conv_alpha from the network_weights file "
                           "instead of the config.")
-    # block-wise settings (sd-scripts networks.lora; adapters/blockwise.py): the SD1/SD2 UNet in 25 blocks
-    # IN00-IN11, MID, OUT00-OUT11 as sd-scripts counts them (IN00 and the text encoder have no block value)
+    # block-wise settings (sd-scripts networks.lora; adapters/blockwise.py): the UNet in blocks as sd-scripts
+    # counts them, 25 for SD1/SD2, 23 for SDXL (the text encoder has no block value); the count is checked
+    # against the family once it is known (check_network_config)
     block_dims: Optional[list[int]] = F(
-        None, "network", "Rank of the Linear / 1x1 adapters of each of the 25 UNet blocks (IN00-IN11, MID, "
-        "OUT00-OUT11), e.g. '2,2,2,2,4,4,4,4,6,6,6,6,8,6,6,6,6,4,4,4,4,2,2,2,2'; a block with 0 gets no adapters; "
-        "the text encoder keeps network_dim. '' or unset = network_dim everywhere. network_type lora only.")
+        None, "network", "Rank of the Linear / 1x1 adapters of each UNet block: 25 values for SD1.x/2.x (IN00-IN11, "
+        "MID, OUT00-OUT11), e.g. '2,2,2,2,4,4,4,4,6,6,6,6,8,6,6,6,6,4,4,4,4,2,2,2,2', 23 for SDXL (BASE, "
+        "IN00-IN08, MID00-MID02, OUT00-OUT08, OUT; docs/blockwise.md); a block with 0 gets no adapters; the text "
+        "encoder keeps network_dim. '' or unset = network_dim everywhere. network_type lora only.")
     block_alphas: Optional[list[float]] = F(
-        None, "network", "Alpha of each of the 25 blocks (with block_dims or block lr weights); unset = "
-        "network_alpha (unset network_alpha: each block's dim).")
+        None, "network", "Alpha of each UNet block (25 values, SDXL 23; with block_dims or block lr weights); "
+        "unset = network_alpha (unset network_alpha: each block's dim).")
     conv_block_dims: Optional[list[int]] = F(
-        None, "network", "Rank of the 3x3-conv adapters of each of the 25 blocks (adds the ResNet/Down-/Upsample "
-        "convs as conv_dim does; 0 = none in that block); unset = conv_dim in every block. Needs block_dims or "
-        "block lr weights.")
+        None, "network", "Rank of the 3x3-conv adapters of each UNet block (25 values, SDXL 23; adds the "
+        "ResNet/Down-/Upsample convs as conv_dim does; 0 = none in that block); unset = conv_dim in every block. "
+        "Needs block_dims or block lr weights.")
     conv_block_alphas: Optional[list[float]] = F(
         None, "network", "Alpha of the 3x3-conv adapters of each block (with conv_block_dims); unset = conv_alpha "
         "(unset conv_alpha: each block's conv dim).")
     down_lr_weight: Optional[str | list[float]] = F(
-        None, "network", "UNet lr multiplier of the 12 down blocks IN00-IN11 (shallow -> deep): up to 12 numbers "
-        "(missing ones are 1, an empty entry 0) or a preset sine, cosine, linear, reverse_linear, zeros with an "
-        "optional '+number' added to each (e.g. 'sine+0.5'). A block at or below block_lr_zero_threshold gets "
-        "no adapters. network_type lora only.")
+        None, "network", "UNet lr multiplier of the down blocks (shallow -> deep), SD1.x/2.x: the 12 blocks "
+        "IN00-IN11, SDXL: the 9 blocks IN00-IN08. Up to 12 (SDXL 9) numbers (missing ones are 1, an empty entry "
+        "0) or a preset over those blocks, sine, cosine, linear, reverse_linear, zeros, with an optional "
+        "'+number' added to each (e.g. 'sine+0.5'). A block at or below block_lr_zero_threshold gets no "
+        "adapters. network_type lora only.")
     mid_lr_weight: Optional[list[float]] = F(
-        None, "network", "UNet lr multiplier of the MID block (one number).", max_length=1)
+        None, "network", "UNet lr multiplier of the middle block: one number (SD1.x/2.x: MID), SDXL up to 3 "
+        "(MID00-MID02; missing ones are 1).", max_length=3)
     up_lr_weight: Optional[str | list[float]] = F(
-        None, "network", "UNet lr multiplier of the 12 up blocks OUT00-OUT11 (deep -> shallow); as down_lr_weight.")
+        None, "network", "UNet lr multiplier of the up blocks (deep -> shallow), SD1.x/2.x: OUT00-OUT11, SDXL: "
+        "OUT00-OUT08; as down_lr_weight.")
     block_lr_zero_threshold: float = F(
         0.0, "network", "A block lr weight not above this becomes 0: that block gets no adapters.", ge=0)
     # LoRA+ (sd-scripts and LyCORIS: the lora_up matrices learn at lr x ratio)
@@ -500,8 +506,9 @@ class TrainConfig(BaseModel):
     @field_validator("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas")
     @classmethod
     def _block_list_values(cls, v: Optional[list]) -> Optional[list]:
-        if v is not None and len(v) != 25:
-            raise ValueError(f"{len(v)} values; give 25, one per UNet block (IN00-IN11, MID, OUT00-OUT11)")
+        if v is not None and len(v) not in (SD_BLOCKS.total, SDXL_BLOCKS.total):
+            raise ValueError(f"{len(v)} values; give one per UNet block, {SD_BLOCKS.total} for SD1.x/2.x "
+                             f"({SD_BLOCKS.layout}) or {SDXL_BLOCKS.total} for SDXL ({SDXL_BLOCKS.layout})")
         if v is not None and any(d < 0 for d in v):
             raise ValueError(f"a value is negative ({min(v)}); a block without adapters has dim 0")
         return v
@@ -520,7 +527,7 @@ class TrainConfig(BaseModel):
             return [float(p) if p.strip() else 0.0 for p in text.split(",")]
         name, _, plus = text.partition("+")
         if name not in LR_WEIGHT_PRESETS or (plus and not is_number(plus)):
-            raise ValueError(f"'{v}' is neither up to 12 comma-separated numbers nor a preset "
+            raise ValueError(f"'{v}' is neither up to 12 (SDXL 9) comma-separated numbers nor a preset "
                              f"({', '.join(LR_WEIGHT_PRESETS)}, optionally '+number', e.g. 'sine+0.5')")
         return text
 
@@ -528,7 +535,7 @@ class TrainConfig(BaseModel):
     @classmethod
     def _lr_weight_len(cls, v: Any) -> Any:
         if isinstance(v, list) and len(v) > 12:
-            raise ValueError(f"{len(v)} values; the SD1/SD2 UNet has 12 down and 12 up blocks")
+            raise ValueError(f"{len(v)} values; the SD1.x/2.x UNet has 12 down and 12 up blocks (SDXL 9)")
         return v
 
     @field_validator("mid_lr_weight", mode="before")

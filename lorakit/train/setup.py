@@ -145,6 +145,7 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     m = load_frozen_model(cfg)
     noise_warnings = validate_noise_config(cfg, m.v_parameterization)
     family_warnings = m.check_config(cfg)  # settings the model family ignores or cannot take
+    check_network_config(cfg, m.family)  # the block keys' value counts are the family's
     dataset = TrainDataset.from_config(cfg, index, seed=seed)
     if cfg.cache_latents or cfg.cache_latents_to_disk:  # disk caching implies caching, as kohya
         dataset.cache_latents(m.vae.to(device), batch_size=cfg.vae_batch_size, device=device,
@@ -199,7 +200,7 @@ def attach_network(cfg: TrainConfig, m: ModelFamily, weights: WeightsFile | None
     from ..adapters.network import create_network
     from ..adapters.weights import load_into
 
-    net = create_network(cfg, m.unet, m.text_encoders, unet_module_name=m.unet_module_name)
+    net = create_network(cfg, m.unet, m.text_encoders, unet_module_name=m.unet_module_name, family=m.family)
     net.apply()
     warnings = load_into(net, weights) if weights is not None else []
     net.to(device, adapter_dtype(cfg))
