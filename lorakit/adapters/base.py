@@ -30,12 +30,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from .declare import LYCORIS_MODULE, FileFormat, GuiLoraType
+from .kinds import CONV1X1, CONV3X3, LINEAR, fmt_num  # noqa: F401 (also imported from here)
 
 if TYPE_CHECKING:
     from ..config.schema import TrainConfig
 
-# A layer kind decides which rank/alpha a target gets (kohya: 3x3 convs use conv_dim).
-LINEAR, CONV1X1, CONV3X3 = "linear", "conv1x1", "conv3x3"
 
 UNET_ATTENTION_PARENTS = ("Transformer2DModel",)
 UNET_CONV_PARENTS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -74,12 +73,6 @@ def lycoris_conv_rank(cfg: Any) -> tuple[int, Optional[float]]:
     conv_alpha to network_alpha (kohya's networks.lora instead adapts no 3x3 conv without conv_dim)."""
     return (cfg.network_dim if cfg.conv_dim is None else cfg.conv_dim,
             cfg.network_alpha if cfg.conv_alpha is None else cfg.conv_alpha)
-
-
-def fmt_num(v: float | int) -> str:
-    """kohya network_args are strings: 8 -> '8', 4.0 -> '4', 0.5 -> '0.5'."""
-    f = float(v)
-    return str(int(f)) if f.is_integer() else repr(f)
 
 
 def fmt_arg(v: Any) -> str:

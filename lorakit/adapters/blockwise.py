@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .base import CONV3X3
+from .kinds import CONV3X3, fmt_num
 
 _UPDOWN = re.compile(r"(up|down)_blocks_(\d+)_(resnets|upsamplers|downsamplers|attentions)_(\d+)_")
 _SGM = re.compile(r"lora_unet_(input_blocks|middle_block|output_blocks)_(\d+)_")
@@ -210,8 +210,6 @@ def block_ranks(cfg: Any, table: BlockTable = SD_BLOCKS) -> Optional[BlockRanks]
 
 def block_network_args(cfg: Any) -> dict[str, str]:
     """The block settings as sd-scripts' --network_args strings (ss_network_args), set ones only."""
-    from .base import fmt_num
-
     out: dict[str, str] = {}
     for key, value in (*block_lists(cfg), ("down_lr_weight", cfg.down_lr_weight),
                        ("mid_lr_weight", cfg.mid_lr_weight), ("up_lr_weight", cfg.up_lr_weight)):
