@@ -97,7 +97,7 @@ def test_kohya_gui_lokr_json_builds(tmp_path):
                                 "use_cp": "true"}))
     res = import_kohya_json(path)
     assert res.values["network_type"] == "lokr"
-    values = {k: v for k, v in res.values.items() if k in cfg().model_fields}
+    values = {k: v for k, v in res.values.items() if k in type(cfg()).model_fields}
     net = create_network(cfg(**values), *tiny_models())
     m = net.unet_modules["lora_unet_down_blocks_0_resnets_0_conv1"]
     assert m.args == {"factor": -1, "decompose_both": False, "use_tucker": True, **WD}
