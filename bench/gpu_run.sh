@@ -84,6 +84,8 @@ want() { case " $GROUPS_WANTED " in *" $1 "*) return 0;; *) return 1;; esac; }
 say "lorakit gpu_run $(date -u +%Y-%m-%dT%H:%MZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
     "device $($PY -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")')" \
     "budget ${BUDGET}s, groups: $GROUPS_WANTED"
+# the packages the rows run with (the image's own, or the carried wheels): a failure reads better beside them
+say "versions $($PY -c 'import importlib.metadata as m; print(" ".join(f"{p} {m.version(p)}" for p in ("torch", "transformers", "diffusers", "accelerate", "tokenizers", "pydantic")))' 2>&1 | tail -1)"
 say "config          batch  res    img/s   med s   p90 s first s$([ $CPU = 1 ] || echo '  peak GB    MFU')  setting"
 timeout -k 10 $(( $(left) - 10 )) $PY bench/train_bench.py $MODE_FLAG --workdir "$WORK" --prepare \
     --configs lora_b1 >> "$LOG" 2>&1 \
