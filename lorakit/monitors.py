@@ -177,6 +177,8 @@ class ProgressBar:
         elif ev.kind == "sample" and self.bar is not None:
             self.bar.write(f"sampled {len(ev.data['paths'])} image(s) into {Path(ev.data['paths'][0]).parent}"
                            if ev.data["paths"] else "sampled nothing", file=self.stream)
+            if self.bar.n == 0:  # the samples before training: not part of the first step's time (the ETA)
+                self.bar.unpause()
         elif ev.kind == "save" and self.bar is not None:
             self.bar.write(f"saved {ev.data['path']}", file=self.stream)
         elif ev.kind == "end" and self.bar is not None:

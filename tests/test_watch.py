@@ -203,7 +203,9 @@ def test_progress_bar_images_per_second_is_the_training_rate_of_recent_steps():
 
     bar = ProgressBar(io.StringIO())
     bar(Event("start", data={"plan": SimpleNamespace(total_steps=3, describe=lambda: "3 steps")}))
-    time.sleep(0.3)  # sampling before training
+    time.sleep(0.3)  # sampling before training: left out of the bar's clock too (the ETA)
+    bar(Event("sample", 0, 0, {"paths": ["s/a.png"]}))
+    assert bar.bar.format_dict["elapsed"] < 0.1
     for step, ips in ((1, 8.0), (2, 16.0)):
         bar(Event("step", step, 1, {"images": 4, "images_per_s": ips, "loss_avg": 0.5, "loss": 0.5,
                                     "lrs": {"unet": 1e-4}}))
