@@ -42,6 +42,22 @@ def tiny_sdxl_dir(tmp_path_factory):
     return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "tiny-sdxl", seed=1)
 
 
+@pytest.fixture(scope="session")
+def full_sdxl():
+    """SDXL base's architecture on the meta device (no weights, no memory): its module names and shapes."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from lorakit.models.sdxl import SDXLModel
+    from lorakit.models.sdxl_configs import SDXL_CONFIG_DIR, sdxl_unet_config
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**{k: v for k, v in sdxl_unet_config().items() if not k.startswith("_")})
+        te1 = CLIPTextModel(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder"))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder_2"))
+    return SDXLModel(unet, None, te1, te2, None, None, None, False, "diffusers", "meta")
+
+
 
 # LyCORIS 4.1.3 as an independent loader of adapter files
 @pytest.fixture

@@ -13,29 +13,14 @@ import math
 from collections import Counter
 
 import pytest
-import torch
 
 from adapters_helpers import cfg
 from lorakit.adapters.blockwise import SD_BLOCKS, SDXL_BLOCKS, block_lr_weights, preset_weights, sdxl_block_index
 from lorakit.adapters.network import check_network_config, create_network
 from lorakit.config.load import load_config
 from lorakit.errors import ConfigError
-from lorakit.models.sdxl import SDXLModel
-from lorakit.models.sdxl_configs import SDXL_CONFIG_DIR, sdxl_unet_config
 
 P = "lora_unet_"
-
-
-@pytest.fixture(scope="module")
-def full_sdxl():
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**{k: v for k, v in sdxl_unet_config().items() if not k.startswith("_")})
-        te1 = CLIPTextModel(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder"))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder_2"))
-    return SDXLModel(unet, None, te1, te2, None, None, None, False, "diffusers", "meta")
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,8 @@ The expected sets below are written from that layout, not from lorakit's convers
 """
 from __future__ import annotations
 
-import pytest
-import torch
-
 from adapters_helpers import cfg
 from lorakit.adapters.network import create_network, te_prefixes
-from lorakit.models.sdxl import SDXLModel
-from lorakit.models.sdxl_configs import SDXL_CONFIG_DIR, sdxl_unet_config
 
 # SGM attention blocks of SDXL base: (module path, transformer depth)
 ATTENTIONS = [("input_blocks.4.1", 2), ("input_blocks.5.1", 2), ("input_blocks.7.1", 10), ("input_blocks.8.1", 10),
@@ -46,18 +41,6 @@ def expected_te(prefix: str, layers: int) -> set[str]:
     return {_name(prefix, f"text_model.encoder.layers.{i}.{p}") for i in range(layers)
             for p in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1",
                       "mlp.fc2")}
-
-
-@pytest.fixture(scope="module")
-def full_sdxl():
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**{k: v for k, v in sdxl_unet_config().items() if not k.startswith("_")})
-        te1 = CLIPTextModel(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder"))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder_2"))
-    return SDXLModel(unet, None, te1, te2, None, None, None, False, "diffusers", "meta")
 
 
 def test_te_prefixes_follow_the_number_of_encoders():
