@@ -14,7 +14,10 @@ on one H100/H200: >= 1.85 img/s at batch 1, peak <= 11 GB. No MFU (no FLOP count
 
 CPU mode (--cpu, every session can run it): the tiny model (SDXL rows: the tiny SDXL) at 64 px; prints the same columns
 plus the overhead ratio: lorakit's step time over a plain UNet forward+backward of the same
-batch, and the operator count of one training step over the plain UNet's (torch profiler).
+batch, and the profiler-event count of one training step over the plain UNet's (views and nested
+events included, against a UNet without checkpointing or text encoder). The kernel count to drive
+down is bench/kernels_cpu.py's: kernel-launching ops by phase against the adapter-free work of the
+same step.
 
     python bench/train_bench.py --cpu                 # about 2 minutes on 2 cores
     python bench/train_bench.py --configs lora_b1 seed_a_b15
