@@ -51,10 +51,8 @@ class HadamardProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         a1, b1, a2, b2 = ctx.saved_tensors
-        grad = grad * ctx.scale  # the order autograd's own graph of the expression uses
-        g1 = grad * (a2 @ b2)  # d/d(a1 @ b1)
-        g2 = grad * (a1 @ b1)
-        return g1 @ b1.T, a1.T @ g1, g2 @ b2.T, a2.T @ g2, None
+        # grad * scale first: the order autograd's own graph of the expression uses
+        return (*_factor_grads(grad * ctx.scale, a1, b1, a2, b2), None)
 
 
 class HadamardMerged(torch.autograd.Function):
@@ -74,11 +72,15 @@ class HadamardMerged(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         a1, b1, a2, b2 = ctx.saved_tensors
         grad = grad.reshape(a1.shape[0], -1)
-        if ctx.value != 1:
-            grad = grad * ctx.value
-        g1 = grad * (a2 @ b2)
-        g2 = grad * (a1 @ b1)
-        return None, g1 @ b1.T, a1.T @ g1, g2 @ b2.T, a2.T @ g2, None
+        return (None, *_factor_grads(grad if ctx.value == 1 else grad * ctx.value, a1, b1, a2, b2), None)
+
+
+def _factor_grads(grad: torch.Tensor, a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor
+                  ) -> tuple[torch.Tensor, ...]:
+    """Gradients of a1, b1, a2, b2 for `grad` of (a1 @ b1) * (a2 @ b2), each half recomputed."""
+    g1 = grad * (a2 @ b2)  # d/d(a1 @ b1)
+    g2 = grad * (a1 @ b1)
+    return g1 @ b1.T, a1.T @ g1, g2 @ b2.T, a2.T @ g2
 
 
 def _normal_(t: torch.Tensor, std: float) -> None:
