@@ -39,7 +39,7 @@ import lorakit.train.loop as loop  # noqa: E402
 from lorakit.config.load import load_config  # noqa: E402
 
 NO_KERNEL = {"_unsafe_view", "lift_fresh", "_local_scalar_dense", "_record_function_enter_new",
-             "_record_function_exit", "empty", "empty_strided", "_to_copy_noop"}
+             "_record_function_exit", "empty", "empty_strided"}
 FAST = {"implementation": "fast"}
 CONFIGS = {  # name -> (train_bench config, overrides); LoRA at alpha = dim and at kohya's alpha 1
     "lora_b1": ("lora_b1", {"optimizer_args": {"foreach": True}}),
@@ -155,9 +155,10 @@ def main() -> int:
         rows = [("reference (no adapter)", ref)]
         for name in args.configs:
             base, overrides = CONFIGS[name]
-            values = {**tb.config_values(base, model, data, tmp, True, 1, 2, {}), **overrides}
-            if "optimizer_args" in overrides:
-                values["optimizer_args"] = {**(values.get("optimizer_args") or {}), **overrides["optimizer_args"]}
+            seed = tb.config_values(base, model, data, tmp, True, 1, 2, {})
+            values = {**seed, **overrides}
+            if "optimizer_args" in overrides:  # added to the config's own (the seeds' decouple, d0, ...)
+                values["optimizer_args"] = {**(seed.get("optimizer_args") or {}), **overrides["optimizer_args"]}
             if args.cuda:
                 values["mixed_precision"] = "bf16"
             launches: list[int] | None = [] if args.cuda else None
