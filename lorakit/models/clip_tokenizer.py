@@ -71,16 +71,16 @@ def load_tokenizer(folder: Path):
     a tokenizer (padding and truncation are set per call), so one instance serves every model.
     """
     folder = Path(folder).resolve()
-    files = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob("*")) if p.is_file())
-    return _load_tokenizer(folder, files)
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob("*")) if p.is_file())
+    return _load_tokenizer(folder, stamp)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_tokenizer(folder: Path, files: tuple):  # files: the folder's (name, size, mtime) for the key
+def _load_tokenizer(folder: Path, stamp: tuple):  # stamp: the folder's (name, size, mtime) per file, the key
     from transformers import CLIPTokenizer
 
     settings_only = (folder / "tokenizer_config.json").is_file() and \
         not any((folder / name).is_file() for name in OWN_VOCAB_FILES)
-    files = {"vocab_file": str(CLIP_BPE_DIR / "vocab.json"),
-             "merges_file": str(CLIP_BPE_DIR / "merges.txt")} if settings_only else {}
-    return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, **files)
+    shared_bpe = {"vocab_file": str(CLIP_BPE_DIR / "vocab.json"),
+                  "merges_file": str(CLIP_BPE_DIR / "merges.txt")} if settings_only else {}
+    return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, **shared_bpe)
