@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .declare import LYCORIS_MODULE, FileFormat, GuiLoraType
+from .frobenius import NormFactors
 from .kinds import CONV1X1, CONV3X3, LINEAR, fmt_num  # noqa: F401 (also imported from here)
 
 if TYPE_CHECKING:
@@ -417,9 +418,24 @@ class AdapterModule(nn.Module):
         alpha = float(self.alpha)
         self.scale = (alpha if alpha else self.dim) / self.dim
 
+    def norm_factors(self) -> NormFactors:
+        """(scale, factors) with ||delta_weight()|| = |scale| * prod ||factor|| (frobenius.py), so max-norm
+        measures the module without building delta W; None: it builds delta_weight() instead."""
+        return None
+
+    def delta_scalings(self, ratio: float) -> Optional[list[tuple[torch.Tensor, float]]]:
+        """(parameter, factor) pairs whose in-place products scale delta W by `ratio`; None if the
+        algorithm scales otherwise (its own scale_delta)."""
+        return None
+
+    @torch.no_grad()
     def scale_delta(self, ratio: float) -> None:
         """Multiply delta W by `ratio` (max-norm regularization)."""
-        raise NotImplementedError(f"{self.algo} does not support max-norm regularization")
+        pairs = self.delta_scalings(ratio)
+        if pairs is None:
+            raise NotImplementedError(f"{self.algo} does not support max-norm regularization")
+        for t, factor in pairs:
+            t.mul_(factor)
 
     # --- network hooks (class level) ---------------------------------------------------
     @classmethod

@@ -24,6 +24,7 @@ from torch import nn
 from ..errors import ConfigError
 from .base import CONV1X1, LINEAR, AdapterModule, RankSettings, TargetRules
 from .declare import LYCORIS_MODULE, NO, FileContext, FileFormat, GuiLoraType, Loads, has_all
+from .frobenius import ChannelScale, NormFactors
 from .registry import register
 
 UNET_TARGETS = ("to_k", "to_v")
@@ -125,9 +126,11 @@ class IA3Module(AdapterModule):
         w = self.org.weight
         w.copy_((w.float() + m * self.delta_weight()).to(w.dtype))
 
-    @torch.no_grad()
-    def scale_delta(self, ratio: float) -> None:
-        self.weight.mul_(ratio)
+    def norm_factors(self) -> NormFactors:
+        return 1.0, (ChannelScale(self.weight, self.org.weight, 1 if self.on_input else 0),)
+
+    def delta_scalings(self, ratio: float) -> list[tuple[torch.Tensor, float]]:
+        return [(self.weight, ratio)]
 
     def tensors_to_save(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight, "on_input": torch.tensor(self.on_input)}

@@ -29,6 +29,7 @@ from .declare import (LOADERS, LOADS, LYCORIS_LINEAR_GUI_ARGS, LYCORIS_MODULE, N
                       shape0)
 from .dora import DORA_ARGS
 from .factorization import factorization
+from .frobenius import Full, LowRank, NormFactors
 from .merged import MergedOpModule
 from .registry import register
 
@@ -145,16 +146,23 @@ class LoKrModule(MergedOpModule):
                 dw = dw * keep.view(-1, *([1] * (dw.dim() - 1)))
         return dw
 
-    @torch.no_grad()
-    def scale_delta(self, ratio: float) -> None:
+    def norm_factors(self) -> NormFactors:
+        # ||kron(W1, W2)|| = ||W1|| ||W2||; a Tucker W2 is built (it is the small (b, d*k*k) factor)
+        w1 = Full(self.lokr_w1) if self.full_w1 else LowRank(self.lokr_w1_a, self.lokr_w1_b)
+        w2 = (Full(self.lokr_w2) if self.full_w2 else Full(self._w2(False)) if self.tucker
+              else LowRank(self.lokr_w2_a, self.lokr_w2_b))
+        return self.scale, (w1, w2)
+
+    def delta_scalings(self, ratio: float) -> list[tuple[torch.Tensor, float]]:
         half = ratio ** 0.5  # each Kronecker factor takes sqrt(ratio)
+        out: list[tuple[torch.Tensor, float]] = []
         for full, names in ((self.full_w1, ("lokr_w1", "lokr_w1_a", "lokr_w1_b")),
                             (self.full_w2, ("lokr_w2", "lokr_w2_a", "lokr_w2_b"))):
             if full:
-                getattr(self, names[0]).mul_(half)
+                out.append((getattr(self, names[0]), half))
             else:
-                getattr(self, names[1]).mul_(half ** 0.5)
-                getattr(self, names[2]).mul_(half ** 0.5)
+                out += [(getattr(self, names[1]), half ** 0.5), (getattr(self, names[2]), half ** 0.5)]
+        return out
 
     def tensors_to_save(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}

@@ -28,6 +28,7 @@ from .base import CONV3X3, AdapterModule, kaiming_down_
 from .declare import (GUI_BLOCK_ARGS, LOADERS, LOADS, LYCORIS_LINEAR_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat,
                       GuiLoraType, Loads, has_all, shape0)
 from .dora import DORA_ARGS, DoRA
+from .frobenius import LowRank, NormFactors
 from .registry import register
 
 DOWN, UP, MID = "lora_down.weight", "lora_up.weight", "lora_mid.weight"
@@ -102,11 +103,12 @@ class LoRAModule(AdapterModule):
         # (out, r, 1, 1) . (r, in, k, k) -> (out, in, k, k); a 1x1 conv is the same contraction
         return torch.einsum("or,rikl->oikl", up.flatten(1), down) * self.scale
 
-    @torch.no_grad()
-    def scale_delta(self, ratio: float) -> None:
+    def norm_factors(self) -> NormFactors:
+        return self.scale, (LowRank(self.lora_up.weight.flatten(1), self.lora_down.weight.flatten(1)),)
+
+    def delta_scalings(self, ratio: float) -> list[tuple[torch.Tensor, float]]:
         r = ratio ** 0.5  # kohya scales both factors by sqrt(ratio)
-        self.lora_up.weight.mul_(r)
-        self.lora_down.weight.mul_(r)
+        return [(self.lora_up.weight, r), (self.lora_down.weight, r)]
 
     def tensors_to_save(self) -> dict[str, torch.Tensor]:
         return {"lora_down.weight": self.lora_down.weight, "lora_up.weight": self.lora_up.weight,
@@ -176,6 +178,9 @@ class LoConModule(DoRA, LoRAModule):
             return super().scaled_delta(x)
         h, factor = self.rank_dropouts(self.lora_mid(self.lora_down(x)))
         return self.lora_up(h), self.scale * factor
+
+    def norm_factors(self) -> NormFactors:
+        return None if self.tucker else super().norm_factors()
 
     def delta_weight(self, up: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.tucker:

@@ -34,6 +34,7 @@ from ..errors import ConfigError
 from .base import CONV1X1, CONV3X3, LINEAR, UNET_CONV_PARENTS, AdapterModule, TargetRules, fmt_num
 from .blockwise import (SD_BLOCKS, BlockTable, block_lr_weights, block_network_args, block_ranks, blocks_for,
                         blockwise_on, count_problems, declared_blocks)
+from .frobenius import FrobeniusNorms
 from .norm import NormModule, build_norm_modules
 from .presets import apply_preset
 from .registry import get_algorithm
@@ -133,6 +134,7 @@ class AdapterNetwork(nn.Module):
             if name in self._modules:
                 raise ValueError(f"duplicated adapter name: {name}")
             self.add_module(name, m)
+        self._frobenius: Optional[FrobeniusNorms] = None  # made on the first max-norm step
 
     def all_modules(self) -> list[AdapterModule]:
         return list(self.text_encoder_modules.values()) + list(self.unet_modules.values())
@@ -244,8 +246,7 @@ class AdapterNetwork(nn.Module):
 
     # --- max-norm ----------------------------------------------------------------------
     @torch.no_grad()
-    def apply_max_norm(self, max_norm: float, device: Optional[torch.device | str] = None
-                       ) -> tuple[int, float, float]:
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
         """kohya's max-norm regularization (scale_weight_norms): cap ||delta W||_F (scale included, multiplier not) at max_norm.
 
         n = max(||dW||, max_norm/2); ratio = min(n, max_norm)/n; modules with ratio != 1
@@ -256,23 +257,27 @@ class AdapterNetwork(nn.Module):
         mods = [m for m in self.all_modules() if not isinstance(m, NormModule)]
         if not mods:
             return 0, 0.0, 0.0
-        with torch.no_grad():  # each delta W is freed once its norm is taken: one at a time in memory
-            norms_on_device = torch.stack([_to(m.delta_weight(), device).float().norm() for m in mods])
-        # one device read for every module (kohya reads each norm: a host wait per module per step)
-        norms = norms_on_device.tolist()
-        scaled = 0
+        if self._frobenius is None:
+            self._frobenius = FrobeniusNorms()
+        # every module's norm from its small factors (frobenius.py), read in one transfer
+        # (kohya builds each full delta W and reads each norm: a host wait per module per step)
+        norms = self._frobenius(mods).tolist()
+        scaled, batch = 0, []
         for i, (m, norm) in enumerate(zip(mods, norms)):
             n = max(norm, max_norm / 2)
             ratio = min(n, max_norm) / n
             if ratio != 1:
-                m.scale_delta(ratio)
+                pairs = m.delta_scalings(ratio)
+                if pairs is None:
+                    m.scale_delta(ratio)
+                else:
+                    batch += pairs
                 scaled += 1
             norms[i] = norm * ratio
+        if batch:
+            with torch.no_grad():  # one foreach kernel for every factor scaled this step
+                torch._foreach_mul_([t for t, _ in batch], [f for _, f in batch])
         return scaled, sum(norms) / len(norms), max(norms)
-
-
-def _to(t: torch.Tensor, device: Optional[torch.device | str]) -> torch.Tensor:
-    return t if device is None else t.to(device)
 
 
 RankOf = Callable[[str, str], Optional[tuple[int, Optional[float]]]]
