@@ -69,9 +69,10 @@ def test_adamw_step_reads_the_device_once(tiny_model_dir, data, tmp_path):
 
 
 def test_prodigy_step_reads_the_device_twice(tiny_model_dir, data, tmp_path):
-    # the loss/norm read before the update, and d for the log after it (d is what the update computed)
+    # the loss/norm read before the update, and d and k for the log after it (what the update computed;
+    # k for the bias correction): one read for both groups
     where = reads_in_step_2(tiny_model_dir, data, tmp_path, optimizer_type="Prodigy", learning_rate=1.0,
-                            optimizer_args=["implementation=fast"], text_encoder_lr=0.5)
+                            optimizer_args=["implementation=fast", "use_bias_correction=True"], text_encoder_lr=0.5)
     assert sum(where.values()) == 2, where
 
 
@@ -79,6 +80,14 @@ def test_max_norm_reads_every_module_norm_at_once(tiny_model_dir, data, tmp_path
     where = reads_in_step_2(tiny_model_dir, data, tmp_path, optimizer_type="AdamW", learning_rate=1e-3,
                             scale_weight_norms=1.0)
     assert sum(where.values()) == 2, where  # was 1 + one per adapted module (61 here)
+
+
+def test_prodigy_with_max_norm_reads_d_and_the_norms_together(tiny_model_dir, data, tmp_path):
+    # the second seed guide's shape (Prodigy + scale_weight_norms): was 3 reads, d's and the norms'
+    where = reads_in_step_2(tiny_model_dir, data, tmp_path, optimizer_type="Prodigy", learning_rate=1.0,
+                            optimizer_args=["implementation=fast", "use_bias_correction=True"],
+                            scale_weight_norms=1.0)
+    assert sum(where.values()) == 2, where
 
 
 def test_the_counter_sees_lorakit_reads_only():

@@ -168,10 +168,9 @@ def test_dlr_includes_prodigy_bias_correction_when_enabled():
     from lorakit.train.loop import bias_correction
 
     # k = 3 steps taken, betas (0.9, 0.99): sqrt(1 - 0.99^3) / (1 - 0.9^3) = 0.172340 / 0.271
-    assert bias_correction({"use_bias_correction": True, "betas": (0.9, 0.99), "k": 3}) == pytest.approx(0.63594,
-                                                                                                         abs=1e-5)
-    assert bias_correction({"use_bias_correction": False, "betas": (0.9, 0.99), "k": 3}) == 1.0
-    assert bias_correction({"lr": 1.0}) == 1.0  # DAdaptation groups without the option
+    assert bias_correction({"use_bias_correction": True, "betas": (0.9, 0.99)}, 3) == pytest.approx(0.63594, abs=1e-5)
+    assert bias_correction({"use_bias_correction": False, "betas": (0.9, 0.99)}, 3) == 1.0
+    assert bias_correction({"lr": 1.0}, 3) == 1.0  # DAdaptation groups without the option
 
 
 def test_validation_loss_logged_per_epoch(tiny_model_dir, tmp_path):

@@ -247,23 +247,33 @@ class AdapterNetwork(nn.Module):
     # --- max-norm ----------------------------------------------------------------------
     @torch.no_grad()
     def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
-        """kohya's max-norm regularization (scale_weight_norms): cap ||delta W||_F (scale included, multiplier not) at max_norm.
+        """kohya's max-norm regularization (scale_weight_norms): cap_norms over delta_norms, read at once."""
+        norms = self.delta_norms()
+        return self.cap_norms([] if norms is None else norms.tolist(), max_norm)
 
-        n = max(||dW||, max_norm/2); ratio = min(n, max_norm)/n; modules with ratio != 1
-        are scaled (LoRA: up and down by sqrt(ratio)). Returns (keys_scaled, average
-        norm, max norm), the norms measured after scaling.
-        """
-        # LyCORIS leaves the norm offsets out of max-norm
-        mods = [m for m in self.all_modules() if not isinstance(m, NormModule)]
+    def delta_norms(self) -> Optional[torch.Tensor]:
+        """||delta W||_F (scale included, multiplier not) of every module max-norm caps, on the device
+        (None if there is none). Taken from the small factors (frobenius.py): kohya builds each full
+        delta W, and reads each norm, a host wait per module per step."""
+        mods = self.max_norm_modules()
         if not mods:
-            return 0, 0.0, 0.0
+            return None
         if self._frobenius is None:
             self._frobenius = FrobeniusNorms()
-        # every module's norm from its small factors (frobenius.py), read in one transfer
-        # (kohya builds each full delta W and reads each norm: a host wait per module per step)
-        norms = self._frobenius(mods).tolist()
+        return self._frobenius(mods)
+
+    def max_norm_modules(self) -> list[AdapterModule]:
+        return [m for m in self.all_modules() if not isinstance(m, NormModule)]  # LyCORIS leaves the norm offsets out
+
+    def cap_norms(self, norms: list[float], max_norm: float) -> tuple[int, float, float]:
+        """Given delta_norms() as read: n = max(||dW||, max_norm/2); ratio = min(n, max_norm)/n;
+        modules with ratio != 1 are scaled (LoRA: up and down by sqrt(ratio)). Returns (keys_scaled,
+        average norm, max norm), the norms after scaling."""
+        if not norms:
+            return 0, 0.0, 0.0
+        norms = list(norms)
         scaled, batch = 0, []
-        for i, (m, norm) in enumerate(zip(mods, norms)):
+        for i, (m, norm) in enumerate(zip(self.max_norm_modules(), norms)):
             n = max(norm, max_norm / 2)
             ratio = min(n, max_norm) / n
             if ratio != 1:

@@ -106,15 +106,38 @@ def clip_gradients(run: Run) -> torch.Tensor | None:
     return run.accelerator.clip_grad_norm_(params, run.cfg.max_grad_norm)
 
 
-def optimizer_step(run: Run) -> dict[str, float]:
+def optimizer_step(run: Run) -> tuple[dict[str, float], list[tuple[float, float]]]:
+    """The update, the schedule and max-norm. Returns the max-norm stats and (d, k) of each group
+    that has a d (Prodigy, DAdaptation: as this update computed them, for the d*lr log)."""
     cfg = run.cfg
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    if cfg.scale_weight_norms:  # once per optimizer step (sd-scripts: every micro-step)
-        scaled, avg, top = run.network.apply_max_norm(cfg.scale_weight_norms)
-        return {"max_norm/keys_scaled": scaled, "norm/avg_key_norm": avg, "max_norm/max_key_norm": top}
-    return {}
+    # d and Prodigy's step count k per group, and every module's norm for max-norm, in one read
+    # after the update (lorakit's foreach optimizers keep d and k on the device)
+    dk = [x for g in run.optimizer.param_groups if "d" in g for x in (g["d"], g.get("k", 0))]
+    norms = run.network.delta_norms() if cfg.scale_weight_norms else None  # once per optimizer step
+    dk, norm_values = read_together(dk, norms)
+    ds = list(zip(dk[::2], dk[1::2]))
+    if norms is None:
+        return {}, ds
+    scaled, avg, top = run.network.cap_norms(norm_values, cfg.scale_weight_norms)  # sd-scripts: every micro-step
+    return {"max_norm/keys_scaled": scaled, "norm/avg_key_norm": avg, "max_norm/max_key_norm": top}, ds
+
+
+def read_together(values: list, tensor: torch.Tensor | None) -> tuple[list[float], list[float]]:
+    """(floats of `values`, a list of `tensor`'s elements) with one device -> host transfer for
+    everything on a device (`values` may mix Python numbers and 0-dim tensors)."""
+    parts = [v.reshape(1) for v in values if isinstance(v, torch.Tensor)]
+    if tensor is not None:
+        parts.append(tensor.reshape(-1))
+    if not parts:
+        return [float(v) for v in values], []
+    dev = parts[0].device
+    read = torch.cat([p.to(dev, torch.float64) for p in parts]).tolist()
+    it = iter(read)
+    out = [next(it) if isinstance(v, torch.Tensor) else float(v) for v in values]
+    return out, list(it)
 
 
 def train_step(run: Run, mine: list[tuple[Batch, int]], n_images: int, epoch: int) -> StepResult:
@@ -147,10 +170,10 @@ def train_step(run: Run, mine: list[tuple[Batch, int]], n_images: int, epoch: in
     # fp16's grad scaler skips inf steps itself
     if grad_norm is not None and run.cfg.mixed_precision != "fp16" and not math.isfinite(grad_norm):
         raise Diverged(grad_norm, "gradient norm")
-    stats = optimizer_step(run)
+    stats, ds = optimizer_step(run)
     if run.text.cache is not None:
         stats.update(run.text.cache.take_stats())
-    return StepResult(total / n_images, n_images, stats)
+    return StepResult(total / n_images, n_images, stats, ds)
 
 
 def sum_gradients(run: Run) -> None:
@@ -205,7 +228,7 @@ def _train(cfg: TrainConfig, subscribers: Iterable[Subscriber], overwrite: bool,
                 progress, step, loss = Progress(step + 1, epoch, j + 1), step + 1, res.loss
                 recent.append(loss)
                 epoch_losses.append(loss)
-                dlr = dlr_values(run, lrs)
+                dlr = dlr_values(run, lrs, res.ds)
                 bus.emit("step", step, epoch, loss=loss, loss_avg=sum(recent) / len(recent), lrs=lrs,
                          images=res.images, dlr=dlr, images_per_s=res.images / (time.perf_counter() - t0),
                          peak_memory_mb=peak_memory_mb(run.device), stats=res.stats)
@@ -287,26 +310,21 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def dlr_values(run: Run, lrs: dict[str, float]) -> dict[str, float]:
-    """d * lr per group for Prodigy / DAdaptation: d as this step updated it, times this step's lr,
-    times Prodigy's bias correction sqrt(1 - beta2^k) / (1 - beta1^k) when use_bias_correction is on."""
+def dlr_values(run: Run, lrs: dict[str, float], ds: list[tuple[float, float]]) -> dict[str, float]:
+    """d * lr per group for Prodigy / DAdaptation: d as this step updated it (`ds`: (d, k) per group
+    with a "d", read by optimizer_step), times this step's lr, times Prodigy's bias correction
+    sqrt(1 - beta2^k) / (1 - beta1^k) when use_bias_correction is on."""
     import prodigyopt
 
     inner = getattr(run.optimizer, "optimizer", run.optimizer)
     prodigy = isinstance(inner, prodigyopt.Prodigy)  # also lorakit's foreach and group-scaled Prodigy
     groups = [(g.get("name", str(i)), g) for i, g in enumerate(run.optimizer.param_groups) if "d" in g]
-    # lorakit's foreach optimizers keep d on the device: one read for every group
-    ds = [g["d"] for _, g in groups]
-    on_device = [d for d in ds if isinstance(d, torch.Tensor)]
-    if on_device:
-        ds = torch.stack([torch.as_tensor(d, dtype=on_device[0].dtype, device=on_device[0].device)
-                          for d in ds]).tolist()
-    return {name: float(d) * lrs[name] * bias_correction(g, prodigy) for (name, g), d in zip(groups, ds)}
+    return {name: d * lrs[name] * bias_correction(g, k, prodigy) for (name, g), (d, k) in zip(groups, ds)}
 
 
-def bias_correction(group: dict, prodigy: bool = True) -> float:
+def bias_correction(group: dict, k: float, prodigy: bool = True) -> float:
     if not prodigy or not group.get("use_bias_correction") or "betas" not in group:
         return 1.0
-    k = max(1, int(float(group.get("k", 1))))  # the step just taken (Prodigy counts k after it)
+    k = max(1, int(k))  # the step just taken (Prodigy counts k after it)
     beta1, beta2 = group["betas"][0], group["betas"][1]
     return (1 - beta2 ** k) ** 0.5 / (1 - beta1 ** k)

@@ -83,3 +83,4 @@ class StepResult:
     loss: float
     images: int
     stats: dict[str, float]
+    ds: list[tuple[float, float]] = field(default_factory=list)  # (d, k) of each Prodigy / DAdaptation group
