@@ -171,6 +171,8 @@ def levers(values: dict) -> dict[str, dict]:
         out["fast_optimizer"] = {"optimizer_args": {**values.get("optimizer_args", {}), "implementation": "fast"}}
     if values.get("network_type") in ("lora", "locon"):  # one op with W + dW instead of the bypass
         out["merged_op"] = {"network_args": {**values.get("network_args", {}), "merged_op": True}}
+        # each layer shape's faster form, measured after the first step (a warm-up step)
+        out["merged_op auto"] = {"network_args": {**values.get("network_args", {}), "merged_op": "auto"}}
     # a cached text encoder cannot train: these two rows are UNet-only, so compare them with each other
     out["unet only"] = {"network_train_unet_only": True, "network_train_text_encoder_only": False,
                         "cache_text_encoder_outputs": False}

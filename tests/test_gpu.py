@@ -76,6 +76,7 @@ LEVERS = {
     "torch_compile": {"torch_compile": True, "dynamo_backend": BACKEND},
     "channels_last": {"channels_last": True},
     "merged_op": {"network_args": {"merged_op": True}},
+    "merged_op auto": {"network_args": {"merged_op": "auto"}},
     "together": {"torch_compile": True, "dynamo_backend": BACKEND, "network_args": {"merged_op": True},
                  "channels_last": True},
     # LoHa in float32: in bf16 its small factors turn the rounding of a reordered sum into 7-10 % after

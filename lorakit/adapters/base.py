@@ -95,6 +95,7 @@ ARG_CONFIG_KEYS = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "dropout"
                                      "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
                                      "loraplus_text_encoder_lr_ratio", "train_norm")}}
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "none", "")
+AUTO_ARGS = ("merged_op",)  # boolean network_args that also take "auto" (adapters/forms.py)
 
 
 def _parse_arg(algo: str, key: str, value: Any, default: Any) -> Any:
@@ -110,7 +111,9 @@ def _parse_arg(algo: str, key: str, value: Any, default: Any) -> Any:
             return True
         if text in _FALSE:
             return False
-        raise bad("not a boolean (True/False)")
+        if text == "auto" and key in AUTO_ARGS:
+            return "auto"
+        raise bad("not a boolean (True/False" + (", or auto)" if key in AUTO_ARGS else ")"))
     if isinstance(default, int):
         try:
             f = float(value)

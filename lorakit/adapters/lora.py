@@ -28,6 +28,7 @@ from .base import CONV3X3, AdapterModule, kaiming_down_
 from .declare import (GUI_BLOCK_ARGS, LOADERS, LOADS, LYCORIS_LINEAR_GUI_ARGS, LYCORIS_MODULE, NO, FileFormat,
                       GuiLoraType, Loads, has_all, shape0)
 from .dora import DORA_ARGS, DoRA
+from .forms import FormChoice
 from .frobenius import LowRank, NormFactors
 from .registry import register
 
@@ -80,12 +81,22 @@ class LoRAModule(AdapterModule):
     def param_dtype(self) -> torch.dtype:
         return self.lora_down.weight.dtype
 
+    forms: Optional[FormChoice] = None  # set by the network with merged_op = "auto"
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         per_sample = self.dropouts_active() and bool(self.dropout or self.rank_dropout)
-        if (not self.args.get("merged_op") or per_sample or self.args.get("dora_wd")
-                or not self.plain_call(args, kwargs)):
+        mode = self.args.get("merged_op")
+        if (not mode or per_sample or self.args.get("dora_wd") or not self.plain_call(args, kwargs)
+                or (mode == "auto" and self.forms is not None and not self.forms.merged(self, x))):
             return super().forward(x, *args, **kwargs)
         return self.merged_call(x, self.delta_weight)
+
+    def bypass_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The bypass form (forms.py times it against merged_form)."""
+        return super().forward(x)
+
+    def merged_form(self, x: torch.Tensor) -> torch.Tensor:
+        return self.merged_forward(x, self.delta_weight())
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         delta, factor = self.scaled_delta(x)

@@ -34,6 +34,7 @@ from ..errors import ConfigError
 from .base import CONV1X1, CONV3X3, LINEAR, UNET_CONV_PARENTS, AdapterModule, TargetRules, fmt_num
 from .blockwise import (SD_BLOCKS, BlockTable, block_lr_weights, block_network_args, block_ranks, blocks_for,
                         blockwise_on, count_problems, declared_blocks)
+from .forms import FormBoard, FormChoice
 from .frobenius import FrobeniusNorms
 from .norm import NormModule, build_norm_modules
 from .presets import apply_preset
@@ -135,6 +136,13 @@ class AdapterNetwork(nn.Module):
                 raise ValueError(f"duplicated adapter name: {name}")
             self.add_module(name, m)
         self._frobenius: Optional[FrobeniusNorms] = None  # made on the first max-norm step
+        # merged_op = "auto": the modules note input shapes to time; decide_forms() times them
+        self.forms: Optional[FormBoard] = None
+        auto = [m for m in self.all_modules() if m.args.get("merged_op") == "auto"]
+        if auto:
+            self.forms = FormBoard()
+            for m in auto:
+                m.forms = FormChoice(self.forms)
 
     def all_modules(self) -> list[AdapterModule]:
         return list(self.text_encoder_modules.values()) + list(self.unet_modules.values())

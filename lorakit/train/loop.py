@@ -28,6 +28,7 @@ from .plan import Plan
 from .run import Run, StepResult
 from .save import save_adapter
 from .settings import freeze_text_encoder
+from .speed import choose_forms
 from .setup import check_output_paths, setup_run
 from .validation import maybe_validate
 from .state import (Diverged, Progress, check_resume_config, check_resume_data, find_state, load_state,
@@ -171,6 +172,7 @@ def train_step(run: Run, mine: list[tuple[Batch, int]], n_images: int, epoch: in
     if grad_norm is not None and run.cfg.mixed_precision != "fp16" and not math.isfinite(grad_norm):
         raise Diverged(grad_norm, "gradient norm")
     stats, ds = optimizer_step(run)
+    stats.update(choose_forms(run.network))  # merged_op = "auto": shapes first met in this step
     if run.text.cache is not None:
         stats.update(run.text.cache.take_stats())
     return StepResult(total / n_images, n_images, stats, ds)

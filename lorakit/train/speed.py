@@ -9,6 +9,7 @@ calls get graphs of their own instead of wrong ones.
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,6 +44,10 @@ def validate_speed_config(cfg: Any) -> list[str]:
     """Checks that need no model (preflight). Returns warnings for settings that do nothing."""
     backend, mode = cfg.dynamo_backend, cfg.torch_compile_mode
     warnings: list[str] = []
+    if cfg.torch_compile and str((cfg.network_args or {}).get("merged_op", "")).strip().lower() == "auto":
+        warnings.append("network_args merged_op = auto measures eager layers only: with torch_compile the compiled "
+                        "blocks keep the bypass, only the layers between them are measured (set merged_op = true or "
+                        "false to choose for all)")
     if not cfg.torch_compile:
         if backend not in ("inductor", "no"):
             _check_backend(backend)  # a typo is reported even before compiling is switched on
@@ -146,3 +151,16 @@ def recompute_merged_weights(unet: Any, adapters: Any) -> int:
             a.recompute_merged = True
             n += 1
     return n
+
+
+def choose_forms(network: "AdapterNetwork") -> dict[str, float]:
+    """merged_op = "auto": time the input shapes the last step met for the first time (adapters/forms.py);
+    the step's stats say how many were measured, how many the merged op won, and the seconds it took."""
+    board = network.forms
+    if board is None or not board.waiting:
+        return {}
+    from ..adapters.forms import decide
+
+    t0 = time.perf_counter()
+    measured, won = decide(board)
+    return {"merged_op/measured": measured, "merged_op/merged": won, "merged_op/seconds": time.perf_counter() - t0}
