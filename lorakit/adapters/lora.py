@@ -103,8 +103,21 @@ class LoRAModule(AdapterModule):
         return delta * factor
 
     def scaled_delta(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
-        h, factor = self.rank_dropouts(self.lora_down(x))
-        return self.lora_up(h), self.scale * factor
+        h, factor = self.rank_dropouts(self.down_op(x))
+        return self.up_op(h), self.scale * factor
+
+    # The factors' ops called directly: the same F.linear / F.conv2d as calling lora_down and lora_up,
+    # without two nn.Module calls per forward (their Python costs more than a small layer's kernels
+    # take to launch, and at batch 1 the host sets the pace of a GPU step)
+    def down_op(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.lora_down
+        if self.is_conv:
+            return F.conv2d(x, d.weight, None, d.stride, d.padding, d.dilation)
+        return F.linear(x, d.weight)
+
+    def up_op(self, h: torch.Tensor) -> torch.Tensor:
+        w = self.lora_up.weight
+        return F.conv2d(h, w) if self.is_conv else F.linear(h, w)
 
     def delta_weight(self, up: Optional[torch.Tensor] = None) -> torch.Tensor:
         up = self.lora_up.weight if up is None else up
