@@ -17,8 +17,8 @@ import dadaptation
 import dadaptation.experimental
 import torch
 
-from .foreach_util import (Cast, RefuseFsdp, StepStart, abs_total, begin_step, coupled_decay, pymax, pymin,
-                           scalar, state_batches, store, total)
+from .foreach_util import (Cast, RefuseFsdp, StepStart, abs_total, abs_totals, begin_step, coupled_decay, pymax,
+                           pymin, scalar, state_batches, store, total)
 
 
 def _init_adam_state(opt: torch.optim.Optimizer, ps: list[torch.Tensor]) -> None:
@@ -144,13 +144,13 @@ class DAdaptAdamPreprint(RefuseFsdp, dadaptation.experimental.DAdaptAdamPreprint
                 denom = torch._foreach_sqrt(exp_avg_sq)
                 torch._foreach_add_(denom, g["eps"])
                 torch._foreach_div_(grad_grad, denom)
-                g_sq = g_sq + abs_total(grad_grad, zero)  # non-negative: the L1 norm is the sum
                 torch._foreach_mul_(s_list, beta2)
                 torch._foreach_add_(s_list, torch._foreach_mul(grads, s_coef.to(bp[0])))
                 ssq = torch._foreach_mul(s_list, s_list)
                 torch._foreach_div_(ssq, denom)
-                sksq_weighted = sksq_weighted + abs_total(ssq, zero)
-                sk_l1 = sk_l1 + abs_total(s_list, zero)
+                # the three sums in one reduction (grad_grad and ssq are non-negative: their L1 norm is the sum)
+                sums = abs_totals([grad_grad, ssq, s_list], zero)
+                g_sq, sksq_weighted, sk_l1 = g_sq + sums[0], sksq_weighted + sums[1], sk_l1 + sums[2]
         gsq_weighted = beta2 * scalar(g0["gsq_weighted"], dev) + g_sq * (dlr ** 2) * (1 - beta2)
         if not any_live:
             return loss

@@ -73,8 +73,13 @@ def total(ts: list[torch.Tensor], acc: torch.Tensor) -> torch.Tensor:
 
 def abs_total(ts: list[torch.Tensor], acc: torch.Tensor) -> torch.Tensor:
     """Sum over `ts` of |t|.sum(), as a scalar like `acc`."""
-    norms = torch._foreach_norm(ts, 1)
-    return torch.stack(norms).to(device=acc.device, dtype=acc.dtype).sum()
+    return abs_totals([ts], acc)[0]
+
+
+def abs_totals(lists: list[list[torch.Tensor]], acc: torch.Tensor) -> list[torch.Tensor]:
+    """abs_total of each list (all of one length), with one foreach norm and one sum for all of them."""
+    norms = torch.stack(torch._foreach_norm([t for ts in lists for t in ts], 1))
+    return list(norms.to(device=acc.device, dtype=acc.dtype).view(len(lists), -1).sum(dim=1).unbind())
 
 
 def pymax(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
