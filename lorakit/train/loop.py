@@ -281,10 +281,17 @@ def _start(cfg: TrainConfig, subscribers: Iterable[Subscriber], overwrite: bool,
     return run, progress
 
 
+def epoch_batches(run: Run, epoch: int) -> tuple[list[list[int]], int, int]:
+    """(the epoch's batches as sample ids, batches per optimizer step, optimizer steps in the epoch):
+    every process together, gradient accumulation included."""
+    ids = run.dataset.batch_plan(epoch, run.cfg.train_batch_size, run.seed)  # sample ids only
+    per_step = run.cfg.gradient_accumulation_steps * run.accelerator.num_processes
+    return ids, per_step, math.ceil(len(ids) / per_step)
+
+
 def epoch_groups(run: Run, epoch: int) -> int:
     """Optimizer steps in `epoch` (every process together)."""
-    ids = run.dataset.batch_plan(epoch, run.cfg.train_batch_size, run.seed)
-    return math.ceil(len(ids) / (run.cfg.gradient_accumulation_steps * run.accelerator.num_processes))
+    return epoch_batches(run, epoch)[2]
 
 
 def epoch_steps(run: Run, loader: BatchLoader, epoch: int, done: int
@@ -292,12 +299,11 @@ def epoch_steps(run: Run, loader: BatchLoader, epoch: int, done: int
     """(index of the step in the epoch, this process's (batch, start) pairs, images in the step of
     every process) for the steps of `epoch` from step `done` on; batches are built when their step comes."""
     acc = run.accelerator
-    ids = run.dataset.batch_plan(epoch, run.cfg.train_batch_size, run.seed)  # sample ids only
+    ids, per_step, n_steps = epoch_batches(run, epoch)
     starts = list(accumulate(map(len, ids), initial=0))  # each batch's first sample in the epoch
-    per_step = run.cfg.gradient_accumulation_steps * acc.num_processes
     groups = rank_groups(len(ids), per_step, acc.num_processes, acc.process_index, done)
     feed = loader.batches(epoch, [ids[k] for g in groups for k in g])
-    for j, mine in zip(range(done, math.ceil(len(ids) / per_step)), groups):
+    for j, mine in zip(range(done, n_steps), groups):
         yield j, [(next(feed), starts[k]) for k in mine], sum(map(len, ids[j * per_step:(j + 1) * per_step]))
 
 
