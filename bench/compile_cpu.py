@@ -10,13 +10,16 @@ each after `torch._dynamo.reset()`:
 
 With `--backend aot_eager` (default) that first step is dynamo + AOTAutograd tracing plus the eager
 run of the traced ops: the part of compiling that does not depend on the device. `--backend
-inductor` adds inductor's CPU code generation (C++; minutes). The inductor graph cache is off here
-(a fresh temporary cache folder per mode) so every mode pays its full compile. Printed side by side
-as ratios, since the machine is shared: absolute times mean little.
+inductor` adds inductor's CPU code generation (C++; minutes), with inductor's FX graph cache and
+AOTAutograd's cache on as in a run, each mode in a fresh cache folder so that it pays its full
+compile; `--cache-dir DIR` keeps the folder, so the same command run twice times a second run's
+compile (the cache across runs). Printed side by side as ratios, since the machine is shared:
+absolute times mean little.
 
     OMP_NUM_THREADS=2 nice -n 10 python bench/compile_cpu.py                       # ~1 min per mode
     OMP_NUM_THREADS=2 nice -n 10 python bench/compile_cpu.py --checkpointing --network loha
     OMP_NUM_THREADS=2 nice -n 10 python bench/compile_cpu.py --backend inductor --modes whole regional
+    python bench/compile_cpu.py --backend inductor --modes regional --cache-dir /tmp/ic   # twice: cold, warm
 """
 from __future__ import annotations
 
@@ -94,15 +97,24 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--latent", type=int, default=16, help="latent side (16 = 128 px images)")
     ap.add_argument("--modes", nargs="*", default=["eager", "whole", "regional"])
+    ap.add_argument("--cache-dir", help="inductor's cache folder (default: a fresh one per mode); run the same "
+                                        "command twice with one folder to time a second run's compile")
     args = ap.parse_args()
     print(f"SD1.5 UNet + {args.network}, backend {args.backend}, batch {args.batch}, {args.latent}x{args.latent} "
           f"latents, checkpointing {args.checkpointing}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
+    if args.backend == "inductor":  # as a run compiles (lorakit/train/compile.py enable_graph_cache)
+        import torch._functorch.config as functorch_config
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = True
+        functorch_config.enable_autograd_cache = True
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
     rows = []
     for mode in args.modes:
-        with tempfile.TemporaryDirectory() as cache:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # every mode compiles from nothing
-            r = measure(mode, args)
+        with tempfile.TemporaryDirectory() as fresh, temporary_cache_dir(args.cache_dir or fresh):
+            r = measure(mode, args)  # from nothing, or from what an earlier process left in --cache-dir
         rows.append(r)
         print(f"{mode:9s} first fwd+bwd {r['first_s']:7.1f} s   second {r['second_s']:6.2f} s   "
               f"graphs {r['graphs']:3d}   compiled modules {r['regions']:3d}   grad sum {r['grad_sum']:.6e}",
