@@ -135,7 +135,8 @@ def read_together(values: list, tensor: torch.Tensor | None) -> tuple[list[float
     if not parts:
         return [float(v) for v in values], []
     dev = parts[0].device
-    read = torch.cat([p.to(dev, torch.float64) for p in parts]).tolist()
+    dtype = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64 (optim/foreach_util.py)
+    read = torch.cat([p.to(dev, dtype) for p in parts]).tolist()
     it = iter(read)
     out = [next(it) if isinstance(v, torch.Tensor) else float(v) for v in values]
     return out, list(it)
