@@ -78,7 +78,7 @@ Timer = Callable[[Callable[[], None], torch.device], float]
 
 def median_time(fn: Callable[[], None], device: torch.device) -> float:
     """Seconds per call of fn: the median of 7 timed calls after 2 warm-up calls."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+    sync = {"cuda": torch.cuda.synchronize, "mps": lambda d: torch.mps.synchronize()}.get(device.type, lambda d: None)
     for _ in range(2):
         fn()
     times = []
@@ -122,8 +122,9 @@ def time_forms(m: Any, key: Key, timer: Timer) -> tuple[float, float]:
     dev = m.org.weight.device
     params = [p for p in m.parameters() if p.requires_grad]
     modes = (m.training, m.org.training)
-    devices = [dev] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # the run's random streams are left as they were
+    # the run's random streams (the CPU's, and the device's: dropout masks) are left as they were
+    accel = dev.type if dev.type in ("cuda", "mps") else None
+    with torch.random.fork_rng(devices=[dev] if accel else [], device_type=accel):
         x = torch.randn(shape, device=dev).to(dtype).requires_grad_(True)
         m.train(False)  # no dropout draws: the forms are timed as they compute
         m.org.train(False)
