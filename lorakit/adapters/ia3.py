@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import CONV1X1, LINEAR, AdapterModule, RankSettings, TargetRules
-from .declare import LYCORIS_MODULE, NO, FileContext, FileFormat, GuiLoraType, Loads, has_all
+from .declare import LYCORIS_MODULE, NO, FileContext, FileFormat, GuiLoraType, Loads
 from .frobenius import ChannelScale, NormFactors
 from .registry import register
 
