@@ -8,7 +8,6 @@ import json
 import pytest
 
 from lorakit.config.export import to_kohya_json, to_toml
-from lorakit.config.kohya import import_kohya_json
 from lorakit.config.load import load, load_config
 from lorakit.errors import ConfigError
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from lorakit.data import TrainDataset, scan_folders
 from lorakit.data.augment import AugmentOptions
-from lorakit.data.buckets import BucketSet, crop_ltrb, crop_top_left
+from lorakit.data.buckets import crop_ltrb, crop_top_left
 
 
 def _png(path: Path, size, seed=0) -> Path:
