@@ -24,7 +24,7 @@ from .noise import NoiseSettings, training_scheduler, validate_noise_config
 from .plan import check_scheduler, make_plan, text_encoder_stop_step
 from .run import DTYPES, Run, TextEncoderState
 from .settings import adapter_dtype, allow_fp16_gradients, check_train_settings, store_base_in_fp8
-from .speed import apply_speed_options, validate_speed_config
+from .speed import apply_speed_options, check_compile_device, validate_speed_config
 
 if TYPE_CHECKING:
     from ..adapters.network import AdapterNetwork
@@ -141,6 +141,7 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
         bus = EventBus()  # only rank 0 logs and writes files
     weight_dtype = DTYPES[cfg.mixed_precision]
     device = accelerator.device
+    check_compile_device(cfg, device)
 
     m = load_frozen_model(cfg)
     noise_warnings = validate_noise_config(cfg, m.v_parameterization)

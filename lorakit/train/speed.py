@@ -65,6 +65,20 @@ def validate_speed_config(cfg: Any) -> list[str]:
     return warnings
 
 
+def check_compile_device(cfg: Any, device: torch.device) -> None:
+    """Refuse inductor on the CPU: torch 2.13's inductor computes a wrong input gradient there for a
+    LoRA'd attention whose input is a transposed view -- what diffusers' transformer blocks get at
+    batch 1 -- while the forward is right, so training would go wrong silently (tests/inductor_repro.py;
+    tests/test_compile.py fails once torch fixes it). Checked once the device is known, before any
+    model loads."""
+    if cfg.torch_compile and cfg.dynamo_backend == "inductor" and device.type == "cpu":
+        raise ConfigError(
+            "torch_compile with dynamo_backend 'inductor' on the CPU: torch's inductor computes wrong gradients "
+            "there for LoRA'd attention at batch 1 (docs/speed.md, Known limits), so lorakit does not run it",
+            key="dynamo_backend", fix="train on a GPU, or set dynamo_backend = aot_eager (it traces like inductor and "
+                                      "runs the ops eagerly), or torch_compile = false")
+
+
 def _check_backend(backend: str) -> None:
     names = known_backends()
     if backend not in names:
