@@ -6,7 +6,8 @@
 #     bash bench/gpu_run.sh regional graphs    # only these groups (a second session continues)
 #     bash bench/gpu_run.sh --cpu              # here: the same logic on the tiny model, a dry run
 #
-# Groups, in this order: eager (seed A b1/b15, LoRA b1/b15, LoKr b1, iA3 b1), kernels (CUDA kernel launches
+# First one line from bench/inductor_check.py (is inductor's gradient of a LoRA'd attention at batch 1
+# right on this device? docs/speed.md "Known limits"). Groups, in this order: eager (seed A b1/b15, LoRA b1/b15, LoKr b1, iA3 b1), kernels (CUDA kernel launches
 # of one LoRA and one seed A step, bench/kernels_cpu.py --cuda), sdxl (issue 16: SDXL LoRA
 # b1/b4 at 1024 px, UNet only, TE outputs cached; the random SDXL is built first), regional (the repeated
 # blocks compiled; LoRA b1 once more to read the inductor cache), graphs (reduce-overhead: CUDA
@@ -90,6 +91,10 @@ say "config          batch  res    img/s   med s   p90 s first s$([ $CPU = 1 ] |
 timeout -k 10 $(( $(left) - 10 )) $PY bench/train_bench.py $MODE_FLAG --workdir "$WORK" --prepare \
     --configs lora_b1 >> "$LOG" 2>&1 \
     || { say "building the model and images failed or timed out (see rows.log)"; exit 1; }
+
+# first the inductor gradient check (docs/speed.md "Known limits"): a wrong gradient voids the compiled rows
+line=$(timeout -k 5 120 $PY bench/inductor_check.py 2>> "$LOG" | tail -1)
+say "${line:-inductor check: failed or timed out (see rows.log)}"
 
 COMPILE="--set torch_compile=true --set dynamo_backend=$BACKEND"
 if want eager; then
