@@ -253,3 +253,35 @@ def test_inductor_on_the_cpu_is_refused_before_the_model_loads():
     check_compile_device(cfg, torch.device("cuda"))  # a GPU compiles with inductor
     check_compile_device(load_config(None, [], {"torch_compile": True, "dynamo_backend": "aot_eager"}),
                          torch.device("cpu"))
+
+
+def test_compiled_regions_take_dense_inputs():
+    """A strided view reaches a compiled block as a dense copy (inductor's CPU gradient bug,
+    tests/inductor_repro.py); channels_last inputs are dense already and pass as they are."""
+    from torch import nn
+
+    class BasicTransformerBlock(nn.Module):  # the class name compile_regions looks for
+        def forward(self, x):
+            return x * 2
+
+    layouts = []
+
+    def backend(gm, example_inputs):  # what the compiled graph is given
+        layouts.extend((t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last))
+                       for t in example_inputs if isinstance(t, torch.Tensor) and t.dim() == 4)
+        layouts.extend((t.is_contiguous(), None) for t in example_inputs
+                       if isinstance(t, torch.Tensor) and t.dim() == 3)
+        return gm.forward
+
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    root = nn.Sequential(BasicTransformerBlock())
+    assert compiling.compile_regions(root, ("BasicTransformerBlock",), backend=backend, dynamic=False) == 1
+    x = torch.randn(1, 32, 64).transpose(1, 2)  # the transposed view diffusers hands a block at batch 1
+    assert not x.is_contiguous()
+    assert torch.equal(root(x), x * 2)
+    cl = torch.randn(1, 8, 4, 4).to(memory_format=torch.channels_last)
+    root(cl)
+    dynamo.reset()
+    assert layouts == [(True, None), (False, True)]

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 # class names of the blocks compiled one by one; every other module runs eagerly
@@ -28,13 +29,34 @@ TEXT_ENCODER_REGIONS = ("CLIPEncoderLayer",)
 
 
 def compile_regions(module: nn.Module, class_names: tuple[str, ...], **kw: Any) -> int:
-    """Compile, in place, every submodule whose class is one of `class_names`; the number compiled."""
+    """Compile, in place, every submodule whose class is one of `class_names`; the number compiled.
+
+    Each compiled block takes its tensor inputs in a dense layout, copied outside the graph when
+    they are strided views: diffusers hands its transformer blocks a transposed view at batch 1
+    (Transformer2DModel's permute + reshape makes no copy there), and torch 2.13's inductor computes
+    a wrong input gradient for LoRA'd attention on such an input (tests/inductor_repro.py; a copy
+    inside the graph is optimised away, one before it is not)."""
     n = 0
     for sub in module.modules():
         if type(sub).__name__ in class_names:
             sub.compile(**kw)
+            sub._compiled_call_impl = _dense_inputs(sub._compiled_call_impl)  # what nn.Module.compile set
             n += 1
     return n
+
+
+def _dense(x: Any) -> Any:
+    if not isinstance(x, torch.Tensor) or x.is_contiguous():
+        return x
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x  # channels_last (channels_last = true) is dense too: keep it
+    return x.contiguous()
+
+
+def _dense_inputs(call: Callable[..., Any]) -> Callable[..., Any]:
+    def dense_call(*args: Any, **kwargs: Any) -> Any:
+        return call(*map(_dense, args), **{k: _dense(v) for k, v in kwargs.items()})
+    return dense_call
 
 
 def count_regions(module: nn.Module, class_names: tuple[str, ...]) -> int:
