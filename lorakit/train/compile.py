@@ -7,8 +7,9 @@ own layers). Dynamo keeps its graphs per code object (for `Module.compile`, nn.M
 one for all the blocks), and since torch 2.5 it lifts a module's parameters to graph inputs
 instead of guarding on their identity, so blocks of one class and one parameter and input shape
 run the same graph: on SD1.5 (batch 1, 16x16 latents, bench/compile_cpu.py) its 38 blocks compile
-as 20 graphs; the 12 CLIP ViT-L layers all have one shape. The glue between the blocks (down/up sampling, time embedding, norms) runs
-eagerly, which costs little: the blocks hold nearly all of the work.
+as 20 graphs; the 12 CLIP ViT-L layers all have one shape. The glue between the blocks (down/up
+sampling, time embedding, norms) runs eagerly, which costs little: the blocks hold nearly all of
+the work.
 
 Inductor's FX graph cache (and AOTAutograd's cache) are switched on, under the user's cache
 folder unless TORCHINDUCTOR_CACHE_DIR says otherwise (torch's default is a folder in /tmp, which a
