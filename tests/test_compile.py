@@ -5,6 +5,8 @@ inductor compiles) but runs the traced ops eagerly, so it needs no C++ compiler 
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -228,6 +230,9 @@ def test_merged_weights_outside_checkpointed_blocks_are_recomputed(tiny_model_di
                    for n in flagged)
 
 
+@pytest.mark.skipif(torch.__version__.split("+")[0] == "2.13.0" and os.environ.get("LORAKIT_SLOW_TESTS") != "1",
+                    reason="measured for the pinned torch 2.13.0 (12 s): runs with another torch, or "
+                           "LORAKIT_SLOW_TESTS=1")
 def test_torch_inductor_cpu_gradient_bug_is_still_there():
     """lorakit refuses inductor on the CPU (train/speed.py check_compile_device) for this torch bug.
     When this test fails, torch has fixed it: lift the refusal, its case in tests/test_bad_input.py
