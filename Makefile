@@ -10,12 +10,10 @@ $(STAMP): pyproject.toml requirements-test.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the CPU build on disk; an unpinned torch pulls a CUDA build.
-	# --no-compile: Python compiles what is imported when it is first imported; compiling every file of
-	# torch at install time took 23 of its 37 s here
-	$(BIN)/pip install -q --no-compile torch==2.13.0
-	$(BIN)/pip install -q --no-compile -e . -r requirements-test.txt
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e . -r requirements-test.txt
 	# lycoris-lora is a test oracle only; --no-deps keeps it from pulling anything heavy.
-	$(BIN)/pip install -q --no-compile --no-deps lycoris-lora==4.1.3
+	$(BIN)/pip install -q --no-deps lycoris-lora==4.1.3
 	touch $(STAMP)
 
 venv: $(STAMP)
