@@ -293,10 +293,8 @@ class TrainConfig(BaseModel):
         False, "training", "torch.compile the UNet in place after the adapters are applied (and the text "
                            "encoder when it is trained); each new bucket shape compiles once.", resume=RESUME_SAFE)
     dynamo_backend: str = F(
-        "inductor", "training", "torch.compile backend (torch._dynamo.list_backends(): inductor, aot_eager, "
-                                "cudagraphs, ...); used with torch_compile. kohya GUI: 'no' = off. inductor is "
-                                "refused on the CPU, where torch computes wrong gradients with it (docs/speed.md).",
-        resume=RESUME_SAFE)
+        "inductor", "training", "torch.compile backend (list_backends(): inductor, aot_eager...) for torch_compile; "
+        "GUI 'no' = off. inductor is refused on the CPU: wrong gradients there (docs/speed.md)", resume=RESUME_SAFE)
     torch_compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune",
                                          "max-autotune-no-cudagraphs"]] = F(
         None, "training", "torch.compile mode (inductor only): default, reduce-overhead (CUDA graphs, for small "
