@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -61,13 +60,8 @@ class DyLoRAModule(LoRAModule):
         k = r - self.unit
         down = torch.cat([down[:k].detach(), down[k:r]])
         up = torch.cat([up[:, :k].detach(), up[:, k:r]], dim=1)
-        if self.is_conv:
-            h = F.conv2d(x, down, None, self.lora_down.stride, self.lora_down.padding, self.lora_down.dilation)
-            h, factor = self.rank_dropouts(h)
-            return F.conv2d(h, up), self.scale * factor
-        h = F.linear(x, down)
-        h, factor = self.rank_dropouts(h)
-        return F.linear(h, up), self.scale * factor
+        h, factor = self.rank_dropouts(self.down_op(x, down))
+        return self.up_op(h, up), self.scale * factor
 
     @classmethod
     def network_args(cls, cfg: Any) -> dict[str, str]:

@@ -108,15 +108,14 @@ class LoRAModule(AdapterModule):
 
     # The factors' ops called directly: the same F.linear / F.conv2d as calling lora_down and lora_up,
     # without two nn.Module calls per forward (their Python costs more than a small layer's kernels
-    # take to launch, and at batch 1 the host sets the pace of a GPU step)
-    def down_op(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.lora_down
-        if self.is_conv:
-            return F.conv2d(x, d.weight, None, d.stride, d.padding, d.dilation)
-        return F.linear(x, d.weight)
+    # take to launch, and at batch 1 the host sets the pace of a GPU step). `down` / `up` default to
+    # the factors' weights (DyLoRA passes truncated ones).
+    def down_op(self, x: torch.Tensor, down: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # lora_down has the wrapped layer's kernel, stride, padding and dilation: the layer's own op
+        return self.op(x, self.lora_down.weight if down is None else down)
 
-    def up_op(self, h: torch.Tensor) -> torch.Tensor:
-        w = self.lora_up.weight
+    def up_op(self, h: torch.Tensor, up: Optional[torch.Tensor] = None) -> torch.Tensor:
+        w = self.lora_up.weight if up is None else up
         return F.conv2d(h, w) if self.is_conv else F.linear(h, w)
 
     def delta_weight(self, up: Optional[torch.Tensor] = None) -> torch.Tensor:
