@@ -136,6 +136,9 @@ class AdapterNetwork(nn.Module):
                 raise ValueError(f"duplicated adapter name: {name}")
             self.add_module(name, m)
         self._frobenius: Optional[FrobeniusNorms] = None  # made on the first max-norm step
+        # the modules max-norm caps, in a fixed order (delta_norms and cap_norms both walk it each step);
+        # LyCORIS leaves the norm offsets out
+        self._max_norm_modules = [m for m in self.all_modules() if not isinstance(m, NormModule)]
         # merged_op = "auto": the modules note input shapes to time; decide_forms() times them
         self.forms: Optional[FormBoard] = None
         auto = [m for m in self.all_modules() if m.args.get("merged_op") == "auto"]
@@ -271,7 +274,7 @@ class AdapterNetwork(nn.Module):
         return self._frobenius(mods)
 
     def max_norm_modules(self) -> list[AdapterModule]:
-        return [m for m in self.all_modules() if not isinstance(m, NormModule)]  # LyCORIS leaves the norm offsets out
+        return self._max_norm_modules
 
     def cap_norms(self, norms: list[float], max_norm: float) -> tuple[int, float, float]:
         """Given delta_norms() as read: n = max(||dW||, max_norm/2); ratio = min(n, max_norm)/n;
