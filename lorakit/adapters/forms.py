@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -143,12 +143,3 @@ def time_forms(m: Any, key: Key, timer: Timer) -> tuple[float, float]:
         finally:
             m.train(modes[0])
             m.org.train(modes[1])
-
-
-def forms_of(modules: Iterable[Any]) -> dict[bool, int]:
-    """How many (module, input key) pairs run each form (for reports and tests)."""
-    out = {True: 0, False: 0}
-    for m in modules:
-        for v in m.forms.chosen.values():
-            out[v] += 1
-    return out

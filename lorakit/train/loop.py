@@ -20,6 +20,7 @@ from ..events import EventBus, Subscriber
 from ..lock import output_lock
 from ..transfer import to_device
 from ..models.family import PromptEmbeds
+from ..optim.foreach_util import acc_dtype
 from .hooks import RunHooks
 from .loss import latent_seed, sample_seed
 from .noise import draw_noise
@@ -135,8 +136,7 @@ def read_together(values: list, tensor: torch.Tensor | None) -> tuple[list[float
     if not parts:
         return [float(v) for v in values], []
     dev = parts[0].device
-    dtype = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64 (optim/foreach_util.py)
-    read = torch.cat([p.to(dev, dtype) for p in parts]).tolist()
+    read = torch.cat([p.to(dev, acc_dtype(dev)) for p in parts]).tolist()  # d's own dtype: float64, MPS float32
     it = iter(read)
     out = [next(it) if isinstance(v, torch.Tensor) else float(v) for v in values]
     return out, list(it)
