@@ -156,6 +156,23 @@ def test_docs_config_reference_is_current():
         "docs/config.md is stale: run `python -m lorakit.config.reference > docs/config.md`"
 
 
+def test_each_key_is_declared_in_its_own_section_file():
+    """A key's section (its TOML table, its place in `config show` and the web form) is said twice: by
+    the sections/ file that declares it and by F(); they must agree, and the sections keep their order."""
+    import importlib
+
+    from lorakit.config.schema import SECTIONS, TrainConfig, field_section
+
+    seen = []
+    for section in SECTIONS:
+        module = importlib.import_module(f"lorakit.config.sections.{section}")
+        keys = next(c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__
+                    and c.__name__.endswith("Keys"))
+        assert {field_section(k) for k in keys.model_fields} == {section}, section
+        seen += list(keys.model_fields)
+    assert seen == list(TrainConfig.model_fields)
+
+
 # ---- names checked when the config is built ---------------------------------------------------
 @pytest.mark.parametrize("key,value,guess", [
     ("optimizer_type", "AdamWW", "AdamW"), ("network_type", "lorra", "lora"), ("lr_scheduler", "cosinee", "cosine"),

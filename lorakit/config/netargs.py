@@ -22,7 +22,8 @@ from ..adapters import registry
 from ..adapters.base import lycoris_conv_rank
 from ..errors import ConfigError
 from .kohya_keys import MAPPED, NETWORK_ARGS, RUNTIME, Problems, is_neutral, lookup, refusal, suggest
-from .schema import DIM_KEYS, NETWORK_PRESETS, TrainConfig, fields_with
+from .schema import TrainConfig, fields_with
+from .sections.network import DIM_KEYS, NETWORK_PRESETS
 
 # sd-scripts network_module -> network_type, and LyCORIS algo -> network_type ("lora" in LyCORIS is
 # LoCon): what the adapter types declare (adapters/declare.py)

@@ -32,7 +32,8 @@ def _facts(name: str) -> str:
 
 def render_markdown() -> str:
     lines = ["# Config reference", "",
-             "Generated from `lorakit/config/schema.py` (`python -m lorakit.config.reference > docs/config.md`).",
+             "Generated from `lorakit/config/schema.py` and its sections in `lorakit/config/sections/`",
+             "(`python -m lorakit.config.reference > docs/config.md`).",
              "Keys use kohya's names. In a TOML config they may stand at top level or inside a table named",
              f"after their section ({', '.join(SECTIONS)}). Unknown keys are errors.", ""]
     for section in SECTIONS:

@@ -29,7 +29,8 @@ from .kohya_keys import (DATASET_KEYS as SD_DATASET_KEYS, FIELDS, MAPPED, NETWOR
                          refusal, suggest, unknown_key)
 from .netargs import apply_network_args
 from .checks import parse_kv_args
-from .schema import SUBSET_OPTIONS, TrainConfig, fields_with
+from .schema import TrainConfig, fields_with
+from .sections.data import SUBSET_OPTIONS
 
 # Keys only an sd-scripts config has: any of them (or a table that is not a lorakit section) marks one.
 MARKERS = ("network_module", "dataset_config")
@@ -45,7 +46,7 @@ DATASET_KEYS = {key: name for name, key in fields_with("dataset_key").items()}  
 SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "caption_extension", "is_reg", "conditioning_data_dir")
 # subset-level keys that must be the same for every subset (the loss mask is one setting of the run)
 GLOBAL_SUBSET_KEYS = ("alpha_mask",)
-# subset-level keys each subset may set for itself (schema.SUBSET_OPTIONS)
+# subset-level keys each subset may set for itself (sections.data.SUBSET_OPTIONS)
 PER_SUBSET_KEYS = SUBSET_OPTIONS
 # dataset_config keys that are no lorakit key: the key table decides (neutral-only / refused / runtime-only)
 TABLE_DATASET_KEYS = tuple(k for k in SD_DATASET_KEYS if k not in FIELDS and lookup(k) is not None

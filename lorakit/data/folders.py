@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config.schema import SUBSET_OPTIONS, TrainConfig
+from ..config.schema import TrainConfig
+from ..config.sections.data import SUBSET_OPTIONS
 from ..errors import DataError
 from .images import probe_image
 

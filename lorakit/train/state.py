@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from ..checkpoints import STATE_GLOB
 from ..config.fields import RESUME_LR, RESUME_NOTED, RESUME_SAFE
-from ..config.schema import DIM_KEYS, TrainConfig, fields_with
+from ..config.schema import TrainConfig, fields_with
+from ..config.sections.network import DIM_KEYS
 from ..errors import ConfigError, UserError
 from ..io import disk_error, file_mode
 from ..optim.optimizers import eval_mode, train_mode
