@@ -11,7 +11,8 @@
 # of one LoRA and one seed A step, bench/kernels_cpu.py --cuda), sdxl (issue 16: SDXL LoRA
 # b1/b4 at 1024 px, UNet only, TE outputs cached; the random SDXL is built first), regional (the repeated
 # blocks compiled; LoRA b1 once more to read the inductor cache), graphs (reduce-overhead: CUDA
-# graphs on the regions), forms (LoRA b1/b15 with merged_op = auto), whole (the whole UNet compiled, for the compile-time ratio), kohya (only
+# graphs on the regions), forms (LoRA b1/b15 with merged_op = auto), dynamic (regional with
+# torch_compile_dynamic: its first step and its kernels against the static regional rows), whole (the whole UNet compiled, for the compile-time ratio), kohya (only
 # with a carried sd-scripts: KOHYA_DIR, KOHYA_SITE; see bench/README.md), tests (tests/test_gpu.py).
 # Each row is printed and appended to $OUT/results.txt as it ends; a row past its timeout, or past
 # the run's budget (BUDGET_S, 530 s: under 9 minutes), is written as such and the run goes on or
@@ -20,7 +21,7 @@ set -u
 cd "$(dirname "$0")/.."
 CPU=0
 if [ "${1:-}" = "--cpu" ]; then CPU=1; shift; fi
-GROUPS_WANTED=${*:-eager kernels sdxl regional graphs forms whole kohya tests}
+GROUPS_WANTED=${*:-eager kernels sdxl regional graphs forms dynamic whole kohya tests}
 OUT=${OUT:-$PWD/gpu-run-out}
 mkdir -p "$OUT"
 RES=$OUT/results.txt
@@ -147,6 +148,12 @@ fi
 if want forms; then  # merged_op = auto: each LoRA layer shape's faster form, measured in the warm-up steps
     for c in lora_b1 lora_b15; do
         row "merged_op auto" "$T_EAGER" $c $EAGER_STEPS --set 'network_args={merged_op="auto"}'
+    done
+fi
+if want dynamic; then  # one graph per block for every shape: the compile once, generic kernels after
+    for c in lora_b1 lora_b15; do
+        row "compile regional dynamic" "$T_COMPILE" $c $COMPILE_STEPS $COMPILE \
+            --set torch_compile_scope=regional --set torch_compile_dynamic=true
     done
 fi
 if want whole; then  # issue 18: no timed step within 160 s on the H200; first s is the compile time

@@ -97,7 +97,7 @@ def test_regional_compiled_lora_equals_eager_and_samples(tiny_model_dir, data, t
     a = sorted((tmp_path / "eager" / "sample").glob("*.png"))
     b = sorted((tmp_path / "compiled" / "sample").glob("*.png"))
     assert len(a) == len(b) == 1
-    pa, pb = (torch.from_numpy(np.asarray(Image.open(f))).to(torch.int16) for f in (a[0], b[0]))
+    pa, pb = (torch.from_numpy(np.array(Image.open(f))).to(torch.int16) for f in (a[0], b[0]))
     assert (pa - pb).abs().max().item() <= 1  # the same image, up to rounding to 8 bits
 
 
@@ -167,8 +167,8 @@ def test_speed_config_checks():
     with pytest.raises(ConfigError) as e:
         cfg_values(torch_compile_mode="fast")
     assert e.value.key == "torch_compile_mode" and "reduce-overhead" in str(e.value)
-    warns = validate_speed_config(cfg_values(torch_compile_mode="max-autotune"))
-    assert len(warns) == 1 and "torch_compile is off" in warns[0]
+    warns = validate_speed_config(cfg_values(torch_compile_mode="max-autotune", torch_compile_dynamic=True))
+    assert len(warns) == 2 and all("torch_compile is off" in w for w in warns)
 
 
 def test_gui_dynamo_backend(tmp_path):
@@ -181,6 +181,10 @@ def test_gui_dynamo_backend(tmp_path):
     assert (off.torch_compile, off.dynamo_backend, off.torch_compile_mode) == (False, "inductor", None)
     on = gui('{"dynamo_backend": "inductor", "dynamo_mode": "reduce-overhead", "dynamo_use_dynamic": false}')
     assert (on.torch_compile, on.dynamo_backend, on.torch_compile_mode) == (True, "inductor", "reduce-overhead")
+    assert on.torch_compile_dynamic is False
+    dynamic = gui('{"dynamo_backend": "inductor", "dynamo_use_dynamic": true}')
+    assert (dynamic.torch_compile, dynamic.torch_compile_dynamic) == (True, True)
+    assert gui('{"dynamo_backend": "no", "dynamo_use_dynamic": true}').torch_compile_dynamic is False
     eager = gui('{"dynamo_backend": "aot_eager", "dynamo_mode": "default"}')
     assert (eager.torch_compile, eager.dynamo_backend, eager.torch_compile_mode) == (True, "aot_eager", None)
     res = import_kohya_json(tmp_path / "k.json")
@@ -292,3 +296,83 @@ def test_compiled_regions_take_dense_inputs():
     root(cl)
     dynamo.reset()
     assert layouts == [(True, None), (False, True)]
+
+
+
+@pytest.fixture
+def duck_sizing():
+    """dynamo's default duck sizing, restored after the test (compiling.dynamic_shapes turns it off)."""
+    import torch.fx.experimental._config as fx_config
+
+    with fx_config.patch(use_duck_shape=True):
+        yield fx_config
+
+
+def test_dynamic_regions_compile_once_for_every_bucket_shape(duck_sizing):
+    """torch_compile_dynamic: a LoRA'd (LoCon) ResNet block compiled in place with dynamic shapes runs
+    a square bucket, then oblong ones, on the graph of the first, with eager's values and gradients.
+    With static shapes each bucket compiles again (checked: the count reads [1, 2, 3]); without
+    compiling.dynamic_shapes the first oblong bucket does (duck sizing tied height to width). A
+    transformer block's dynamic compile is the same mechanism at 9 s of CPU tracing, so it is left to
+    bench/compile_cpu.py --modes dynamic."""
+    import torch._dynamo as dynamo
+    from diffusers.models.resnet import ResnetBlock2D
+    from torch import nn
+
+    from lorakit.adapters.lora import LoRAModule
+
+    torch.manual_seed(0)
+    block = ResnetBlock2D(in_channels=32, out_channels=32, temb_channels=None, groups=8)
+    root = nn.Sequential(block)
+    root.requires_grad_(False)
+    adapters = [LoRAModule(n, m, 4, 2.0) for n, m in block.named_modules() if isinstance(m, nn.Conv2d)]
+    for a in adapters:
+        nn.init.normal_(a.lora_up.weight, std=0.1)
+        a.apply()
+    inputs = [torch.randn(2, 32, h, w) for h, w in ((6, 6), (8, 4), (4, 10))]
+
+    def outputs_and_grads():
+        out = []
+        for x in inputs:
+            y = block(x, None)
+            y.square().mean().backward()
+            out.append((y.detach(), [p.grad.clone() for a in adapters for p in a.parameters()],
+                        compiling.unique_graphs()))
+            for a in adapters:
+                a.zero_grad(set_to_none=True)
+        return out
+
+    eager = outputs_and_grads()
+    dynamo.reset()
+    compiling.reset_dynamo_counters()
+    compiling.dynamic_shapes()
+    assert compiling.compile_regions(root, compiling.UNET_REGIONS, backend="aot_eager", dynamic=True) == 1
+    compiled = outputs_and_grads()
+    assert [n for *_, n in compiled] == [1, 1, 1]  # one graph for all three shapes
+    for (y, grads, _), (cy, cgrads, _) in zip(eager, compiled):
+        assert torch.allclose(y, cy, atol=1e-5, rtol=1e-5)
+        assert all(torch.allclose(g, cg, atol=1e-5, rtol=1e-4) for g, cg in zip(grads, cgrads))
+
+
+def test_torch_compile_dynamic_reaches_the_compile(tiny_model_dir, data, tmp_path, monkeypatch, duck_sizing):
+    """The key turns dynamic shapes on in the run's compile call (recorded here, not compiled)."""
+    calls = []
+    monkeypatch.setattr(compiling, "compile_regions", lambda module, names, **kw: calls.append(kw) or 0)
+    run(make_cfg(tiny_model_dir, data, tmp_path / "o", torch_compile=True, dynamo_backend="aot_eager",
+                 torch_compile_dynamic=True, max_train_steps=1, network_train_unet_only=True))
+    assert [kw["dynamic"] for kw in calls] == [True] and duck_sizing.use_duck_shape is False
+
+
+def test_many_bucket_shapes_suggest_dynamic_shapes(monkeypatch):
+    from lorakit.train import speed
+
+    def warnings(n, **kw):
+        monkeypatch.setattr(speed, "training_shapes", lambda dataset, batch: n)
+        return speed.shape_warnings(cfg_values(torch_compile=True, **kw), None)
+
+    assert warnings(speed.MANY_SHAPES - 1) == []
+    (w,) = warnings(speed.MANY_SHAPES)
+    assert f"{speed.MANY_SHAPES} shapes" in w and "torch_compile_dynamic = true" in w
+    assert warnings(9, torch_compile_dynamic=True) == []
+    monkeypatch.setattr(speed, "training_shapes", lambda dataset, batch: 9)
+    assert speed.shape_warnings(cfg_values(), None) == []  # nothing is compiled

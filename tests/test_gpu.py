@@ -82,6 +82,7 @@ LEVERS = {
     # float32: in bf16 one image per step leaves reordered sums 8 % apart after 4 SGD steps (CPU, aot_eager)
     "torch_compile batch 1": {"torch_compile": True, "dynamo_backend": BACKEND, "train_batch_size": 1,
                               "mixed_precision": "no"},
+    "torch_compile dynamic": {"torch_compile": True, "dynamo_backend": BACKEND, "torch_compile_dynamic": True},
     "together": {"torch_compile": True, "dynamo_backend": BACKEND, "network_args": {"merged_op": True},
                  "channels_last": True},
     # LoHa in float32: in bf16 its small factors turn the rounding of a reordered sum into 7-10 % after

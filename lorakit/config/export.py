@@ -112,6 +112,8 @@ def to_kohya_json(cfg: TrainConfig) -> str:
             out[gui] = value if cfg.torch_compile else "no"
         elif name == "torch_compile_mode":
             out["dynamo_mode"] = value
+        elif name == "torch_compile_dynamic":
+            out["dynamo_use_dynamic"] = value
         elif name in ("optimizer_args", "lr_scheduler_args"):
             if value:
                 out[gui] = _kv_text(value)

@@ -350,9 +350,10 @@ class _Importer:
             res.values["torch_compile_mode"] = mode  # checked by the schema like any mode
         elif "dynamo_mode" in raw:
             self.ignore("dynamo_mode", "default is torch.compile's default mode")
-        for k in ("dynamo_use_fullgraph", "dynamo_use_dynamic"):
-            if k in raw:  # how it compiles, not what it computes
-                self.ignore(k, lookup(k).why)  # type: ignore[union-attr]
+        if "dynamo_use_dynamic" in raw:
+            res.values["torch_compile_dynamic"] = as_bool(raw["dynamo_use_dynamic"])
+        if "dynamo_use_fullgraph" in raw:  # how it compiles, not what it computes
+            self.ignore("dynamo_use_fullgraph", lookup("dynamo_use_fullgraph").why)  # type: ignore[union-attr]
 
     def warmup(self, value: Any, scheduler: str) -> None:
         """The GUI's lr_warmup percent, unless lr_warmup_steps > 0 overrides it (common_gui's

@@ -224,6 +224,7 @@ TABLE: dict[str, Key] = {
     "sdxl_no_half_vae": _map("no_half_vae", "ignored with sdxl = false (the GUI passes --no_half_vae only for SDXL)"),
     "dynamo_backend": _map("torch_compile, dynamo_backend", '"no": off; any other backend compiles with it'),
     "dynamo_mode": _map("torch_compile_mode", "with a dynamo_backend; default: torch.compile's default"),
+    "dynamo_use_dynamic": _map("torch_compile_dynamic", "with a dynamo_backend: one graph for every bucket size"),
     "noise_offset_type": _map("noise_offset, multires_noise_*", "Original: noise_offset keys; Multires: multires_*"),
     "additional_parameters": _map("(each flag)", "sd-scripts flags, each read through this table; they "
                                                  "override the JSON"),
@@ -258,8 +259,8 @@ TABLE: dict[str, Key] = {
     "console_log_level": _run("console logging"), "console_log_file": _run("console logging"),
     "console_log_simple": _run("console logging"),
     "ddp_timeout": _run(_LAUNCH), "ddp_gradient_as_bucket_view": _run(_LAUNCH), "ddp_static_graph": _run(_LAUNCH),
-    "dynamo_use_fullgraph": _run("lorakit compiles one static graph per bucket shape (same results)"),
-    "dynamo_use_dynamic": _run("lorakit compiles one static graph per bucket shape (same results)"),
+    "dynamo_use_fullgraph": _run("lorakit compiles the repeated blocks (or the whole UNet) as it sees fit; "
+                                 "same results"),
     "highvram": _run(_MEMORY), "lowvram": _run(_MEMORY), "lowram": _run(_MEMORY),
     "blocks_to_swap": _run(_MEMORY), "cpu_offload_checkpointing": _run(_MEMORY),
     "disable_mmap_load_safetensors": _run("how the checkpoint file is read"),

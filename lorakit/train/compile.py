@@ -60,6 +60,15 @@ def _dense_inputs(call: Callable[..., Any]) -> Callable[..., Any]:
     return dense_call
 
 
+def dynamic_shapes() -> None:
+    """Set up dynamo for dynamic=True compiles that serve every bucket. By default dynamo gives sizes
+    that are equal in the first batch one symbol ("duck sizing"), so a square first bucket would tie
+    height to width and the first oblong bucket would compile every block again."""
+    import torch.fx.experimental._config as fx_config
+
+    fx_config.use_duck_shape = False
+
+
 def count_regions(module: nn.Module, class_names: tuple[str, ...]) -> int:
     return sum(type(sub).__name__ in class_names for sub in module.modules())
 
@@ -131,4 +140,5 @@ def unique_graphs() -> int:
 
 
 __all__ = ["UNET_REGIONS", "TEXT_ENCODER_REGIONS", "compile_regions", "count_regions", "cache_dir",
-           "enable_graph_cache", "announce_compiles", "compiled_regions", "unique_graphs", "reset_dynamo_counters"]
+           "enable_graph_cache", "announce_compiles", "dynamic_shapes", "compiled_regions", "unique_graphs",
+           "reset_dynamo_counters"]

@@ -24,7 +24,7 @@ from .noise import NoiseSettings, training_scheduler, validate_noise_config
 from .plan import check_scheduler, make_plan, text_encoder_stop_step
 from .run import DTYPES, Run, TextEncoderState
 from .settings import adapter_dtype, allow_fp16_gradients, check_train_settings, store_base_in_fp8
-from .speed import apply_speed_options, check_compile_device, validate_speed_config
+from .speed import apply_speed_options, check_compile_device, shape_warnings, validate_speed_config
 
 if TYPE_CHECKING:
     from ..adapters.network import AdapterNetwork
@@ -170,7 +170,7 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     cache_warnings = [f"removed {len(dataset.removed_temporaries)} temporary latent-cache file(s) that a killed "
                       "run left beside the images"] if dataset.removed_temporaries else []
     warnings = (weights_warnings + noise_warnings + cache_warnings + family_warnings + check_train_settings(cfg)
-                + validate_speed_config(cfg) + optimizer_warnings(cfg, groups)
+                + validate_speed_config(cfg) + shape_warnings(cfg, dataset) + optimizer_warnings(cfg, groups)
                 + scheduler_warnings(cfg, plan.total_steps))
     prepared = accelerator.prepare(optimizer)
     if cfg.full_fp16:

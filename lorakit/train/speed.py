@@ -29,6 +29,10 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # shapes that are not training batches but also run through the compiled UNet: sample prompts
 # (their own --w/--h, CFG batch 2), validation batches, the last short batch of a bucket
 EXTRA_SHAPES = 16
+# From this many training shapes on, a run with static shapes is told of torch_compile_dynamic: on the
+# CPU proxy (bench/compile_cpu.py, SD1.5 regional, aot_eager) a dynamic compile cost 1.7 static ones
+# and each further shape next to nothing, so dynamic pays from two or three shapes on.
+MANY_SHAPES = 3
 # the one repeated block diffusers' UNet2DConditionModel runs outside gradient checkpointing
 UNCHECKPOINTED_BLOCK = "mid_block.resnets.0"
 
@@ -54,6 +58,8 @@ def validate_speed_config(cfg: Any) -> list[str]:
             warnings.append(f"dynamo_backend = {backend} has no effect: torch_compile is off")
         if mode is not None:
             warnings.append(f"torch_compile_mode = {mode} has no effect: torch_compile is off")
+        if cfg.torch_compile_dynamic:
+            warnings.append("torch_compile_dynamic has no effect: torch_compile is off")
         return warnings
     if backend == "no":
         raise ConfigError("dynamo_backend 'no' means no compiling, but torch_compile is true", key="dynamo_backend",
@@ -92,6 +98,19 @@ def training_shapes(dataset: Any, batch_size: int) -> int:
                 for b in dataset.fixed_batches(batch_size)})
 
 
+def shape_warnings(cfg: TrainConfig, dataset: "TrainDataset") -> list[str]:
+    """A hint when static shapes mean many compiles: each (bucket, batch size) pair of the training
+    batches compiles its own graphs on its first batch."""
+    if not cfg.torch_compile or cfg.torch_compile_dynamic:
+        return []
+    n = training_shapes(dataset, cfg.train_batch_size)
+    if n < MANY_SHAPES:
+        return []
+    return [f"torch_compile: the training batches come in {n} shapes (bucket x batch size), and each compiles its "
+            f"own graphs on its first batch; torch_compile_dynamic = true compiles one graph per block for all of "
+            f"them (docs/speed.md)"]
+
+
 def apply_speed_options(cfg: TrainConfig, m: "ModelFamily", net: "AdapterNetwork", dataset: "TrainDataset",
                         bus: EventBus) -> torch.memory_format:
     """channels_last and torch.compile on the loaded model, after the adapters are applied.
@@ -113,13 +132,14 @@ def apply_speed_options(cfg: TrainConfig, m: "ModelFamily", net: "AdapterNetwork
     # graphs of an earlier run in this process (tests, the bench, a notebook) guard on other module
     # objects: they would never run again, yet count against the recompile limit below
     dynamo.reset()
-    # dynamic=False: one static graph per input shape. Dynamic shapes would give slower generic
-    # kernels and rule out CUDA graphs ("reduce-overhead"). Buckets and the sampler bring a
-    # bounded set of shapes, so the recompile limit (8 by default, then dynamo falls back to
-    # eager for good) is raised to cover all of them.
+    # By default dynamic=False: one static graph per input shape, with kernels specialised to it (a
+    # dynamic graph's kernels are generic). Each bucket shape then compiles once; torch_compile_dynamic
+    # compiles one graph per block for every size instead (bench/compile_cpu.py measures both). Buckets
+    # and the sampler bring a bounded set of shapes, so the recompile limit (8 by default, then dynamo
+    # falls back to eager for good) is raised to cover all of them.
     shapes = 2 * training_shapes(dataset, cfg.train_batch_size) + EXTRA_SHAPES
     regional = cfg.torch_compile_scope == "regional"
-    kw: dict[str, Any] = {"backend": cfg.dynamo_backend, "dynamic": False}
+    kw: dict[str, Any] = {"backend": cfg.dynamo_backend, "dynamic": cfg.torch_compile_dynamic}
     if cfg.torch_compile_mode not in (None, "default"):
         kw["mode"] = cfg.torch_compile_mode
     # The text encoder runs forward and backward each step when it is trained; frozen, it runs
@@ -134,6 +154,8 @@ def apply_speed_options(cfg: TrainConfig, m: "ModelFamily", net: "AdapterNetwork
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), per_code))
     config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, 4 * per_code)
+    if cfg.torch_compile_dynamic:
+        compiling.dynamic_shapes()
     if cfg.dynamo_backend == "inductor":
         compiling.enable_graph_cache()
     stop = compiling.announce_compiles(lambda: bus.emit("compiling"))

@@ -53,6 +53,10 @@ class TrainingKeys(BaseModel):
                                 "blocks, text-encoder layers) with its adapters, one graph per block shape, compiled "
                                 "several times faster; whole = the whole UNet (and text encoder) as one graph.",
                                 resume=RESUME_SAFE)
+    torch_compile_dynamic: bool = F(
+        False, "training", "Compile with dynamic shapes (kohya_ss: dynamo_use_dynamic): one graph per block serves "
+                           "every bucket size and batch size, instead of one compile per bucket shape; worth it with "
+                           "many buckets (docs/speed.md).", resume=RESUME_SAFE)
     channels_last: bool = F(
         False, "training", "UNet (and the VAE when it encodes during training) and their inputs in the "
                            "channels_last memory format.", resume=RESUME_SAFE)
