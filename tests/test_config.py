@@ -157,8 +157,8 @@ def test_docs_config_reference_is_current():
 
 
 def test_each_key_is_declared_in_its_own_section_file():
-    """A key's section (its TOML table, its place in `config show` and the web form) is said twice: by
-    the sections/ file that declares it and by F(); they must agree, and the sections keep their order."""
+    """A key's section (its TOML table, its place in `config show` and the web form) is the sections/
+    file that declares it, and the sections keep SECTIONS' order in the schema."""
     import importlib
 
     from lorakit.config.schema import SECTIONS, TrainConfig, field_section

@@ -22,10 +22,11 @@ SS_WRITES = (SS_TEXT, SS_NEUTRAL_NONE, SS_FILE_NAME)
 _NONE = object()
 
 
-def F(default: Any, section: str, help: str, *, resume: Optional[str] = None, ss: Optional[str] = None,  # noqa: N802
+def F(default: Any, help: str, *, resume: Optional[str] = None, ss: Optional[str] = None,  # noqa: N802
       ss_write: str = SS_TEXT, neutral: Any = _NONE, network_arg: Optional[str] = None,
       dataset_key: Optional[str] = None, gui_unset: tuple = (), kohya_none: Any = _NONE, **kw: Any) -> Any:
-    """A schema field and the facts other modules read from it (schema.field_attr / fields_with):
+    """A schema field and the facts other modules read from it (schema.field_attr / fields_with); its
+    section is the sections/ file that declares it (schema.field_section):
     resume: how a change on --resume is treated (RESUME_KINDS; None = refused).
     ss: the ss_* metadata key the value is saved as, written as `ss_write` says (SS_WRITES).
     neutral: the value that turns the setting off (where it is not plainly the default).
@@ -33,7 +34,7 @@ def F(default: Any, section: str, help: str, *, resume: Optional[str] = None, ss
     dataset_key: its name in an sd-scripts dataset_config ([general] / [[datasets]]).
     gui_unset: values the kohya_ss GUI writes for "not set" where the default is not unset.
     kohya_none: how kohya spells the unset (None) value, for a config written back out."""
-    extra: dict[str, Any] = {"section": section}
+    extra: dict[str, Any] = {}
     if resume is not None:
         assert resume in RESUME_KINDS, resume
         extra["resume"] = resume

@@ -22,13 +22,16 @@ from .sections.sample import SampleKeys
 from .sections.training import TrainingKeys
 
 # Sections only group keys for display and for optional TOML tables; a key is
-# defined once whatever the table it is written in.
-SECTIONS = ("model", "data", "network", "optimizer", "training", "output", "sample")
+# defined once whatever the table it is written in. A key's section is the file that declares it.
+SECTION_KEYS = {"model": ModelKeys, "data": DataKeys, "network": NetworkKeys, "optimizer": OptimizerKeys,
+                "training": TrainingKeys, "output": OutputKeys, "sample": SampleKeys}
+SECTIONS = tuple(SECTION_KEYS)
+_SECTION_OF = {key: section for section, keys in SECTION_KEYS.items() for key in keys.model_fields}
 
 
-# pydantic orders inherited fields from the last base to the first: the bases are listed in reverse so
+# pydantic orders inherited fields from the last base to the first: the bases are given in reverse so
 # that the keys keep SECTIONS' order (config show, docs/config.md, exported configs).
-class TrainConfig(SampleKeys, OutputKeys, TrainingKeys, OptimizerKeys, NetworkKeys, DataKeys, ModelKeys):
+class TrainConfig(*reversed(SECTION_KEYS.values())):  # type: ignore[misc]
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     @field_validator("save_every_n_epochs", "save_every_n_steps", "sample_every_n_epochs",
@@ -74,4 +77,4 @@ def fields_with(attr: str) -> dict[str, Any]:
 
 
 def field_section(name: str) -> str:
-    return field_attr(name, "section", "training")
+    return _SECTION_OF[name]

@@ -20,89 +20,89 @@ SUBSET_KEYS = ("image_dir", "num_repeats", "class_tokens", "caption_extension", 
 
 class DataKeys(BaseModel):
     train_data_dir: Optional[str] = F(
-        None, "data", "Folder of kohya subfolders named <repeats>_<name> holding images and captions.",
+        None, "Folder of kohya subfolders named <repeats>_<name> holding images and captions.",
         resume=RESUME_SAFE)
-    reg_data_dir: Optional[str] = F(None, "data", "Regularization images, same folder layout.", resume=RESUME_SAFE)
-    resolution: tuple[int, int] = F((512, 512), "data", "Training size 'W,H' or one number for square.",
+    reg_data_dir: Optional[str] = F(None, "Regularization images, same folder layout.", resume=RESUME_SAFE)
+    resolution: tuple[int, int] = F((512, 512), "Training size 'W,H' or one number for square.",
                                     ss="ss_resolution", dataset_key="resolution")
-    caption_extension: str = F(".txt", "data", "Caption file extension, next to each image.")
-    shuffle_caption: bool = F(False, "data", "Shuffle comma-separated tags each time a caption is used.",
+    caption_extension: str = F(".txt", "Caption file extension, next to each image.")
+    shuffle_caption: bool = F(False, "Shuffle comma-separated tags each time a caption is used.",
                               ss="ss_shuffle_caption")
-    keep_tokens: int = F(0, "data", "Keep the first N comma-separated tags in place when shuffling.", ge=0,
+    keep_tokens: int = F(0, "Keep the first N comma-separated tags in place when shuffling.", ge=0,
                          ss="ss_keep_tokens")
-    cache_latents: bool = F(True, "data", "Encode every image with the VAE once, before training.",
+    cache_latents: bool = F(True, "Encode every image with the VAE once, before training.",
                             ss="ss_cache_latents")
-    vae_batch_size: int = F(1, "data", "Batch size of the latent caching pass.", ge=1, gui_unset=(0,))
+    vae_batch_size: int = F(1, "Batch size of the latent caching pass.", ge=1, gui_unset=(0,))
     cache_text_encoder_outputs: Optional[bool] = F(
-        None, "data", "Reuse the text encoder's output for a caption string seen before (exact also with "
+        None, "Reuse the text encoder's output for a caption string seen before (exact also with "
         "shuffled or dropped captions; the key is the string trained with), in up to 256 MB on the training "
         "device. Unset: on when the text encoder is not trained (text_encoder_lr = 0 or "
         "network_train_unet_only); true with a trained text encoder is an error.", resume=RESUME_SAFE)
     max_data_loader_n_workers: int = F(
-        0, "data", "DataLoader worker processes that decode batches ahead of their step (0 = the main process "
+        0, "DataLoader worker processes that decode batches ahead of their step (0 = the main process "
         "builds each batch when its step comes). Same results either way.", ge=0, resume=RESUME_SAFE)
-    persistent_data_loader_workers: bool = F(False, "data", "Keep DataLoader workers alive between epochs.",
+    persistent_data_loader_workers: bool = F(False, "Keep DataLoader workers alive between epochs.",
                                              resume=RESUME_SAFE)
-    prior_loss_weight: float = F(1.0, "data", "Loss weight of regularization images.", ge=0, ss="ss_prior_loss_weight")
+    prior_loss_weight: float = F(1.0, "Loss weight of regularization images.", ge=0, ss="ss_prior_loss_weight")
     cache_latents_to_disk: bool = F(
-        False, "data", "Keep cached latents in <image>_<W>x<H>_sd.npz files; re-encoded when the image, "
+        False, "Keep cached latents in <image>_<W>x<H>_sd.npz files; re-encoded when the image, "
         "size or VAE changes.")
-    enable_bucket: bool = F(False, "data", "Aspect-ratio buckets: each image trains near its own aspect ratio.",
+    enable_bucket: bool = F(False, "Aspect-ratio buckets: each image trains near its own aspect ratio.",
                             ss="ss_enable_bucket", dataset_key="enable_bucket")
-    min_bucket_reso: int = F(256, "data", "Smallest bucket side (with enable_bucket).", ge=64, ss="ss_min_bucket_reso",
+    min_bucket_reso: int = F(256, "Smallest bucket side (with enable_bucket).", ge=64, ss="ss_min_bucket_reso",
                              dataset_key="min_bucket_reso")
-    max_bucket_reso: int = F(1024, "data", "Largest bucket side (with enable_bucket).", ge=64, ss="ss_max_bucket_reso",
+    max_bucket_reso: int = F(1024, "Largest bucket side (with enable_bucket).", ge=64, ss="ss_max_bucket_reso",
                              dataset_key="max_bucket_reso")
-    bucket_reso_steps: int = F(64, "data", "Bucket sides are multiples of this (a multiple of 8).", ge=8,
+    bucket_reso_steps: int = F(64, "Bucket sides are multiples of this (a multiple of 8).", ge=8,
                                dataset_key="bucket_reso_steps", gui_unset=(0, 1))
-    bucket_no_upscale: bool = F(False, "data", "Never enlarge images: small images get small buckets.",
+    bucket_no_upscale: bool = F(False, "Never enlarge images: small images get small buckets.",
                                 ss="ss_bucket_no_upscale", dataset_key="bucket_no_upscale")
-    caption_prefix: str = F("", "data", "Text put before every caption (joined with a space).")
-    caption_suffix: str = F("", "data", "Text put after every caption (joined with a space).")
+    caption_prefix: str = F("", "Text put before every caption (joined with a space).")
+    caption_suffix: str = F("", "Text put after every caption (joined with a space).")
     keep_tokens_separator: str = F(
-        "", "data", "Tags before this mark stay in place, tags after it are shuffled (e.g. '|||').")
-    caption_dropout_rate: float = F(0.0, "data", "Chance of training an image with an empty caption.", ge=0, le=1,
+        "", "Tags before this mark stay in place, tags after it are shuffled (e.g. '|||').")
+    caption_dropout_rate: float = F(0.0, "Chance of training an image with an empty caption.", ge=0, le=1,
                                     ss="ss_caption_dropout_rate")
     caption_dropout_every_n_epochs: int = F(
-        0, "data", "Empty captions for the whole epoch when epoch % N == 0 (epochs count from 1; 0 = off).", ge=0,
+        0, "Empty captions for the whole epoch when epoch % N == 0 (epochs count from 1; 0 = off).", ge=0,
         ss="ss_caption_dropout_every_n_epochs")
     caption_tag_dropout_rate: float = F(
-        0.0, "data", "Chance of leaving out each movable tag (after keep_tokens).", ge=0, le=1,
+        0.0, "Chance of leaving out each movable tag (after keep_tokens).", ge=0, le=1,
         ss="ss_caption_tag_dropout_rate")
-    flip_aug: bool = F(False, "data", "Mirror images left-right half of the time (works with cached latents).",
+    flip_aug: bool = F(False, "Mirror images left-right half of the time (works with cached latents).",
                        ss="ss_flip_aug")
-    color_aug: bool = F(False, "data", "Small random hue or gamma change (not with cached latents).", ss="ss_color_aug")
-    random_crop: bool = F(False, "data", "Crop at a random place instead of the centre (not with cached latents).",
+    color_aug: bool = F(False, "Small random hue or gamma change (not with cached latents).", ss="ss_color_aug")
+    random_crop: bool = F(False, "Crop at a random place instead of the centre (not with cached latents).",
                           ss="ss_random_crop")
     alpha_mask: bool = F(
-        False, "data", "Use each image's alpha channel as a loss mask (transparent pixels do not count; the RGB "
+        False, "Use each image's alpha channel as a loss mask (transparent pixels do not count; the RGB "
         "is not composited on white); images without alpha count everywhere.", ss="ss_alpha_mask")
     masked_loss: bool = F(
-        False, "data", "kohya's masked loss: the loss counts each latent pixel by its mask value. The mask is the "
+        False, "kohya's masked loss: the loss counts each latent pixel by its mask value. The mask is the "
         "red channel of the same-named image in the subset's conditioning_data_dir (dataset_subsets), else the "
         "alpha channel (alpha_mask); needs one of them.")
     weighted_captions: bool = F(
-        False, "data", "Read kohya's attention syntax in captions: (word) x1.1, [word] /1.1, (word:1.3) x1.3, "
+        False, "Read kohya's attention syntax in captions: (word) x1.1, [word] /1.1, (word:1.3) x1.3, "
         "nested ones multiply, \\( \\) \\[ \\] literal; the text-encoder output of each token is scaled by "
         "its weight. No commas inside brackets when captions are shuffled or dropped.")
     validation_split: float = F(
-        0.0, "data", "Fraction of each train folder's images held out of training for a validation loss "
+        0.0, "Fraction of each train folder's images held out of training for a validation loss "
         "(chosen by validation_seed); 0 = off.", ge=0, lt=1, ss="ss_validation_split", dataset_key="validation_split")
-    validation_seed: Optional[int] = F(None, "data", "Seed that picks the validation_split images (unset = seed).",
+    validation_seed: Optional[int] = F(None, "Seed that picks the validation_split images (unset = seed).",
                                        ge=0, ss="ss_validation_seed", dataset_key="validation_seed")
     validation_data_dir: Optional[str] = F(
-        None, "data", "Validation images in a separate folder, same <repeats>_<name> layout (repeats ignored).")
+        None, "Validation images in a separate folder, same <repeats>_<name> layout (repeats ignored).")
     validate_every_n_epochs: Optional[int] = F(
-        None, "data", "Compute the validation loss every N epochs (unset = every epoch when validation is on).",
+        None, "Compute the validation loss every N epochs (unset = every epoch when validation is on).",
         ge=1, resume=RESUME_SAFE, ss="ss_validate_every_n_epochs")
     validate_every_n_steps: Optional[int] = F(
-        None, "data", "Also compute the validation loss every N optimizer steps (sd-scripts: at steps N, 2N, ...); "
+        None, "Also compute the validation loss every N optimizer steps (sd-scripts: at steps N, 2N, ...); "
         "unset or 0 = only per epoch.", ge=1, resume=RESUME_SAFE)
     max_validation_steps: Optional[int] = F(
-        None, "data", "Use at most this many validation batches (the first ones, in a fixed order) per "
+        None, "Use at most this many validation batches (the first ones, in a fixed order) per "
         "validation; unset or 0 = all.", ge=1, resume=RESUME_SAFE)
     dataset_subsets: list[dict[str, Any]] = F(
-        [], "data", "Explicit image folders instead of train_data_dir/reg_data_dir (what an sd-scripts "
+        [], "Explicit image folders instead of train_data_dir/reg_data_dir (what an sd-scripts "
         "dataset_config gives): each {image_dir, num_repeats, class_tokens, caption_extension, is_reg} and "
         "optionally its own caption/augmentation keys (shuffle_caption, keep_tokens, keep_tokens_separator, "
         "caption_prefix, caption_suffix, caption_dropout_rate, caption_dropout_every_n_epochs, "
