@@ -9,6 +9,9 @@ the host (noise, timesteps, token ids, token weights, SDXL's time ids) go throug
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 
@@ -20,3 +23,22 @@ def to_device(t: torch.Tensor, device: torch.device | str, dtype: torch.dtype | 
     if dtype is not None:
         t = t.to(dtype)  # on the host: the same rounding, half the bytes to copy for bf16
     return t.pin_memory().to(device, non_blocking=True)
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+@contextlib.contextmanager
+def on_device(module: torch.nn.Module, device: torch.device | str) -> Iterator[torch.nn.Module]:
+    """`module` on `device` for the block, then back where it was (its dtype unchanged).
+
+    The VAE is needed on the device only while it encodes latents to cache or decodes samples:
+    between those it stays on the host, as sd-scripts moves it after caching (an SD VAE in float32
+    is 335 MB of device memory a step never touches)."""
+    home = module_device(module)
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to(home)

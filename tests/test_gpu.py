@@ -148,6 +148,20 @@ def test_cached_text_encoder_and_workers(tiny_model_dir, data, tmp_path):
                                        max_data_loader_n_workers=2, **unet_only))
 
 
+@pytest.mark.parametrize("cached", [True, False])
+def test_the_vae_is_on_the_device_only_while_it_is_used(tiny_model_dir, data, tmp_path, cached):
+    """Cached latents: the VAE goes home after caching them and after each sample's decode.
+    Without the cache it encodes every batch on the device (this path once crashed on CUDA: the
+    VAE was never sent there)."""
+    if ON_CPU:
+        pytest.skip("one device on the CPU: tests/test_train.py checks the moves there")
+    res = train(tiny_run_config(tiny_model_dir, data, tmp_path, DEFAULTS, cache_latents=cached, max_train_steps=2,
+                                sample_prompts="a red circle --w 64 --h 64 --s 2", sample_every_n_steps=2),
+                overwrite=True)
+    assert len(list((tmp_path / "sample").glob("*.png"))) == 1
+    assert next(res.model.vae.parameters()).device.type == ("cpu" if cached else "cuda")
+
+
 def test_a_step_waits_for_the_device_once(tiny_model_dir, data, tmp_path):
     """One synchronizing call per optimizer step: the loss and gradient-norm read (docs/speed.md
     "Per step"); torch's sync debug mode reports every other one with the Python line it came from."""

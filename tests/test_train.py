@@ -142,3 +142,60 @@ def test_retention_keeps_the_newest_files(tiny_model_dir, shapes_data, tmp_path)
     assert names == ["last-state", "last-step00000003.safetensors", "last-step00000004-state",
                      "last-step00000004.safetensors", "last-step00000005-state",
                      "last-step00000005.safetensors", "last.safetensors"]
+
+
+class _Placed(torch.nn.Module):
+    """A module that records where it is sent, without moving (the CPU has no second device)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.sent: list[str] = []
+
+    def to(self, device):
+        self.sent.append(str(device))
+        return self
+
+
+def test_on_device_sends_a_module_back_where_it_was_even_after_an_error():
+    from lorakit.transfer import on_device
+
+    m = _Placed()
+    with on_device(m, "cuda:0") as inside:
+        assert inside is m and m.sent == ["cuda:0"]
+    assert m.sent == ["cuda:0", "cpu"]
+    with pytest.raises(ZeroDivisionError), on_device(m, "cuda:1"):
+        1 / 0
+    assert m.sent[2:] == ["cuda:1", "cpu"]
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_the_vae_visits_the_device_only_to_encode_and_decode(tiny_model_dir, shapes_data, tmp_path, cached):
+    """With cached latents no step uses the VAE: it is sent to the device to cache them and to decode
+    the samples, and home after each (sd-scripts too moves it off after caching: 335 MB of an SD VAE
+    in float32). Without the cache it encodes every batch, so it is sent once and stays."""
+    from diffusers import AutoencoderKL
+
+    sent: list[tuple[str, str]] = []
+    phase = ["setup"]
+    real_to = AutoencoderKL.to
+
+    def to(self, *args, **kwargs):
+        sent.append((phase[0], str(args[0] if args else kwargs.get("device"))))
+        return real_to(self, *args, **kwargs)
+
+    def on(ev):
+        if ev.kind in ("start", "step"):
+            phase[0] = f"after step {ev.step}" if ev.kind == "step" else "training"
+    cfg = make_cfg(tiny_model_dir, shapes_data, tmp_path, cache_latents=cached, max_train_steps=2,
+                   sample_prompts="a red circle --w 64 --h 64 --s 2", sample_every_n_steps=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AutoencoderKL, "to", to)
+        train(cfg, [on], overwrite=True)
+    assert len(list((tmp_path / "sample").glob("*.png"))) == 1
+    there, home = "cpu", "cpu"  # the device and the host are one here; the moves are what is checked
+    setup = [d for p, d in sent if p == "setup"]
+    assert setup == ([there, home] if cached else [there])
+    # the sample at step 2: to the device for all the prompts and again (a no-op) for the one image
+    assert [d for p, d in sent if p == "after step 2"] == [there, there, home, home]
+    assert [p for p, _ in sent if p != "setup"] == ["after step 2"] * 4

@@ -16,6 +16,7 @@ import torch
 from ..checkpoints import sample_file_name
 from ..io import atomic_path
 from ..models.family import ModelFamily, PromptEmbeds
+from ..transfer import module_device, on_device
 from .prompts import SamplePrompt
 from .samplers import make_scheduler
 
@@ -57,7 +58,8 @@ def generate(model, sp: SamplePrompt, *, sampler: str = "euler_a", max_token_len
     dtype = next(p.dtype for p in model.unet.parameters() if p.dtype.itemsize > 1)
     device = next(model.unet.parameters()).device
     pipe = make_pipeline(model, sp.sampler or sampler)
-    with preserved_training_state(model.unet, *model.text_encoders):
+    # a run that caches latents keeps the VAE on the host between samples (train/setup.py)
+    with preserved_training_state(model.unet, *model.text_encoders), on_device(model.vae, device):
         cond = embed(model, [sp.prompt], max_token_length, clip_skip, dtype)
         uncond = embed(model, [sp.negative], max_token_length, clip_skip, dtype)
         g = torch.Generator(device=device).manual_seed(sp.seed if sp.seed is not None else seed)
@@ -71,11 +73,12 @@ def sample_prompts(model, prompts: list[SamplePrompt], out_dir: str | Path, outp
                    base_seed: int = 0) -> list[tuple[Path, object]]:
     """Write one PNG per prompt; returns (path, image) pairs."""
     written = []
-    for i, sp in enumerate(prompts):
-        image = generate(model, sp, sampler=sampler, max_token_length=max_token_length, clip_skip=clip_skip,
-                         seed=base_seed + i)
-        path = Path(out_dir) / sample_file_name(output_name, i, epoch=epoch, step=step, seed=sp.seed)
-        with atomic_path(path) as tmp:
-            image.save(tmp, format="PNG")
-        written.append((path, image))
+    with on_device(model.vae, module_device(model.unet)):  # once for all the prompts
+        for i, sp in enumerate(prompts):
+            image = generate(model, sp, sampler=sampler, max_token_length=max_token_length, clip_skip=clip_skip,
+                             seed=base_seed + i)
+            path = Path(out_dir) / sample_file_name(output_name, i, epoch=epoch, step=step, seed=sp.seed)
+            with atomic_path(path) as tmp:
+                image.save(tmp, format="PNG")
+            written.append((path, image))
     return written

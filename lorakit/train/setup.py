@@ -16,6 +16,7 @@ from ..adapters.network import check_network_config
 from ..config.schema import TrainConfig
 from ..errors import ConfigError
 from ..io import make_dir
+from ..transfer import on_device
 from ..events import EventBus
 from ..optim.optimizers import build_optimizer, optimizer_warnings, resolve_optimizer
 from ..optim.schedulers import build_scheduler, scheduler_warnings, warmup_steps_for
@@ -149,8 +150,12 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     check_network_config(cfg, m.family)  # the block keys' value counts are the family's
     dataset = TrainDataset.from_config(cfg, index, seed=seed)
     if cfg.cache_latents or cfg.cache_latents_to_disk:  # disk caching implies caching, as kohya
-        dataset.cache_latents(m.vae.to(device), batch_size=cfg.vae_batch_size, device=device,
-                              dtype=torch.float32, seed=seed)
+        # on the device only while it encodes: no step uses it after (samples bring it back)
+        with on_device(m.vae, device) as vae:
+            dataset.cache_latents(vae, batch_size=cfg.vae_batch_size, device=device, dtype=torch.float32,
+                                  seed=seed)
+    else:  # it encodes every batch
+        m.vae.to(device)
     for module in (m.unet, *m.text_encoders):  # frozen base weights in the autocast dtype, as kohya
         module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
 

@@ -10,6 +10,7 @@ import torch
 from ..data.dataset import Batch, TrainDataset, validation_seed_for
 from ..data.folders import DatasetIndex
 from ..data.latent_cache import file_sha256
+from ..transfer import on_device
 
 if TYPE_CHECKING:
     from ..config.schema import TrainConfig
@@ -59,8 +60,8 @@ def build_validation_set(cfg: "TrainConfig", index: DatasetIndex, vae: Any, devi
     if ds is None:
         return None
     vseed = validation_seed_for(cfg, seed)
-    ds.cache_latents(vae.to(device), batch_size=cfg.vae_batch_size, device=device, dtype=dtype,
-                     seed=vseed)
+    with on_device(vae, device):  # and back to where the run keeps it
+        ds.cache_latents(vae, batch_size=cfg.vae_batch_size, device=device, dtype=dtype, seed=vseed)
     return ValidationSet(ds, [file_sha256(it.path) for it in ds.items], vseed,
                          cfg.train_batch_size)
 
