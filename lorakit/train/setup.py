@@ -25,7 +25,8 @@ from .noise import NoiseSettings, training_scheduler, validate_noise_config
 from .plan import check_scheduler, make_plan, text_encoder_stop_step
 from .run import DTYPES, Run, TextEncoderState
 from .settings import adapter_dtype, allow_fp16_gradients, check_train_settings, store_base_in_fp8
-from .speed import apply_speed_options, check_compile_device, shape_warnings, validate_speed_config
+from .speed import (apply_speed_options, check_compile_device, checkpoint_transformer_units, shape_warnings,
+                    validate_speed_config)
 
 if TYPE_CHECKING:
     from ..adapters.network import AdapterNetwork
@@ -214,6 +215,7 @@ def attach_network(cfg: TrainConfig, m: ModelFamily, weights: WeightsFile | None
         store_base_in_fp8(net, m.unet, *m.text_encoders)
     if cfg.gradient_checkpointing:
         m.unet.enable_gradient_checkpointing()
+        checkpoint_transformer_units(m.unet)
         for encoder in m.text_encoders if net.train_text_encoder else ():  # transformers 5 renamed it
             (getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable)()
     m.unet.train(net.train_unet)
