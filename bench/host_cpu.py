@@ -69,6 +69,9 @@ def build(kind: str):
     unet.requires_grad_(False)
     te.requires_grad_(False)
     unet.enable_gradient_checkpointing()
+    from lorakit.train.speed import checkpoint_transformer_units
+
+    checkpoint_transformer_units(unet)  # as training does
     unet.train()
     values = KINDS[kind]
     net = opt = cfg = None

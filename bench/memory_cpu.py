@@ -109,7 +109,10 @@ def build(kind: str, checkpointing: bool, args_held: bool = False):
         params = [p for p in net.parameters() if p.requires_grad]
         opt = build_optimizer(cfg, net.param_groups(cfg.resolved_text_encoder_lr(), cfg.resolved_unet_lr()))
     if checkpointing:
+        from lorakit.train.speed import checkpoint_transformer_units
+
         unet.enable_gradient_checkpointing()
+        checkpoint_transformer_units(unet)  # as training does: the SD1.5 units whole
         if kind != "plain" and not args_held:  # as training does (lorakit/train/speed.py)
             from lorakit.train.speed import recompute_merged_weights
 
