@@ -25,6 +25,11 @@ def to_device(t: torch.Tensor, device: torch.device | str, dtype: torch.dtype | 
     return t.pin_memory().to(device, non_blocking=True)
 
 
+# where modules wait while the device does not need them (bench/peak_cpu.py points it elsewhere to
+# tell a move to the host from one to the device when both are the CPU)
+HOST = torch.device("cpu")
+
+
 def module_device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
@@ -42,3 +47,12 @@ def on_device(module: torch.nn.Module, device: torch.device | str) -> Iterator[t
         yield module
     finally:
         module.to(home)
+
+
+@contextlib.contextmanager
+def on_device_all(modules, device: torch.device | str) -> Iterator[None]:
+    """on_device for each of `modules` (the text encoders of a family: one or two)."""
+    with contextlib.ExitStack() as stack:
+        for module in modules:
+            stack.enter_context(on_device(module, device))
+        yield

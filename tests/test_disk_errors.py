@@ -149,8 +149,15 @@ def test_sample_png_full_disk(tmp_path, monkeypatch):
         raise enospc()
 
     monkeypatch.setattr(Image.Image, "save", full)
+    from types import SimpleNamespace
+
+    import torch
+
+    # generate() is replaced: sample_prompts only brings the VAE and text encoders to the UNet's device
+    model = SimpleNamespace(unet=torch.nn.Linear(1, 1), vae=torch.nn.Linear(1, 1),
+                            text_encoders=[torch.nn.Linear(1, 1)])
     with pytest.raises(DiskError) as e:
-        g.sample_prompts(None, [SamplePrompt("a cat")], tmp_path / "sample", "last", epoch=None, step=5,
+        g.sample_prompts(model, [SamplePrompt("a cat")], tmp_path / "sample", "last", epoch=None, step=5,
                          sampler="euler_a", max_token_length=75, clip_skip=1)
     assert "no space left" in e.value.message and "sample" in e.value.file
     assert "needs more than the 9 bytes it wrote" in e.value.message  # the "PNG half" it wrote

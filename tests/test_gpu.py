@@ -162,6 +162,21 @@ def test_the_vae_is_on_the_device_only_while_it_is_used(tiny_model_dir, data, tm
     assert next(res.model.vae.parameters()).device.type == ("cpu" if cached else "cuda")
 
 
+def test_frozen_text_encoder_trains_from_the_host_with_every_caption_cached(tiny_model_dir, data, tmp_path):
+    """UNet only, fixed captions: the encoder's outputs are all cached before the first step and the
+    encoder waits on the host; the sample brings it over for its prompt. Same training as with the
+    encoder on the device and no cache."""
+    if ON_CPU:
+        pytest.skip("one device on the CPU: tests/test_text_cache.py checks the moves there")
+    kw = {"network_train_unet_only": True, "shuffle_caption": False, "cache_latents": True}
+    base = trained(tiny_model_dir, data, tmp_path / "a", cache_text_encoder_outputs=False, **kw)
+    res = train(tiny_run_config(tiny_model_dir, data, tmp_path / "b", DEFAULTS, sample_every_n_steps=4,
+                                sample_prompts="a red circle --w 64 --h 64 --s 2", **kw), overwrite=True)
+    assert next(res.model.text_encoder.parameters()).device.type == "cpu"
+    assert len(list((tmp_path / "b" / "sample").glob("*.png"))) == 1
+    assert_same_training(base, trained(tiny_model_dir, data, tmp_path / "c", **kw))
+
+
 def test_a_step_waits_for_the_device_once(tiny_model_dir, data, tmp_path):
     """One synchronizing call per optimizer step: the loss and gradient-norm read (docs/speed.md
     "Per step"); torch's sync debug mode reports every other one with the Python line it came from."""

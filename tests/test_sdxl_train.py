@@ -58,7 +58,8 @@ def test_every_adapter_type_trains_and_saves_kohya_sdxl_names(tiny_sdxl_dir, dat
 
 def test_text_cache_keeps_pooled_rows_and_losses(tiny_sdxl_dir, data, tmp_path, monkeypatch):
     """A frozen text encoder's outputs cached by caption (states and pooled vector) give the
-    losses of encoding every step, bit for bit."""
+    losses of encoding every step (to float rounding: the cache encodes the run's captions ahead,
+    in batches of its own, and a row's last bit can depend on the batch it was encoded in)."""
     from lorakit.train.text_cache import TextCache
 
     rows = []
@@ -71,7 +72,7 @@ def test_text_cache_keeps_pooled_rows_and_losses(tiny_sdxl_dir, data, tmp_path, 
     n = len(rows)
     _, fresh = run(tiny_sdxl_dir, data, tmp_path / "b", cache_text_encoder_outputs=False, **common)
     assert len(rows) == n      # nothing cached on the second run
-    assert cached == fresh
+    assert cached == pytest.approx(fresh, rel=1e-6, abs=0)
 
 
 def test_latent_cache_and_flip_train(tiny_sdxl_dir, data, tmp_path):

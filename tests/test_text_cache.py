@@ -58,9 +58,11 @@ def test_cache_gives_the_losses_of_no_cache_with_shuffled_captions(tiny_model_di
 def test_each_caption_string_is_encoded_once(tiny_model_dir, data, tmp_path, monkeypatch):
     rows, forwards = run(cfg_for(tiny_model_dir, data, tmp_path / "on", train_batch_size=1), monkeypatch)
     assert len(rows) == 12  # 2 images x 3 repeats x 2 epochs, batch 1
-    # 2 forwards of 1 row: each image's caption once; the other 10 steps reuse the rows
-    assert forwards == [1, 1]
-    assert sum(r["stats"]["text_cache/hits"] for r in rows) == 10
+    # the run's two caption strings are known before it starts: one forward of both, then every
+    # step reads its row (train/loop.py place_text_encoders)
+    assert forwards == [2]
+    assert sum(r["stats"]["text_cache/hits"] for r in rows) == 12
+    assert sum(r["stats"]["text_cache/misses"] for r in rows) == 0
     assert rows[-1]["stats"]["text_cache/rows"] == 2
     _, uncached = run(cfg_for(tiny_model_dir, data, tmp_path / "off", train_batch_size=1,
                               cache_text_encoder_outputs=False), monkeypatch)
@@ -94,3 +96,41 @@ def test_lru_keeps_the_cap_and_the_batch_order():
     out = cache.encode(["bb", "a"], enc)
     assert calls[-1] == ["bb"] and out.pooled[:, 0].tolist() == [-2.0, -1.0]
     assert cache.take_stats() == {"text_cache/hits": 2, "text_cache/misses": 5, "text_cache/rows": 2}
+
+
+@pytest.mark.parametrize("listed", [True, False])
+def test_frozen_text_encoder_leaves_the_device_when_every_caption_is_cached(tiny_model_dir, data, tmp_path,
+                                                                           monkeypatch, listed):
+    """Fixed captions: each is encoded before the first step and the encoder goes to the host; a
+    sample brings it back for its prompt. Too many strings to list (shuffled captions): it stays
+    and encodes as the steps need. The device is the host here, so the moves are what is checked."""
+    from transformers import CLIPTextModel
+
+    import lorakit.train.text_cache as text_cache
+
+    if not listed:
+        monkeypatch.setattr(text_cache, "MAX_PREFILL_STRINGS", 1)  # 2 captions: more than it lists
+    sent: list[tuple[str, str]] = []
+    phase = ["setup"]
+    real_to = CLIPTextModel.to
+    monkeypatch.setattr(CLIPTextModel, "to", lambda self, *a, **k: (
+        sent.append((phase[0], str(a[0]))) if a and isinstance(a[0], (str, torch.device)) else None,  # moves only
+        real_to(self, *a, **k))[1])
+
+    def on(ev):
+        if ev.kind == "step":
+            phase[0] = f"after step {ev.step}"
+            rows.append(ev.data)
+    rows: list[dict] = []
+    train(cfg_for(tiny_model_dir, data, tmp_path, train_batch_size=1, max_train_steps=2, max_train_epochs=None,
+                  sample_prompts="a red circle --w 64 --h 64 --s 2", sample_every_n_steps=2), [on], overwrite=True)
+    assert len(list((tmp_path / "sample").glob("*.png"))) == 1
+    setup = [d for p, d in sent if p == "setup"]
+    # the sample: over for all its prompts and again (a no-op) for its one image, then home twice
+    assert [d for p, d in sent if p == "after step 2"] == ["cpu"] * 4
+    if listed:
+        assert sum(r["stats"]["text_cache/misses"] for r in rows) == 0
+        assert setup == ["cpu", "cpu"]  # setup leaves it on the host: it visits the device for the captions
+    else:
+        assert sum(r["stats"]["text_cache/misses"] for r in rows) == 2  # each caption on first use
+        assert setup == ["cpu"]  # to the device, for good

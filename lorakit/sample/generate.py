@@ -16,7 +16,7 @@ import torch
 from ..checkpoints import sample_file_name
 from ..io import atomic_path
 from ..models.family import ModelFamily, PromptEmbeds
-from ..transfer import module_device, on_device
+from ..transfer import module_device, on_device_all
 from .prompts import SamplePrompt
 from .samplers import make_scheduler
 
@@ -58,8 +58,9 @@ def generate(model, sp: SamplePrompt, *, sampler: str = "euler_a", max_token_len
     dtype = next(p.dtype for p in model.unet.parameters() if p.dtype.itemsize > 1)
     device = next(model.unet.parameters()).device
     pipe = make_pipeline(model, sp.sampler or sampler)
-    # a run that caches latents keeps the VAE on the host between samples (train/setup.py)
-    with preserved_training_state(model.unet, *model.text_encoders), on_device(model.vae, device):
+    # a run keeps the VAE (cached latents) and frozen, cached text encoders on the host between samples
+    with preserved_training_state(model.unet, *model.text_encoders), \
+            on_device_all([model.vae, *model.text_encoders], device):
         cond = embed(model, [sp.prompt], max_token_length, clip_skip, dtype)
         uncond = embed(model, [sp.negative], max_token_length, clip_skip, dtype)
         g = torch.Generator(device=device).manual_seed(sp.seed if sp.seed is not None else seed)
@@ -73,7 +74,7 @@ def sample_prompts(model, prompts: list[SamplePrompt], out_dir: str | Path, outp
                    base_seed: int = 0) -> list[tuple[Path, object]]:
     """Write one PNG per prompt; returns (path, image) pairs."""
     written = []
-    with on_device(model.vae, module_device(model.unet)):  # once for all the prompts
+    with on_device_all([model.vae, *model.text_encoders], module_device(model.unet)):  # once for all prompts
         for i, sp in enumerate(prompts):
             image = generate(model, sp, sampler=sampler, max_token_length=max_token_length, clip_skip=clip_skip,
                              seed=base_seed + i)

@@ -1,6 +1,8 @@
 """The training loop: a library call that emits events (start, step, epoch, save, end)."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import time
@@ -18,7 +20,7 @@ from ..data.dataset import Batch
 from ..data.loader import BatchLoader, rank_groups
 from ..events import EventBus, Subscriber
 from ..lock import output_lock
-from ..transfer import to_device
+from ..transfer import HOST, on_device, on_device_all, to_device
 from ..models.family import PromptEmbeds
 from ..optim.foreach_util import acc_dtype
 from .hooks import RunHooks
@@ -52,16 +54,45 @@ class TrainResult:
 
 
 def encode_prompts(run: Run, captions: list[str]) -> PromptEmbeds:
-    cfg = run.cfg
-
-    def forward(strings: list[str]) -> PromptEmbeds:
-        with torch.set_grad_enabled(run.text.training):
-            return run.model.encode_prompts(strings, max_token_length=cfg.max_token_length,
-                                            clip_skip=cfg.clip_skip, weighted=cfg.weighted_captions,
-                                            device=run.device)
-
     # frozen TE: rows by caption string, only the batch's new strings go through the encoder
+    forward = functools.partial(encode_uncached, run)
     return forward(captions) if run.text.cache is None else run.text.cache.encode(captions, forward)
+
+
+def encode_uncached(run: Run, strings: list[str]) -> PromptEmbeds:
+    cfg, m = run.cfg, run.model
+    with torch.set_grad_enabled(run.text.training), \
+            on_device_all(m.text_encoders, run.device) if run.text.on_host else contextlib.nullcontext():
+        return m.encode_prompts(strings, max_token_length=cfg.max_token_length, clip_skip=cfg.clip_skip,
+                                weighted=cfg.weighted_captions, device=run.device)
+
+
+def place_text_encoders(run: Run, first_epoch: int) -> bool:
+    """Frozen text encoders with cached outputs start on the host (train/setup.py). When the cache can
+    hold every caption the run will train with from `first_epoch` on, those are encoded now and the
+    encoders stay there: no step needs them (sd-scripts' cache_text_encoder_outputs frees them too;
+    SDXL's two are 1.5 GiB in bf16). The UNet waits on the host meanwhile, as in sd-scripts, so that
+    the device never holds both. Otherwise (shuffled or dropped captions: too many strings to list)
+    the encoders go to the device for good, to encode as the steps need. Returns whether they stay
+    on the host."""
+    from .text_cache import run_captions
+
+    cache = run.text.cache
+    if not run.text.on_host or cache is None:
+        return False
+    captions = run_captions(run.dataset, range(first_epoch, run.plan.epochs + 1), run.seed)
+    fits = False
+    if captions is not None:
+        # the encoders leave before the UNet comes back; the rows are what the steps would have
+        # encoded, in the same dtype
+        with on_device(run.model.unet, HOST), on_device_all(run.model.text_encoders, run.device), \
+                run.accelerator.autocast():
+            run.text.on_host = False  # for the prefill
+            fits = cache.prefill(captions, functools.partial(encode_uncached, run))
+    run.text.on_host = fits
+    for encoder in run.model.text_encoders if not fits else ():
+        encoder.to(run.device)
+    return fits
 
 
 def batch_latents(run: Run, batch: Batch, seeds: list[int]) -> torch.Tensor:
@@ -212,6 +243,7 @@ def _train(cfg: TrainConfig, subscribers: Iterable[Subscriber], overwrite: bool,
            resume_changed_data: bool, notes: list[str]) -> TrainResult:
     resuming = bool(resume or cfg.resume)  # the command line's --resume wins over the config's
     run, progress = _start(cfg, subscribers, overwrite, resume, resume_changed_data, notes)
+    place_text_encoders(run, max(1, progress.epoch))
     cfg, plan, bus, loss = run.cfg, run.plan, run.bus, math.nan
     hooks, loader = RunHooks(run), BatchLoader.for_run(run)
     if not resuming:

@@ -33,10 +33,14 @@ DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
 @dataclass
 class TextEncoderState:
     """Whether the text encoder's adapters train in this step; stop_step: stop_text_encoder_training's
-    step from which they no longer do; cache: caption -> embeddings while the encoder is frozen."""
+    step from which they no longer do; cache: caption -> embeddings while the encoder is frozen;
+    on_host: the frozen encoders are on the host (a cached run's, until train/loop.py place_text_encoders
+    decides: for good when the cache holds every caption; they visit the device for anything else to
+    encode: a sample prompt, a validation caption)."""
     training: bool
     stop_step: int | None = None
     cache: "TextCache | None" = None
+    on_host: bool = False
 
 
 @dataclass

@@ -158,11 +158,16 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     else:  # it encodes every batch
         m.vae.to(device)
     for module in (m.unet, *m.text_encoders):  # frozen base weights in the autocast dtype, as kohya
-        module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
+        module.to(weight_dtype)
+    m.unet.to(device)
 
     net, weights_warnings = attach_network(cfg, m, weights, device)
     groups = net.param_groups(cfg.resolved_text_encoder_lr(), cfg.resolved_unet_lr())
     cache = TextCache() if cfg.cache_text_encoder_outputs is not False and not net.train_text_encoder else None
+    # frozen encoders with cached outputs wait on the host: the loop first tries to encode every caption of
+    # the run with them (train/loop.py place_text_encoders); others work on the device every step
+    for encoder in m.text_encoders if cache is None else ():
+        encoder.to(device)
     # after the adapters, checkpointing and train flags: compiled in place
     memory_format = apply_speed_options(cfg, m, net, dataset, bus)
 
@@ -172,7 +177,8 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     scheduler = build_scheduler(optimizer, cfg.lr_scheduler, plan.total_steps,
                                 warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps), cfg=cfg)
     text = TextEncoderState(net.train_text_encoder,
-                            text_encoder_stop_step(cfg, plan.total_steps) if net.train_text_encoder else None, cache)
+                            text_encoder_stop_step(cfg, plan.total_steps) if net.train_text_encoder else None, cache,
+                            on_host=cache is not None)
     cache_warnings = [f"removed {len(dataset.removed_temporaries)} temporary latent-cache file(s) that a killed "
                       "run left beside the images"] if dataset.removed_temporaries else []
     warnings = (weights_warnings + noise_warnings + cache_warnings + family_warnings + check_train_settings(cfg)

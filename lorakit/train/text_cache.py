@@ -11,16 +11,29 @@ strings repeat: with heavy shuffling most lookups miss and the cache only costs 
 Rows stay on the training device in the dtype the encoder produced them (under the
 loop's autocast), in a least-recently-used store capped at DEFAULT_MAX_MB; a batch
 encodes only its missing captions, in one forward.
+
+When every caption string of the run can be listed before it starts (run_captions: the
+dataset draws each caption from (seed, epoch, sample)) and their rows fit in the store,
+they are all encoded first (prefill) and the frozen encoders stay off the device
+(train/loop.py place_text_encoders), as sd-scripts' cache_text_encoder_outputs does:
+SDXL's two encoders are 1.5 GiB of bf16 weights that no step then needs.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..models.family import PromptEmbeds
 
+if TYPE_CHECKING:
+    from ..data.dataset import TrainDataset
+
 # ~1000 SD1 rows in float32 (77 x 768 x 4 bytes = 231 KiB each); ~2000 in fp16/bf16
 DEFAULT_MAX_MB = 256.0
+# run_captions gives up past this many distinct strings (shuffled captions: no point listing them)
+# or this many draws (every sample of every epoch: a long run over a large dataset)
+MAX_PREFILL_STRINGS = 8192
+MAX_LISTED_DRAWS = 500_000
 
 
 class TextCache:
@@ -50,6 +63,17 @@ class TextCache:
             self._put(c, row)
         return out
 
+    def prefill(self, captions: list[str], encode_fn: Callable[[list[str]], PromptEmbeds], chunk: int = 16) -> bool:
+        """Encode `captions` ahead, `chunk` strings per forward. True when every row fits in the store
+        together (no later lookup of them misses); the lookups do not count in the step stats."""
+        for i in range(0, len(captions), chunk):
+            self.encode(captions[i:i + chunk], encode_fn)
+            if len(self.rows) < min(i + chunk, len(captions)):  # one was dropped: they do not all fit
+                self.hits = self.misses = 0
+                return False
+        self.hits = self.misses = 0
+        return True
+
     def _put(self, caption: str, row: PromptEmbeds) -> None:
         size = row.nbytes()
         if size > self.max_bytes:
@@ -65,3 +89,17 @@ class TextCache:
         out = {"text_cache/hits": self.hits, "text_cache/misses": self.misses, "text_cache/rows": len(self.rows)}
         self.hits = self.misses = 0
         return out
+
+
+def run_captions(dataset: "TrainDataset", epochs: Iterable[int], seed: int) -> list[str] | None:
+    """Every distinct caption string the run trains with over `epochs`, in first-use order; None
+    past MAX_PREFILL_STRINGS distinct strings or MAX_LISTED_DRAWS draws."""
+    seen: dict[str, None] = {}
+    draws = 0
+    for epoch in epochs:
+        for sample_id in range(len(dataset)):
+            seen.setdefault(dataset.caption_for(sample_id, epoch, seed))
+            draws += 1
+            if len(seen) > MAX_PREFILL_STRINGS or draws > MAX_LISTED_DRAWS:
+                return None
+    return list(seen)

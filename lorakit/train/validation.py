@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import Batch
+from ..transfer import on_device_all
 from .noise import NoiseSettings, draw_noise
 from .objective import sample_losses
 from .validation_set import (ValidationResult, ValidationSet, ValidationState, build_validation_set,  # noqa: F401
@@ -129,7 +130,8 @@ def evaluate(run: "Run") -> ValidationResult:
     timesteps = validation_timesteps(m.noise_scheduler.config.num_train_timesteps, settings.min_timestep,
                                      settings.max_timestep)
     total, count, batches, images = 0.0, 0, 0, 0
-    with _Preserved([m.unet, *m.text_encoders, run.network]):
+    # frozen, cached text encoders may live on the host (train/loop.py place_text_encoders)
+    with _Preserved([m.unet, *m.text_encoders, run.network]), on_device_all(m.text_encoders, run.device):
         for module in (m.unet, *m.text_encoders, run.network):
             if isinstance(module, torch.nn.Module):
                 module.eval()

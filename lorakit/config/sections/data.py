@@ -36,8 +36,10 @@ class DataKeys(BaseModel):
     cache_text_encoder_outputs: Optional[bool] = F(
         None, "Reuse the text encoder's output for a caption string seen before (exact also with "
         "shuffled or dropped captions; the key is the string trained with), in up to 256 MB on the training "
-        "device. Unset: on when the text encoder is not trained (text_encoder_lr = 0 or "
-        "network_train_unet_only); true with a trained text encoder is an error.", resume=RESUME_SAFE)
+        "device. When all the run's caption strings can be listed before it starts and fit, they are encoded "
+        "first and the text encoders wait on the host (as sd-scripts frees them). Unset: on when the text "
+        "encoder is not trained (text_encoder_lr = 0 or network_train_unet_only); true with a trained text "
+        "encoder is an error.", resume=RESUME_SAFE)
     max_data_loader_n_workers: int = F(
         0, "DataLoader worker processes that decode batches ahead of their step (0 = the main process "
         "builds each batch when its step comes). Same results either way.", ge=0, resume=RESUME_SAFE)
