@@ -39,12 +39,15 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import sys
 import tempfile
 import weakref
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+LIVE = None  # the tracker of the step being predicted (moves to and from the host change it)
+HOSTED: set[int] = set()  # modules moved to the host
 
 
 def main() -> int:
@@ -55,6 +58,9 @@ def main() -> int:
     ap.add_argument("--lorakit", help="import lorakit from this checkout instead (to compare commits)")
     ap.add_argument("--vae-on-device", action="store_true", help="count the VAE (checkouts before c2dacf4)")
     ap.add_argument("--top", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="also one JSON line per config, in bytes")
+    ap.add_argument("--tiny", action="store_true", help="the tiny models at 64 px in float32 (train_bench.py --cpu's "
+                                                        "setting): a check of this script, in seconds")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, args.lorakit or str(HERE.parent))
@@ -67,7 +73,7 @@ def main() -> int:
     cuda_autocast_norms()
     fake_everything(fm)
     for name in args.configs:
-        report(name, predict(name, Path(args.workdir), fm), args)
+        report(name, predict(name, Path(args.workdir), fm, args.tiny), args)
     return 0
 
 
@@ -144,6 +150,7 @@ def fake_everything(fm) -> None:
 
     import lorakit.models.loader as loader
     import lorakit.train.noise as noise
+    import lorakit.transfer as transfer
 
     def empty_like(t, dtype=None, memory_format=None):
         with fm:
@@ -154,8 +161,8 @@ def fake_everything(fm) -> None:
     def swap(module, convert):
         for mod in module.modules():
             for k, p in mod._parameters.items():
-                if p is not None:
-                    mod._parameters[k] = torch.nn.Parameter(convert(p), requires_grad=p.requires_grad)
+                if p is not None and (q := convert(p)) is not p:
+                    mod._parameters[k] = torch.nn.Parameter(q, requires_grad=p.requires_grad)
             for k, b in mod._buffers.items():
                 if b is not None:
                     mod._buffers[k] = convert(b)
@@ -173,13 +180,37 @@ def fake_everything(fm) -> None:
 
     real_to = torch.nn.Module.to
 
+    def keys(module):
+        return [t.untyped_storage()._cdata for t in [*module.parameters(), *module.buffers()]]
+
     def to(self, *args, **kwargs):  # nn.Module.to would swap_tensors, which fake parameters refuse
         if not any(isinstance(p, FakeTensor) for p in self.parameters()):
             return real_to(self, *args, **kwargs)
-        _, dtype, _, fmt = torch._C._nn._parse_to(*args, **kwargs)
-        swap(self, lambda t: empty_like(t, dtype if dtype is not None and t.is_floating_point() else None, fmt))
+        device, dtype, _, fmt = torch._C._nn._parse_to(*args, **kwargs)
+        before = keys(self)
+
+        def convert(t):  # a new tensor only where a real move would copy: another dtype or memory format
+            if fmt is None and (dtype is None or not t.is_floating_point() or t.dtype == dtype):
+                return t
+            return empty_like(t, dtype if dtype is not None and t.is_floating_point() else None, fmt)
+        swap(self, convert)
+        if LIVE is None:
+            return self
+        if device == transfer.HOST:  # to the host: its tensors no longer count
+            for key in before + keys(self):
+                LIVE.free(key)
+            HOSTED.add(id(self))
+        elif device is not None and id(self) in HOSTED:  # back to the device
+            HOSTED.discard(id(self))
+            for t in [*self.parameters(), *self.buffers()]:
+                LIVE.track(t)
         return self
     torch.nn.Module.to = to
+    # the device and the host are both the CPU here: a move to the host goes to "meta" by name, and a
+    # module there says so
+    transfer.HOST = torch.device("meta")
+    real_module_device = transfer.module_device
+    transfer.module_device = lambda m: transfer.HOST if id(m) in HOSTED else real_module_device(m)
 
     real_sample_one = noise.sample_one
 
@@ -190,34 +221,45 @@ def fake_everything(fm) -> None:
     noise.sample_one = sample_one
 
 
-def predict(name: str, work: Path, fm) -> dict:
+def predict(name: str, work: Path, fm, tiny: bool = False) -> dict:
+    global LIVE
     import torch
 
     import train_bench as tb
     from lorakit.config.load import load_config
     from lorakit.events import EventBus
+    from lorakit.train import loop
     from lorakit.train.loop import train_step
-    from lorakit.train.loss import sample_seed
     from lorakit.train.setup import setup_run
 
-    model, data = tb.model_and_data(work, False, sdxl=name in tb.SDXL_CONFIGS)
+    model, data = tb.model_and_data(work, tiny, sdxl=name in tb.SDXL_CONFIGS)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(None, [], tb.config_values(name, model, data, Path(tmp), False, 2, 0, {}))
+        cfg = load_config(None, [], tb.config_values(name, model, data, Path(tmp), tiny, 2, 0, {}))
         with fm:
             run = setup_run(cfg, EventBus(), overwrite=True)
             live = live_bytes_mode()
             m = run.model  # text_encoders: SD and SDXL alike (an older checkout has text_encoder only)
-            models = (m.unet, *(getattr(m, "text_encoders", None) or (m.text_encoder,)), run.network)
-            for t in (t for m in models for t in [*m.parameters(), *m.buffers()]):
+            encoders = getattr(m, "text_encoders", None) or (m.text_encoder,)
+            models = (m.unet, *encoders, run.network)
+            hosted = run.text.on_host if hasattr(run.text, "on_host") else False  # setup left them there
+            HOSTED.update(id(e) for e in encoders if hosted)
+            for t in (t for m in models if id(m) not in HOSTED for t in [*m.parameters(), *m.buffers()]):
                 live.track(t)
+            # frozen encoders with every caption cached go to the host, as in a run (where it has this):
+            # the prefill runs with them on the device and the UNet on the host, its rows stay there
+            offload = getattr(loop, "place_text_encoders", None)
+            LIVE = live
+            with live:
+                live.phase = "caption prefill"
+                on_host = offload(run, 1) if offload is not None else False
             vae = sum(rounded(t.untyped_storage().nbytes()) for t in run.model.vae.state_dict().values())
             bs = cfg.train_batch_size
-            plan = run.dataset.batch_plan(0, bs, run.seed)
+            plan = run.dataset.batch_plan(1, bs, run.seed)  # epochs count from 1, as in the loop
             with live:
                 for k in range(2):  # the second step holds the optimizer state
                     live.phase = f"step {k + 1}"
-                    batch = run.dataset.make_batch(plan[k % len(plan)], 0, run.seed)
-                    train_step(run, [(batch, k * bs)], len(batch.captions), 0)
+                    batch = run.dataset.make_batch(plan[k % len(plan)], 1, run.seed)
+                    train_step(run, [(batch, k * bs)], len(batch.captions), 1)
             frozen = {t.untyped_storage()._cdata for m in models for t in m.parameters() if not t.requires_grad}
             state = {v.untyped_storage()._cdata for s in run.optimizer.state.values() for v in s.values()
                      if isinstance(v, torch.Tensor)}
@@ -225,7 +267,7 @@ def predict(name: str, work: Path, fm) -> dict:
     for key, nb in live.peak_live.items():
         split["frozen weights" if key in frozen else "optimizer state" if key in state
               else "adapters" if live.peak_info[key][0] == "parameter" else "activations, grads, temporaries"] += nb
-    return {"peak": live.peak, "at": live.at_peak, "vae": vae, "split": split,
+    return {"peak": live.peak, "at": live.at_peak, "vae": vae, "split": split, "on_host": on_host,
             "live": live.peak_live, "info": live.peak_info}
 
 
@@ -234,7 +276,12 @@ def report(name: str, r: dict, args) -> None:
     peak = r["peak"] + (r["vae"] if args.vae_on_device else 0)
     parts = ", ".join(f"{k} {v / gib:.3f}" for k, v in r["split"].most_common())
     print(f"{name:14s} predicted peak {peak / gib:6.3f} GiB ({r['at']})  {parts}"
-          + (f", VAE {r['vae'] / gib:.3f}" if args.vae_on_device else ""), flush=True)
+          + (f", VAE {r['vae'] / gib:.3f}" if args.vae_on_device else "")
+          + ("; text encoders on the host" if r["on_host"] else ""), flush=True)
+    if args.json:
+        print(json.dumps({"config": name, "peak": peak, "at": r["at"], "split": dict(r["split"]),
+                          "on_host": r["on_host"]}),
+              flush=True)
     if args.top:
         groups, counts = collections.Counter(), collections.Counter()
         for key, nb in r["live"].items():
