@@ -76,16 +76,23 @@ def test_single_block_units_are_checkpointed_whole_with_the_same_values():
     assert units < blocks < off
 
 
-def test_units_of_several_blocks_keep_the_checkpoint_per_block():
+def test_units_of_several_blocks_keep_the_checkpoint_per_block_and_checkpoint_their_prologue():
     """SDXL's units hold 2 or 10 blocks: one checkpoint around them all would rebuild every block's
-    activations at once in backward, so they stay as diffusers checkpoints them."""
+    activations at once in backward, so the blocks stay checkpointed one by one; the GroupNorm and
+    proj_in before them get a checkpoint of their own."""
     unet, params = unet_with_lora(True, "units")
-    units = [m for m in unet.modules() if type(m).__name__ == "Transformer2DModel"]
-    assert units and all(len(u.transformer_blocks) == 2 for u in units)
-    assert checkpointed_units(unet) == [] and all(u.gradient_checkpointing for u in units)
-    loss, grads, _ = step(unet, params, True)
-    ref_loss, ref_grads, _ = step(*unet_with_lora(True, "off"), True)
+    units = sorted(n for n, m in unet.named_modules() if type(m).__name__ == "Transformer2DModel")
+    assert units and all(len(unet.get_submodule(u).transformer_blocks) == 2 for u in units)
+    assert checkpointed_units(unet) == [] and all(unet.get_submodule(u).gradient_checkpointing for u in units)
+    assert sorted(checkpointed_units(unet, "_operate_on_continuous_inputs")) == units
+    loss, grads, units_saved = step(unet, params, True)
+    ref_loss, ref_grads, blocks_saved = step(*unet_with_lora(True, "blocks"), True)
     assert loss == pytest.approx(ref_loss, rel=1e-6)
+    for a, b in zip(ref_grads, grads):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    # proj_in's input (the GroupNorm's output, 2 x 64 tokens x 64 channels in float32) is no longer
+    # held, in each of the 6 units
+    assert blocks_saved - units_saved >= len(units) * 2 * 64 * 64 * 4, (blocks_saved, units_saved)
 
 
 def test_a_run_with_checkpointing_wraps_every_single_block_unit(tiny_model_dir, tmp_path):
