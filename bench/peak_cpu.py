@@ -6,7 +6,8 @@ training steps, with every tensor fake (torch's FakeTensorMode: shapes, dtypes a
 data). A dispatch mode adds up the bytes of the tensors alive at each op, each storage once and
 rounded as the CUDA caching allocator rounds (512 bytes), and keeps the peak: what
 `torch.cuda.max_memory_allocated` reports for the same step, less the library workspaces (cuBLAS,
-cuDNN, flash attention) that no tensor owns.
+cuDNN, flash attention) that no tensor owns. A third step, outside that count, gives the FLOPs of
+a step (torch's FlopCounterMode: matmuls, convolutions, attention; checkpoint recompute included).
 
 What differs from a CUDA run, and how it is handled:
 - CPU autocast runs group_norm and layer_norm in bfloat16, CUDA autocast in float32 (their inputs
@@ -224,6 +225,7 @@ def fake_everything(fm) -> None:
 def predict(name: str, work: Path, fm, tiny: bool = False) -> dict:
     global LIVE
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     import train_bench as tb
     from lorakit.config.load import load_config
@@ -260,6 +262,10 @@ def predict(name: str, work: Path, fm, tiny: bool = False) -> dict:
                     live.phase = f"step {k + 1}"
                     batch = run.dataset.make_batch(plan[k % len(plan)], 1, run.seed)
                     train_step(run, [(batch, k * bs)], len(batch.captions), 1)
+            # a third step's FLOPs, checkpoint recompute included, outside the count of bytes (the
+            # counter holds tensors of its own)
+            with live_bytes_mode(), FlopCounterMode(display=False) as flops:  # a fresh count; reads answered
+                train_step(run, [(batch, 2 * bs)], len(batch.captions), 1)
             frozen = {t.untyped_storage()._cdata for m in models for t in m.parameters() if not t.requires_grad}
             state = {v.untyped_storage()._cdata for s in run.optimizer.state.values() for v in s.values()
                      if isinstance(v, torch.Tensor)}
@@ -268,6 +274,7 @@ def predict(name: str, work: Path, fm, tiny: bool = False) -> dict:
         split["frozen weights" if key in frozen else "optimizer state" if key in state
               else "adapters" if live.peak_info[key][0] == "parameter" else "activations, grads, temporaries"] += nb
     return {"peak": live.peak, "at": live.at_peak, "vae": vae, "split": split, "on_host": on_host,
+            "tflop": flops.get_total_flops() / 1e12,
             "live": live.peak_live, "info": live.peak_info}
 
 
@@ -275,11 +282,11 @@ def report(name: str, r: dict, args) -> None:
     gib = 2 ** 30
     peak = r["peak"] + (r["vae"] if args.vae_on_device else 0)
     parts = ", ".join(f"{k} {v / gib:.3f}" for k, v in r["split"].most_common())
-    print(f"{name:14s} predicted peak {peak / gib:6.3f} GiB ({r['at']})  {parts}"
+    print(f"{name:14s} predicted peak {peak / gib:6.3f} GiB ({r['at']}), step {r['tflop']:.3f} TFLOP  {parts}"
           + (f", VAE {r['vae'] / gib:.3f}" if args.vae_on_device else "")
           + ("; text encoders on the host" if r["on_host"] else ""), flush=True)
     if args.json:
-        print(json.dumps({"config": name, "peak": peak, "at": r["at"], "split": dict(r["split"]),
+        print(json.dumps({"config": name, "peak": peak, "at": r["at"], "tflop": r["tflop"], "split": dict(r["split"]),
                           "on_host": r["on_host"]}),
               flush=True)
     if args.top:

@@ -35,6 +35,7 @@ def test_predicted_peak_holds_the_frozen_weights_on_the_device_only(tmp_path):
     assert rows["lora_b1"]["split"]["frozen weights"] == sd1
     assert not rows["lora_b1"]["on_host"]
     assert rows["lora_b1"]["at"] == "step 2" and rows["lora_b1"]["peak"] == sum(rows["lora_b1"]["split"].values())
+    assert rows["lora_b1"]["tflop"] > 0  # the step's FLOPs, counted on the same fake step
     # SDXL, UNet only with cached outputs: the captions are encoded with the UNet on the host, then
     # the encoders go there and the UNet comes back: the peak holds one or the other, never both (the
     # tiny SDXL's encoders are the larger, so here the encoders and their activations)
