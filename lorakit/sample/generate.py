@@ -46,7 +46,7 @@ def make_pipeline(model: ModelFamily, sampler: str):
 
 def embed(model: ModelFamily, texts: list[str], max_token_length: int, clip_skip: int,
           dtype: torch.dtype) -> PromptEmbeds:
-    device = next(model.text_encoders[0].parameters()).device
+    device = module_device(model.text_encoders[0])
     return model.encode_prompts(texts, max_token_length=max_token_length, clip_skip=clip_skip, weighted=False,
                                 device=device).to(dtype)
 
@@ -56,7 +56,7 @@ def generate(model, sp: SamplePrompt, *, sampler: str = "euler_a", max_token_len
     """One PIL image for one prompt. The seed is sp.seed when given."""
     # the compute dtype: fp8_base stores layer weights in float8 (1 byte), the rest keeps it
     dtype = next(p.dtype for p in model.unet.parameters() if p.dtype.itemsize > 1)
-    device = next(model.unet.parameters()).device
+    device = module_device(model.unet)
     pipe = make_pipeline(model, sp.sampler or sampler)
     # a run keeps the VAE (cached latents) and frozen, cached text encoders on the host between samples
     with preserved_training_state(model.unet, *model.text_encoders), \

@@ -20,7 +20,7 @@ from ..data.dataset import Batch
 from ..data.loader import BatchLoader, rank_groups
 from ..events import EventBus, Subscriber
 from ..lock import output_lock
-from ..transfer import HOST, on_device, on_device_all, to_device
+from ..transfer import HOST, module_device, on_device, on_device_all, to_device
 from ..models.family import PromptEmbeds
 from ..optim.foreach_util import acc_dtype
 from .hooks import RunHooks
@@ -61,8 +61,10 @@ def encode_prompts(run: Run, captions: list[str]) -> PromptEmbeds:
 
 def encode_uncached(run: Run, strings: list[str]) -> PromptEmbeds:
     cfg, m = run.cfg, run.model
+    # waiting on the host (place_text_encoders); the type, as "cuda" and "cuda:0" are one device
+    away = module_device(m.text_encoders[0]).type != run.device.type
     with torch.set_grad_enabled(run.text.training), \
-            on_device_all(m.text_encoders, run.device) if run.text.on_host else contextlib.nullcontext():
+            on_device_all(m.text_encoders, run.device) if away else contextlib.nullcontext():
         return m.encode_prompts(strings, max_token_length=cfg.max_token_length, clip_skip=cfg.clip_skip,
                                 weighted=cfg.weighted_captions, device=run.device)
 
@@ -87,7 +89,6 @@ def place_text_encoders(run: Run, first_epoch: int) -> bool:
         # encoded, in the same dtype
         with on_device(run.model.unet, HOST), on_device_all(run.model.text_encoders, run.device), \
                 run.accelerator.autocast():
-            run.text.on_host = False  # for the prefill
             fits = cache.prefill(captions, functools.partial(encode_uncached, run))
     run.text.on_host = fits
     for encoder in run.model.text_encoders if not fits else ():

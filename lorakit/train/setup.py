@@ -166,7 +166,8 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
     cache = TextCache() if cfg.cache_text_encoder_outputs is not False and not net.train_text_encoder else None
     # frozen encoders with cached outputs wait on the host: the loop first tries to encode every caption of
     # the run with them (train/loop.py place_text_encoders); others work on the device every step
-    for encoder in m.text_encoders if cache is None else ():
+    text_on_host = cache is not None
+    for encoder in m.text_encoders if not text_on_host else ():
         encoder.to(device)
     # after the adapters, checkpointing and train flags: compiled in place
     memory_format = apply_speed_options(cfg, m, net, dataset, bus)
@@ -178,7 +179,7 @@ def setup_run(cfg: TrainConfig, bus: EventBus, overwrite: bool = False, state_di
                                 warmup_steps_for(cfg.lr_warmup_steps, plan.total_steps), cfg=cfg)
     text = TextEncoderState(net.train_text_encoder,
                             text_encoder_stop_step(cfg, plan.total_steps) if net.train_text_encoder else None, cache,
-                            on_host=cache is not None)
+                            on_host=text_on_host)
     cache_warnings = [f"removed {len(dataset.removed_temporaries)} temporary latent-cache file(s) that a killed "
                       "run left beside the images"] if dataset.removed_temporaries else []
     warnings = (weights_warnings + noise_warnings + cache_warnings + family_warnings + check_train_settings(cfg)
