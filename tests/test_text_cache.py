@@ -134,3 +134,28 @@ def test_frozen_text_encoder_leaves_the_device_when_every_caption_is_cached(tiny
     else:
         assert sum(r["stats"]["text_cache/misses"] for r in rows) == 2  # each caption on first use
         assert setup == ["cpu"]  # to the device, for good
+
+
+RED, BLUE = "lkshape, red circle, simple background", "lkshape, blue square, simple background"
+
+
+@pytest.mark.parametrize("options, epochs, expected", [
+    # fixed captions: one epoch's 6 draws list both strings, however long the run
+    ({}, range(1, 1001), [RED, BLUE]),
+    # every 3rd epoch drops every caption: epochs 1 and 3 say it all
+    ({"dropout_every_n_epochs": 3}, range(1, 1001), [RED, BLUE, ""]),
+    ({"dropout_every_n_epochs": 3}, range(1, 3), [RED, BLUE]),
+    # shuffled (all three tags kept in place here, but a shuffle draws): each epoch can differ,
+    # and 1000 epochs are past the bound of draws
+    ({"shuffle": True, "keep_tokens": 3}, range(1, 1001), None),
+    ({"shuffle": True, "keep_tokens": 3}, range(1, 3), [RED, BLUE]),
+])
+def test_run_captions_lists_fixed_captions_from_one_epoch(data, monkeypatch, options, epochs, expected):
+    import lorakit.train.text_cache as text_cache
+    from lorakit.data import TrainDataset, scan_folders
+    from lorakit.data.captions import CaptionOptions
+
+    monkeypatch.setattr(text_cache, "MAX_LISTED_DRAWS", 100)
+    ds = TrainDataset(scan_folders(data), (64, 64), caption_options=CaptionOptions(**options))
+    assert len(ds) == 6  # 2 images x 3 repeats
+    assert text_cache.run_captions(ds, epochs, seed=5) == expected

@@ -53,13 +53,23 @@ class CaptionOptions:
         """kohya only splits and re-joins the caption when a tag operation is on."""
         return self.shuffle or self.tag_dropout_rate > 0
 
+    @property
+    def random(self) -> bool:
+        """Whether a draw's caption depends on its rng (else only on the epoch, through
+        dropout_every_n_epochs: see dropped_in)."""
+        return self.dropout_rate > 0 or self.splits_tags
+
+    def dropped_in(self, epoch: int) -> bool:
+        """Whether caption_dropout_every_n_epochs drops every caption of `epoch`."""
+        return self.dropout_every_n_epochs > 0 and epoch % self.dropout_every_n_epochs == 0
+
     def apply(self, caption: str, rng: random.Random, epoch: int = 1) -> str:
         if self.prefix:
             caption = self.prefix + " " + caption
         if self.suffix:
             caption = caption + " " + self.suffix
         dropped = self.dropout_rate > 0 and rng.random() < self.dropout_rate
-        if dropped or (self.dropout_every_n_epochs > 0 and epoch % self.dropout_every_n_epochs == 0):
+        if dropped or self.dropped_in(epoch):
             return ""
         if not self.splits_tags:
             return caption

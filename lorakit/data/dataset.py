@@ -19,7 +19,7 @@ import math
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import torch
 
@@ -264,6 +264,18 @@ class TrainDataset:
         rng = random.Random(f"{seed}:{epoch}:{sample_id}")
         i = self.samples[sample_id]
         return self.item_captions[i].apply(self.items[i].caption, rng, epoch)
+
+    def caption_epochs(self, epochs: Iterable[int]) -> list[int]:
+        """The epochs of `epochs` whose caption draws can differ from every earlier one's: all of them
+        when a caption option draws at random (shuffle, dropout), else the first epoch of each pattern
+        of caption_dropout_every_n_epochs (fixed captions: one epoch says every string)."""
+        options = set(self.item_captions)
+        if any(o.random for o in options):
+            return list(epochs)
+        first: dict[tuple[bool, ...], int] = {}
+        for epoch in epochs:
+            first.setdefault(tuple(o.dropped_in(epoch) for o in options), epoch)
+        return sorted(first.values())
 
     def augmentation_for(self, sample_id: int, epoch: int, seed: int) -> Draw:
         """Flip / colour / crop decisions of one draw (its subset's augmentation), seeded by

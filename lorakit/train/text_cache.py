@@ -93,10 +93,12 @@ class TextCache:
 
 def run_captions(dataset: "TrainDataset", epochs: Iterable[int], seed: int) -> list[str] | None:
     """Every distinct caption string the run trains with over `epochs`, in first-use order; None
-    past MAX_PREFILL_STRINGS distinct strings or MAX_LISTED_DRAWS draws."""
+    past MAX_PREFILL_STRINGS distinct strings or MAX_LISTED_DRAWS draws. Fixed captions are listed
+    from the epochs that can differ only (TrainDataset.caption_epochs), so a long run over a large
+    dataset is listed in one epoch's draws."""
     seen: dict[str, None] = {}
     draws = 0
-    for epoch in epochs:
+    for epoch in dataset.caption_epochs(epochs):
         for sample_id in range(len(dataset)):
             seen.setdefault(dataset.caption_for(sample_id, epoch, seed))
             draws += 1
