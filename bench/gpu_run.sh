@@ -110,7 +110,7 @@ if want kernels; then  # the CUDA kernel launches per step that bench/kernels_cp
     else
         n=$(wc -l < "$RES")
         timeout -k 10 "$lim" $PY bench/kernels_cpu.py $([ $CPU = 1 ] || echo --cuda) --configs lora_b1 seed_a_b1 \
-            2>> "$LOG" | grep -v "^ " >> "$RES" || say "kernels: failed or timed out (see rows.log)"
+            2>> "$LOG" | grep -Ev "^( |Using )" >> "$RES" || say "kernels: failed or timed out (see rows.log)"
         tail -n +$((n + 1)) "$RES"
     fi
 fi
