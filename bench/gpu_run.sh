@@ -13,7 +13,8 @@
 # blocks compiled; LoRA b1 once more to read the inductor cache), graphs (reduce-overhead: CUDA
 # graphs on the regions), forms (LoRA b1/b15 with merged_op = auto), dynamic (regional with
 # torch_compile_dynamic: its first step and its kernels against the static regional rows), whole (the whole UNet compiled, for the compile-time ratio), kohya (only
-# with a carried sd-scripts: KOHYA_DIR, KOHYA_SITE; see bench/README.md), tests (tests/test_gpu.py).
+# with a carried sd-scripts: KOHYA_DIR, KOHYA_SITE; then bench/vs_kohya.py, lorakit / kohya per config;
+# see bench/README.md), tests (tests/test_gpu.py).
 # Each row is printed and appended to $OUT/results.txt as it ends; a row past its timeout, or past
 # the run's budget (BUDGET_S, 530 s: under 9 minutes), is written as such and the run goes on or
 # stops. stderr of each row goes to $OUT/rows.log.
@@ -161,11 +162,21 @@ if want whole; then  # issue 18: no timed step within 160 s on the H200; first s
 fi
 if want kohya; then
     # sd-scripts cannot be fetched on the GPU machine (no network) and is never committed: a session
-    # carries a checkout (KOHYA_DIR) and its pinned packages (KOHYA_SITE), bench/README.md
-    if [ $CPU = 1 ] || [ -z "${KOHYA_DIR:-}" ] || [ ! -f "${KOHYA_DIR:-/nonexistent}/train_network.py" ]; then
+    # carries a checkout (KOHYA_DIR) and its pinned packages (KOHYA_SITE), bench/README.md.
+    # --cpu: a dry run of the harness at 64 px, 2 steps timed after 1, on a full-size SD1.5 (KOHYA_MODEL:
+    # sd-scripts builds SD1.5's own UNet) with a Python whose torch has torchvision beside it (KOHYA_PY)
+    if [ -z "${KOHYA_DIR:-}" ] || [ ! -f "${KOHYA_DIR:-/nonexistent}/train_network.py" ] || [ -z "${KOHYA_SITE:-}" ]; then
         say "kohya: skipped (set KOHYA_DIR to a carried sd-scripts checkout and KOHYA_SITE to its packages)"
+    elif [ $CPU = 1 ] && [ -z "${KOHYA_MODEL:-}" ]; then
+        say "kohya: skipped (--cpu needs KOHYA_MODEL, a full-size SD1.5 folder)"
     else
-        bash bench/kohya_side.sh "$WORK" "$RES" "$(left)" >> "$LOG" 2>&1 || say "kohya: failed (see rows.log)"
+        [ $CPU = 0 ] || export KOHYA_WARMUP=${KOHYA_WARMUP:-1} KOHYA_STEPS=${KOHYA_STEPS:-2} KOHYA_EXTRA=${KOHYA_EXTRA:---resolution 64}
+        n=$(wc -l < "$RES")
+        PY=${KOHYA_PY:-$PY} bash bench/kohya_side.sh "$WORK" "$RES" "$(left)" >> "$LOG" 2>&1 \
+            || say "kohya: failed (see rows.log)"
+        tail -n +$((n + 1)) "$RES"  # the lines kohya_side.sh appended
+        # each config's lorakit rows of this run against kohya's (issue 18: >= 4x, at no more memory)
+        $PY bench/vs_kohya.py "$RES" | tee -a "$RES"
     fi
 fi
 if want tests; then

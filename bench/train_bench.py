@@ -273,6 +273,13 @@ def count_step_ops(model: Path, data: Path, tmp: Path, precision: str = "no") ->
     return counts[0]
 
 
+def format_row(r: dict, cpu: bool, setting: str) -> str:
+    """One results line (bench/vs_kohya.py reads them back)."""
+    return (f"{r['config']:15s} {r['batch']:5d} {r['res']:4d} {r['img_s']:8.2f} {r['median_s']:7.3f} "
+            f"{r['p90_s']:7.3f} {r['first_s']:7.1f}" + ("" if cpu else f" {r['peak_gb']:8.2f} {r['mfu']:6.1%}")
+            + f"  {setting}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu", action="store_true", help="tiny model on the CPU (overhead ratios)")
@@ -313,9 +320,7 @@ def main() -> int:
         for n in args.configs:  # each row printed (and appended to --out) as it ends
             r = run_config(n, config_values(n, model, data, tmp, cpu, steps, warmup, sets), steps, warmup)
             rows.append(r)
-            line = (f"{r['config']:15s} {r['batch']:5d} {r['res']:4d} {r['img_s']:8.2f} {r['median_s']:7.3f} "
-                    f"{r['p90_s']:7.3f} {r['first_s']:7.1f}" + ("" if cpu else f" {r['peak_gb']:8.2f} {r['mfu']:6.1%}")
-                    + f"  {args.label or ' '.join(args.set) or 'eager'}")
+            line = format_row(r, cpu, args.label or ' '.join(args.set) or 'eager')
             print(line, flush=True)
             if args.out:
                 with open(args.out, "a", encoding="utf-8") as fh:
