@@ -170,7 +170,8 @@ if want kohya; then
     elif [ $CPU = 1 ] && [ -z "${KOHYA_MODEL:-}" ]; then
         say "kohya: skipped (--cpu needs KOHYA_MODEL, a full-size SD1.5 folder)"
     else
-        [ $CPU = 0 ] || export KOHYA_WARMUP=${KOHYA_WARMUP:-1} KOHYA_STEPS=${KOHYA_STEPS:-2} KOHYA_EXTRA=${KOHYA_EXTRA:---resolution 64}
+        [ $CPU = 0 ] || export KOHYA_WARMUP=${KOHYA_WARMUP:-1} KOHYA_STEPS=${KOHYA_STEPS:-2} KOHYA_T=${KOHYA_T:-400} \
+            KOHYA_EXTRA=${KOHYA_EXTRA:---resolution 64}
         n=$(wc -l < "$RES")
         PY=${KOHYA_PY:-$PY} bash bench/kohya_side.sh "$WORK" "$RES" "$(left)" >> "$LOG" 2>&1 \
             || say "kohya: failed (see rows.log)"

@@ -9,7 +9,8 @@
 #               opencv, einops, safetensors) is the GPU image's. It replaces PYTHONPATH for these runs.
 # Optional: KOHYA_MODEL (default WORKDIR/sd15-random: sd-scripts builds SD1.5's own UNet, so a tiny
 # model does not load), KOHYA_CONFIGS (which rows, in order), KOHYA_EXTRA (flags added last, which
-# win: "--resolution 64" for a dry run on the CPU), KOHYA_WARMUP / KOHYA_STEPS (steps not timed, timed).
+# win: "--resolution 64" for a dry run on the CPU), KOHYA_WARMUP / KOHYA_STEPS (steps not timed, timed),
+# KOHYA_T (seconds for one config, 150).
 # usage: kohya_side.sh WORKDIR RESULTS_FILE SECONDS_LEFT
 # Each config runs once under bench/kohya_wrap.py, which times its optimizer steps as train_bench.py
 # times lorakit's (the median after the warm-up) and reads its peak allocated memory.
@@ -21,6 +22,7 @@ KOHYA_SITE=$(cd "$KOHYA_SITE" && pwd) || exit 2
 PY=${PY:-python3}
 T0=$(date +%s)
 WARMUP=${KOHYA_WARMUP:-4} STEPS=${KOHYA_STEPS:-12}  # as train_bench.py's eager rows: 12 timed after 4
+T_CONFIG=${KOHYA_T:-150}  # seconds for one config: load, cache latents, 17 steps (H100: <= 1.8 s each)
 MODEL=${KOHYA_MODEL:-$WORK/sd15-random}
 # sd-scripts loads SD1's tokenizer by hub id (openai/clip-vit-large-patch14), which the GPU machine
 # cannot reach, unless --tokenizer_cache_dir holds it under that id; transformers 4.54's
@@ -50,11 +52,12 @@ for c in ${KOHYA_CONFIGS:-lora_b15 seed_a_b1 lora_b1 seed_a_b15 lokr_b1}; do
     rem=$(( LEFT - ($(date +%s) - T0) ))
     if [ "$rem" -lt 40 ]; then echo "kohya $c: skipped, ${rem}s left" | tee -a "$RES"; exit 0; fi
     bs=$(echo "${ARGS[$c]}" | sed -E 's/.*--train_batch_size ([0-9]+).*/\1/')
+    lim=$((rem - 10)); [ "$lim" -gt "$T_CONFIG" ] && lim=$T_CONFIG  # one stuck run cannot take the rest
     rm -f "$LINE"
     # shellcheck disable=SC2086
-    (cd "$KOHYA_DIR" && PYTHONPATH=$KOHYA_SITE timeout -k 10 $((rem - 10)) $PY "$ROOT/bench/kohya_wrap.py" \
+    (cd "$KOHYA_DIR" && PYTHONPATH=$KOHYA_SITE timeout -k 10 "$lim" $PY "$ROOT/bench/kohya_wrap.py" \
         --out "$LINE" --label "$c" --batch "$bs" --warmup "$WARMUP" -- train_network.py "${COMMON[@]}" \
         --output_dir "$WORK/kohya-$c" --max_train_steps $((WARMUP + STEPS + 1)) ${ARGS[$c]} ${KOHYA_EXTRA:-}) \
         || echo "kohya $c: failed or timed out (exit $?)" | tee -a "$RES"
-    [ -f "$LINE" ] && tee -a "$RES" < "$LINE"
+    if [ -f "$LINE" ]; then tee -a "$RES" < "$LINE"; fi
 done
