@@ -32,8 +32,16 @@ BUDGET=${BUDGET_S:-530}
 WORK=${WORK:-/tmp/lorakit-bench}
 export PYTHONUNBUFFERED=1
 
+PY=${PY:-python3}
+# the GPU image lacks diffusers, pydantic and the LR-free optimizers: the carried wheels (a Python
+# without them here, e.g. one set up as the image is, takes the same path)
+if ! $PY -c "import diffusers, pydantic" 2>/dev/null; then
+    ls .whl/*.whl >/dev/null 2>&1 || { echo "no .whl/: run bash bench/gpu_wheels.sh here and carry .whl"; exit 2; }
+    SITE=${SITE:-/tmp/site}
+    $PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl || exit 2
+    export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+fi
 if [ $CPU = 1 ]; then
-    PY=${PY:-python3}
     BACKEND=aot_eager            # no C++ compile here; the rows only check the script's logic
     EAGER_STEPS="--steps 2 --warmup 1"
     COMPILE_STEPS="--steps 2 --warmup 1"
@@ -42,12 +50,6 @@ if [ $CPU = 1 ]; then
     WORK=$WORK-cpu
     MODE_FLAG=--cpu
 else
-    PY=${PY:-python3}
-    if ! $PY -c "import diffusers, pydantic" 2>/dev/null; then
-        ls .whl/*.whl >/dev/null 2>&1 || { echo "no .whl/: run bash bench/gpu_wheels.sh here and carry .whl"; exit 2; }
-        $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 2
-        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    fi
     BACKEND=inductor
     # b15 rows stay within the first 13 batches of the 200-image epoch (its short 14th batch would
     # compile a new shape inside the timed steps)
@@ -111,8 +113,10 @@ if want kernels; then  # the CUDA kernel launches per step that bench/kernels_cp
     else
         n=$(wc -l < "$RES")
         timeout -k 10 "$lim" $PY bench/kernels_cpu.py $([ $CPU = 1 ] || echo --cuda) --configs lora_b1 seed_a_b1 \
-            2>> "$LOG" | grep -Ev "^( |Using )" >> "$RES" || say "kernels: failed or timed out (see rows.log)"
+            2>> "$LOG" | grep -Ev "^( |Using )" >> "$RES"
+        rc=${PIPESTATUS[0]}  # the script's, not grep's
         tail -n +$((n + 1)) "$RES"
+        [ "$rc" = 0 ] || say "kernels: failed or timed out (exit $rc; see rows.log)"
     fi
 fi
 if want sdxl; then  # issue 16 targets (H100/H200): >= 1.85 img/s at batch 1, peak <= 11 GB

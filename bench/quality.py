@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
@@ -36,9 +36,10 @@ FOR_THIS_MODEL = ["resolution=64", "min_bucket_reso=64", "max_bucket_reso=128", 
 
 
 def seed_configs() -> dict[str, str]:
-    from test_kohya import DADAPT_LOHA, PRODIGY_IA3, PRODIGY_LOKR
-
-    return {"dadapt-loha": DADAPT_LOHA, "prodigy-ia3": PRODIGY_IA3, "prodigy-lokr": PRODIGY_LOKR}
+    """The seed guides' JSON blocks, byte for byte (tests/fixtures/seed_guides)."""
+    seeds = ROOT / "tests" / "fixtures" / "seed_guides"
+    return {name: (seeds / f"{name.replace('-', '_')}.json").read_text(encoding="utf-8")
+            for name in ("dadapt-loha", "prodigy-ia3", "prodigy-lokr")}
 
 
 def run_config(name: str, work: Path, data: Path, reg: Path, images: int, n: int) -> dict:

@@ -51,7 +51,7 @@ from lorakit.config.schema import TrainConfig  # noqa: E402
 from lorakit.demo import make_synthetic_dataset  # noqa: E402
 from lorakit.train.loop import train  # noqa: E402
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
+SEEDS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "seed_guides"  # the guides' JSON blocks
 COMMON = {"mixed_precision": "bf16", "cache_latents": True, "gradient_checkpointing": True,
           "max_token_length": 150, "shuffle_caption": True, "seed": 31337, "sample_prompts": None,
           "save_every_n_epochs": None, "save_every_n_steps": None, "sample_every_n_epochs": None}
@@ -59,13 +59,13 @@ LORA = {"network_type": "lora", "network_dim": 8, "network_alpha": 8, "optimizer
         "learning_rate": 1e-4, "resolution": 512}
 # a cached text encoder cannot train: the UNet-only LoRA SDXL guides use
 SDXL_LORA = {**LORA, "resolution": 1024, "network_train_unet_only": True, "cache_text_encoder_outputs": True}
-CONFIGS = {  # name -> (seed JSON block name or None, overrides)
+CONFIGS = {  # name -> (seed JSON block file or None, overrides)
     "lora_b1": (None, {**LORA, "train_batch_size": 1}),
     "lora_b15": (None, {**LORA, "train_batch_size": 15}),
-    "seed_a_b1": ("DADAPT_LOHA", {"train_batch_size": 1}),
-    "seed_a_b15": ("DADAPT_LOHA", {"train_batch_size": 15}),
-    "seed_b_ia3_b1": ("PRODIGY_IA3", {"train_batch_size": 1, "resolution": 512}),
-    "lokr_b1": ("PRODIGY_LOKR", {"train_batch_size": 1, "resolution": 512}),
+    "seed_a_b1": ("dadapt_loha.json", {"train_batch_size": 1}),
+    "seed_a_b15": ("dadapt_loha.json", {"train_batch_size": 15}),
+    "seed_b_ia3_b1": ("prodigy_ia3.json", {"train_batch_size": 1, "resolution": 512}),
+    "lokr_b1": ("prodigy_lokr.json", {"train_batch_size": 1, "resolution": 512}),
     "sdxl_lora_b1": (None, {**SDXL_LORA, "train_batch_size": 1}),
     "sdxl_lora_b4": (None, {**SDXL_LORA, "train_batch_size": 4}),
 }
@@ -84,14 +84,9 @@ PEAK_TFLOPS = 798.0  # measured H100 bf16 dense peak (performance-anchors.md)
 def seed_values(block: str | None, tmp: Path) -> dict:
     if block is None:
         return {}
-    sys.path.insert(0, str(TESTS))
-    import test_kohya  # the seed JSON blocks, byte for byte
-
     from lorakit.config.kohya import import_kohya_json
 
-    p = tmp / f"{block}.json"
-    p.write_text(getattr(test_kohya, block), encoding="utf-8")
-    return dict(import_kohya_json(p).values)
+    return dict(import_kohya_json(SEEDS / block).values)
 
 
 def build_model(tmp: Path, cpu: bool) -> Path:
