@@ -73,18 +73,33 @@ def validate_speed_config(cfg: Any) -> list[str]:
     return warnings
 
 
-def check_compile_device(cfg: Any, device: torch.device) -> None:
-    """Refuse inductor on the CPU: torch 2.13's inductor computes a wrong input gradient there for a
-    LoRA'd attention whose input is a transposed view -- what diffusers' transformer blocks get at
-    batch 1 -- while the forward is right, so training would go wrong silently (tests/inductor_repro.py;
-    tests/test_compile.py fails once torch fixes it). Checked once the device is known, before any
+# The first torch whose CPU inductor gets tests/inductor_repro.py's input gradient right (2.13.0 is
+# off by 120 %, 2.14.1 by 5e-7; releases in between were not measured)
+INDUCTOR_CPU_RIGHT_FROM = (2, 14, 1)
+
+
+def torch_release(version: str) -> tuple[int, int, int]:
+    """(major, minor, patch) of a torch version string ("2.14.1+cu130", "2.15.0a0+git...")."""
+    major, minor, patch = (version.split("+")[0].split(".") + ["0", "0"])[:3]
+    return int(major), int(minor), int("".join(c for c in patch if c.isdigit()) or 0)
+
+
+def check_compile_device(cfg: Any, device: torch.device, torch_version: str = torch.__version__) -> None:
+    """Refuse inductor on the CPU with a torch older than INDUCTOR_CPU_RIGHT_FROM: torch 2.13's
+    inductor computes a wrong input gradient there for a LoRA'd attention whose input is a transposed
+    view -- what diffusers' transformer blocks get at batch 1 -- while the forward is right, so
+    training would go wrong silently (tests/inductor_repro.py; tests/test_compile.py checks the repro
+    agrees with this rule on the torch it runs with). Checked once the device is known, before any
     model loads."""
-    if cfg.torch_compile and cfg.dynamo_backend == "inductor" and device.type == "cpu":
+    if cfg.torch_compile and cfg.dynamo_backend == "inductor" and device.type == "cpu" \
+            and torch_release(torch_version) < INDUCTOR_CPU_RIGHT_FROM:
+        right = ".".join(map(str, INDUCTOR_CPU_RIGHT_FROM))
         raise ConfigError(
-            "torch_compile with dynamo_backend 'inductor' on the CPU: torch's inductor computes wrong gradients "
-            "there for LoRA'd attention at batch 1 (docs/speed.md, Known limits), so lorakit does not run it",
-            key="dynamo_backend", fix="train on a GPU, or set dynamo_backend = aot_eager (it traces like inductor and "
-                                      "runs the ops eagerly), or torch_compile = false")
+            f"torch_compile with dynamo_backend 'inductor' on the CPU: torch {torch_version}'s inductor computes "
+            "wrong gradients there for LoRA'd attention at batch 1 (docs/speed.md, Known limits), so lorakit "
+            "does not run it", key="dynamo_backend",
+            fix=f"train on a GPU, or set dynamo_backend = aot_eager (it traces like inductor and runs the ops "
+                f"eagerly), or torch_compile = false, or use torch >= {right}")
 
 
 def _check_backend(backend: str) -> None:

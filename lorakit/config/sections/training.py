@@ -43,7 +43,8 @@ class TrainingKeys(BaseModel):
                "encoder when it is trained); each new bucket shape compiles once.", resume=RESUME_SAFE)
     dynamo_backend: str = F(
         "inductor", "torch.compile backend (list_backends(): inductor, aot_eager...) for torch_compile; "
-        "GUI 'no' = off. inductor is refused on the CPU: wrong gradients there (docs/speed.md)", resume=RESUME_SAFE)
+        "GUI 'no' = off. inductor is refused on the CPU with torch < 2.14.1: wrong gradients there "
+        "(docs/speed.md)", resume=RESUME_SAFE)
     torch_compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune",
                                          "max-autotune-no-cudagraphs"]] = F(
         None, "torch.compile mode (inductor only): default, reduce-overhead (CUDA graphs, for small "
