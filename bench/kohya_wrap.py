@@ -56,6 +56,8 @@ def _report():
         line = f"kohya {args.label}: {len(stamps)} steps, too few to time after {args.warmup}"
     else:
         med = statistics.median(steps)
+        # train_bench.py's median and p90, written again: this process has sd-scripts' packages
+        # (diffusers 0.32), so it cannot import train_bench.py, which imports lorakit
         p90 = sorted(steps)[int(0.9 * (len(steps) - 1))]
         peak = f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GB  " if torch.cuda.is_available() else ""
         line = (f"kohya {args.label:15s} batch {args.batch:2d}  {med:.3f} s/step  {args.batch / med:.2f} img/s  "

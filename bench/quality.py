@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+SEEDS = ROOT / "tests" / "fixtures" / "seed_guides"  # the seed guides' JSON blocks, byte for byte
 
 import torch  # noqa: E402
 
@@ -35,13 +36,6 @@ FOR_THIS_MODEL = ["resolution=64", "min_bucket_reso=64", "max_bucket_reso=128", 
                   "sample_every_n_epochs=0", "save_every_n_epochs=0"]
 
 
-def seed_configs() -> dict[str, str]:
-    """The seed guides' JSON blocks, byte for byte (tests/fixtures/seed_guides)."""
-    seeds = ROOT / "tests" / "fixtures" / "seed_guides"
-    return {name: (seeds / f"{name.replace('-', '_')}.json").read_text(encoding="utf-8")
-            for name in ("dadapt-loha", "prodigy-ia3", "prodigy-lokr")}
-
-
 def run_config(name: str, work: Path, data: Path, reg: Path, images: int, n: int) -> dict:
     base = base_model_path()
     out = work / name
@@ -53,8 +47,7 @@ def run_config(name: str, work: Path, data: Path, reg: Path, images: int, n: int
         batch = values["train_batch_size"]
         cfg = load_config(None, [f"max_train_steps={math.ceil(images / batch)}"], values)
     else:
-        path = work / f"{name}.json"
-        path.write_text(seed_configs()[name], encoding="utf-8")
+        path = SEEDS / f"{name.replace('-', '_')}.json"
         probe = load_config(path, FOR_THIS_MODEL, dirs)
         steps = math.ceil(images / probe.train_batch_size)
         cfg = load_config(path, FOR_THIS_MODEL + [f"max_train_steps={steps}"], dirs)

@@ -81,7 +81,7 @@ TFLOP_FWD = {512: 0.677, 576: 0.859}
 PEAK_TFLOPS = 798.0  # measured H100 bf16 dense peak (performance-anchors.md)
 
 
-def seed_values(block: str | None, tmp: Path) -> dict:
+def seed_values(block: str | None) -> dict:
     if block is None:
         return {}
     from lorakit.config.kohya import import_kohya_json
@@ -146,7 +146,7 @@ def config_values(name: str, model: Path, data: Path, tmp: Path, cpu: bool, step
     block, overrides = CONFIGS[name]
     if name in SDXL_CONFIGS:
         model = model.parent / ("tiny-sdxl" if cpu else "sdxl-random")
-    values = {**seed_values(block, tmp), **COMMON, **overrides,
+    values = {**seed_values(block), **COMMON, **overrides,
               "pretrained_model_name_or_path": str(model), "train_data_dir": str(data),
               "output_dir": str(tmp / name), "max_train_steps": warmup + steps, "max_train_epochs": None}
     if cpu:
