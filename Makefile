@@ -25,10 +25,11 @@ ui: $(STAMP)
 	$(BIN)/python -m lorakit.cli ui
 
 # The browser tests of `lorakit ui` need Debian's Chromium (.ci/run installs it); without it they are
-# skipped, and said so loudly.
+# skipped, and said so loudly. pytest runs one worker per logical core (pytest-xdist; each test runs
+# single-threaded, tests/conftest.py), at most 4 as each builds its own tiny models.
 test: $(STAMP)
 	@test -x /usr/bin/chromium || echo "*** lorakit ui BROWSER TESTS WILL BE SKIPPED: /usr/bin/chromium is missing (apt-get install chromium) ***"
-	$(BIN)/python -m pytest -rs
+	$(BIN)/python -m pytest -rs -n logical --maxprocesses 4
 	@test -x /usr/bin/chromium || echo "*** lorakit ui BROWSER TESTS WERE SKIPPED: /usr/bin/chromium is missing (apt-get install chromium) ***"
 
 clean:
