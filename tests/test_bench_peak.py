@@ -4,7 +4,6 @@ torch and lorakit functions for its fake run."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +19,6 @@ def weight_bytes(*modules: torch.nn.Module) -> int:
     return sum(max(512, -(-p.numel() * p.element_size() // 512) * 512) for m in modules for p in m.parameters())
 
 
-@pytest.mark.skipif(os.environ.get("LORAKIT_SLOW_TESTS") != "1",
-                    reason="slow (35 s: every op through the fake-tensor dispatch): set LORAKIT_SLOW_TESTS=1")
 def test_predicted_peak_holds_the_frozen_weights_on_the_device_only(tmp_path):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection

@@ -5,7 +5,6 @@ inductor compiles) but runs the traced ops eagerly, so it needs no C++ compiler 
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -101,8 +100,6 @@ def test_regional_compiled_lora_equals_eager_and_samples(tiny_model_dir, data, t
     assert (pa - pb).abs().max().item() <= 1  # the same image, up to rounding to 8 bits
 
 
-@pytest.mark.skipif(os.environ.get("LORAKIT_SLOW_TESTS") != "1",
-                    reason="slow (33 s): the whole scope is not the default; LORAKIT_SLOW_TESTS=1")
 def test_whole_compiled_loha_equals_eager(tiny_model_dir, data, tmp_path):
     # LoHa runs the merged op (the base op once more with delta W); UNet only: the text encoder is
     # frozen, so it is not compiled
@@ -237,9 +234,6 @@ def test_merged_weights_outside_checkpointed_blocks_are_recomputed(tiny_model_di
                    for n in flagged)
 
 
-@pytest.mark.skipif(torch.__version__.split("+")[0] == "2.13.0" and os.environ.get("LORAKIT_SLOW_TESTS") != "1",
-                    reason="measured for the pinned torch 2.13.0 (12 s): runs with another torch, or "
-                           "LORAKIT_SLOW_TESTS=1")
 def test_torch_inductor_cpu_gradient_agrees_with_the_refusal():
     """lorakit refuses inductor on the CPU with a torch older than INDUCTOR_CPU_RIGHT_FROM (train/speed.py
     check_compile_device) for this torch bug: the repro must be wrong on such a torch and right on a

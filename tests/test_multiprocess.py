@@ -16,13 +16,8 @@ from lorakit.demo import make_synthetic_dataset
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
 
 
-# the SDXL case (26 s) runs with LORAKIT_SLOW_TESTS=1: the step, the batch split and the gradient sum are
-# the family-independent code the SD1 case covers; it passed when SDXL landed (two processes = the doubled batch)
-SLOW = pytest.mark.skipif(not os.environ.get("LORAKIT_SLOW_TESTS"), reason="slow (26 s): set LORAKIT_SLOW_TESTS=1")
-
-
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found next to the interpreter")
-@pytest.mark.parametrize("family,port", [("sd1", 29533), pytest.param("sdxl", 29534, marks=SLOW)])
+@pytest.mark.parametrize("family,port", [("sd1", 29533), ("sdxl", 29534)])
 def test_two_processes_equal_doubled_batch(tiny_model_dir, tmp_path, family, port):
     if family == "sdxl":
         from lorakit.models.tiny_sdxl import save_tiny_sdxl_pipeline
