@@ -5,7 +5,6 @@ inductor compiles) but runs the traced ops eagerly, so it needs no C++ compiler 
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
