@@ -306,6 +306,41 @@ def test_weighted_loss_combines_sample_and_timestep_weights():
     torch.testing.assert_close(out, torch.tensor([5 / s100, 0.5]), rtol=1e-4, atol=0)
 
 
+
+def test_objective_feeds_the_perturbed_input_and_targets_eps_or_v():
+    """train/objective.py, shared by the step and validation: the model sees the latents noised with
+    input_noise (ip_noise_gamma's eps + gamma * xi), the target is the draw's own eps, or v for
+    v-prediction, each by hand: sqrt(abar) x0 + sqrt(1 - abar) n_in and sqrt(abar) eps - sqrt(1 - abar) x0."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from lorakit.train.noise import NoiseDraw
+    from lorakit.train.objective import sample_losses
+
+    g = torch.Generator().manual_seed(3)
+    x0, eps, xi = (torch.randn(2, 4, 3, 3, generator=g) for _ in range(3))
+    ts = torch.tensor([10, 700])
+    d = NoiseDraw(noise=eps, input_noise=eps + 0.1 * xi, timesteps=ts)
+    a = torch.tensor([ABAR[10], ABAR[700]]).view(2, 1, 1, 1)
+    seen = []
+
+    def predict(noisy, timesteps, embeds, added):  # a model that predicts 0 and records its input
+        seen.append(noisy)
+        return torch.zeros_like(noisy)
+
+    for v in (False, True):
+        model = SimpleNamespace(noise_scheduler=SCHED, predict=predict, v_parameterization=v)
+        run = SimpleNamespace(model=model, cfg=TrainConfig(), weight_dtype=torch.float32,
+                              memory_format=torch.preserve_format,
+                              accelerator=SimpleNamespace(autocast=contextlib.nullcontext))
+        losses = sample_losses(run, x0, d, torch.zeros(2, 1, 1), None, torch.ones(2), None)
+        torch.testing.assert_close(seen[-1], a.sqrt() * x0 + (1 - a).sqrt() * (eps + 0.1 * xi))
+        tgt = a.sqrt() * eps - (1 - a).sqrt() * x0 if v else eps
+        torch.testing.assert_close(losses, tgt.pow(2).mean(dim=(1, 2, 3)))
+        # neither the perturbed noise nor (with v) the plain eps is the target
+        assert (losses - (eps + 0.1 * xi).pow(2).mean(dim=(1, 2, 3))).abs().min() > 1e-3
+
+
 # ---- config ------------------------------------------------------------------------------
 
 def test_validate_noise_config():
