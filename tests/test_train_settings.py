@@ -99,8 +99,11 @@ def test_weighted_chunks_of_150_tokens(tiny_components):
 def test_weighted_captions_train_two_steps(tiny_model_dir, data, tmp_path):
     res, losses, _ = run(tiny_model_dir, data, tmp_path, weighted_captions=True, caption_prefix="(lkshape:1.3)")
     assert len(losses) == 2 and all(np.isfinite(losses))
-    _, plain, _ = run(tiny_model_dir, data, tmp_path / "b", caption_prefix="(lkshape:1.3)")
-    assert losses != plain  # the weights change what the UNet sees
+    # the same tokens without the syntax: only the weight differs
+    _, plain, _ = run(tiny_model_dir, data, tmp_path / "b", caption_prefix="lkshape")
+    _, unit, _ = run(tiny_model_dir, data, tmp_path / "c", weighted_captions=True, caption_prefix="(lkshape:1.0)")
+    assert unit == plain  # weight 1 is the plain caption
+    assert losses != plain  # the weight 1.3 changes what the UNet sees
 
 
 # ---- v_pred_like_loss --------------------------------------------------------------------
