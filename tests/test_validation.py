@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -99,15 +100,17 @@ def test_timesteps_follow_sd_scripts():
 
 
 class ZeroUNet(torch.nn.Module):
-    """Predicts 0: the l2 loss is then the mean of the target squared."""
+    """Predicts 0: the l2 loss is then the mean of the target squared. Records what it is given."""
 
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(()))
         self.seen_training = []
+        self.seen_inputs = []
 
     def forward(self, x, t, context):
         self.seen_training.append(self.training)
+        self.seen_inputs.append((x.detach().clone(), t.clone(), context.detach().clone()))
         return SimpleNamespace(sample=torch.zeros_like(x) * self.w)
 
 
@@ -147,6 +150,20 @@ def test_validation_loss_is_the_training_loss_at_fixed_noise(tmp_path, tiny_comp
             w = min_snr_weight(snr(abar, torch.tensor([t])), 5.0, False).item()
             expect.append(noise.pow(2).mean().item() * w)
     assert loss == pytest.approx(sum(expect) / 8, rel=1e-6)
+    # what the model was given, by hand: the scaled latents noised at t, and the images' own captions
+    sf = comps["vae"].config.scaling_factor
+    captions = [Path(it.path).with_suffix(".txt").read_text(encoding="utf-8") for it in vs.dataset.items]
+    assert len(set(captions)) == 2
+    context = model.encode_prompts(captions, max_token_length=cfg.max_token_length, clip_skip=cfg.clip_skip,
+                                   weighted=False, device=torch.device("cpu")).context
+    assert len(unet.seen_inputs) == 4
+    for (x, tt, ctx), t in zip(unet.seen_inputs, [200, 400, 600, 800]):
+        assert tt.tolist() == [t, t]
+        torch.testing.assert_close(ctx, context)
+        for i, (it, lat) in enumerate(zip(vs.dataset.items, vs.dataset._latents)):
+            g = torch.Generator().manual_seed(V.validation_noise_seed(3, file_sha256(it.path), t))
+            noise = torch.randn(lat.shape, generator=g)
+            torch.testing.assert_close(x[i], abar[t].sqrt() * lat * sf + (1 - abar[t]).sqrt() * noise)
     assert V.validation_loss(run) == loss  # fixed noise: the same value every epoch
     assert min(expect) < max(expect) and not math.isnan(loss)
 
@@ -171,8 +188,9 @@ def test_training_is_bit_identical_with_validation(tiny_model_dir, tmp_path, mon
         monkeypatch.undo()
         return res, rows, [loss for k, loss in rows if k == "validation"]
 
-    res0, rows0, _ = run("plain", False)
+    res0, rows0, plain_vals = run("plain", False)
     res1, rows1, vals = run("val", True)
+    assert plain_vals == []  # the plain run really did not validate
     steps0 = [loss for k, loss in rows0 if k == "step"]
     steps1 = [loss for k, loss in rows1 if k == "step"]
     assert len(steps0) == 9 and steps1 == steps0  # 3 train images x 3 epochs, batch 1
