@@ -100,8 +100,7 @@ def test_different_te_unet_lr_step_ratio(name):
     assert [g["lr"] for g in opt.param_groups] == [0.25, 1.0]  # restored after each step
     d = opt.param_groups[0]["d"]
     assert d > 1e-6  # d adapted
-    dlr = {g["name"]: g["d"] * g["lr"] for g in opt.param_groups}  # what the loop logs
-    assert dlr["textencoder"] == pytest.approx(0.25 * dlr["unet"], rel=1e-12)
+    assert opt.param_groups[1]["d"] == d  # one d for both groups (the loop's d*lr: tests/test_watch.py)
 
 
 def test_prodigy_different_lrs_trains():

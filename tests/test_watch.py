@@ -107,6 +107,38 @@ def test_spike_stop_ends_run_with_adapter(tiny_model_dir, data, tmp_path):
     assert steps[-1].step == 12 and steps[10].data["dlr"]["unet"] == pytest.approx(1e-4 * steps[10].data["lrs"]["unet"])
 
 
+
+class GrowingDLike(torch.optim.SGD):
+    """SGD that reports a Prodigy-style d of 1e-4 * (steps taken), the same in every group."""
+
+    def __init__(self, params, lr=1e-3, **kw):
+        super().__init__(params, lr=lr)
+        self.k = 0
+        for g in self.param_groups:
+            g["d"] = 0.0
+
+    def step(self, closure=None):
+        super().step(closure)
+        self.k += 1
+        for g in self.param_groups:
+            g["d"] = 1e-4 * self.k
+
+
+def test_dlr_is_each_groups_d_times_its_own_lr(tiny_model_dir, data, tmp_path):
+    """d*lr per group as the step left d, with the text encoder at half the UNet's lr (kohya's old
+    lr/d*lr tag reported group 0, the text encoder, labelled unet: kohya-semantics.md, bugs 3)."""
+    events = []
+    cfg = cfg_for(tiny_model_dir, data, tmp_path, optimizer_type="test_watch.GrowingDLike",
+                  text_encoder_lr=0.5, unet_lr=1.0)
+    train(cfg, [events.append])
+    steps = [e for e in events if e.kind == "step"]
+    assert [e.step for e in steps] == [1, 2, 3, 4]
+    for e in steps:
+        assert e.data["lrs"] == {"textencoder": 0.5, "unet": 1.0}
+        assert e.data["dlr"]["textencoder"] == pytest.approx(1e-4 * e.step * 0.5, rel=1e-12)
+        assert e.data["dlr"]["unet"] == pytest.approx(1e-4 * e.step * 1.0, rel=1e-12)
+
+
 def test_samples_named_sized_and_training_unchanged(tiny_model_dir, data, tmp_path):
     prompts = ("a red circle --n blue --w 64 --h 72 --d 5 --s 3 --l 5 --ss euler\n"
                "a square --w 80 --h 64 --d 6 --s 2 --ss ddim\n"
