@@ -123,10 +123,14 @@ def test_crash_and_resume_is_bit_identical(tiny_sdxl_dir, data, tmp_path):
 
 
 def test_gradient_checkpointing_on_unet_and_both_encoders_gives_the_same_losses(tiny_sdxl_dir, data, tmp_path):
-    _, plain = run(tiny_sdxl_dir, data, tmp_path / "a", max_train_steps=3, optimizer_type="SGD", learning_rate=0.1)
-    _, ckpt = run(tiny_sdxl_dir, data, tmp_path / "b", max_train_steps=3, optimizer_type="SGD", learning_rate=0.1,
-                  gradient_checkpointing=True)
+    res_a, plain = run(tiny_sdxl_dir, data, tmp_path / "a", max_train_steps=3, optimizer_type="SGD",
+                       learning_rate=0.1)
+    res_b, ckpt = run(tiny_sdxl_dir, data, tmp_path / "b", max_train_steps=3, optimizer_type="SGD", learning_rate=0.1,
+                      gradient_checkpointing=True)
     assert ckpt == pytest.approx(plain, rel=1e-5, abs=1e-6)
+    for res, on in ((res_a, False), (res_b, True)):  # the losses are equal because checkpointing is exact
+        models = (res.model.unet, *res.model.text_encoders)
+        assert len(models) == 3 and [mod.is_gradient_checkpointing for mod in models] == [on] * 3
 
 
 def test_bf16_mixed_precision_trains(tiny_sdxl_dir, data, tmp_path):
