@@ -356,7 +356,9 @@ def test_save_load_roundtrip_and_key_format(tmp_path):
     path = tmp_path / "a.safetensors"
     save_adapter_file(path, net.state_dict_to_save(torch.float32), {"ss_network_dim": "4"}, overwrite=False)
     unet2, te2 = tiny_models()
+    torch.manual_seed(123)  # other initial down weights than net's, so that loading them is what the test sees
     net2 = create_network(cfg(conv_dim=3, conv_alpha=1.5), unet2, te2)
+    assert not torch.equal(net2.state_dict_to_save()[f"{name}.lora_down.weight"], sd[f"{name}.lora_down.weight"].float())
     info = net2.load_weights(str(path))
     assert info == {"missing": [], "unexpected": []}
     for k, v in net.state_dict_to_save().items():
