@@ -8,7 +8,6 @@ import pytest
 
 from lorakit.config.kohya import import_kohya_json, parse_additional_parameters
 from lorakit.config.load import build_config, load_config
-from lorakit.config.schema import TrainConfig
 from lorakit.errors import ConfigError
 
 # The JSON blocks of the two seed guides (April 2023 DAdaptation guide and July 2023 Prodigy
@@ -18,19 +17,12 @@ DADAPT_LOHA = (SEEDS / "dadapt_loha.json").read_text(encoding="utf-8")
 PRODIGY_IA3 = (SEEDS / "prodigy_ia3.json").read_text(encoding="utf-8")
 PRODIGY_LOKR = (SEEDS / "prodigy_lokr.json").read_text(encoding="utf-8")
 
-FIELDS = TrainConfig.model_fields
 
 
 def write(tmp_path, name, text):
     p = tmp_path / name
     p.write_text(text, encoding="utf-8")
     return p
-
-
-def expected_pending(candidates):
-    """The settings among `candidates` that have no schema field (they would be refused unless neutral);
-    every one the seeds set has a field now, so the seed tests assert this is empty."""
-    return {k: v for k, v in candidates.items() if k not in FIELDS}
 
 
 def resolved(res, file):
@@ -64,22 +56,20 @@ def test_seed_dadaptation_loha(tmp_path):
     assert cfg.gradient_accumulation_steps == 1 and cfg.save_every_n_epochs == 1
     assert cfg.shuffle_caption and cfg.cache_latents and cfg.gradient_checkpointing
     assert cfg.persistent_data_loader_workers and not cfg.v2 and not cfg.v_parameterization
-    if "sample_prompts" in FIELDS:
-        assert cfg.sample_sampler == "euler_a" and cfg.sample_every_n_epochs == 1
-        assert cfg.sample_prompts.startswith("masterpiece, best quality, TRIGGERWORD")
+    assert cfg.sample_sampler == "euler_a" and cfg.sample_every_n_epochs == 1
+    assert cfg.sample_prompts.startswith("masterpiece, best quality, TRIGGERWORD")
     ignored = dict(res.ignored)
     assert cfg.save_model_as == "safetensors"
-    for key in ("model_list", "no_token_padding", "color_aug", "flip_aug", "random_crop"):
-        if key in FIELDS:  # false in the file: maps onto the field
-            assert getattr(cfg, key) is False, key
-        else:
-            assert key in ignored, key
-    assert cfg.enable_bucket is True  # not in the file: the GUI default
-    if "noise_offset" in FIELDS:  # "0" maps onto the field (off)
-        assert cfg.noise_offset == 0 and cfg.min_snr_gamma == 3
-    else:
-        assert "noise_offset" in ignored
-    assert {} == expected_pending({"min_snr_gamma": 3})
+    for key in ("color_aug", "flip_aug", "random_crop"):  # false in the file: maps onto the field
+        assert getattr(cfg, key) is False, key
+    assert "model_list" in ignored and "no_token_padding" in ignored
+    # not in the file: the GUI's widget defaults, not sd-scripts' (off, off, 1024, no)
+    assert (cfg.enable_bucket, cfg.bucket_no_upscale, cfg.max_bucket_reso, cfg.mixed_precision) == (
+        True, True, 2048, "fp16")
+    assert ignored["mixed_precision"] == "not in the file: the GUI default (fp16) is used"
+    assert ignored["bucket_no_upscale"] == "not in the file: the GUI default (on) is used"
+    assert cfg.save_precision == "fp16" and cfg.min_bucket_reso == 256
+    assert cfg.noise_offset == 0 and cfg.min_snr_gamma == 3  # "0" maps onto the field (off)
     assert res.network_args == {}
 
 
@@ -105,9 +95,10 @@ def test_seed_prodigy_ia3(tmp_path):
     ignored = dict(res.ignored)
     assert ignored["noise_offset"] == "noise_offset_type is Multires"
     assert ignored["adaptive_noise_scale"] == "noise_offset_type is Multires"
-    assert {} == expected_pending({
-        "multires_noise_discount": 0.2, "multires_noise_iterations": 8, "scale_weight_norms": 1,
-        "min_bucket_reso": "256", "max_bucket_reso": "1024", "network_args": {"train_on_input": True}})
+    assert (cfg.multires_noise_iterations, cfg.multires_noise_discount, cfg.scale_weight_norms) == (8, 0.2, 1.0)
+    # additional_parameters' --min/max_bucket_reso 256 / 1024 replace the GUI defaults 256 / 2048
+    assert (res.values["min_bucket_reso"], res.values["max_bucket_reso"]) == (256, 1024)
+    assert cfg.max_bucket_reso == 1024 and cfg.mixed_precision == "fp16" and cfg.bucket_no_upscale
     assert res.network_args == {"train_on_input": True}
 
 
@@ -125,9 +116,9 @@ def test_seed_prodigy_lokr(tmp_path):
     assert cfg.max_train_epochs == 160 and cfg.seed == 31337 and cfg.keep_tokens == 1
     assert (cfg.learning_rate, cfg.unet_lr, cfg.text_encoder_lr) == (1.0, 1.0, 1.0)
     assert cfg.network_dropout == 0.3
-    assert {} == expected_pending({
-        "multires_noise_discount": 0.2, "multires_noise_iterations": 8, "scale_weight_norms": 1,
-        "min_bucket_reso": "256", "max_bucket_reso": "1024"})
+    assert (cfg.multires_noise_iterations, cfg.multires_noise_discount, cfg.scale_weight_norms) == (8, 0.2, 1.0)
+    assert (res.values["min_bucket_reso"], res.values["max_bucket_reso"]) == (256, 1024)
+    assert cfg.max_bucket_reso == 1024 and cfg.mixed_precision == "fp16"
 
 
 def test_strict_load_lists_every_pending_setting(tmp_path, monkeypatch):
@@ -143,7 +134,6 @@ def test_strict_load_lists_every_pending_setting(tmp_path, monkeypatch):
         load_config(p)
     assert "future_setting = 3" in e.value.message and e.value.key is None  # several: no single key
     assert "other_setting = True" in e.value.message  # all of them in one message
-    assert expected_pending({"multires_noise_iterations": 8, "scale_weight_norms": 1, "min_bucket_reso": 1}) == {}
 
 
 def test_additional_parameters_parsing():

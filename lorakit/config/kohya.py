@@ -150,6 +150,12 @@ def read_json_object(path: Path) -> tuple[dict[str, Any], list[str]]:
     return raw, dups
 
 
+# The GUI's widget defaults where sd-scripts' own default, the schema's, differs (the July-2023 GUI of the
+# seed guides and today's agree): a file without the key trains as the GUI would launch it.
+GUI_WIDGET_DEFAULTS: dict[str, Any] = {"enable_bucket": True, "bucket_no_upscale": True, "max_bucket_reso": 2048,
+                                       "mixed_precision": "fp16"}
+
+
 class _Importer:
     def __init__(self, raw: dict[str, Any], file: str | None):
         self.raw, self.file = raw, file
@@ -246,9 +252,10 @@ class _Importer:
         self.dynamo()
         adafactor_scheduler(res)
         self.dataset_toml()
-        if "enable_bucket" not in raw:  # the GUI's checkbox defaults to on
-            res.values.setdefault("enable_bucket", True)
-            self.ignore("enable_bucket", "not in the file: the GUI default (on) is used")
+        for key, value in GUI_WIDGET_DEFAULTS.items():
+            if key not in raw:  # the GUI keeps its widget's value for a key its file lacks
+                res.values.setdefault(key, value)
+                self.ignore(key, f"not in the file: the GUI default ({'on' if value is True else value}) is used")
         if "conv" in uses and lora_type.startswith("LyCORIS/") or lora_type == "LoCon":
             lycoris_conv_defaults(res.values)
         try:
