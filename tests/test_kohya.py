@@ -9,6 +9,7 @@ import pytest
 from lorakit.config.kohya import import_kohya_json, parse_additional_parameters
 from lorakit.config.load import build_config, load_config
 from lorakit.errors import ConfigError
+from lorakit.optim.schedulers import warmup_steps_for
 
 # The JSON blocks of the two seed guides (April 2023 DAdaptation guide and July 2023 Prodigy
 # guide; docs/kohya.md "The seed guides"), byte for byte, trailing commas included.
@@ -164,6 +165,7 @@ def test_additional_parameters_override_and_unknown_flag(tmp_path):
     ("LyCORIS/GLoRA", {}, "glora", {}), ("LyCORIS/BOFT", {}, "boft", {}),
     ("LyCORIS/Diag-OFT", {}, "diag-oft", {}), ("LyCORIS/Native Fine-Tuning", {}, "full", {}),
     ("Kohya LoCon", {}, "lora", {}), ("LoCon", {}, "locon", {}),
+    ("Kohya LoCon", {"conv_dim": 8, "conv_alpha": 2}, "lora", {}), ("Standard", {"conv_dim": 8}, "lora", {}),
 ])
 def test_lora_types(tmp_path, lora_type, extra, network_type, args):
     import json
@@ -174,8 +176,12 @@ def test_lora_types(tmp_path, lora_type, extra, network_type, args):
     assert res.network_args == args
     if lora_type.startswith("LyCORIS/") and lora_type != "LyCORIS/iA3" or lora_type == "LoCon":
         assert (res.values["conv_dim"], res.values["conv_alpha"]) == (16, 4)  # LyCORIS: conv = network
+    elif "conv_dim" in extra and lora_type == "Kohya LoCon":
+        assert (res.values["conv_dim"], res.values["conv_alpha"]) == (8, 2)
     else:
         assert "conv_dim" not in res.values
+        if "conv_dim" in extra:  # Standard adapts no 3x3 convs: the GUI does not pass conv_dim
+            assert dict(res.ignored)["conv_dim"] == "LoRA_type 'Standard' adapts no 3x3 convs"
     with pytest.raises(ConfigError) as e:
         import_kohya_json(write(tmp_path, "b.json", '{"LoRA_type": "LyCORIS/LoHA"}'))
     assert "did you mean 'LyCORIS/LoHa'" in e.value.format()
@@ -187,6 +193,8 @@ def test_gui_zero_and_warmup_percent(tmp_path):
     cfg = load_config(p)
     assert cfg.seed is None and cfg.max_train_steps is None and cfg.max_train_epochs == 4
     assert cfg.lr_warmup_steps == 0.1 and cfg.max_grad_norm == 0.0 and cfg.clip_skip == 1
+    # 10 % of 78 steps is 7.8: rounded, as the GUI's round(pct * steps / 100)
+    assert warmup_steps_for(cfg.lr_warmup_steps, 78) == 8
     assert cfg.save_every_n_epochs is None
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, "w.json", '{"lr_warmup": 100, "lr_scheduler": "cosine"}'))
