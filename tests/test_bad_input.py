@@ -363,11 +363,11 @@ CASES = [
      ["cache_text_encoder_outputs", "text_encoder_lr = 0"]),
     ("no model given", c_no_model, ["--model"]),
     ("model path does not exist", c_model_missing, ["nomodel.safetensors", "does not exist"]),
-    ("model file is not a checkpoint", c_model_not_sd, ["notes.safetensors"]),
+    ("model file is not a checkpoint", c_model_not_sd, ["notes.safetensors", "cannot read this file as a model checkpoint"]),
     ("SDXL checkpoint with wrong tensors", c_model_sdxl, ["xl.safetensors", "SDXL"]),
     ("no data folder given", c_no_data_arg, ["--data"]),
-    ("data folder missing", c_data_missing, ["nodata"]),
-    ("data folder empty", c_data_empty, ["empty"]),
+    ("data folder missing", c_data_missing, ["nodata", "folder does not exist"]),
+    ("data folder empty", c_data_empty, ["empty", "folder is empty", "10_mychar"]),
     ("subfolders without <repeats>_", c_data_no_prefix, ["mychar", "10_mychar"]),
     ("subfolders without images", c_data_no_images, ["10_mychar", "image"]),
     ("data points at a <repeats>_ folder itself", c_data_is_subset_folder, ["2_thing", "parent"]),
@@ -375,7 +375,7 @@ CASES = [
     ("reg folder missing", c_reg_missing, ["noreg", "reg_data_dir"]),
     ("output folder cannot be created", c_output_not_writable, ["output", "afile"]),
     ("adapter exists, no --overwrite", c_output_exists, ["last.safetensors", "--overwrite"]),
-    ("unknown optimizer", c_unknown_optimizer, ["AdamQ", "optimizer"]),
+    ("unknown optimizer", c_unknown_optimizer, ["unknown optimizer 'AdamQ'", "did you mean 'Adam'"]),
     ("optimizer rejects an argument", c_bad_optimizer_arg, ["gamma_ray"]),
     ("--set without =", c_set_no_equals, ["KEY=VALUE"]),
     ("--set of an unknown key", c_set_unknown, ["did you mean 'max_train_steps'"]),
@@ -425,6 +425,7 @@ def test_bad_input_exits_2_with_message(case, setup, words, tmp_path, tiny_model
     assert code == 2, err
     for w in words:
         assert w in err, (w, err)
+    assert "fix:" in err, err  # every answer says what to do
     if setup is c_output_exists:
         assert (tmp_path / "o" / "last.safetensors").read_bytes() == b"precious"
 

@@ -60,9 +60,9 @@ def test_forced_format_refuses_a_mismatching_file(files, capsys, fmt, name, says
     assert rc == 2 and out == ""
     assert says in err and files[name] in err
     # the same for train and plan, before any model is looked at
-    assert main(["train", "--format", fmt, files[name]]) == 2
-    assert main(["plan", "--format", fmt, files[name]]) == 2
-    assert says in capsys.readouterr().err
+    for command in ("train", "plan"):
+        assert main([command, "--format", fmt, files[name]]) == 2
+        assert says in capsys.readouterr().err, command
 
 
 def test_auto_hints_format_sd_scripts(files, capsys):
