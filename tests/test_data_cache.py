@@ -74,9 +74,10 @@ def test_disk_cache_names_reuse_and_invalidation(tmp_path):
     d3 = run()
     assert d3.cache_stats == {"encoded": 1, "from_disk": 1}
     assert not torch.equal(d3._latents[0], d1._latents[0])
-    d4 = run((32, 16))  # another resolution: another file
+    d4 = run((32, 16))  # another resolution: another file, named width x height as sd-scripts does
     assert d4.cache_stats == {"encoded": 2, "from_disk": 0}
-    assert disk_path(a, (32, 16)).is_file()
+    assert (a.parent / "a_0032x0016_sd.npz").is_file() and not (a.parent / "a_0016x0032_sd.npz").exists()
+    assert tuple(d4._latents[0].shape[-2:]) == (16 // 2, 32 // 2)  # (H, W): the tiny VAE halves each side
     d5 = run(v=_tiny_vae(seed=1))  # another VAE: every entry re-encoded
     assert d5.cache_stats == {"encoded": 2, "from_disk": 0}
     flip = TrainDataset(scan_folders(tmp_path / "t"), (32, 32), cache_to_disk=True,

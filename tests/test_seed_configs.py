@@ -36,3 +36,8 @@ def test_seed_config_runs_verbatim(name, text, key_part, optimizer, data, tiny_m
     assert any(k.startswith("lora_te_text_model_") for k in tensors)
     assert meta["ss_optimizer"].startswith(optimizer)
     assert meta["ss_steps"] == "2" and meta["ss_seed"] == "31337"
+    if name == "prodigy-ia3":  # the guide's train_on_input: the feed-forward outputs scale their inputs
+        flags = {k.rsplit(".", 1)[0]: bool(t.item()) for k, t in tensors.items() if k.endswith(".on_input")}
+        ff = [k for k in flags if k.endswith(("_ff_net_2", "_mlp_fc2"))]
+        assert ff and all(flags[k] for k in ff)
+        assert len(flags) > len(ff) and not any(v for k, v in flags.items() if k not in ff)
