@@ -123,11 +123,20 @@ def test_timing_leaves_no_trace(kind):
     assert all(v > 0 for v in t)
 
 
-def test_auto_trains_what_the_bypass_trains(tiny_model_dir, tmp_path):
+def test_auto_trains_what_the_bypass_trains(tiny_model_dir, tmp_path, monkeypatch):
+    from lorakit.adapters import forms
     from lorakit.demo import make_synthetic_dataset
     from lorakit.train.loop import train
     from train_helpers import tiny_run_config
 
+    # every other layer shape "measures" faster merged, so that both forms train whatever this CPU's timings
+    calls = []
+
+    def alternate(m, key, timer):
+        calls.append(key)
+        return (1.0, 0.5) if len(calls) % 2 else (0.5, 1.0)
+
+    monkeypatch.setattr(forms, "time_forms", alternate)
     data = make_synthetic_dataset(tmp_path / "data", n_images=4, repeats=1)
     losses, stats = {}, {}
     for mode in ("false", "auto"):
@@ -140,7 +149,8 @@ def test_auto_trains_what_the_bypass_trains(tiny_model_dir, tmp_path):
         losses[mode] = [ev.data["loss"] for ev in steps]
         stats[mode] = [ev.data["stats"] for ev in steps]
     assert losses["auto"] == pytest.approx(losses["false"], rel=1e-5)
-    assert stats["auto"][0]["merged_op/measured"] > 0  # measured after the first step, once
+    assert stats["auto"][0]["merged_op/measured"] == len(calls) > 1  # measured after the first step, once
+    assert 0 < stats["auto"][0]["merged_op/merged"] < len(calls)  # both forms trained
     assert all("merged_op/measured" not in s for s in stats["auto"][1:] + stats["false"])
 
 
