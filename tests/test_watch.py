@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -161,6 +162,23 @@ def test_samples_named_sized_and_training_unchanged(tiny_model_dir, data, tmp_pa
     assert {n.split("_")[1] for n in names} == {"000000", "000002", "000004"}
     sizes = {n.split("_")[2]: Image.open(f).size for n, f in zip(names, files)}
     assert sizes == {"00": (64, 72), "01": (80, 64), "02": (64, 64)}
+
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_mixed_precision_run_writes_its_samples(precision, tiny_model_dir, data, tmp_path):
+    """The UNet runs in the autocast dtype and the VAE in float32: the sample's latents are decoded in
+    the VAE's dtype (handing it bf16/fp16 latents stopped the run at its first sample)."""
+    prompt = "a red circle --w 64 --h 64 --d 5 --s 3\n"
+    images = {}
+    for mp in ("no", precision):
+        cfg = cfg_for(tiny_model_dir, data, tmp_path / mp, max_train_steps=2, sample_prompts=prompt,
+                      sample_every_n_steps=2, mixed_precision=mp)
+        train(cfg, [])
+        (f,) = (tmp_path / mp / "sample").glob("*.png")
+        images[mp] = np.asarray(Image.open(f), dtype=np.float32)
+    assert images[precision].std() > 5  # a drawn image, not a black one
+    assert np.abs(images[precision] - images["no"]).mean() < 8  # what float32 draws, up to rounding
 
 
 def test_same_prompt_same_seed_same_image(tiny_model_dir):

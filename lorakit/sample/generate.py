@@ -64,9 +64,15 @@ def generate(model, sp: SamplePrompt, *, sampler: str = "euler_a", max_token_len
         cond = embed(model, [sp.prompt], max_token_length, clip_skip, dtype)
         uncond = embed(model, [sp.negative], max_token_length, clip_skip, dtype)
         g = torch.Generator(device=device).manual_seed(sp.seed if sp.seed is not None else seed)
-        return pipe(**model.pipeline_inputs(cond, uncond, sp.width, sp.height),
-                    num_inference_steps=sp.steps, guidance_scale=sp.scale, generator=g,
-                    output_type="pil").images[0]
+        latents = pipe(**model.pipeline_inputs(cond, uncond, sp.width, sp.height),
+                       num_inference_steps=sp.steps, guidance_scale=sp.scale, generator=g,
+                       output_type="latent").images
+        # decoded here, in the VAE's own dtype: the pipelines hand the VAE latents of the UNet's dtype, which
+        # a bf16/fp16 run's float32 VAE cannot take (and an fp16 VAE can overflow on: black images)
+        vae = model.vae
+        with torch.no_grad():
+            image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        return pipe.image_processor.postprocess(image, output_type="pil")[0]
 
 
 def sample_prompts(model, prompts: list[SamplePrompt], out_dir: str | Path, output_name: str, *,
