@@ -39,7 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     subs = [MetricsJsonl(out / "metrics.jsonl"), *loggers_for(cfg, out), Plots(out), Warnings()]
     if not args.quiet:
         subs.append(ProgressBar())
-    with signals.handled():  # SIGTERM / SIGHUP save like Ctrl-C
+    with signals.handled():  # Ctrl-C, SIGTERM and SIGHUP end the step in progress, then save
         result = train(cfg, subs, overwrite=args.overwrite, resume=args.resume,
                        resume_changed_data=args.resume_changed_data)
     steps = f"{result.steps} step" + ("" if result.steps == 1 else "s")
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         from .signals import Terminated
 
-        if isinstance(e, Terminated):
+        if isinstance(e, Terminated) and e.name != "SIGINT":
             print(f"lorakit: stopped by {e.name}", file=sys.stderr)
             return e.exit_code
         print("lorakit: interrupted", file=sys.stderr)

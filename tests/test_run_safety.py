@@ -118,6 +118,35 @@ def test_sighup_is_handled_as_sigterm_with_its_own_exit_code():
     assert signal.getsignal(signal.SIGHUP) == before  # put back after the run
 
 
+
+def test_ctrl_c_waits_for_the_step_in_progress_unless_sigint_is_ignored(capsys):
+    # Python raises KeyboardInterrupt wherever the main thread is: between the optimizer's update and the
+    # step's count it saved the next step's weights under this step's name; held, it is raised at the end
+    from lorakit import signals
+
+    before = signal.getsignal(signal.SIGINT)
+    with signals.handled():
+        signals.steps_begin()
+        os.kill(os.getpid(), signal.SIGINT)  # during a step: held, and said so
+        time.sleep(0.2)
+        with pytest.raises(signals.Terminated) as info:
+            signals.raise_pending()
+    assert (info.value.name, info.value.exit_code) == ("SIGINT", 130)
+    assert "stopping after the step in progress" in capsys.readouterr().err
+    with signals.handled(), pytest.raises(signals.Terminated):
+        signals.steps_begin()
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: at once
+        time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job without job control
+    try:
+        with signals.handled():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_sigterm_saves_adapter_and_state(tiny_model_dir, data, tmp_path):
     sig, code = signal.SIGTERM, 143
     out = tmp_path / "out"

@@ -26,7 +26,7 @@ class RunHooks:
         self.prompts = parse_prompts(cfg.sample_prompts) if cfg.sample_prompts else []
         self.spike = DlrSpikeDetector(cfg.dlr_spike_factor, cfg.dlr_spike_window)
         self.spiked = False
-        signals.steps_begin()  # a SIGTERM now waits for the step to end (lorakit/signals.py)
+        signals.steps_begin()  # a Ctrl-C or SIGTERM now waits for the step to end (lorakit/signals.py)
 
     def sample(self, step: int, epoch: int | None) -> None:
         from ..sample.generate import sample_prompts
