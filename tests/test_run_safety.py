@@ -124,23 +124,24 @@ def test_ctrl_c_waits_for_the_step_in_progress_unless_sigint_is_ignored(capsys):
     # step's count it saved the next step's weights under this step's name; held, it is raised at the end
     from lorakit import signals
 
-    before = signal.getsignal(signal.SIGINT)
-    with signals.handled():
-        signals.steps_begin()
-        os.kill(os.getpid(), signal.SIGINT)  # during a step: held, and said so
-        time.sleep(0.2)
-        with pytest.raises(signals.Terminated) as info:
-            signals.raise_pending()
-    assert (info.value.name, info.value.exit_code) == ("SIGINT", 130)
-    assert "stopping after the step in progress" in capsys.readouterr().err
-    with signals.handled(), pytest.raises(signals.Terminated):
-        signals.steps_begin()
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: at once
-        time.sleep(1)
-    assert signal.getsignal(signal.SIGINT) is before
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job without job control
+    before = signal.getsignal(signal.SIGINT)  # a pytest-xdist worker ignores SIGINT
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as `lorakit train` has it
+        with signals.handled():
+            signals.steps_begin()
+            os.kill(os.getpid(), signal.SIGINT)  # during a step: held, and said so
+            time.sleep(0.2)
+            with pytest.raises(signals.Terminated) as info:
+                signals.raise_pending()
+        assert (info.value.name, info.value.exit_code) == ("SIGINT", 130)
+        assert "stopping after the step in progress" in capsys.readouterr().err
+        with signals.handled(), pytest.raises(signals.Terminated):
+            signals.steps_begin()
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: at once
+            time.sleep(1)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after the run
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job without job control
         with signals.handled():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:

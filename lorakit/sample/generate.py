@@ -67,8 +67,8 @@ def generate(model, sp: SamplePrompt, *, sampler: str = "euler_a", max_token_len
         latents = pipe(**model.pipeline_inputs(cond, uncond, sp.width, sp.height),
                        num_inference_steps=sp.steps, guidance_scale=sp.scale, generator=g,
                        output_type="latent").images
-        # decoded here, in the VAE's own dtype: the pipelines hand the VAE latents of the UNet's dtype, which
-        # a bf16/fp16 run's float32 VAE cannot take (and an fp16 VAE can overflow on: black images)
+        # decoded here, in the VAE's own dtype (float32: a run casts the UNet and text encoders only): the
+        # pipelines hand the VAE latents of the UNet's dtype, which a bf16/fp16 run's VAE cannot take
         vae = model.vae
         with torch.no_grad():
             image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
