@@ -306,7 +306,6 @@ def test_weighted_loss_combines_sample_and_timestep_weights():
     torch.testing.assert_close(out, torch.tensor([5 / s100, 0.5]), rtol=1e-4, atol=0)
 
 
-
 def test_objective_feeds_the_perturbed_input_and_targets_eps_or_v():
     """train/objective.py, shared by the step and validation: the model sees the latents noised with
     input_noise (ip_noise_gamma's eps + gamma * xi), the target is the draw's own eps, or v for

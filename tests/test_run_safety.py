@@ -118,7 +118,6 @@ def test_sighup_is_handled_as_sigterm_with_its_own_exit_code():
     assert signal.getsignal(signal.SIGHUP) == before  # put back after the run
 
 
-
 def test_ctrl_c_waits_for_the_step_in_progress_unless_sigint_is_ignored(capsys):
     # Python raises KeyboardInterrupt wherever the main thread is: between the optimizer's update and the
     # step's count it saved the next step's weights under this step's name; held, it is raised at the end

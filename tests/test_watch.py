@@ -108,7 +108,6 @@ def test_spike_stop_ends_run_with_adapter(tiny_model_dir, data, tmp_path):
     assert steps[-1].step == 12 and steps[10].data["dlr"]["unet"] == pytest.approx(1e-4 * steps[10].data["lrs"]["unet"])
 
 
-
 class GrowingDLike(torch.optim.SGD):
     """SGD that reports a Prodigy-style d of 1e-4 * (steps taken), the same in every group."""
 
@@ -162,7 +161,6 @@ def test_samples_named_sized_and_training_unchanged(tiny_model_dir, data, tmp_pa
     assert {n.split("_")[1] for n in names} == {"000000", "000002", "000004"}
     sizes = {n.split("_")[2]: Image.open(f).size for n, f in zip(names, files)}
     assert sizes == {"00": (64, 72), "01": (80, 64), "02": (64, 64)}
-
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
