@@ -11,6 +11,7 @@ from lorakit.adapters.file import read_adapter_file
 from lorakit.cli import main
 from lorakit.config.kohya import LORA_TYPES
 from lorakit.demo import make_synthetic_dataset
+from lorakit.inspect import inspect_file
 
 
 
@@ -50,6 +51,12 @@ def test_gui_json_trains_tiny_sdxl(lora_type, tiny_sdxl_dir, data, tmp_path, cap
     assert not any(k.startswith("lora_unet_down_blocks_") for k in tensors)
     for prefix in ("lora_te1_", "lora_te2_"):
         assert any(k.startswith(prefix) for k in tensors), prefix
+    # the LoRA_type's own algorithm, as `lorakit inspect` reads it from the file (the LoCon types' 3x3
+    # convs, conv_dim 2 here, read as locon beside their lora layers)
+    network_type = LORA_TYPES[lora_type][0]
+    algos = set(inspect_file(tmp_path / "out" / "last.safetensors").algorithms())
+    convs = network_type == "locon" or lora_type == "Kohya LoCon"
+    assert algos == ({"lora", "locon"} if convs else {network_type}), algos
 
 
 def test_gui_json_cached_text_encoder_outputs_trains_unet_only(tiny_sdxl_dir, data, tmp_path, capsys):

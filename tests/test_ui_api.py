@@ -46,6 +46,11 @@ def test_schema_groups_every_key():
     assert [g["id"] for g in s["groups"]] == ["model", "dataset", "network", "optimizer", "scheduler", "training",
                                               "noise", "saving", "sampling"]
     assert fields["lr_warmup_steps"]["group"] == "scheduler" and fields["min_snr_gamma"]["group"] == "noise"
+    # every key in a group the form lays out, and each group holding keys
+    groups = {g["id"] for g in s["groups"]}
+    assert {f["group"] for f in s["fields"]} == groups
+    assert (fields["sample_prompts"]["group"], fields["output_dir"]["group"], fields["network_dim"]["group"],
+            fields["train_data_dir"]["group"]) == ("sampling", "saving", "network", "dataset")
     assert (fields["train_batch_size"]["kind"], fields["train_batch_size"]["default"],
             fields["train_batch_size"]["range"]) == ("int", 1, ">= 1")
     assert fields["lr_scheduler"]["choices"][:2] == ["constant", "constant_with_warmup"]
