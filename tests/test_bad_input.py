@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from lorakit.cli import main
-from lorakit.train.speed import INDUCTOR_CPU_RIGHT_FROM, torch_release
+from lorakit.train.speed import INDUCTOR_CPU_RIGHT_FROM
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -415,7 +415,7 @@ CASES = [
 def test_bad_input_exits_2_with_message(case, setup, words, tmp_path, tiny_model_dir, capsys):
     if setup is c_inductor_on_cpu and torch.cuda.is_available():
         pytest.skip("a CUDA machine trains with inductor")
-    if setup is c_inductor_on_cpu and torch_release(torch.__version__) >= INDUCTOR_CPU_RIGHT_FROM:
+    if setup is c_inductor_on_cpu and torch.__version__ >= INDUCTOR_CPU_RIGHT_FROM:
         pytest.skip(f"torch {torch.__version__} trains with inductor on the CPU")
     argv = setup(tmp_path, tiny_model_dir)
     if argv[0] == "train":

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.utils.checkpoint
+from torch.torch_version import TorchVersion  # compares a version string with a tuple, +local and dev tags included
 
 from ..errors import ConfigError
 from ..events import EventBus
@@ -78,12 +79,6 @@ def validate_speed_config(cfg: Any) -> list[str]:
 INDUCTOR_CPU_RIGHT_FROM = (2, 14, 1)
 
 
-def torch_release(version: str) -> tuple[int, int, int]:
-    """(major, minor, patch) of a torch version string ("2.14.1+cu130", "2.15.0a0+git...")."""
-    major, minor, patch = (version.split("+")[0].split(".") + ["0", "0"])[:3]
-    return int(major), int(minor), int("".join(c for c in patch if c.isdigit()) or 0)
-
-
 def check_compile_device(cfg: Any, device: torch.device, torch_version: str = torch.__version__) -> None:
     """Refuse inductor on the CPU with a torch older than INDUCTOR_CPU_RIGHT_FROM: torch 2.13's
     inductor computes a wrong input gradient there for a LoRA'd attention whose input is a transposed
@@ -92,7 +87,7 @@ def check_compile_device(cfg: Any, device: torch.device, torch_version: str = to
     agrees with this rule on the torch it runs with). Checked once the device is known, before any
     model loads."""
     if cfg.torch_compile and cfg.dynamo_backend == "inductor" and device.type == "cpu" \
-            and torch_release(torch_version) < INDUCTOR_CPU_RIGHT_FROM:
+            and TorchVersion(torch_version) < INDUCTOR_CPU_RIGHT_FROM:
         right = ".".join(map(str, INDUCTOR_CPU_RIGHT_FROM))
         raise ConfigError(
             f"torch_compile with dynamo_backend 'inductor' on the CPU: torch {torch_version}'s inductor computes "
